@@ -1,0 +1,364 @@
+//! The TOML configuration: its shape, the embedded default, and validation
+//! with errors that name the file, the key and the fix.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration `serve` uses when no `--config` is given: STUN/TURN
+/// over UDP and TCP on port 3478 on every IPv4 and IPv6 interface.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+realm = "turnpike"
+
+[[listen]]
+transport = "udp"
+addr = "0.0.0.0:3478"
+
+[[listen]]
+transport = "udp"
+addr = "[::]:3478"
+
+[[listen]]
+transport = "tcp"
+addr = "0.0.0.0:3478"
+
+[[listen]]
+transport = "tcp"
+addr = "[::]:3478"
+"#;
+
+/// Client transports, RFC 8656 §3.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// TCP and TLS carry STUN framed on a byte stream (RFC 8656 §12.5).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// REALM for long-term credentials (RFC 8489 §9.2).
+    pub realm: String,
+    /// SOFTWARE attribute value; empty hides it.
+    pub software: String,
+    /// Worker threads (shards), each with its own sockets and server core.
+    /// 0 means one per CPU.
+    pub threads: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            realm: "turnpike".into(),
+            software: concat!("turnpike ", env!("CARGO_PKG_VERSION")).into(),
+            threads: 0,
+        }
+    }
+}
+
+/// One `[[listen]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// PEM certificate chain (TLS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key (TLS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used. Display names the file, the key and
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}. Fix: check the path and its permissions")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {key}: {problem}. Fix: {fix}")]
+    Invalid {
+        file: String,
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(
+        file: &str,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// The configuration key the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Where a configuration came from, for error messages.
+pub const EMBEDDED_NAME: &str = "<embedded default>";
+
+impl Config {
+    /// The embedded default (see [`EMBEDDED_DEFAULT`]).
+    pub fn embedded() -> Self {
+        Self::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME).expect("embedded default config is valid")
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: describe_toml_error(&e, text),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML (defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks that need more than the types: listeners present and distinct,
+    /// TLS material present and readable.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "listen",
+                "no [[listen]] entries",
+                "add at least one, e.g. [[listen]] transport = \"udp\" addr = \"0.0.0.0:3478\"",
+            ));
+        }
+        if self.server.realm.is_empty() || self.server.realm.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.realm",
+                "must be 1 to 763 bytes",
+                "set realm to your domain, e.g. realm = \"example.org\"",
+            ));
+        }
+        if self.server.software.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.software",
+                "longer than 763 bytes",
+                "shorten it, or set \"\" to send no SOFTWARE attribute",
+            ));
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}].{k}");
+            for (j, other) in self.listen[..i].iter().enumerate() {
+                let same_socket_kind = l.transport.is_stream() == other.transport.is_stream();
+                if same_socket_kind && conflicts(l.addr, other.addr) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("addr"),
+                        format!(
+                            "{} {} conflicts with listen[{j}] ({} {})",
+                            l.transport, l.addr, other.transport, other.addr
+                        ),
+                        "give each listener of the same socket type its own port",
+                    ));
+                }
+            }
+            match l.transport {
+                Transport::Tls => {
+                    for (name, path) in [("cert", &l.cert), ("key", &l.key)] {
+                        let Some(p) = path else {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                "missing for a tls listener",
+                                format!("set {name} = \"/path/to/{name}.pem\" (PEM file)"),
+                            ));
+                        };
+                        if let Err(e) = std::fs::metadata(p) {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                format!("cannot read {}: {e}", p.display()),
+                                "point it at an existing PEM file readable by turnpike",
+                            ));
+                        }
+                    }
+                }
+                Transport::Udp | Transport::Tcp => {
+                    if l.cert.is_some() || l.key.is_some() {
+                        return Err(ConfigError::invalid(
+                            file,
+                            key(if l.cert.is_some() { "cert" } else { "key" }),
+                            format!(
+                                "only tls listeners take a certificate, this one is {}",
+                                l.transport
+                            ),
+                            "remove it, or set transport = \"tls\"",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two socket addresses of the same socket type cannot both be bound: same
+/// port and the same IP, or a wildcard of the same family.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// toml's errors carry a span; turn it into "line N, column M" and keep the
+/// message (which names the key: "unknown field `x`, expected one of ...").
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim_end().to_string();
+    let Some(span) = e.span() else {
+        return format!("{msg}. Fix: see conf/turnpike.toml for the accepted keys");
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!(
+        "line {line}, column {col} (`{snippet}`): {msg}. Fix: see conf/turnpike.toml for the accepted keys and values"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.server.realm, "turnpike");
+        assert_eq!(c.listen.len(), 4);
+        assert!(c.listen.iter().all(|l| l.addr.port() == 3478));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse("[server]\nrealmm = \"x\"\n", "t.toml").unwrap_err();
+        let s = err.to_string();
+        assert!(s.starts_with("t.toml: line 2"), "{s}");
+        assert!(s.contains("realmm"), "{s}");
+    }
+
+    #[test]
+    fn bad_address_is_reported() {
+        let err = Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"1.2.3:99\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("line 3"), "{s}");
+        assert!(s.contains("invalid socket address"), "{s}");
+    }
+
+    #[test]
+    fn missing_cert_names_key() {
+        let err = Config::parse(
+            "[[listen]]\ntransport = \"tls\"\naddr = \"0.0.0.0:5349\"\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("listen[0].cert"));
+        assert!(err.to_string().contains("Fix:"));
+    }
+
+    #[test]
+    fn duplicate_port_is_refused() {
+        let err = Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:3478\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("listen[1].addr"));
+        // UDP and TCP on the same port are fine.
+        Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n[[listen]]\ntransport = \"tcp\"\naddr = \"0.0.0.0:3478\"\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::embedded();
+        let again = Config::parse(&c.to_toml(), "x").unwrap();
+        assert_eq!(c, again);
+    }
+}

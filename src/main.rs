@@ -1,0 +1,103 @@
+//! The `turnpike` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use turnpike::config::{Config, EMBEDDED_NAME};
+
+/// turnpike: a STUN/TURN server for WebRTC.
+///
+/// Clients list it in iceServers as stun:HOST:3478, turn:HOST:3478 and
+/// turns:HOST:5349. Start with `turnpike serve`; it runs on an embedded
+/// default (UDP and TCP on port 3478) until you give it a config file.
+#[derive(Parser, Debug)]
+#[command(name = "turnpike", version, about, long_about)]
+struct Cli {
+    /// Log filter, e.g. "info", "debug", "turnpike=trace". Overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the STUN/TURN server until SIGINT or SIGTERM.
+    Serve {
+        /// TOML config file (see conf/turnpike.toml). Without it the
+        /// embedded default is used.
+        #[arg(short, long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Inspect configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config file and print the effective configuration
+    /// (defaults filled in). Exits non-zero with the file, key and fix on
+    /// error.
+    Check {
+        /// The TOML file to check.
+        path: PathBuf,
+    },
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Check { path }) => {
+            let cfg = Config::load(&path)?;
+            print!("{}", cfg.to_toml());
+            eprintln!("{}: OK", path.display());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            init_logging(cli.log_level.as_deref());
+            serve(config)
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> Result<()> {
+    let (cfg, name) = match &config {
+        Some(p) => (Config::load(p)?, p.display().to_string()),
+        None => (Config::embedded(), EMBEDDED_NAME.to_string()),
+    };
+    tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
+    let handle = turnpike::io::start(&cfg).with_context(|| name.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control runtime")?;
+    let signal = rt.block_on(wait_for_signal())?;
+    tracing::info!(signal, "shutting down");
+    handle.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
