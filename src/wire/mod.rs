@@ -183,7 +183,8 @@ mod tests {
             (Method::SEND, Class::Indication, 0x0016),
             (Method::DATA, Class::Indication, 0x0017),
             (Method::CHANNEL_BIND, Class::Success, 0x0109),
-            (Method(0xfff), Class::Error, 0x3eff),
+            (Method(0xfff), Class::Error, 0x3fff),
+            (Method(0xfff), Class::Request, 0x3eef),
         ];
         for (m, c, v) in cases {
             let t = MessageType::new(m, c);
