@@ -52,8 +52,10 @@ fn init_logging(filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -81,6 +83,11 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
     };
     tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
     let handle = turnpike::io::start(&cfg).with_context(|| name.clone())?;
+    // One plain line per listener on stdout, for people and scripts (tests
+    // read the real port from it when the config says port 0).
+    for l in handle.listeners() {
+        println!("listening {} {}", l.transport, l.addr);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
