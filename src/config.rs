@@ -1,9 +1,11 @@
 //! The TOML configuration: its shape, the embedded default, and validation
 //! with errors that name the file, the key and the fix.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +70,255 @@ pub struct Config {
     pub server: Server,
     #[serde(default)]
     pub listen: Vec<Listen>,
+    #[serde(default)]
+    pub relay: Relay,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// `[relay]`: where relayed addresses live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// IPv4 address relay sockets bind to; `None` means no IPv4 allocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_ip: Option<IpAddr>,
+    /// IPv6 address relay sockets bind to; `None` means no IPv6 allocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_ip6: Option<IpAddr>,
+    /// Advertised in XOR-RELAYED-ADDRESS instead of `bind_ip` (1:1 NAT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
+    /// Advertised instead of `bind_ip6`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip6: Option<IpAddr>,
+    /// Relay port range, "LOW-HIGH" inclusive.
+    pub ports: PortRange,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            bind_ip: Some(IpAddr::from([0, 0, 0, 0])),
+            bind_ip6: Some(IpAddr::from([0u16; 8])),
+            public_ip: None,
+            public_ip6: None,
+            ports: PortRange {
+                low: 49152,
+                high: 65535,
+            },
+        }
+    }
+}
+
+/// An inclusive port range written "LOW-HIGH".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.high - self.low) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, p: u16) -> bool {
+        (self.low..=self.high).contains(&p)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.low, self.high)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("invalid port range `{s}`, expected \"LOW-HIGH\" such as \"49152-65535\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let low: u16 = a.trim().parse().map_err(|_| bad())?;
+        let high: u16 = b.trim().parse().map_err(|_| bad())?;
+        if low == 0 || low > high {
+            return Err(format!("invalid port range `{s}`: need 1 <= LOW <= HIGH"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written "30s", "5m", "1h", "2d" or as plain seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub const fn secs(n: u64) -> Self {
+        Span(Duration::from_secs(n))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        match s {
+            0 => write!(f, "0s"),
+            s if s % 86400 == 0 => write!(f, "{}d", s / 86400),
+            s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid duration `{s}`, expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"")
+        })?;
+        let mult = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            u => {
+                return Err(format!(
+                    "invalid duration unit `{u}` in `{s}`, use s, m, h or d"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(Span::secs)
+            .ok_or_else(|| format!("duration `{s}` is too large"))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Span::secs(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `[auth]`: long-term credentials (RFC 8489 §9.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// TURN REST shared secrets. All verify; the first signs new
+    /// credentials. Usernames are `<unix-expiry>:<user>`, passwords
+    /// base64(HMAC-SHA1(secret, username)).
+    pub secrets: Vec<String>,
+    /// Files holding one secret each (first line), appended to `secrets`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<PathBuf>,
+    /// Static users: name = "password", or name = { key = "<32 hex digits>" }
+    /// for a precomputed MD5 key (as `turnadmin -k` prints).
+    pub users: BTreeMap<String, UserCredential>,
+    /// How long a nonce stays valid before 438 Stale Nonce.
+    pub nonce_lifetime: Span,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            users: BTreeMap::new(),
+            nonce_lifetime: Span::secs(3600),
+        }
+    }
+}
+
+impl Auth {
+    /// Whether any credential is configured at all.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty() && self.secret_files.is_empty() && self.users.is_empty()
+    }
+}
+
+/// A static user's credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UserCredential {
+    Password(String),
+    Key { key: String },
+}
+
+/// `[policy]`: peers, quotas and lifetimes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// CIDRs relaying may reach even though the default policy refuses
+    /// them (private, loopback, ...).
+    pub allow_peers: Vec<String>,
+    /// CIDRs relaying must never reach (checked before `allow_peers`).
+    pub deny_peers: Vec<String>,
+    /// Allocations in total (all users, all threads).
+    pub max_allocations: usize,
+    /// Allocations per user (REST credentials count by the part after ':').
+    pub max_allocations_per_user: usize,
+    /// Longest allocation lifetime granted (RFC 8656 §7.2).
+    pub max_lifetime: Span,
+    /// Permissions per allocation.
+    pub max_permissions: usize,
+    /// Channels per allocation.
+    pub max_channels: usize,
+    /// Bits per second an allocation may relay, both directions together;
+    /// 0 means no cap. Excess packets are dropped and counted.
+    pub max_bitrate: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            max_allocations: 10_000,
+            max_allocations_per_user: 10,
+            max_lifetime: Span::secs(3600),
+            max_permissions: 64,
+            max_channels: 64,
+            max_bitrate: 0,
+        }
+    }
 }
 
 /// `[server]`.
@@ -213,6 +464,9 @@ impl Config {
                 "shorten it, or set \"\" to send no SOFTWARE attribute",
             ));
         }
+        self.validate_relay(file)?;
+        self.validate_auth(file)?;
+        self.validate_policy(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -267,6 +521,189 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        let fam = |key: &str, ip: Option<IpAddr>, v6: bool| -> Result<(), ConfigError> {
+            match ip {
+                Some(ip) if ip.is_ipv6() != v6 => Err(ConfigError::invalid(
+                    file,
+                    format!("relay.{key}"),
+                    format!(
+                        "{ip} is not an {} address",
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ),
+                    if v6 {
+                        "put IPv6 addresses in bind_ip6/public_ip6 and IPv4 in bind_ip/public_ip"
+                    } else {
+                        "put IPv4 addresses in bind_ip/public_ip and IPv6 in bind_ip6/public_ip6"
+                    },
+                )),
+                _ => Ok(()),
+            }
+        };
+        fam("bind_ip", r.bind_ip, false)?;
+        fam("public_ip", r.public_ip, false)?;
+        fam("bind_ip6", r.bind_ip6, true)?;
+        fam("public_ip6", r.public_ip6, true)?;
+        for (key, public, bind) in [
+            ("public_ip", r.public_ip, r.bind_ip),
+            ("public_ip6", r.public_ip6, r.bind_ip6),
+        ] {
+            if let Some(p) = public {
+                if bind.is_none() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("relay.{key}"),
+                        format!("{p} is advertised but its family has no bind address"),
+                        format!(
+                            "set relay.{} too, or remove {key}",
+                            key.replace("public", "bind")
+                        ),
+                    ));
+                }
+                if p.is_unspecified() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("relay.{key}"),
+                        "a wildcard cannot be advertised",
+                        "set the address peers reach this server at",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self, file: &str) -> Result<(), ConfigError> {
+        for (i, s) in self.auth.secrets.iter().enumerate() {
+            if s.is_empty() {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("auth.secrets[{i}]"),
+                    "empty secret",
+                    "use a long random string, e.g. from `openssl rand -hex 32`",
+                ));
+            }
+        }
+        for (i, p) in self.auth.secret_files.iter().enumerate() {
+            if let Err(e) = read_secret_file(p) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("auth.secret_files[{i}]"),
+                    format!("{}: {e}", p.display()),
+                    "point it at a readable file whose first line is the secret",
+                ));
+            }
+        }
+        for (name, cred) in &self.auth.users {
+            let key = format!("auth.users.{name}");
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key,
+                    "empty user name",
+                    "give the user a name",
+                ));
+            }
+            match cred {
+                UserCredential::Password(p) if p.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        "empty password",
+                        "set a password",
+                    ));
+                }
+                UserCredential::Key { key: k } if parse_hex_key(k).is_none() => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        "key is not 32 hex digits (an MD5 long-term key)",
+                        "use the output of `turnadmin -k -u USER -r REALM -p PASSWORD` without its 0x prefix, or a password",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.auth.nonce_lifetime.0.as_secs() < 10 {
+            return Err(ConfigError::invalid(
+                file,
+                "auth.nonce_lifetime",
+                "shorter than 10 seconds",
+                "use at least a minute, e.g. \"1h\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_policy(&self, file: &str) -> Result<(), ConfigError> {
+        let p = &self.policy;
+        for (list, name) in [
+            (&p.allow_peers, "allow_peers"),
+            (&p.deny_peers, "deny_peers"),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                if let Err(e) = c.parse::<crate::core::policy::Cidr>() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("policy.{name}[{i}]"),
+                        e,
+                        "write a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                    ));
+                }
+            }
+        }
+        if p.max_lifetime.0.as_secs() < 60 || p.max_lifetime.0.as_secs() > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                file,
+                "policy.max_lifetime",
+                format!("{} is out of range", p.max_lifetime),
+                "use between 1m and a few hours; RFC 8656 suggests 1h",
+            ));
+        }
+        for (name, v) in [
+            ("max_allocations", p.max_allocations),
+            ("max_allocations_per_user", p.max_allocations_per_user),
+            ("max_permissions", p.max_permissions),
+            ("max_channels", p.max_channels),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("policy.{name}"),
+                    "zero would refuse everything",
+                    "set a positive limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first line of a secret file, trimmed.
+pub fn read_secret_file(p: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if line.is_empty() {
+        return Err("empty file".into());
+    }
+    Ok(line)
+}
+
+/// 32 hex digits → 16-byte MD5 key (an optional 0x prefix is accepted).
+pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Two socket addresses of the same socket type cannot both be bound: same

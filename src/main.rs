@@ -77,16 +77,24 @@ fn main() -> Result<()> {
 }
 
 fn serve(config: Option<PathBuf>) -> Result<()> {
-    let (cfg, name) = match &config {
+    let (mut cfg, name) = match &config {
         Some(p) => (Config::load(p)?, p.display().to_string()),
         None => (Config::embedded(), EMBEDDED_NAME.to_string()),
     };
     tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
+    let generated = cfg.auth.is_empty().then(|| {
+        let secret = random_secret();
+        cfg.auth.secrets.push(secret.clone());
+        secret
+    });
     let handle = turnpike::io::start(&cfg).with_context(|| name.clone())?;
     // One plain line per listener on stdout, for people and scripts (tests
     // read the real port from it when the config says port 0).
     for l in handle.listeners() {
         println!("listening {} {}", l.transport, l.addr);
+    }
+    if let Some(secret) = generated {
+        print_generated_credentials(&secret, handle.listeners());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,6 +105,46 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
     handle.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// 32 random bytes as hex.
+fn random_secret() -> String {
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .expect("OS randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// No credentials were configured: say so, show the generated secret and
+/// an iceServers entry with a 24-hour credential for it.
+fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundListener]) {
+    use turnpike::config::Transport;
+    let expiry = turnpike::io::clock::now().unix + 24 * 3600;
+    let username = format!("{expiry}:turnpike");
+    let password = turnpike::core::auth::rest_password(secret, &username);
+    let host = |a: std::net::SocketAddr| match a.ip() {
+        ip if ip.is_unspecified() && a.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        ip if ip.is_ipv6() => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let mut urls = Vec::new();
+    for l in listeners.iter().filter(|l| l.addr.is_ipv4()) {
+        let url = match l.transport {
+            Transport::Udp => format!("turn:{}:{}?transport=udp", host(l.addr), l.addr.port()),
+            Transport::Tcp => format!("turn:{}:{}?transport=tcp", host(l.addr), l.addr.port()),
+            Transport::Tls => format!("turns:{}:{}?transport=tcp", host(l.addr), l.addr.port()),
+        };
+        urls.push(format!("\"{url}\""));
+    }
+    tracing::warn!("no [auth] configured: generated a TURN REST secret for this run only");
+    println!("secret {secret}");
+    println!(
+        "iceServers [{{\"urls\":[{}],\"username\":\"{username}\",\"credential\":\"{password}\"}}]",
+        urls.join(",")
+    );
 }
 
 async fn wait_for_signal() -> Result<&'static str> {

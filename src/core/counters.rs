@@ -2,10 +2,13 @@
 //! metrics; the core never touches a metrics registry.
 //!
 //! Each core instance is owned by one thread, and only that thread writes
-//! its counters, so an increment is a relaxed load and store (no locked
+//! its counters, so an update is a relaxed load and store (no locked
 //! read-modify-write on the packet path). Any thread may read them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::config::Transport;
+use crate::wire::Method;
 
 /// A counter written by one thread and read by any.
 #[derive(Default, Debug)]
@@ -28,37 +31,82 @@ impl Counter {
     }
 }
 
-/// Why a packet from a client or a peer was dropped without an answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DropReason {
-    /// Not a well-formed STUN message or ChannelData (RFC 8489 §6.3).
-    Malformed,
-    /// FINGERPRINT present and wrong (RFC 8489 §14.7).
-    BadFingerprint,
-    /// A response or an indication the server has no use for.
-    Unexpected,
-}
+/// A gauge written by one thread and read by any. Per-shard values may be
+/// negative transiently only if misused; totals are sums over shards.
+#[derive(Default, Debug)]
+pub struct Gauge(AtomicI64);
 
-impl DropReason {
-    pub const ALL: [DropReason; 3] = [
-        DropReason::Malformed,
-        DropReason::BadFingerprint,
-        DropReason::Unexpected,
-    ];
+impl Gauge {
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::BadFingerprint => "bad_fingerprint",
-            DropReason::Unexpected => "unexpected",
-        }
+    #[inline]
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
     }
 }
 
-/// The response codes counted per method; index 0 is success.
-pub const RESULT_CODES: [u16; 15] = [
-    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 486, 500, 508, 0,
+macro_rules! labelled {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The metric label value.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+labelled!(
+    /// Why a packet from a client or a peer was dropped without an answer.
+    DropReason {
+        Malformed => "malformed",
+        BadFingerprint => "bad_fingerprint",
+        Unexpected => "unexpected",
+        NoAllocation => "no_allocation",
+        NoPermission => "no_permission",
+        NoChannel => "no_channel",
+        PeerPolicy => "peer_policy",
+        Bandwidth => "bandwidth",
+        SendBufferFull => "send_buffer_full",
+    }
+);
+
+labelled!(
+    /// Why authentication failed (the 401 challenge itself is not a failure).
+    AuthFailureReason {
+        BadIntegrity => "bad_integrity",
+        StaleNonce => "stale_nonce",
+        ExpiredUsername => "expired_username",
+        UnknownUser => "unknown_user",
+        BadRequest => "bad_request",
+        WrongCredentials => "wrong_credentials",
+    }
+);
+
+labelled!(
+    /// Why an allocation ended.
+    EndReason {
+        Expired => "expired",
+        Refreshed0 => "deleted",
+        ConnectionClosed => "connection_closed",
+        Admin => "admin",
+        Shutdown => "shutdown",
+    }
+);
+
+/// The response codes counted per method; the last slot is "other".
+pub const RESULT_CODES: [u16; 17] = [
+    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 487, 500, 508, 0,
 ];
 
 fn code_index(code: u16) -> usize {
@@ -69,31 +117,60 @@ fn code_index(code: u16) -> usize {
 }
 
 /// Methods counted in `requests`; the last slot is "other".
-pub const COUNTED_METHODS: [crate::wire::Method; 6] = [
-    crate::wire::Method::BINDING,
-    crate::wire::Method::ALLOCATE,
-    crate::wire::Method::REFRESH,
-    crate::wire::Method::CREATE_PERMISSION,
-    crate::wire::Method::CHANNEL_BIND,
-    crate::wire::Method(0xfff),
+pub const COUNTED_METHODS: [Method; 6] = [
+    Method::BINDING,
+    Method::ALLOCATE,
+    Method::REFRESH,
+    Method::CREATE_PERMISSION,
+    Method::CHANNEL_BIND,
+    Method(0xfff),
 ];
 
-fn method_index(m: crate::wire::Method) -> usize {
+fn method_index(m: Method) -> usize {
     COUNTED_METHODS[..COUNTED_METHODS.len() - 1]
         .iter()
         .position(|&c| c == m)
         .unwrap_or(COUNTED_METHODS.len() - 1)
 }
 
+pub const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    }
+}
+
 /// All counters of one core.
 #[derive(Default, Debug)]
 pub struct Counters {
-    /// Binding requests answered (success or error).
+    /// Binding requests answered with success.
     pub binding_requests: Counter,
-    /// Requests answered, by method and response code ([`RESULT_CODES`]).
     requests: [[Counter; RESULT_CODES.len()]; COUNTED_METHODS.len()],
-    /// Packets dropped, by [`DropReason`].
     dropped: [Counter; DropReason::ALL.len()],
+    auth_failures: [Counter; AuthFailureReason::ALL.len()],
+    ended: [Counter; EndReason::ALL.len()],
+    /// Allocations alive, by client transport and relay family (0 IPv4,
+    /// 1 IPv6).
+    active: [[Gauge; 2]; 3],
+    pub allocations_created: Counter,
+    pub permissions_active: Gauge,
+    pub channels_active: Gauge,
+    /// Permissions/ChannelBinds refused by the peer policy (403).
+    pub policy_refusals: Counter,
+    /// Allocates refused by quotas (486), and permissions/channels refused
+    /// by their caps (508).
+    pub quota_refusals: Counter,
+    /// Client → peer.
+    pub relayed_packets_out: Counter,
+    pub relayed_bytes_out: Counter,
+    /// Peer → client.
+    pub relayed_packets_in: Counter,
+    pub relayed_bytes_in: Counter,
+    /// TCP/TLS client connections open (kept by the shell).
+    pub connections_open: Gauge,
 }
 
 impl Counters {
@@ -108,11 +185,36 @@ impl Counters {
 
     /// Count one answered request; `code` 200 for success.
     #[inline]
-    pub fn answered(&self, method: crate::wire::Method, code: u16) {
+    pub fn answered(&self, method: Method, code: u16) {
         self.requests[method_index(method)][code_index(code)].inc();
     }
 
-    pub fn answered_count(&self, method: crate::wire::Method, code: u16) -> u64 {
+    pub fn answered_count(&self, method: Method, code: u16) -> u64 {
         self.requests[method_index(method)][code_index(code)].get()
+    }
+
+    pub fn auth_failed(&self, why: AuthFailureReason) {
+        self.auth_failures[why as usize].inc();
+    }
+
+    pub fn auth_failure_count(&self, why: AuthFailureReason) -> u64 {
+        self.auth_failures[why as usize].get()
+    }
+
+    pub fn ended(&self, why: EndReason) {
+        self.ended[why as usize].inc();
+    }
+
+    pub fn ended_count(&self, why: EndReason) -> u64 {
+        self.ended[why as usize].get()
+    }
+
+    pub fn active(&self, t: Transport, ipv6: bool) -> &Gauge {
+        &self.active[transport_index(t)][usize::from(ipv6)]
+    }
+
+    /// Allocations alive on this core, all transports and families.
+    pub fn active_total(&self) -> i64 {
+        self.active.iter().flatten().map(Gauge::get).sum()
     }
 }

@@ -1,42 +1,72 @@
-//! The sans-IO server core.
+//! The sans-IO server core: STUN Binding (RFC 8489) and TURN (RFC 8656).
 //!
-//! The core does no I/O, reads no clock and draws no global randomness:
-//! the shell passes `now` (and, for TURN, wall time and an RNG) into every
-//! call, and sends whatever the core writes into the output buffer. The
-//! driving loop, per packet:
+//! The core does no I/O, reads no clock and draws no global randomness.
+//! The shell passes the time ([`Now`]) into every call, gives the core a
+//! seeded RNG at construction, and performs the two side effects the core
+//! asks for through [`RelayIo`] (bind and close a relay socket). The
+//! driving loop:
 //!
-//! 1. the shell reads a datagram (UDP) or cuts a frame (TCP/TLS, with
-//!    [`crate::wire::frame_len`]) and calls [`Server::handle_client`];
-//! 2. the returned [`ClientOutput`] says what to send and where;
-//! 3. the shell publishes [`Counters`] as metrics whenever it likes.
+//! 1. bytes from a client → [`Server::handle_client`] → [`ClientOutput`]:
+//!    a reply for the client in `out`, or data to send from a relay socket
+//!    to a peer (borrowed from the input, no copy);
+//! 2. a datagram on a relay socket → [`Server::handle_peer`] →
+//!    [`PeerOutput`]: the ChannelData or Data indication for the client,
+//!    written in place in the headroom in front of the payload;
+//! 3. when [`Server::poll_timeout`] passes → [`Server::handle_timeout`]
+//!    (expiry of allocations, permissions, channels, reservations);
+//! 4. [`Server::poll_event`] for allocation start/end (logs, admin);
+//! 5. [`Counters`] are read by the shell whenever it publishes metrics.
 //!
-//! Tests drive the same calls with a manual clock.
+//! Tests drive exactly these calls with a manual clock.
 
+pub mod allocation;
+pub mod auth;
 mod binding;
 pub mod counters;
+pub mod policy;
+pub mod shared;
+mod timers;
+mod turn;
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub use counters::{Counter, Counters, DropReason};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+pub use allocation::{Allocation, Traffic};
+pub use auth::{Authenticator, Credentials};
+pub use binding::canonical;
+pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
+pub use policy::PeerPolicy;
+pub use shared::Shared;
 
 use crate::config::{Config, Transport};
-use crate::wire::{Class, Message, MessageBuilder, Method, attr};
+use crate::wire::{
+    CHANNEL_DATA_HEADER_LEN, Class, IntegrityKey, Message, MessageBuilder, Method, attr,
+};
+use timers::{Due, Timers};
 
-/// What the core needs from the configuration, resolved once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CoreConfig {
-    pub realm: String,
-    /// SOFTWARE attribute, or `None` to send none.
-    pub software: Option<String>,
+/// The time, as the shell read it: a monotonic instant for deadlines and
+/// Unix seconds for REST usernames and nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix: u64,
 }
 
-impl CoreConfig {
-    pub fn from_config(c: &Config) -> Self {
-        CoreConfig {
-            realm: c.server.realm.clone(),
-            software: (!c.server.software.is_empty()).then(|| c.server.software.clone()),
+impl Now {
+    pub fn new(mono: Instant, unix: u64) -> Self {
+        Now { mono, unix }
+    }
+
+    /// `d` later on both clocks.
+    pub fn plus(self, d: Duration) -> Self {
+        Now {
+            mono: self.mono + d,
+            unix: self.unix + d.as_secs(),
         }
     }
 }
@@ -50,47 +80,305 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
+/// Handle of a relay socket: the slot of its allocation. The shell keeps
+/// its sockets in a table indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub u32);
+
+/// The side effects the core needs from the shell, synchronously.
+pub trait RelayIo {
+    /// Bind a UDP relay socket for `relay` on `addr`. An error (port taken
+    /// by another process) makes the core try another port.
+    fn bind(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        dont_fragment: bool,
+    ) -> std::io::Result<()>;
+    /// The allocation behind `relay` is gone: close its socket.
+    fn close(&mut self, relay: RelayId);
+}
+
 /// What the shell must do after [`Server::handle_client`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum ClientOutput {
+pub enum ClientOutput<'a> {
     /// Nothing to send (indication, or a dropped packet, already counted).
     None,
     /// Send the output buffer to the client on the same five-tuple.
     Reply,
+    /// Send `data` from the relay socket of `relay` to `peer`.
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
 }
+
+/// What the shell must do after [`Server::handle_peer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerOutput<'b> {
+    None,
+    /// Send `data` (ChannelData or a Data indication) to the client of
+    /// `ft`.
+    ToClient {
+        ft: FiveTuple,
+        data: &'b [u8],
+    },
+}
+
+/// Bytes [`Server::handle_peer`] needs free in front of the payload: a
+/// STUN header, XOR-PEER-ADDRESS (IPv6) and the DATA attribute header.
+pub const PEER_HEADROOM: usize = 20 + 24 + 4;
+/// Bytes it needs free after the payload (padding to four bytes).
+pub const PEER_TAILROOM: usize = 4;
+
+/// RFC 8656 §7.2: the default allocation lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §7.2: a reserved port is held for about 30 seconds.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A relay address family the server offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayFamily {
+    pub bind: IpAddr,
+    /// XOR-RELAYED-ADDRESS IP: `public_ip`, else `bind`; the shell
+    /// replaces a wildcard with the host's primary address at start.
+    pub advertised: IpAddr,
+    /// Relay sockets bind the wildcard and no public address is set: then
+    /// the address the client reached the server at (if known and of this
+    /// family) is the one advertised, since it is one peers on that
+    /// network can reach too.
+    pub follow_local: bool,
+}
+
+impl RelayFamily {
+    /// The IP to put in XOR-RELAYED-ADDRESS for a client that reached the
+    /// server at `server`.
+    pub fn advertised_for(&self, server: SocketAddr) -> IpAddr {
+        let local = server.ip();
+        if self.follow_local && !local.is_unspecified() && local.is_ipv6() == self.bind.is_ipv6() {
+            local
+        } else {
+            self.advertised
+        }
+    }
+}
+
+/// What the core needs from the configuration, resolved once (and again
+/// on reload).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub realm: String,
+    /// SOFTWARE attribute, or `None` to send none.
+    pub software: Option<String>,
+    pub relay4: Option<RelayFamily>,
+    pub relay6: Option<RelayFamily>,
+    pub max_lifetime: Duration,
+    pub policy: PeerPolicy,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Bytes per second per allocation; 0 = unlimited.
+    pub max_bytes_per_sec: u64,
+    /// While draining, new Allocates are turned away (300 with
+    /// ALTERNATE-SERVER if one is set, else 486).
+    pub draining: bool,
+    pub alternate_servers: Vec<SocketAddr>,
+}
+
+impl CoreConfig {
+    /// From a validated config.
+    pub fn from_config(c: &Config) -> Self {
+        let fam = |bind: Option<IpAddr>, public: Option<IpAddr>| {
+            bind.map(|b| RelayFamily {
+                bind: b,
+                advertised: public.unwrap_or(b),
+                follow_local: public.is_none() && b.is_unspecified(),
+            })
+        };
+        CoreConfig {
+            realm: c.server.realm.clone(),
+            software: (!c.server.software.is_empty()).then(|| c.server.software.clone()),
+            relay4: fam(c.relay.bind_ip, c.relay.public_ip),
+            relay6: fam(c.relay.bind_ip6, c.relay.public_ip6),
+            max_lifetime: c.policy.max_lifetime.0,
+            policy: PeerPolicy::new(&c.policy.allow_peers, &c.policy.deny_peers)
+                .expect("validated peer lists"),
+            max_allocations: c.policy.max_allocations,
+            max_allocations_per_user: c.policy.max_allocations_per_user,
+            max_permissions: c.policy.max_permissions,
+            max_channels: c.policy.max_channels,
+            max_bytes_per_sec: c.policy.max_bitrate / 8,
+            draining: false,
+            alternate_servers: Vec::new(),
+        }
+    }
+}
+
+/// Allocation start and end, for logs and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    AllocationCreated {
+        id: u64,
+        ft: FiveTuple,
+        relay: SocketAddr,
+        username: String,
+        lifetime: Duration,
+    },
+    AllocationEnded {
+        id: u64,
+        ft: FiveTuple,
+        relay: SocketAddr,
+        username: String,
+        reason: EndReason,
+        duration: Duration,
+        traffic: Traffic,
+    },
+}
+
+/// Events kept for the shell before the oldest are dropped.
+const MAX_EVENTS: usize = 4096;
+
+/// An allocation as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub ft: FiveTuple,
+    pub username: String,
+    pub relay: SocketAddr,
+    pub advertised: SocketAddr,
+    pub age: Duration,
+    pub expires_in: Duration,
+    pub permissions: Vec<IpAddr>,
+    pub channels: Vec<(u16, SocketAddr)>,
+    pub traffic: Traffic,
+}
+
+/// Everything [`Server::new`] needs.
+pub struct Setup {
+    pub cfg: Arc<CoreConfig>,
+    pub creds: Arc<Credentials>,
+    pub shared: Arc<Shared>,
+    pub counters: Arc<Counters>,
+    /// Seeds the core's RNG (relay ports, tokens, transaction IDs).
+    pub seed: u64,
+    /// Key of the stateless nonces; shards of one server share it.
+    pub nonce_key: [u8; 32],
+    /// Tags allocation ids so ids of different shards never collide.
+    pub shard: u16,
+}
+
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One server core. The shell owns one per shard (thread).
 pub struct Server {
     cfg: Arc<CoreConfig>,
     counters: Arc<Counters>,
+    shared: Arc<Shared>,
+    auth: Authenticator,
+    rng: StdRng,
+    slots: Vec<Option<Allocation>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    by_ft: FastMap<FiveTuple, u32>,
+    timers: Timers,
+    events: VecDeque<Event>,
+    next_id: u64,
 }
 
 impl Server {
-    pub fn new(cfg: Arc<CoreConfig>, counters: Arc<Counters>) -> Self {
-        Server { cfg, counters }
+    pub fn new(s: Setup) -> Self {
+        Server {
+            auth: Authenticator::new(s.creds, &s.nonce_key),
+            cfg: s.cfg,
+            counters: s.counters,
+            shared: s.shared,
+            rng: StdRng::seed_from_u64(s.seed),
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            by_ft: FastMap::default(),
+            timers: Timers::default(),
+            events: VecDeque::new(),
+            next_id: u64::from(s.shard) << 48,
+        }
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
+    /// Entries in the timer heap (live and stale), for memory tests.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
 
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Swap in a new configuration (reload): peer policy, quotas, caps,
+    /// lifetimes, draining. Live allocations keep relaying.
+    pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
+        self.cfg = cfg;
+    }
+
+    /// Swap in new credentials (reload). Live allocations keep their keys.
+    pub fn set_credentials(&mut self, creds: Arc<Credentials>) {
+        self.auth.set_credentials(creds);
+    }
+
+    /// Allocations alive on this core.
+    pub fn allocation_count(&self) -> usize {
+        self.by_ft.len()
+    }
+
+    /// The earliest instant [`Server::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Next allocation start/end event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
     /// Handle one datagram (UDP) or one whole frame (TCP/TLS) from a
-    /// client. Any reply is appended to `out` (which the caller clears).
+    /// client. A reply is appended to `out` (which the caller clears).
     ///
-    /// RFC 8489 §6.3: a message that is not well-formed STUN is dropped
-    /// silently, and so is one whose FINGERPRINT does not match (§14.7), so
-    /// a malformed packet never costs more bytes out than it brought in.
-    pub fn handle_client(
+    /// RFC 8489 §6.3 and RFC 8656 §12: the first two bits tell STUN (00)
+    /// from ChannelData (01); anything else, or a message that is not
+    /// well-formed, is dropped silently and counted, as is one whose
+    /// FINGERPRINT does not match (§14.7). A malformed packet never costs
+    /// more bytes out than it brought in.
+    pub fn handle_client<'a, I: RelayIo>(
         &mut self,
-        _now: Instant,
+        now: Now,
         ft: &FiveTuple,
-        data: &[u8],
+        data: &'a [u8],
         out: &mut Vec<u8>,
-    ) -> ClientOutput {
+        io: &mut I,
+    ) -> ClientOutput<'a> {
+        match data.first().map(|b| b >> 6) {
+            Some(0) => {}
+            Some(1) => return self.client_channel_data(now.mono, ft, data),
+            _ => {
+                self.counters.dropped(DropReason::Malformed);
+                return ClientOutput::None;
+            }
+        }
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(_) => {
@@ -102,58 +390,273 @@ impl Server {
             self.counters.dropped(DropReason::BadFingerprint);
             return ClientOutput::None;
         }
-        match msg.class() {
-            Class::Request => self.handle_request(&msg, ft, out),
-            Class::Indication | Class::Success | Class::Error => {
-                // A Binding indication is a keepalive and gets nothing back
-                // (RFC 8489 §6.3.2); responses are not ours to handle.
+        match (msg.class(), msg.method()) {
+            (Class::Request, Method::BINDING) => {
+                // RFC 8489 §6.3.1: unknown comprehension-required
+                // attributes → 420. Binding needs no authentication.
+                let unknown = msg.unknown_comprehension_required(attr::known_to_server);
+                if !unknown.is_empty() {
+                    let mut b = MessageBuilder::response(out, &msg, Class::Error);
+                    b.error_code(420, "Unknown Attribute")
+                        .unknown_attributes(unknown.as_slice());
+                    self.finish(b, &msg, None);
+                    self.counters.answered(msg.method(), 420);
+                    return ClientOutput::Reply;
+                }
+                binding::respond(self, &msg, ft, out)
+            }
+            (Class::Request, _) => self.turn_request(now, ft, &msg, out, io),
+            (Class::Indication, Method::SEND) => self.send_indication(now.mono, ft, &msg),
+            _ => {
+                // A Binding indication is a keepalive and gets nothing
+                // back (RFC 8489 §6.3.2); responses are not ours.
                 self.counters.dropped(DropReason::Unexpected);
                 ClientOutput::None
             }
         }
     }
 
-    fn handle_request(
+    /// Handle a datagram that arrived on the relay socket of `relay` from
+    /// `peer` (RFC 8656 §11.3 and §12.6). The payload is
+    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`; `buf` must have
+    /// [`PEER_TAILROOM`] spare bytes after it. The message for the client
+    /// is written in place around the payload: a ChannelData header if the
+    /// peer has a channel, else a Data indication.
+    pub fn handle_peer<'b>(
         &mut self,
-        msg: &Message<'_>,
-        ft: &FiveTuple,
-        out: &mut Vec<u8>,
-    ) -> ClientOutput {
-        // RFC 8489 §6.3.1: unknown comprehension-required attributes → 420.
-        let unknown = msg.unknown_comprehension_required(attr::known_to_server);
-        if !unknown.is_empty() {
-            let mut b = MessageBuilder::response(out, msg, Class::Error);
-            b.error_code(420, "Unknown Attribute")
-                .unknown_attributes(unknown.as_slice());
-            self.finish(b, msg);
-            self.counters.answered(msg.method(), 420);
-            return ClientOutput::Reply;
+        now: Instant,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &'b mut [u8],
+        len: usize,
+    ) -> PeerOutput<'b> {
+        let Some(Some(a)) = self.slots.get_mut(relay.0 as usize) else {
+            self.counters.dropped(DropReason::NoAllocation);
+            return PeerOutput::None;
+        };
+        if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM {
+            self.counters.dropped(DropReason::Malformed);
+            return PeerOutput::None;
         }
-        match msg.method() {
-            Method::BINDING => binding::respond(self, msg, ft, out),
-            _ => {
-                self.error(msg, out, 400, "Unsupported Method");
-                ClientOutput::Reply
+        if !a.permitted(peer.ip(), now) {
+            self.counters.dropped(DropReason::NoPermission);
+            return PeerOutput::None;
+        }
+        if !a.bucket.take(len, now) {
+            self.counters.dropped(DropReason::Bandwidth);
+            return PeerOutput::None;
+        }
+        a.traffic.packets_in += 1;
+        a.traffic.bytes_in += len as u64;
+        self.counters.relayed_packets_in.inc();
+        self.counters.relayed_bytes_in.add(len as u64);
+        let ft = a.ft;
+        let stream = ft.transport.is_stream();
+        let range = match a.channel_by_peer(peer, now) {
+            Some(ch) => {
+                let start = PEER_HEADROOM - CHANNEL_DATA_HEADER_LEN;
+                buf[start..PEER_HEADROOM]
+                    .copy_from_slice(&crate::wire::ChannelData::header(ch.number, len));
+                let mut end = PEER_HEADROOM + len;
+                if stream {
+                    // RFC 8656 §12.5: padded to four bytes over TCP/TLS.
+                    let padded = PEER_HEADROOM + crate::wire::pad4(len);
+                    buf[end..padded].fill(0);
+                    end = padded;
+                }
+                start..end
+            }
+            None => {
+                let tid = crate::wire::TransactionId::random(&mut self.rng);
+                crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer, tid)
+            }
+        };
+        PeerOutput::ToClient {
+            ft,
+            data: &buf[range],
+        }
+    }
+
+    /// Expire whatever is due at `now`: allocations (their relay sockets
+    /// are closed through `io`), permissions, channels, reservations.
+    pub fn handle_timeout<I: RelayIo>(&mut self, now: Now, io: &mut I) {
+        while let Some((at, due)) = self.timers.pop_due(now.mono) {
+            match due {
+                Due::Reservation(token) => self.shared.expire_reservation(token, now.mono),
+                Due::Allocation { slot, generation } => {
+                    let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    if a.generation != generation || a.next_check != at {
+                        continue; // stale entry
+                    }
+                    if a.expires <= now.mono {
+                        self.delete(slot, now.mono, EndReason::Expired, io);
+                        continue;
+                    }
+                    let swept = a.sweep(now.mono);
+                    let next = a.earliest_deadline();
+                    a.next_check = next;
+                    self.counters
+                        .permissions_active
+                        .add(-(swept.permissions_removed as i64));
+                    self.counters
+                        .channels_active
+                        .add(-(swept.channels_deactivated as i64));
+                    self.timers.push(next, Due::Allocation { slot, generation });
+                }
             }
         }
     }
 
-    /// Write an error response (SOFTWARE, FINGERPRINT as the request asked).
-    fn error(&self, req: &Message<'_>, out: &mut Vec<u8>, code: u16, reason: &str) {
-        let mut b = MessageBuilder::response(out, req, Class::Error);
-        b.error_code(code, reason);
-        self.finish(b, req);
-        self.counters.answered(req.method(), code);
+    /// A TCP/TLS connection closed: its allocation goes (RFC 8656 §3.1).
+    pub fn connection_closed<I: RelayIo>(&mut self, now: Instant, ft: &FiveTuple, io: &mut I) {
+        if let Some(&slot) = self.by_ft.get(ft) {
+            self.delete(slot, now, EndReason::ConnectionClosed, io);
+        }
     }
 
-    /// The trailing attributes every response gets: SOFTWARE unless hidden,
-    /// FINGERPRINT if the request carried one (RFC 8489 §14.7 and §14.14).
-    fn finish(&self, mut b: MessageBuilder<'_>, req: &Message<'_>) {
+    /// The allocations on this core, for the admin API.
+    pub fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|a| SessionInfo {
+                id: a.id,
+                ft: a.ft,
+                username: a.username.to_string(),
+                relay: a.relay,
+                advertised: a.advertised,
+                age: now.saturating_duration_since(a.created),
+                expires_in: a.expires.saturating_duration_since(now),
+                permissions: a
+                    .permissions
+                    .iter()
+                    .filter(|p| now < p.expires)
+                    .map(|p| p.ip)
+                    .collect(),
+                channels: a
+                    .channels
+                    .iter()
+                    .filter(|c| c.active(now))
+                    .map(|c| (c.number, c.peer))
+                    .collect(),
+                traffic: a.traffic,
+            })
+            .collect()
+    }
+
+    /// Delete an allocation by admin id; false if none here.
+    pub fn delete_session<I: RelayIo>(&mut self, id: u64, now: Instant, io: &mut I) -> bool {
+        let slot = self
+            .slots
+            .iter()
+            .position(|a| a.as_ref().is_some_and(|a| a.id == id));
+        match slot {
+            Some(s) => {
+                self.delete(s as u32, now, EndReason::Admin, io);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End every allocation (shutdown).
+    pub fn delete_all<I: RelayIo>(&mut self, now: Instant, io: &mut I) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].is_some() {
+                self.delete(slot as u32, now, EndReason::Shutdown, io);
+            }
+        }
+    }
+
+    fn delete<I: RelayIo>(&mut self, slot: u32, now: Instant, why: EndReason, io: &mut I) {
+        let Some(a) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.by_ft.remove(&a.ft);
+        self.free.push(slot);
+        io.close(RelayId(slot));
+        self.shared.pool(a.relay.is_ipv6()).release(a.relay.port());
+        self.shared.release(&a.quota_user);
+        self.counters.ended(why);
+        self.counters
+            .active(a.ft.transport, a.relay.is_ipv6())
+            .add(-1);
+        self.counters
+            .permissions_active
+            .add(-(a.permissions.iter().filter(|p| now < p.expires).count() as i64));
+        self.counters
+            .channels_active
+            .add(-(a.channels.iter().filter(|c| c.counted).count() as i64));
+        self.push_event(Event::AllocationEnded {
+            id: a.id,
+            ft: a.ft,
+            relay: a.relay,
+            username: a.username.into(),
+            reason: why,
+            duration: now.saturating_duration_since(a.created),
+            traffic: a.traffic,
+        });
+    }
+
+    /// Re-file an allocation in the timer heap if its earliest deadline
+    /// moved earlier (a later one is found when the current entry fires).
+    fn reschedule(&mut self, slot: u32) {
+        if let Some(Some(a)) = self.slots.get_mut(slot as usize) {
+            let d = a.earliest_deadline();
+            if d < a.next_check {
+                a.next_check = d;
+                self.timers.push(
+                    d,
+                    Due::Allocation {
+                        slot,
+                        generation: a.generation,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The trailing attributes of every response: SOFTWARE unless hidden,
+    /// MESSAGE-INTEGRITY(-SHA256) for an authenticated request, signed the
+    /// way the request was (RFC 8489 §9.2.4), FINGERPRINT if the request
+    /// carried one (§14.7).
+    fn finish(
+        &self,
+        mut b: MessageBuilder<'_>,
+        req: &Message<'_>,
+        sign: Option<(&IntegrityKey, bool)>,
+    ) {
         if let Some(sw) = &self.cfg.software {
             b.text(attr::SOFTWARE, sw);
+        }
+        match sign {
+            Some((key, true)) => {
+                b.integrity_sha256(key);
+            }
+            Some((key, false)) => {
+                b.integrity(key);
+            }
+            None => {}
         }
         if req.has_fingerprint() {
             b.fingerprint();
         }
+    }
+
+    /// An error response, signed if `sign` is given.
+    fn error(
+        &self,
+        req: &Message<'_>,
+        out: &mut Vec<u8>,
+        code: u16,
+        reason: &str,
+        sign: Option<(&IntegrityKey, bool)>,
+    ) {
+        let mut b = MessageBuilder::response(out, req, Class::Error);
+        b.error_code(code, reason);
+        self.finish(b, req, sign);
+        self.counters.answered(req.method(), code);
     }
 }

@@ -7,6 +7,8 @@
 //! the shards, and a shard never shares state with another on the packet
 //! path.
 
+pub mod clock;
+mod relay;
 mod shard;
 mod socket;
 mod stream;
@@ -19,8 +21,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+use rand::TryRngCore;
+
 use crate::config::{Config, Transport};
-use crate::core::{CoreConfig, Counters};
+use crate::core::{CoreConfig, Counters, Credentials, Setup, Shared};
 
 /// A listener as bound (with the real port when the config said 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,17 @@ pub enum StartError {
     },
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "{key} ({addr}): cannot bind relay sockets there: {source}. Fix: use an address of this host, or the wildcard"
+    )]
+    RelayBind {
+        key: &'static str,
+        addr: std::net::IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {problem}. Fix: make the file readable")]
+    Secret { key: String, problem: String },
 }
 
 fn bind_fix(e: &std::io::Error) -> &'static str {
@@ -73,6 +88,7 @@ fn bind_fix(e: &std::io::Error) -> &'static str {
 pub struct ServerHandle {
     listeners: Vec<BoundListener>,
     counters: Vec<Arc<Counters>>,
+    shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -93,6 +109,11 @@ impl ServerHandle {
     /// The counters of every shard (sum them for totals).
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
+    }
+
+    /// State shared by the shards (quotas, port pools).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Stop every shard and wait for its thread. Open connections are
@@ -119,7 +140,19 @@ pub fn shard_count(cfg: &Config) -> usize {
 /// warning on hosts without IPv6, so the default works everywhere.
 pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let shards = shard_count(cfg);
-    let core_cfg = Arc::new(CoreConfig::from_config(cfg));
+    let mut core_cfg = CoreConfig::from_config(cfg);
+    for fam in [&mut core_cfg.relay4, &mut core_cfg.relay6]
+        .into_iter()
+        .flatten()
+    {
+        if fam.advertised.is_unspecified() {
+            fam.advertised = primary_address(fam.bind.is_ipv6());
+        }
+    }
+    let core_cfg = Arc::new(core_cfg);
+    let creds = Arc::new(credentials(cfg)?);
+    check_relay_addresses(cfg)?;
+    warn_if_own_address_refused(&core_cfg);
     let mut per_shard: Vec<shard::Sockets> =
         (0..shards).map(|_| shard::Sockets::default()).collect();
     let mut listeners = Vec::new();
@@ -175,26 +208,134 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();
+    let shared = Arc::new(Shared::new(cfg.relay.ports));
+    let mut os_rng = rand::rngs::OsRng;
+    let mut nonce_key = [0u8; 32];
+    os_rng
+        .try_fill_bytes(&mut nonce_key)
+        .expect("OS randomness");
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let rx = rx.clone();
-        let core_cfg = core_cfg.clone();
+        let setup = Setup {
+            cfg: core_cfg.clone(),
+            creds: creds.clone(),
+            shared: shared.clone(),
+            counters: c,
+            seed: os_rng.try_next_u64().expect("OS randomness"),
+            nonce_key,
+            shard: id as u16,
+        };
         let t = std::thread::Builder::new()
             .name(format!("turnpike-shard-{id}"))
-            .spawn(move || shard::run(id, sockets, core_cfg, c, rx))
+            .spawn(move || shard::run(id, sockets, setup, rx))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
     for l in &listeners {
         tracing::info!(transport = %l.transport, addr = %l.addr, shards, "listening");
     }
+    if let Some(r) = core_cfg.relay4 {
+        tracing::info!(bind = %r.bind, advertised = %r.advertised, ports = %cfg.relay.ports, "relaying IPv4");
+    }
+    if let Some(r) = core_cfg.relay6 {
+        tracing::info!(bind = %r.bind, advertised = %r.advertised, ports = %cfg.relay.ports, "relaying IPv6");
+    }
     Ok(ServerHandle {
         listeners,
         counters,
+        shared,
         shutdown: tx,
         threads,
     })
+}
+
+/// Credentials from `[auth]`, reading secret files (the only file reads
+/// the core's inputs need).
+pub fn credentials(cfg: &Config) -> Result<Credentials, StartError> {
+    let mut secrets = cfg.auth.secrets.clone();
+    for (i, p) in cfg.auth.secret_files.iter().enumerate() {
+        let s = crate::config::read_secret_file(p).map_err(|problem| StartError::Secret {
+            key: format!("auth.secret_files[{i}]"),
+            problem: format!("{}: {problem}", p.display()),
+        })?;
+        secrets.push(s);
+    }
+    Ok(Credentials::new(
+        &cfg.server.realm,
+        secrets,
+        &cfg.auth.users,
+        cfg.auth.nonce_lifetime.0.as_secs(),
+    ))
+}
+
+/// The address this host sends from towards the Internet (a routing
+/// lookup: connecting a UDP socket sends nothing), or loopback on a host
+/// with no route. Used as the advertised relay address when relay sockets
+/// bind the wildcard and no `public_ip` is set.
+pub fn primary_address(ipv6: bool) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    let (bind, probe, fallback): (IpAddr, SocketAddr, IpAddr) = if ipv6 {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            "[2001:db8::1]:9".parse().expect("literal"),
+            Ipv6Addr::LOCALHOST.into(),
+        )
+    } else {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            "192.0.2.1:9".parse().expect("literal"),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+    };
+    UdpSocket::bind(SocketAddr::new(bind, 0))
+        .and_then(|s| {
+            s.connect(probe)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(fallback)
+}
+
+/// A relay address this host does not have would turn every Allocate into
+/// 508; refuse it at start instead.
+fn check_relay_addresses(cfg: &Config) -> Result<(), StartError> {
+    for (key, ip) in [
+        ("relay.bind_ip", cfg.relay.bind_ip),
+        ("relay.bind_ip6", cfg.relay.bind_ip6),
+    ] {
+        let Some(ip) = ip else { continue };
+        if let Err(source) = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+            if ip.is_ipv6() && ip.is_unspecified() && ipv6_unavailable(&source) {
+                tracing::warn!(
+                    "IPv6 unavailable on this host; IPv6 allocations will fail with 508"
+                );
+                continue;
+            }
+            return Err(StartError::RelayBind {
+                key,
+                addr: ip,
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Peers reach allocations at the advertised relay address. If the peer
+/// policy refuses that address, two clients of this server cannot relay to
+/// each other (each one's peer is the other's relay address).
+fn warn_if_own_address_refused(c: &CoreConfig) {
+    for r in [c.relay4, c.relay6].into_iter().flatten() {
+        if !r.advertised.is_unspecified() && !c.policy.allows(r.advertised) {
+            tracing::warn!(
+                address = %r.advertised,
+                "the peer policy refuses this server's own relay address: clients of this server cannot relay to each other; \
+                 set relay.public_ip to the public address, or add it to policy.allow_peers"
+            );
+        }
+    }
 }
 
 fn ipv6_unavailable(e: &std::io::Error) -> bool {

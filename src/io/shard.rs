@@ -1,15 +1,22 @@
-//! One shard: a current-thread runtime owning a server core and its own
-//! socket of every listener.
+//! One shard: a current-thread runtime owning a server core, its own
+//! socket of every listener, and the relay sockets of its allocations.
+//! Tasks of a shard share it through `Rc` and borrow the core only between
+//! awaits: no locks, no channels on the packet path.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::relay::{RelaySocket, ShellIo};
+use super::stream::ConnOut;
 use crate::config::Transport;
-use crate::core::{CoreConfig, Counters, FiveTuple, Server};
+use crate::core::{Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup};
 
 /// The sockets handed to one shard.
 #[derive(Default)]
@@ -38,15 +45,99 @@ impl Sockets {
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The timer task wakes at least this often (and exactly at deadlines).
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
-pub(crate) fn run(
-    id: usize,
-    sockets: Sockets,
-    cfg: Arc<CoreConfig>,
-    counters: Arc<Counters>,
-    shutdown: watch::Receiver<bool>,
-) {
+/// State shared by the tasks of one shard.
+pub(crate) struct Shard {
+    pub core: RefCell<Server>,
+    pub counters: Arc<Counters>,
+    /// Relay sockets indexed by `RelayId`.
+    pub relays: RefCell<Vec<Option<RelaySocket>>>,
+    /// Receive buffer for relay sockets, with headroom for in-place
+    /// ChannelData / Data indication headers.
+    pub rx: RefCell<Vec<u8>>,
+    pub udp: RefCell<Vec<(SocketAddr, Rc<UdpSocket>)>>,
+    pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
+}
+
+impl Shard {
+    /// Send bytes to a client on its five-tuple: a datagram from the
+    /// listener socket it used, or into its connection's output buffer.
+    /// False when it could not be queued (counted by the caller).
+    pub fn send_to_client(&self, ft: &FiveTuple, data: &[u8]) -> bool {
+        match ft.transport {
+            Transport::Udp => {
+                let udp = self.udp.borrow();
+                let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
+                    return false;
+                };
+                sock.try_send_to(data, ft.client).is_ok()
+            }
+            Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
+                Some(c) => c.push(data),
+                None => false,
+            },
+        }
+    }
+
+    /// Send from an allocation's relay socket to a peer.
+    pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
+        match self.relays.borrow().get(relay.0 as usize) {
+            Some(Some(r)) => r.sock.try_send_to(data, peer).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Log allocation events the core queued.
+    pub fn drain_events(&self) {
+        let mut core = self.core.borrow_mut();
+        while let Some(e) = core.poll_event() {
+            match e {
+                Event::AllocationCreated {
+                    id,
+                    ft,
+                    relay,
+                    username,
+                    lifetime,
+                } => tracing::info!(
+                    id,
+                    user = %username,
+                    client = %ft.client,
+                    server = %ft.server,
+                    transport = %ft.transport,
+                    %relay,
+                    lifetime = lifetime.as_secs(),
+                    "allocation created"
+                ),
+                Event::AllocationEnded {
+                    id,
+                    ft,
+                    relay,
+                    username,
+                    reason,
+                    duration,
+                    traffic,
+                } => tracing::info!(
+                    id,
+                    user = %username,
+                    client = %ft.client,
+                    server = %ft.server,
+                    transport = %ft.transport,
+                    %relay,
+                    reason = reason.name(),
+                    duration_s = duration.as_secs(),
+                    bytes_to_peer = traffic.bytes_out,
+                    bytes_from_peer = traffic.bytes_in,
+                    "allocation ended"
+                ),
+            }
+        }
+    }
+}
+
+pub(crate) fn run(id: usize, sockets: Sockets, setup: Setup, shutdown: watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,19 +150,27 @@ pub(crate) fn run(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let core = Rc::new(RefCell::new(Server::new(cfg, counters)));
+        let shard = Rc::new(Shard {
+            counters: setup.counters.clone(),
+            core: RefCell::new(Server::new(setup)),
+            relays: RefCell::new(Vec::new()),
+            rx: RefCell::new(vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM]),
+            udp: RefCell::new(Vec::new()),
+            conns: RefCell::new(HashMap::new()),
+        });
         for (s, addr) in sockets.udp {
-            let sock = match tokio::net::UdpSocket::from_std(s.into()) {
-                Ok(s) => s,
+            let sock = match UdpSocket::from_std(s.into()) {
+                Ok(s) => Rc::new(s),
                 Err(e) => {
                     tracing::error!(shard = id, %addr, error = %e, "cannot register UDP socket");
                     continue;
                 }
             };
+            shard.udp.borrow_mut().push((addr, sock.clone()));
             tokio::task::spawn_local(super::udp::serve(
+                shard.clone(),
                 sock,
                 addr,
-                core.clone(),
                 shutdown.clone(),
             ));
         }
@@ -84,24 +183,55 @@ pub(crate) fn run(
                 }
             };
             tokio::task::spawn_local(accept_loop(
+                shard.clone(),
                 listener,
                 addr,
                 tls,
-                core.clone(),
                 shutdown.clone(),
             ));
         }
-        let mut shutdown = shutdown;
-        let _ = shutdown.wait_for(|s| *s).await;
+        timer_loop(&shard, shutdown).await;
+        // Shutting down: end every allocation so its log line is written
+        // and its relay socket closed.
+        let now = super::clock::now();
+        shard
+            .core
+            .borrow_mut()
+            .delete_all(now.mono, &mut ShellIo { shard: &shard });
+        shard.drain_events();
     });
     tracing::debug!(shard = id, "shard stopped");
 }
 
+/// Run the core's timers until shutdown: sleep until the next deadline
+/// (at most a second, so new earlier deadlines are never missed by more),
+/// then let the core expire what is due.
+async fn timer_loop(shard: &Rc<Shard>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let next = shard.core.borrow().poll_timeout();
+        let now = tokio::time::Instant::now();
+        let wake = match next {
+            Some(t) => tokio::time::Instant::from_std(t).min(now + MAX_TIMER_SLEEP),
+            None => now + MAX_TIMER_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
+        }
+        let now = super::clock::now();
+        shard
+            .core
+            .borrow_mut()
+            .handle_timeout(now, &mut ShellIo { shard });
+        shard.drain_events();
+    }
+}
+
 async fn accept_loop(
+    shard: Rc<Shard>,
     listener: tokio::net::TcpListener,
     local: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
-    core: Rc<RefCell<Server>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -117,29 +247,31 @@ async fn accept_loop(
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(%local, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // The connection's own local address is specific even when the
+        // listener is a wildcard.
         let ft = FiveTuple {
             client: peer,
-            server: local,
+            server: stream.local_addr().unwrap_or(local),
             transport,
         };
-        let core = core.clone();
+        let shard = shard.clone();
         let shutdown = shutdown.clone();
         match &acceptor {
             None => {
-                tokio::task::spawn_local(super::stream::serve(stream, ft, core, shutdown));
+                tokio::task::spawn_local(super::stream::serve(shard, stream, ft, shutdown));
             }
             Some(acc) => {
                 let acc = acc.clone();
                 tokio::task::spawn_local(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                        Ok(Ok(tls)) => super::stream::serve(tls, ft, core, shutdown).await,
+                        Ok(Ok(tls)) => super::stream::serve(shard, tls, ft, shutdown).await,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                         }

@@ -1,49 +1,60 @@
 //! A UDP listener socket of one shard.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::relay::ShellIo;
+use super::shard::Shard;
 use crate::config::Transport;
-use crate::core::{ClientOutput, FiveTuple, Server};
+use crate::core::{ClientOutput, DropReason, FiveTuple};
 
-/// Receive datagrams, hand each to the core, send replies. A reply that
-/// does not fit the socket's send buffer is dropped (UDP gives no
-/// guarantee anyway; the client retransmits).
+/// Receive datagrams, hand each to the core, send what it says. A send
+/// that does not fit the socket buffer is dropped and counted (UDP gives
+/// no guarantee anyway; clients retransmit requests).
 pub(crate) async fn serve(
-    sock: UdpSocket,
+    shard: Rc<Shard>,
+    sock: Rc<UdpSocket>,
     local: SocketAddr,
-    core: Rc<RefCell<Server>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(1500);
     loop {
-        let (n, from) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%local, error = %e, "recv failed");
-                    continue;
-                }
-            },
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { return },
             _ = shutdown.changed() => return,
-        };
-        let ft = FiveTuple {
-            client: from,
-            server: local,
-            transport: Transport::Udp,
-        };
-        out.clear();
-        let r = core
-            .borrow_mut()
-            .handle_client(Instant::now(), &ft, &buf[..n], &mut out);
-        if r == ClientOutput::Reply {
-            let _ = sock.try_send_to(&out, from);
+        }
+        loop {
+            let (n, from) = match sock.try_recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let ft = FiveTuple {
+                client: from,
+                server: local,
+                transport: Transport::Udp,
+            };
+            out.clear();
+            let now = super::clock::now();
+            let r = shard.core.borrow_mut().handle_client(
+                now,
+                &ft,
+                &buf[..n],
+                &mut out,
+                &mut ShellIo { shard: &shard },
+            );
+            let sent = match r {
+                ClientOutput::None => true,
+                ClientOutput::Reply => sock.try_send_to(&out, from).is_ok(),
+                ClientOutput::ToPeer { relay, peer, data } => shard.send_to_peer(relay, peer, data),
+            };
+            if !sent {
+                shard.counters.dropped(DropReason::SendBufferFull);
+            }
         }
     }
 }

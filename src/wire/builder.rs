@@ -230,3 +230,39 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// Write a Data indication (RFC 8656 §11.4: XOR-PEER-ADDRESS and DATA)
+/// around `len` bytes of data already sitting at `buf[at..at + len]`, so
+/// relayed data is never copied. The header and attributes go in front
+/// (at most 48 bytes, for an IPv6 peer), the DATA padding after (up to 3
+/// bytes). Returns the range of the finished message.
+///
+/// Panics if `buf` lacks the room; callers reserve it
+/// (`core::PEER_HEADROOM`, `core::PEER_TAILROOM`).
+pub fn data_indication_in_place(
+    buf: &mut [u8],
+    at: usize,
+    len: usize,
+    peer: SocketAddr,
+    tid: TransactionId,
+) -> std::ops::Range<usize> {
+    let mut addr = [0u8; 20];
+    let alen = encode_address(peer, Some(&tid), &mut addr);
+    let start = at - (HEADER_LEN + 4 + alen + 4);
+    let padded = pad4(len);
+    let body = 4 + alen + 4 + padded;
+    let typ = MessageType::new(super::Method::DATA, super::Class::Indication).to_u16();
+    let h = &mut buf[start..at];
+    h[0..2].copy_from_slice(&typ.to_be_bytes());
+    h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    h[8..20].copy_from_slice(&tid.0);
+    h[20..22].copy_from_slice(&attr::XOR_PEER_ADDRESS.to_be_bytes());
+    h[22..24].copy_from_slice(&(alen as u16).to_be_bytes());
+    h[24..24 + alen].copy_from_slice(&addr[..alen]);
+    let d = 24 + alen;
+    h[d..d + 2].copy_from_slice(&attr::DATA.to_be_bytes());
+    h[d + 2..d + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    buf[at + len..at + padded].fill(0);
+    start..at + padded
+}

@@ -1,0 +1,215 @@
+//! One allocation (RFC 8656 §2.2): its relayed address, permissions,
+//! channel bindings, lifetime and bandwidth bucket.
+//!
+//! Permission and channel tables are short vectors scanned linearly: they
+//! hold a few entries in practice and at most the configured caps, and a
+//! scan of a few cache lines beats hashing at these sizes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::FiveTuple;
+use crate::wire::{IntegrityKey, PasswordAlgorithm, TransactionId};
+
+/// RFC 8656 §9: a permission lasts 300 s unless refreshed.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: a channel binding lasts 600 s unless refreshed.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §12: after a binding expires, neither its number nor its peer
+/// may be bound to anything else for another 300 s.
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channel {
+    pub number: u16,
+    pub peer: SocketAddr,
+    /// Until then the channel relays; after it, it is cooling down until
+    /// `expires + CHANNEL_COOLDOWN` and relays nothing.
+    pub expires: Instant,
+    /// Counted as active (cleared by the sweep at `expires`).
+    pub counted: bool,
+}
+
+impl Channel {
+    #[inline]
+    pub fn active(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+/// What a sweep changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub permissions_removed: usize,
+    pub channels_deactivated: usize,
+}
+
+/// A token bucket in bytes: `rate` bytes/s, up to one second's worth of
+/// burst. A rate of 0 means unlimited.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    rate: u64,
+    tokens: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate_bytes: u64, now: Instant) -> Self {
+        TokenBucket {
+            rate: rate_bytes,
+            tokens: rate_bytes,
+            last: now,
+        }
+    }
+
+    /// Take `n` bytes; false (and nothing taken) if the bucket is short.
+    #[inline]
+    pub fn take(&mut self, n: usize, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if now > self.last {
+            let dt = now - self.last;
+            // Integer nanosecond arithmetic, no floats, no overflow for any
+            // sane rate (u128 intermediate).
+            let add = (u128::from(self.rate) * dt.as_nanos() / 1_000_000_000) as u64;
+            if add > 0 {
+                self.tokens = (self.tokens + add).min(self.rate);
+                self.last = now;
+            }
+        }
+        let n = n as u64;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Byte and packet counts of an allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Client → peer.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Peer → client.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+}
+
+/// An allocation's state.
+#[derive(Debug)]
+pub struct Allocation {
+    /// Distinguishes reuses of the same slot (timer entries carry it).
+    pub generation: u32,
+    pub ft: FiveTuple,
+    /// The socket address the relay socket is bound to.
+    pub relay: SocketAddr,
+    /// XOR-RELAYED-ADDRESS as reported (public address under 1:1 NAT).
+    pub advertised: SocketAddr,
+    pub username: Box<str>,
+    pub quota_user: Box<str>,
+    pub key: IntegrityKey,
+    pub password_algorithm: PasswordAlgorithm,
+    pub created: Instant,
+    pub expires: Instant,
+    /// The deadline this allocation is filed under in the timer heap.
+    pub next_check: Instant,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<Channel>,
+    pub bucket: TokenBucket,
+    pub traffic: Traffic,
+    /// The transaction ID and bytes of the last response sent on this
+    /// five-tuple, replayed for a retransmitted request (RFC 8656 §7.2,
+    /// and RFC 8489 §6.3.1 on idempotent retransmissions).
+    pub last_response: Option<(TransactionId, Vec<u8>)>,
+    /// Admin-visible id (stable for the allocation's life).
+    pub id: u64,
+}
+
+impl Allocation {
+    /// Whether the peer's IP has a live permission (RFC 8656 §9: port is
+    /// not part of a permission).
+    #[inline]
+    pub fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && now < p.expires)
+    }
+
+    /// Install or refresh a permission; false if at the cap.
+    pub fn permit(&mut self, ip: IpAddr, until: Instant, cap: usize) -> bool {
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = p.expires.max(until);
+            return true;
+        }
+        if self.permissions.len() >= cap {
+            return false;
+        }
+        self.permissions.push(Permission { ip, expires: until });
+        true
+    }
+
+    /// The active channel with this number, if any.
+    #[inline]
+    pub fn channel_by_number(&self, n: u16, now: Instant) -> Option<&Channel> {
+        self.channels
+            .iter()
+            .find(|c| c.number == n)
+            .filter(|c| c.active(now))
+    }
+
+    /// The active channel bound to this peer, if any.
+    #[inline]
+    pub fn channel_by_peer(&self, peer: SocketAddr, now: Instant) -> Option<&Channel> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer)
+            .filter(|c| c.active(now))
+    }
+
+    /// Earliest instant something in this allocation needs attention:
+    /// its own expiry, a permission's, a channel's (it stops relaying) or a
+    /// channel's cool-down end (it is forgotten).
+    pub fn earliest_deadline(&self) -> Instant {
+        let mut t = self.expires;
+        for p in &self.permissions {
+            t = t.min(p.expires);
+        }
+        for c in &self.channels {
+            t = t.min(if c.counted {
+                c.expires
+            } else {
+                c.expires + CHANNEL_COOLDOWN
+            });
+        }
+        t
+    }
+
+    /// Drop expired permissions, deactivate expired channels and forget
+    /// channels whose cool-down is over.
+    pub fn sweep(&mut self, now: Instant) -> Swept {
+        let p0 = self.permissions.len();
+        self.permissions.retain(|p| now < p.expires);
+        let mut deactivated = 0;
+        for c in &mut self.channels {
+            if c.counted && !c.active(now) {
+                c.counted = false;
+                deactivated += 1;
+            }
+        }
+        self.channels.retain(|c| now < c.expires + CHANNEL_COOLDOWN);
+        Swept {
+            permissions_removed: p0 - self.permissions.len(),
+            channels_deactivated: deactivated,
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! Long-term credential authentication, RFC 8489 §9.2, with static users
+//! and TURN REST shared secrets (draft-uberti-behave-turn-rest-00 §2.2).
+//!
+//! Nonces are stateless: an HMAC over the client's transport address and
+//! the issue time under a per-process key, so a 401 costs the server no
+//! memory. Derived keys are cached per username once a request has
+//! authenticated, so later requests cost one HMAC.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::config::{self, UserCredential};
+use crate::wire::{IntegrityKey, Message, PasswordAlgorithm, long_term_key, userhash};
+
+/// RFC 8489 §9.2: the nonce cookie announcing the security features.
+const NONCE_COOKIE: &str = "obMatJos2";
+/// Security feature set: bit 0 password algorithms, bit 1 username
+/// anonymity (both supported), base64 of the 24 bits 0xC00000.
+const NONCE_FEATURES: &str = "wAAA";
+/// PASSWORD-ALGORITHMS we offer, strongest first (RFC 8489 §14.11).
+pub const OFFERED_ALGORITHMS: [u16; 2] = [0x0002, 0x0001];
+/// Bytes of HMAC-SHA256 kept in a nonce.
+const NONCE_TAG: usize = 12;
+/// Largest key cache before it is cleared (bounds memory under churn).
+const KEY_CACHE_MAX: usize = 16_384;
+
+/// A static user's keys.
+#[derive(Clone, Debug)]
+struct StaticUser {
+    md5: IntegrityKey,
+    /// `None` for users configured with a precomputed MD5 key only.
+    sha256: Option<IntegrityKey>,
+}
+
+/// Credentials resolved from `[auth]`; replaced as a whole on reload.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    realm: String,
+    secrets: Vec<String>,
+    users: HashMap<String, StaticUser>,
+    userhashes: HashMap<[u8; 32], String>,
+    nonce_lifetime: u64,
+}
+
+impl Credentials {
+    /// `secrets` are the shared secrets already read (config values and
+    /// secret files).
+    pub fn new(
+        realm: &str,
+        secrets: Vec<String>,
+        users: &std::collections::BTreeMap<String, UserCredential>,
+        nonce_lifetime: u64,
+    ) -> Self {
+        let mut map = HashMap::new();
+        let mut hashes = HashMap::new();
+        for (name, cred) in users {
+            let u = match cred {
+                UserCredential::Password(p) => StaticUser {
+                    md5: long_term_key(PasswordAlgorithm::Md5, name, realm, p),
+                    sha256: Some(long_term_key(PasswordAlgorithm::Sha256, name, realm, p)),
+                },
+                UserCredential::Key { key } => StaticUser {
+                    md5: IntegrityKey::new(&config::parse_hex_key(key).unwrap_or_default()),
+                    sha256: None,
+                },
+            };
+            map.insert(name.clone(), u);
+            hashes.insert(userhash(name, realm), name.clone());
+        }
+        Credentials {
+            realm: realm.to_string(),
+            secrets,
+            users: map,
+            userhashes: hashes,
+            nonce_lifetime,
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    pub fn nonce_lifetime(&self) -> u64 {
+        self.nonce_lifetime
+    }
+}
+
+/// TURN REST password for a username: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// A TURN REST username `<unix-expiry>:<user>` split into its parts.
+pub fn parse_rest_username(username: &str) -> Option<(u64, &str)> {
+    let (ts, user) = username.split_once(':')?;
+    if ts.is_empty() || ts.len() > 20 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((ts.parse().ok()?, user))
+}
+
+/// Why a request did not authenticate; each maps to one response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No MESSAGE-INTEGRITY: 401 with REALM and NONCE (the normal first
+    /// round trip, not an attack).
+    Challenge,
+    /// Integrity present but USERNAME/REALM/NONCE missing, or a password
+    /// algorithm mismatch: 400.
+    BadRequest(&'static str),
+    /// Nonce not ours or expired: 438 with a fresh one.
+    StaleNonce,
+    /// 401: user not configured and not a REST username.
+    UnknownUser,
+    /// 401: REST username past its expiry.
+    ExpiredUsername,
+    /// 401: integrity did not verify with the user's key.
+    BadIntegrity,
+}
+
+impl AuthFailure {
+    pub fn code(self) -> u16 {
+        match self {
+            AuthFailure::BadRequest(_) => 400,
+            AuthFailure::StaleNonce => 438,
+            _ => 401,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::BadRequest(r) => r,
+            AuthFailure::StaleNonce => "Stale Nonce",
+            _ => "Unauthorized",
+        }
+    }
+}
+
+/// A request that authenticated.
+#[derive(Clone, Debug)]
+pub struct Authed<'m> {
+    /// The long-term username (from USERNAME, or resolved from USERHASH).
+    pub username: Cow<'m, str>,
+    pub key: IntegrityKey,
+    /// Whether the request used MESSAGE-INTEGRITY-SHA256 (the response is
+    /// signed the same way).
+    pub sha256: bool,
+    pub password_algorithm: PasswordAlgorithm,
+}
+
+impl Authed<'_> {
+    /// The identity quotas count: the user part of a REST username, else
+    /// the username.
+    pub fn quota_user(&self) -> &str {
+        parse_rest_username(&self.username).map_or(&self.username, |(_, u)| u)
+    }
+}
+
+/// Verifies requests; owns the nonce key and the key cache.
+pub struct Authenticator {
+    creds: std::sync::Arc<Credentials>,
+    nonce_key: Hmac<Sha256>,
+    cache: HashMap<(String, PasswordAlgorithm), IntegrityKey>,
+}
+
+impl Authenticator {
+    pub fn new(creds: std::sync::Arc<Credentials>, nonce_key: &[u8; 32]) -> Self {
+        Authenticator {
+            creds,
+            nonce_key: <Hmac<Sha256> as Mac>::new_from_slice(nonce_key).expect("any key length"),
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Swap in new credentials (reload). Cached keys go with the old ones.
+    pub fn set_credentials(&mut self, creds: std::sync::Arc<Credentials>) {
+        self.creds = creds;
+        self.cache.clear();
+    }
+
+    pub fn cached_keys(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn nonce_tag(&self, client: SocketAddr, issued: u32) -> [u8; NONCE_TAG] {
+        let mut mac = self.nonce_key.clone();
+        match client {
+            SocketAddr::V4(a) => mac.update(&a.ip().octets()),
+            SocketAddr::V6(a) => mac.update(&a.ip().octets()),
+        }
+        mac.update(&client.port().to_be_bytes());
+        mac.update(&issued.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut t = [0u8; NONCE_TAG];
+        t.copy_from_slice(&full[..NONCE_TAG]);
+        t
+    }
+
+    /// A fresh nonce for `client` (RFC 8489 §9.2: cookie, feature set,
+    /// then our opaque part: issue time and tag).
+    pub fn nonce(&self, client: SocketAddr, wall: u64) -> String {
+        let issued = wall as u32;
+        let mut raw = [0u8; 4 + NONCE_TAG];
+        raw[..4].copy_from_slice(&issued.to_be_bytes());
+        raw[4..].copy_from_slice(&self.nonce_tag(client, issued));
+        let mut s = String::with_capacity(NONCE_COOKIE.len() + NONCE_FEATURES.len() + 22);
+        s.push_str(NONCE_COOKIE);
+        s.push_str(NONCE_FEATURES);
+        URL_SAFE_NO_PAD.encode_string(raw, &mut s);
+        s
+    }
+
+    /// Whether `nonce` was issued by us to `client` and is not older than
+    /// the nonce lifetime (RFC 8489 §9.2.4 → 438 otherwise).
+    pub fn nonce_valid(&self, nonce: &str, client: SocketAddr, wall: u64) -> bool {
+        let Some(rest) = nonce
+            .strip_prefix(NONCE_COOKIE)
+            .and_then(|r| r.strip_prefix(NONCE_FEATURES))
+        else {
+            return false;
+        };
+        let mut raw = [0u8; 4 + NONCE_TAG + 2];
+        match URL_SAFE_NO_PAD.decode_slice(rest, &mut raw) {
+            Ok(n) if n == 4 + NONCE_TAG => {}
+            _ => return false,
+        }
+        let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let tag = self.nonce_tag(client, issued);
+        if !bool::from(tag.ct_eq(&raw[4..4 + NONCE_TAG])) {
+            return false;
+        }
+        let now = wall as u32;
+        // Valid from issue until issue + lifetime; a nonce "from the
+        // future" (clock stepped back) is accepted for a minute.
+        now.wrapping_sub(issued) < self.creds.nonce_lifetime as u32 || issued.wrapping_sub(now) < 60
+    }
+
+    /// RFC 8489 §9.2.4, the server side of the long-term mechanism, in the
+    /// RFC's order. `existing` is the username and key of the allocation
+    /// the request is for, if any: its key is used directly.
+    pub fn authenticate<'m>(
+        &mut self,
+        msg: &Message<'m>,
+        client: SocketAddr,
+        wall: u64,
+        existing: Option<(&str, &IntegrityKey, PasswordAlgorithm)>,
+    ) -> Result<Authed<'m>, AuthFailure> {
+        if !msg.has_integrity() {
+            return Err(AuthFailure::Challenge);
+        }
+        let username = match (msg.username(), msg.userhash()) {
+            (Ok(Some(u)), _) => Cow::Borrowed(u),
+            (_, Ok(Some(h))) => match self.creds.userhashes.get(h) {
+                Some(u) => Cow::Owned(u.clone()),
+                None => return Err(AuthFailure::UnknownUser),
+            },
+            (Err(_), _) | (_, Err(_)) => return Err(AuthFailure::BadRequest("Bad USERNAME")),
+            (Ok(None), Ok(None)) => return Err(AuthFailure::BadRequest("Missing USERNAME")),
+        };
+        if !matches!(msg.realm(), Ok(Some(_))) {
+            return Err(AuthFailure::BadRequest("Missing REALM"));
+        }
+        let Ok(Some(nonce)) = msg.nonce() else {
+            return Err(AuthFailure::BadRequest("Missing NONCE"));
+        };
+        if !self.nonce_valid(nonce, client, wall) {
+            return Err(AuthFailure::StaleNonce);
+        }
+        let alg = password_algorithm(msg)?;
+        let sha256 = msg.has_integrity_sha256();
+        let verify = |key: &IntegrityKey| msg.verify_integrity(key).is_ok();
+
+        if let Some((u, key, a)) = existing {
+            if u == username && a == alg {
+                return if verify(key) {
+                    Ok(Authed {
+                        username,
+                        key: key.clone(),
+                        sha256,
+                        password_algorithm: alg,
+                    })
+                } else {
+                    Err(AuthFailure::BadIntegrity)
+                };
+            }
+        }
+        let cache_key = (username.to_string(), alg);
+        if let Some(key) = self.cache.get(&cache_key) {
+            if verify(key) {
+                // REST usernames expire even when their key is cached.
+                if let Some((exp, _)) = parse_rest_username(&username) {
+                    if exp < wall && !self.creds.users.contains_key(username.as_ref()) {
+                        return Err(AuthFailure::ExpiredUsername);
+                    }
+                }
+                return Ok(Authed {
+                    username,
+                    key: key.clone(),
+                    sha256,
+                    password_algorithm: alg,
+                });
+            }
+        }
+        let key = self.find_key(&username, alg, wall, &verify)?;
+        if self.cache.len() >= KEY_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(cache_key, key.clone());
+        Ok(Authed {
+            username,
+            key,
+            sha256,
+            password_algorithm: alg,
+        })
+    }
+
+    /// Derive candidate keys (static user, then each REST secret) until one
+    /// verifies.
+    fn find_key(
+        &self,
+        username: &str,
+        alg: PasswordAlgorithm,
+        wall: u64,
+        verify: &dyn Fn(&IntegrityKey) -> bool,
+    ) -> Result<IntegrityKey, AuthFailure> {
+        let realm = &self.creds.realm;
+        if let Some(u) = self.creds.users.get(username) {
+            let key = match alg {
+                PasswordAlgorithm::Md5 => Some(&u.md5),
+                PasswordAlgorithm::Sha256 => u.sha256.as_ref(),
+            };
+            return match key {
+                Some(k) if verify(k) => Ok(k.clone()),
+                _ => Err(AuthFailure::BadIntegrity),
+            };
+        }
+        let Some((expiry, _)) = parse_rest_username(username) else {
+            return Err(AuthFailure::UnknownUser);
+        };
+        if self.creds.secrets.is_empty() {
+            return Err(AuthFailure::UnknownUser);
+        }
+        if expiry < wall {
+            return Err(AuthFailure::ExpiredUsername);
+        }
+        for secret in &self.creds.secrets {
+            let password = rest_password(secret, username);
+            let key = long_term_key(alg, username, realm, &password);
+            if verify(&key) {
+                return Ok(key);
+            }
+        }
+        Err(AuthFailure::BadIntegrity)
+    }
+}
+
+/// RFC 8489 §9.2.4: which password algorithm the request uses. Neither
+/// PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM: MD5 (legacy clients). Both:
+/// the list must be the one we offered and the choice one of ours.
+/// Anything else: 400.
+fn password_algorithm(msg: &Message<'_>) -> Result<PasswordAlgorithm, AuthFailure> {
+    let list = msg.password_algorithms();
+    let chosen = msg
+        .password_algorithm()
+        .map_err(|_| AuthFailure::BadRequest("Bad PASSWORD-ALGORITHM"))?;
+    match (list, chosen) {
+        (None, None) => Ok(PasswordAlgorithm::Md5),
+        (Some(list), Some((alg, _))) => {
+            let mut offered = OFFERED_ALGORITHMS.iter();
+            let mut n = 0;
+            for (a, _) in list.clone() {
+                if offered.next() != Some(&a) {
+                    return Err(AuthFailure::BadRequest("PASSWORD-ALGORITHMS mismatch"));
+                }
+                n += 1;
+            }
+            if n != OFFERED_ALGORITHMS.len() || list.malformed() {
+                return Err(AuthFailure::BadRequest("PASSWORD-ALGORITHMS mismatch"));
+            }
+            PasswordAlgorithm::from_code(alg)
+                .ok_or(AuthFailure::BadRequest("Unsupported PASSWORD-ALGORITHM"))
+        }
+        _ => Err(AuthFailure::BadRequest(
+            "PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_password_matches_coturn_formula() {
+        // base64(HMAC-SHA1("secret", "1700000000:alice")), computed with
+        // `printf %s 1700000000:alice | openssl dgst -sha1 -hmac secret -binary | base64`.
+        assert_eq!(
+            rest_password("secret", "1700000000:alice"),
+            STANDARD.encode(
+                <Hmac<Sha1> as Mac>::new_from_slice(b"secret")
+                    .unwrap()
+                    .chain_update(b"1700000000:alice")
+                    .finalize()
+                    .into_bytes()
+            )
+        );
+        assert_eq!(
+            parse_rest_username("1700000000:alice"),
+            Some((1_700_000_000, "alice"))
+        );
+        assert_eq!(parse_rest_username("alice"), None);
+        assert_eq!(parse_rest_username("x1:alice"), None);
+        assert_eq!(parse_rest_username("12:a:b"), Some((12, "a:b")));
+    }
+
+    #[test]
+    fn nonces_bind_address_and_expire() {
+        let creds = std::sync::Arc::new(Credentials::new("r", vec![], &Default::default(), 3600));
+        let a = Authenticator::new(creds, &[7; 32]);
+        let c1: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let c2: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let n = a.nonce(c1, 1_000_000);
+        assert!(n.starts_with("obMatJos2wAAA"));
+        assert!(a.nonce_valid(&n, c1, 1_000_000));
+        assert!(a.nonce_valid(&n, c1, 1_003_599));
+        assert!(
+            !a.nonce_valid(&n, c1, 1_003_600),
+            "expired after the lifetime"
+        );
+        assert!(
+            !a.nonce_valid(&n, c2, 1_000_000),
+            "bound to the client address"
+        );
+        let other = Authenticator::new(
+            std::sync::Arc::new(Credentials::new("r", vec![], &Default::default(), 3600)),
+            &[8; 32],
+        );
+        assert!(
+            !other.nonce_valid(&n, c1, 1_000_000),
+            "bound to the server key"
+        );
+        assert!(!a.nonce_valid("obMatJos2wAAAgarbage", c1, 1_000_000));
+        assert!(!a.nonce_valid("", c1, 1_000_000));
+    }
+}

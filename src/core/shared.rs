@@ -1,0 +1,283 @@
+//! State shared by every shard's core: relay port pools, EVEN-PORT
+//! reservations and allocation quotas. Only Allocate, deletion and expiry
+//! touch it (never the per-packet path). The port pools are lock-free
+//! bitmaps; the quota and reservation maps take a short mutex.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use rand::Rng;
+
+use crate::config::PortRange;
+
+/// A set of relay ports, one bit each, claimed with atomic bit operations
+/// so shards never collide on a port.
+#[derive(Debug)]
+pub struct PortPool {
+    range: PortRange,
+    words: Box<[AtomicU64]>,
+    taken: AtomicUsize,
+}
+
+impl PortPool {
+    pub fn new(range: PortRange) -> Self {
+        let words = range.len().div_ceil(64);
+        PortPool {
+            range,
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn range(&self) -> PortRange {
+        self.range
+    }
+
+    /// Ports currently claimed.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, port: u16) -> Option<(usize, u64)> {
+        if !self.range.contains(port) {
+            return None;
+        }
+        let i = usize::from(port - self.range.low);
+        Some((i / 64, 1u64 << (i % 64)))
+    }
+
+    /// Claim one port; false if it was already taken or is out of range.
+    pub fn try_take(&self, port: u16) -> bool {
+        let Some((w, bit)) = self.slot(port) else {
+            return false;
+        };
+        let prev = self.words[w].fetch_or(bit, Ordering::AcqRel);
+        if prev & bit == 0 {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn release(&self, port: u16) {
+        if let Some((w, bit)) = self.slot(port) {
+            let prev = self.words[w].fetch_and(!bit, Ordering::AcqRel);
+            if prev & bit != 0 {
+                self.taken.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn is_taken(&self, port: u16) -> bool {
+        self.slot(port)
+            .is_some_and(|(w, bit)| self.words[w].load(Ordering::Acquire) & bit != 0)
+    }
+
+    /// Claim a free port picked at random (RFC 8656 §7.2 asks for
+    /// unpredictable relay ports; §22.4 on port guessing). With `even`, an
+    /// even port; with `pair`, an even port whose successor is also free,
+    /// and both are claimed (EVEN-PORT with the R bit, RFC 8656 §7.2).
+    /// `None` when nothing fits: the caller answers 508.
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R, even: bool, pair: bool) -> Option<u16> {
+        let len = self.range.len();
+        let start = rng.random_range(0..len);
+        for k in 0..len {
+            let port = self.range.low + ((start + k) % len) as u16;
+            if (even || pair) && port % 2 != 0 {
+                continue;
+            }
+            if pair {
+                if port == u16::MAX || !self.range.contains(port + 1) {
+                    continue;
+                }
+                if self.try_take(port) {
+                    if self.try_take(port + 1) {
+                        return Some(port);
+                    }
+                    self.release(port);
+                }
+            } else if self.try_take(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+/// A port held for a later Allocate with RESERVATION-TOKEN (RFC 8656
+/// §7.2: the port after an EVEN-PORT allocation with R=1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub expires: Instant,
+}
+
+/// Shared among shards.
+#[derive(Debug)]
+pub struct Shared {
+    pub ports4: PortPool,
+    pub ports6: PortPool,
+    reservations: Mutex<HashMap<u64, Reservation>>,
+    total: AtomicUsize,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+/// Why an allocation could not be counted against the quotas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaError {
+    Total,
+    PerUser,
+}
+
+impl Shared {
+    pub fn new(ports: PortRange) -> Self {
+        Shared {
+            ports4: PortPool::new(ports),
+            ports6: PortPool::new(ports),
+            reservations: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pool(&self, ipv6: bool) -> &PortPool {
+        if ipv6 { &self.ports6 } else { &self.ports4 }
+    }
+
+    /// Allocations alive across all shards.
+    pub fn allocations(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Count one more allocation for `user`, unless a limit is reached
+    /// (RFC 8656 §7.2 → 486 Allocation Quota Reached).
+    pub fn acquire(
+        &self,
+        user: &str,
+        max_total: usize,
+        max_per_user: usize,
+    ) -> Result<(), QuotaError> {
+        let mut users = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Relaxed) >= max_total {
+            return Err(QuotaError::Total);
+        }
+        let n = users.entry(user.to_string()).or_insert(0);
+        if *n >= max_per_user {
+            return Err(QuotaError::PerUser);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn release(&self, user: &str) {
+        let mut users = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(user);
+            }
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn reserve(&self, token: u64, r: Reservation) {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, r);
+    }
+
+    /// Take a live reservation (the port stays claimed, now for the
+    /// caller). An expired one is released and `None` returned.
+    pub fn take_reservation(&self, token: u64, now: Instant) -> Option<Reservation> {
+        let r = self
+            .reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token)?;
+        if r.expires <= now {
+            self.pool(r.ip.is_ipv6()).release(r.port);
+            return None;
+        }
+        Some(r)
+    }
+
+    /// Drop a reservation if it has expired by `now`, releasing its port.
+    pub fn expire_reservation(&self, token: u64, now: Instant) {
+        let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&token).is_some_and(|r| r.expires <= now) {
+            let r = map.remove(&token).expect("just seen");
+            self.pool(r.ip.is_ipv6()).release(r.port);
+        }
+    }
+
+    pub fn reservations(&self) -> usize {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn pool_exhausts_and_recovers() {
+        let pool = PortPool::new(PortRange {
+            low: 50000,
+            high: 50003,
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut got: Vec<u16> = (0..4)
+            .map(|_| pool.pick(&mut rng, false, false).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, [50000, 50001, 50002, 50003]);
+        assert_eq!(pool.pick(&mut rng, false, false), None);
+        pool.release(50002);
+        assert_eq!(pool.pick(&mut rng, false, false), Some(50002));
+        assert_eq!(pool.taken(), 4);
+    }
+
+    #[test]
+    fn even_pairs() {
+        let pool = PortPool::new(PortRange {
+            low: 50001,
+            high: 50004,
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        assert_eq!(pool.pick(&mut rng, true, true), Some(50002));
+        assert!(pool.is_taken(50003));
+        assert_eq!(
+            pool.pick(&mut rng, true, true),
+            None,
+            "50004 has no successor in range"
+        );
+        assert_eq!(pool.pick(&mut rng, true, false), Some(50004));
+    }
+
+    #[test]
+    fn quotas() {
+        let s = Shared::new(PortRange {
+            low: 50000,
+            high: 50010,
+        });
+        assert!(s.acquire("a", 3, 2).is_ok());
+        assert!(s.acquire("a", 3, 2).is_ok());
+        assert_eq!(s.acquire("a", 3, 2), Err(QuotaError::PerUser));
+        assert!(s.acquire("b", 3, 2).is_ok());
+        assert_eq!(s.acquire("c", 3, 2), Err(QuotaError::Total));
+        s.release("a");
+        assert!(s.acquire("c", 3, 2).is_ok());
+        assert_eq!(s.allocations(), 3);
+    }
+}
