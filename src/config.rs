@@ -304,6 +304,10 @@ pub struct Policy {
     /// Bits per second an allocation may relay, both directions together;
     /// 0 means no cap. Excess packets are dropped and counted.
     pub max_bitrate: u64,
+    /// Refuse ChannelBind outside RFC 8656's 0x4000-0x4FFF. Off by default:
+    /// libwebrtc (Chrome) and coturn's clients still pick from RFC 5766's
+    /// 0x4000-0x7FFF.
+    pub strict_channel_numbers: bool,
 }
 
 impl Default for Policy {
@@ -317,6 +321,7 @@ impl Default for Policy {
             max_permissions: 64,
             max_channels: 64,
             max_bitrate: 0,
+            strict_channel_numbers: false,
         }
     }
 }
@@ -362,12 +367,8 @@ pub struct Listen {
 /// what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}. Fix: check the path and its permissions")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {error}. Fix: check the path and its permissions")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: {key}: {problem}. Fix: {fix}")]
@@ -415,9 +416,9 @@ impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             file: file.clone(),
-            source,
+            error,
         })?;
         Self::parse(&text, &file)
     }

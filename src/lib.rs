@@ -18,6 +18,7 @@
 //! * [`io`]: the tokio shell that owns sockets and drives the core.
 //! * [`config`]: the TOML configuration and its validation.
 
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod io;

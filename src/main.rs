@@ -60,8 +60,20 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: "FILE: KEY: problem. Fix: ..." (the context chain
+            // joined with ": ").
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Check { path }) => {
             let cfg = Config::load(&path)?;

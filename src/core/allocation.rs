@@ -145,13 +145,11 @@ impl Allocation {
             .any(|p| p.ip == ip && now < p.expires)
     }
 
-    /// Install or refresh a permission; false if at the cap.
-    pub fn permit(&mut self, ip: IpAddr, until: Instant, cap: usize) -> bool {
+    /// Install or refresh a permission. Returns whether a new entry was
+    /// added; the caller has checked the cap.
+    pub fn permit(&mut self, ip: IpAddr, until: Instant) -> bool {
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires = p.expires.max(until);
-            return true;
-        }
-        if self.permissions.len() >= cap {
             return false;
         }
         self.permissions.push(Permission { ip, expires: until });

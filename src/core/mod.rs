@@ -181,6 +181,9 @@ pub struct CoreConfig {
     pub max_channels: usize,
     /// Bytes per second per allocation; 0 = unlimited.
     pub max_bytes_per_sec: u64,
+    /// ChannelBind only in RFC 8656's 0x4000-0x4FFF (else RFC 5766's
+    /// 0x4000-0x7FFF).
+    pub strict_channel_numbers: bool,
     /// While draining, new Allocates are turned away (300 with
     /// ALTERNATE-SERVER if one is set, else 486).
     pub draining: bool,
@@ -210,6 +213,7 @@ impl CoreConfig {
             max_permissions: c.policy.max_permissions,
             max_channels: c.policy.max_channels,
             max_bytes_per_sec: c.policy.max_bitrate / 8,
+            strict_channel_numbers: c.policy.strict_channel_numbers,
             draining: false,
             alternate_servers: Vec::new(),
         }
@@ -307,6 +311,11 @@ impl Server {
 
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// Derived keys cached by the authenticator.
+    pub fn cached_keys(&self) -> usize {
+        self.auth.cached_keys()
     }
 
     /// Entries in the timer heap (live and stale), for memory tests.
@@ -585,7 +594,7 @@ impl Server {
             .add(-1);
         self.counters
             .permissions_active
-            .add(-(a.permissions.iter().filter(|p| now < p.expires).count() as i64));
+            .add(-(a.permissions.len() as i64));
         self.counters
             .channels_active
             .add(-(a.channels.iter().filter(|c| c.counted).count() as i64));

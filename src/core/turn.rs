@@ -16,12 +16,13 @@ use super::{
     RESERVATION_LIFETIME, RelayId, RelayIo, Server,
 };
 use crate::wire::{
-    ChannelData, Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_valid_channel,
+    ChannelData, Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_rfc8656_channel,
+    is_valid_channel,
 };
 
-/// How many random ports to try binding before answering 508 (another
-/// process may hold ports inside the range).
-const BIND_ATTEMPTS: usize = 16;
+/// How many ports to try binding before answering 508 (another process
+/// may hold ports inside the range).
+const BIND_ATTEMPTS: usize = 64;
 
 /// The response key and algorithm of an authenticated request.
 type Sign<'k> = Option<(&'k IntegrityKey, bool)>;
@@ -293,8 +294,12 @@ impl Server {
                 pool.release(r.port);
             }
         } else {
+            // Ports another process holds stay claimed until the loop ends,
+            // so each attempt tries a new one.
             let pair = even == Some(true);
-            for _ in 0..BIND_ATTEMPTS {
+            let mut failed = [0u16; BIND_ATTEMPTS];
+            let mut n_failed = 0;
+            while n_failed < BIND_ATTEMPTS {
                 let Some(port) = pool.pick(&mut self.rng, even.is_some(), pair) else {
                     break;
                 };
@@ -305,10 +310,14 @@ impl Server {
                     bound = Some((port, pair));
                     break;
                 }
-                pool.release(port);
                 if pair {
                     pool.release(port + 1);
                 }
+                failed[n_failed] = port;
+                n_failed += 1;
+            }
+            for &p in &failed[..n_failed] {
+                pool.release(p);
             }
         }
         let Some((port, reserved_next)) = bound else {
@@ -485,25 +494,22 @@ impl Server {
             self.counters.quota_refusals.inc();
             return self.error(msg, out, 508, "Insufficient Capacity (permissions)", sign);
         }
-        let cap = self.cfg.max_permissions;
         let Some(a) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        let before = a.permissions.iter().filter(|p| now < p.expires).count();
+        let mut added = 0;
         for p in msg.xor_peer_addresses().flatten() {
-            a.permit(canonical_addr(p).ip(), now + PERMISSION_LIFETIME, cap);
+            added += i64::from(a.permit(canonical_addr(p).ip(), now + PERMISSION_LIFETIME));
         }
-        let after = a.permissions.iter().filter(|p| now < p.expires).count();
-        self.counters
-            .permissions_active
-            .add(after as i64 - before as i64);
+        self.counters.permissions_active.add(added);
         self.reschedule(slot);
         let b = MessageBuilder::response(out, msg, Class::Success);
         self.finish(b, msg, sign);
         self.counters.answered(Method::CREATE_PERMISSION, 200);
     }
 
-    /// ChannelBind, RFC 8656 §11.2: a number 0x4000-0x4FFF, bound to one
+    /// ChannelBind, RFC 8656 §11.2: a number 0x4000-0x4FFF (0x4000-0x7FFF
+    /// as RFC 5766 allowed, unless strict), bound to one
     /// peer; neither may be bound to anything else while bound or cooling
     /// down (400); a re-bind of the same pair refreshes it, and the peer's
     /// permission with it.
@@ -519,7 +525,12 @@ impl Server {
             return;
         };
         let number = match msg.channel_number() {
-            Ok(Some(n)) if is_valid_channel(n) => n,
+            Ok(Some(n))
+                if is_valid_channel(n)
+                    && (!self.cfg.strict_channel_numbers || is_rfc8656_channel(n)) =>
+            {
+                n
+            }
             _ => return self.error(msg, out, 400, "Bad CHANNEL-NUMBER", sign),
         };
         let peer = match msg.xor_peer_address() {
@@ -542,13 +553,10 @@ impl Server {
             self.counters.quota_refusals.inc();
             return self.error(msg, out, 508, "Insufficient Capacity (channels)", sign);
         }
-        let cap = self.cfg.max_permissions;
         let Some(a) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        let was_permitted = a.permitted(peer.ip(), now);
-        a.permit(peer.ip(), now + PERMISSION_LIFETIME, cap);
-        if !was_permitted {
+        if a.permit(peer.ip(), now + PERMISSION_LIFETIME) {
             self.counters.permissions_active.add(1);
         }
         let expires = now + CHANNEL_LIFETIME;

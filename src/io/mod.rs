@@ -36,14 +36,13 @@ pub struct BoundListener {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{key} ({transport} {addr}): cannot bind: {source}. Fix: {fix}")]
+    #[error("{key} ({transport} {addr}): cannot bind: {error}. Fix: {fix}")]
     Bind {
         key: String,
         transport: Transport,
         addr: SocketAddr,
         fix: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{key}: {source}. Fix: point cert and key at a PEM certificate chain and its private key"
@@ -56,13 +55,12 @@ pub enum StartError {
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error(
-        "{key} ({addr}): cannot bind relay sockets there: {source}. Fix: use an address of this host, or the wildcard"
+        "{key} ({addr}): cannot bind relay sockets there: {error}. Fix: use an address of this host, or the wildcard"
     )]
     RelayBind {
         key: &'static str,
         addr: std::net::IpAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{key}: {problem}. Fix: make the file readable")]
     Secret { key: String, problem: String },
@@ -182,13 +180,13 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
                 tracing::warn!(transport = %l.transport, addr = %l.addr, "IPv6 unavailable on this host, skipping listener");
                 continue;
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(StartError::Bind {
-                    fix: bind_fix(&source),
+                    fix: bind_fix(&error),
                     key,
                     transport: l.transport,
                     addr: l.addr,
-                    source,
+                    error,
                 });
             }
         };
@@ -306,8 +304,8 @@ fn check_relay_addresses(cfg: &Config) -> Result<(), StartError> {
         ("relay.bind_ip6", cfg.relay.bind_ip6),
     ] {
         let Some(ip) = ip else { continue };
-        if let Err(source) = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
-            if ip.is_ipv6() && ip.is_unspecified() && ipv6_unavailable(&source) {
+        if let Err(error) = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+            if ip.is_ipv6() && ip.is_unspecified() && ipv6_unavailable(&error) {
                 tracing::warn!(
                     "IPv6 unavailable on this host; IPv6 allocations will fail with 508"
                 );
@@ -316,7 +314,7 @@ fn check_relay_addresses(cfg: &Config) -> Result<(), StartError> {
             return Err(StartError::RelayBind {
                 key,
                 addr: ip,
-                source,
+                error,
             });
         }
     }

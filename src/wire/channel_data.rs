@@ -2,10 +2,21 @@
 
 use super::{CHANNEL_DATA_HEADER_LEN, pad4};
 
-/// Channel numbers a client may bind, RFC 8656 §12: 0x4000 through 0x4FFF.
-/// (0x5000-0xFFFF are reserved, 0x0000-0x3FFF are STUN methods.)
+/// Channel numbers a ChannelData message can carry: 0x4000 through
+/// 0x7FFF, the range of RFC 5766 §11. RFC 8656 §12 narrowed what clients
+/// should pick to 0x4000-0x4FFF (see [`is_rfc8656_channel`]), but deployed
+/// clients still use the old range: libwebrtc picks from 0x4000-0x7FFF and
+/// coturn's own test client was seen binding 0x541d. A server that refused
+/// them would break those calls, so the codec accepts the whole range and
+/// the server narrows it only when configured to.
 #[inline]
 pub const fn is_valid_channel(ch: u16) -> bool {
+    ch >= 0x4000 && ch <= 0x7FFF
+}
+
+/// The channel range of RFC 8656 §12: 0x4000 through 0x4FFF.
+#[inline]
+pub const fn is_rfc8656_channel(ch: u16) -> bool {
     ch >= 0x4000 && ch <= 0x4FFF
 }
 
@@ -14,7 +25,7 @@ pub const fn is_valid_channel(ch: u16) -> bool {
 pub enum ChannelDataError {
     #[error("shorter than the 4-byte ChannelData header")]
     TooShort,
-    #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
+    #[error("channel number {0:#06x} outside 0x4000-0x7FFF")]
     BadChannel(u16),
     #[error("length field {declared} does not fit the {actual} bytes received")]
     BadLength { declared: usize, actual: usize },
@@ -104,10 +115,14 @@ mod tests {
         assert!(!is_valid_channel(0x3fff));
         assert!(is_valid_channel(0x4000));
         assert!(is_valid_channel(0x4fff));
-        assert!(!is_valid_channel(0x5000));
+        assert!(is_valid_channel(0x5000));
+        assert!(is_valid_channel(0x7fff));
+        assert!(!is_valid_channel(0x8000));
+        assert!(is_rfc8656_channel(0x4fff));
+        assert!(!is_rfc8656_channel(0x5000));
         assert_eq!(
-            ChannelData::parse(&[0x50, 0, 0, 0]),
-            Err(ChannelDataError::BadChannel(0x5000))
+            ChannelData::parse(&[0x3f, 0xff, 0, 0]),
+            Err(ChannelDataError::BadChannel(0x3fff))
         );
     }
 }
