@@ -512,47 +512,69 @@ impl<S: Read + Write> FrameReader<S> {
         self.stream.flush().expect("flush");
     }
 
-    fn fill(&mut self) -> usize {
+    /// Read what is there into the buffer: `Ok(0)` at end of stream.
+    fn try_fill(&mut self) -> Result<usize, String> {
         let mut chunk = [0u8; 16384];
         match self.stream.read(&mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
-                n
+                Ok(n)
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
-                    "no data from the server within {IO_TIMEOUT:?} ({} bytes buffered)",
+                Err(format!(
+                    "timeout: nothing from the server within {IO_TIMEOUT:?} ({} bytes buffered)",
                     self.buf.len()
-                )
+                ))
             }
-            Err(e) => panic!("read from server: {e} ({} bytes buffered)", self.buf.len()),
+            Err(e) => Err(format!(
+                "read error: {e} ({} bytes buffered)",
+                self.buf.len()
+            )),
         }
     }
 
-    /// The next whole frame (STUN message, or ChannelData without padding).
-    /// Panics on timeout, on EOF, on a read error and on bytes that are not
+    fn fill(&mut self) -> usize {
+        self.try_fill().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next whole STUN frame, `Ok(None)` if the server closed the
+    /// stream cleanly between frames, `Err` on a timeout, a read error, a
+    /// close in the middle of a frame, ChannelData, or bytes that are not
     /// STUN framing.
-    pub fn next_frame(&mut self) -> Vec<u8> {
+    pub fn try_next_frame(&mut self) -> Result<Option<Vec<u8>>, String> {
         loop {
             match frame_len(&self.buf) {
                 Ok(Some(f)) => {
                     let frame = self.buf[..f.message_len].to_vec();
                     self.buf.drain(..f.len);
                     if f.kind == FrameKind::ChannelData {
-                        panic!("server sent ChannelData: {frame:02x?}");
+                        return Err(format!("server sent ChannelData: {frame:02x?}"));
                     }
-                    return frame;
+                    return Ok(Some(frame));
                 }
                 Ok(None) => {
-                    if self.fill() == 0 {
-                        panic!(
-                            "server closed the stream ({} bytes of a frame buffered)",
+                    if self.try_fill()? == 0 {
+                        if self.buf.is_empty() {
+                            return Ok(None);
+                        }
+                        return Err(format!(
+                            "server closed the stream inside a frame ({} bytes buffered)",
                             self.buf.len()
-                        );
+                        ));
                     }
                 }
-                Err(e) => panic!("server sent bytes that are not STUN framing: {e}"),
+                Err(e) => return Err(format!("server sent bytes that are not STUN framing: {e}")),
             }
+        }
+    }
+
+    /// The next whole frame (STUN message). Panics on timeout, on EOF, on
+    /// a read error and on anything [`FrameReader::try_next_frame`] refuses.
+    pub fn next_frame(&mut self) -> Vec<u8> {
+        match self.try_next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => panic!("server closed the stream"),
+            Err(e) => panic!("{e}"),
         }
     }
 
