@@ -228,7 +228,7 @@ impl TestServer {
     /// Send `signal`, wait (at most [`STOP_TIMEOUT`]) for the process to
     /// exit, and return its status. stderr is complete afterwards.
     pub fn stop(&mut self, signal: Signal) -> ExitStatus {
-        let mut child = self.child.take().expect("server already stopped");
+        let child = self.child.take().expect("server already stopped");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) with a pid we spawned and have not reaped.
         let rc = unsafe { libc::kill(pid, signal.raw()) };
@@ -239,14 +239,9 @@ impl TestServer {
             signal.name(),
             std::io::Error::last_os_error()
         );
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+        let status = match wait_bounded(child, STOP_TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => {
                 self.join_stderr();
                 panic!(
                     "turnpike did not exit within {STOP_TIMEOUT:?} of {}; stderr:\n{}",
@@ -254,9 +249,6 @@ impl TestServer {
                     self.stderr_text()
                 );
             }
-            // Bounded poll of the child's state, not a synchronisation
-            // sleep: the loop ends as soon as the child has exited.
-            std::thread::sleep(Duration::from_millis(10));
         };
         self.join_stderr();
         status
@@ -298,6 +290,32 @@ fn parse_listening(line: &str) -> Option<(Transport, SocketAddr)> {
     Some((transport, addr))
 }
 
+/// Wait for `child` to exit, at most `limit`: `Ok(status)`, or
+/// `Err(status)` after killing it with SIGKILL when the time is up. A
+/// thread blocks in wait(2), so the exit is seen the moment it happens.
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<ExitStatus, ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait().expect("wait for child"));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => {
+            let _ = waiter.join();
+            Ok(status)
+        }
+        Err(_) => {
+            // The waiter has not reaped the child yet, so the pid is
+            // still that child's.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let status = rx.recv().expect("waiter thread reports");
+            let _ = waiter.join();
+            Err(status)
+        }
+    }
+}
+
 /// Run the binary with `args` (not `serve`), with a bounded wait, and
 /// return (status, stdout, stderr).
 pub fn run_turnpike(args: &[&str]) -> (ExitStatus, String, String) {
@@ -323,19 +341,12 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (ExitStatus, String, S
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    let status = match wait_bounded(child, limit) {
+        Ok(s) => s,
+        Err(_) => {
             let (o, e) = (out.join().unwrap(), err.join().unwrap());
             panic!("{cmd:?} did not finish within {limit:?}\nstdout:\n{o}\nstderr:\n{e}");
         }
-        // Bounded poll of the child's state (see TestServer::stop).
-        std::thread::sleep(Duration::from_millis(10));
     };
     (status, out.join().unwrap(), err.join().unwrap())
 }
