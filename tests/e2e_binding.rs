@@ -301,3 +301,28 @@ fn sigterm_stops_cleanly() {
 fn sigint_stops_cleanly() {
     stops_cleanly_on(Signal::Int);
 }
+
+/// A signal the moment the listeners are announced (no traffic first) is
+/// still a clean shutdown: the handlers are in place before the server
+/// says it is listening. Repeated, because the window is short.
+#[test]
+fn signal_right_after_start_is_clean() {
+    for i in 0..10 {
+        let signal = if i % 2 == 0 {
+            Signal::Term
+        } else {
+            Signal::Int
+        };
+        let mut server = TestServer::start(
+            "[server]\nthreads = 1\n[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n",
+        );
+        let status = server.stop(signal);
+        let stderr = server.stderr_text();
+        assert!(
+            status.success(),
+            "run {i}, {}: exit status {status}; stderr:\n{stderr}",
+            signal.name()
+        );
+        assert!(stderr.contains("stopped"), "stderr:\n{stderr}");
+    }
+}
