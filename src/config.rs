@@ -708,9 +708,11 @@ pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
 }
 
 /// Two socket addresses of the same socket type cannot both be bound: same
-/// port and the same IP, or a wildcard of the same family.
+/// port and the same IP, or a wildcard of the same family. Port 0 asks the
+/// kernel for a free port, so two such listeners never collide.
 fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
+    a.port() != 0
+        && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
@@ -788,6 +790,17 @@ mod tests {
         // UDP and TCP on the same port are fine.
         Config::parse(
             "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n[[listen]]\ntransport = \"tcp\"\naddr = \"0.0.0.0:3478\"\n",
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn port_zero_listeners_do_not_conflict() {
+        // Two stream listeners (tcp, or tcp and tls) on port 0 each get
+        // their own port.
+        Config::parse(
+            "[[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:0\"\n[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n[[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:0\"\n",
             "t.toml",
         )
         .unwrap();

@@ -99,6 +99,17 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
         cfg.auth.secrets.push(secret.clone());
         secret
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control runtime")?;
+    // Install the signal handlers before the first listener serves and is
+    // announced: from then on SIGTERM/SIGINT must mean a clean shutdown,
+    // not death by the default disposition.
+    let signals = {
+        let _rt = rt.enter();
+        Signals::install()?
+    };
     let handle = turnpike::io::start(&cfg).with_context(|| name.clone())?;
     // One plain line per listener on stdout, for people and scripts (tests
     // read the real port from it when the config says port 0).
@@ -108,11 +119,7 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
     if let Some(secret) = generated {
         print_generated_credentials(&secret, handle.listeners());
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the control runtime")?;
-    let signal = rt.block_on(wait_for_signal())?;
+    let signal = rt.block_on(signals.wait());
     tracing::info!(signal, "shutting down");
     handle.shutdown();
     tracing::info!("stopped");
@@ -159,12 +166,26 @@ fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundLis
     );
 }
 
-async fn wait_for_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT handlers, installed (in a runtime context) before
+/// they are waited for, so a signal that arrives early is not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

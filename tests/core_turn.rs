@@ -179,7 +179,7 @@ impl H {
     }
 
     /// A datagram from a peer to a relay; returns what goes to the client.
-    fn from_peer(
+    fn peer_sends(
         &mut self,
         relay: RelayId,
         peer: &str,
@@ -887,7 +887,7 @@ fn create_permission_and_data_both_ways() {
     // Without permission: dropped both ways, counted.
     assert!(h.send_indication(&ft, "198.51.100.1:5000", b"hi").is_none());
     assert_eq!(h.counters.dropped_count(DropReason::NoPermission), 1);
-    assert!(h.from_peer(relay, "198.51.100.1:5000", b"yo").is_none());
+    assert!(h.peer_sends(relay, "198.51.100.1:5000", b"yo").is_none());
     assert_eq!(h.counters.dropped_count(DropReason::NoPermission), 2);
     // Two peers at once; the port of a permission does not matter.
     assert_eq!(
@@ -900,7 +900,7 @@ fn create_permission_and_data_both_ways() {
         (r, peer, &data[..]),
         (relay, addr("198.51.100.1:5000"), &b"hi"[..])
     );
-    let (to, msg) = h.from_peer(relay, "198.51.100.2:7000", b"hello").unwrap();
+    let (to, msg) = h.peer_sends(relay, "198.51.100.2:7000", b"hello").unwrap();
     assert_eq!(to, ft);
     let m = Message::parse(&msg).expect("a Data indication");
     assert_eq!(
@@ -932,10 +932,10 @@ fn permission_expires_at_300_seconds_and_refresh_extends_it() {
     );
     assert_eq!(h.create_permission(&ft, &s, &["198.51.100.1:1"]), 200);
     h.advance(Duration::from_millis(299_999));
-    assert!(h.from_peer(relay, "198.51.100.1:9", b"x").is_some());
+    assert!(h.peer_sends(relay, "198.51.100.1:9", b"x").is_some());
     h.advance(Duration::from_millis(1));
     assert!(
-        h.from_peer(relay, "198.51.100.1:9", b"x").is_none(),
+        h.peer_sends(relay, "198.51.100.1:9", b"x").is_none(),
         "expired at 300 s"
     );
     assert_eq!(h.counters.permissions_active.get(), 0);
@@ -944,7 +944,7 @@ fn permission_expires_at_300_seconds_and_refresh_extends_it() {
     assert_eq!(h.create_permission(&ft, &s, &["198.51.100.1:1"]), 200);
     h.advance(Duration::from_secs(200));
     assert!(
-        h.from_peer(relay, "198.51.100.1:9", b"x").is_some(),
+        h.peer_sends(relay, "198.51.100.1:9", b"x").is_some(),
         "refreshed at 200 s"
     );
     assert_eq!(h.counters.permissions_active.get(), 1);
@@ -1075,11 +1075,11 @@ fn channel_bind_and_channel_data_both_ways() {
         (relay, addr("198.51.100.1:5000"), &b"ping"[..])
     );
     // Peer → client comes back as ChannelData, unpadded over UDP.
-    let (_, msg) = h.from_peer(relay, "198.51.100.1:5000", b"pong!").unwrap();
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:5000", b"pong!").unwrap();
     assert_eq!(msg, [0x40, 0x01, 0, 5, b'p', b'o', b'n', b'g', b'!']);
     // From another port of the same IP: permitted, but no channel → Data
     // indication.
-    let (_, msg) = h.from_peer(relay, "198.51.100.1:5001", b"x").unwrap();
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:5001", b"x").unwrap();
     assert!(Message::parse(&msg).is_ok());
     // Unbound channel → dropped and counted.
     let mut cd = Vec::new();
@@ -1094,7 +1094,7 @@ fn channel_data_is_padded_over_tcp() {
     let ft = tcp("198.51.100.7:40000");
     let (s, _, relay) = h.allocate(&ft, alice(), Default::default());
     assert_eq!(h.channel_bind(&ft, &s, 0x4001, "198.51.100.1:5000"), 200);
-    let (_, msg) = h.from_peer(relay, "198.51.100.1:5000", b"pong!").unwrap();
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:5000", b"pong!").unwrap();
     assert_eq!(
         msg,
         [0x40, 0x01, 0, 5, b'p', b'o', b'n', b'g', b'!', 0, 0, 0]
@@ -1174,7 +1174,7 @@ fn channel_expires_at_600_seconds_then_cools_down_for_300() {
     assert!(h.relay(&ft, &cd).is_none(), "expired at 600 s");
     assert_eq!(h.counters.channels_active.get(), 0);
     // Peer data now comes as a Data indication (permission still live).
-    let (_, msg) = h.from_peer(relay, "198.51.100.1:1", b"y").unwrap();
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:1", b"y").unwrap();
     assert!(Message::parse(&msg).is_ok());
     // During the cool-down neither number nor peer can go elsewhere...
     assert_eq!(h.channel_bind(&ft, &s, 0x4000, "198.51.100.2:1"), 400);
@@ -1445,7 +1445,7 @@ fn secret_rotation() {
         h.create_permission(&udp("198.51.100.7:1"), &s_old, &["198.51.100.1:1"]),
         200
     );
-    assert!(h.from_peer(relay, "198.51.100.1:1", b"x").is_some());
+    assert!(h.peer_sends(relay, "198.51.100.1:1", b"x").is_some());
 }
 
 #[test]
@@ -1579,12 +1579,12 @@ fn bandwidth_cap_drops_excess() {
     assert!(h.relay(&ft, &cd).is_none(), "1200 > 1000 bytes");
     assert_eq!(h.counters.dropped_count(DropReason::Bandwidth), 1);
     assert!(
-        h.from_peer(relay, "198.51.100.1:1", &[0u8; 300]).is_none(),
+        h.peer_sends(relay, "198.51.100.1:1", &[0u8; 300]).is_none(),
         "shared by both directions"
     );
     h.now = h.now.plus(Duration::from_millis(500));
     assert!(
-        h.from_peer(relay, "198.51.100.1:1", &[0u8; 300]).is_some(),
+        h.peer_sends(relay, "198.51.100.1:1", &[0u8; 300]).is_some(),
         "refilled 500 bytes"
     );
 }
@@ -1645,7 +1645,7 @@ fn malformed_and_stray_packets_are_dropped_and_counted() {
     );
     assert_eq!(h.expect_code(&ft, &req), 400);
     // Data from a peer on a relay that doesn't exist.
-    assert!(h.from_peer(RelayId(77), "198.51.100.1:1", b"x").is_none());
+    assert!(h.peer_sends(RelayId(77), "198.51.100.1:1", b"x").is_none());
 }
 
 #[test]
