@@ -22,4 +22,5 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod io;
+pub mod sim;
 pub mod wire;

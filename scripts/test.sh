@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine with a Rust toolchain:
+# installs what the tests need (coturn's test clients, iproute2, nftables,
+# Chromium, ...) and runs every test. Nothing is skipped when run as root
+# (the network-namespace tests need root; .ci/run runs as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use:
+#   coturn          turnutils_stunclient / turnutils_uclient / turnutils_peer, turnserver (interop)
+#   iproute2        ip netns, veth (NAT labs)
+#   nftables        nft (NAT labs)
+#   chromium        a real WebRTC client (browser test)
+#   systemd         systemd-analyze verify (unit file test)
+#   procps, psmisc  ps/pkill used by cleanup paths
+packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing test prerequisites: ${missing[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then sudo_cmd=(sudo); else
+      echo "error: need root or sudo to install: ${missing[*]}" >&2; exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts coturn's own server on install; it would hold port 3478.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl disable --now coturn >/dev/null 2>&1 || true
+  fi
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  cat >&2 <<'MSG'
+############################################################################
+# NOTE: not running as root. The network-namespace tests (NAT labs, the
+# browser test) will print SKIPPED. Run as root (CI does) to run them all.
+############################################################################
+MSG
+fi
+
+# Many allocations in the soak test need file descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --all-targets "$@"

@@ -1,0 +1,253 @@
+//! An in-memory driver for the server core: a relay-socket binder that
+//! records what it is asked, a manual clock, and the client side of the
+//! TURN exchanges. Benchmarks, allocation-count tests and the ICE checker's
+//! simulations use it to run the real core with no sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use crate::config::{Config, Transport};
+use crate::core::{
+    ClientOutput, CoreConfig, Counters, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerOutput,
+    RelayId, RelayIo, Server, Setup, Shared,
+};
+use crate::wire::{Class, Message, TransactionId};
+
+/// A [`RelayIo`] that binds nothing and remembers everything.
+#[derive(Debug, Default)]
+pub struct MemIo {
+    /// Relay sockets "bound", by relay id.
+    pub bound: HashMap<RelayId, SocketAddr>,
+    /// Ports that fail to bind (held by "another process").
+    pub busy: HashSet<u16>,
+    pub closed: Vec<RelayId>,
+}
+
+impl RelayIo for MemIo {
+    fn bind(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        _dont_fragment: bool,
+    ) -> std::io::Result<()> {
+        if self.busy.contains(&addr.port()) {
+            return Err(std::io::ErrorKind::AddrInUse.into());
+        }
+        self.bound.insert(relay, addr);
+        Ok(())
+    }
+
+    fn close(&mut self, relay: RelayId) {
+        self.bound.remove(&relay);
+        self.closed.push(relay);
+    }
+}
+
+/// Why a simulated exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("the server did not answer")]
+    NoAnswer,
+    #[error("error response {0}")]
+    Code(u16),
+    #[error("malformed response")]
+    Malformed,
+}
+
+/// A server core with its in-memory environment.
+pub struct SimServer {
+    pub server: Server,
+    pub io: MemIo,
+    pub now: Now,
+    pub counters: Arc<Counters>,
+    pub shared: Arc<Shared>,
+    seq: u64,
+    out: Vec<u8>,
+}
+
+impl SimServer {
+    /// A core for `cfg` (validated), seeded deterministically.
+    pub fn new(cfg: &Config, seed: u64) -> Self {
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared::new(cfg.relay.ports));
+        let creds = crate::core::Credentials::new(
+            &cfg.server.realm,
+            cfg.auth.secrets.clone(),
+            &cfg.auth.users,
+            cfg.auth.nonce_lifetime.0.as_secs(),
+        );
+        let server = Server::new(Setup {
+            cfg: Arc::new(CoreConfig::from_config(cfg)),
+            creds: Arc::new(creds),
+            shared: shared.clone(),
+            counters: counters.clone(),
+            seed,
+            nonce_key: [seed as u8; 32],
+            shard: 0,
+        });
+        SimServer {
+            server,
+            io: MemIo::default(),
+            now: Now::new(Instant::now(), 1_800_000_000),
+            counters,
+            shared,
+            seq: 0,
+            out: Vec::with_capacity(1500),
+        }
+    }
+
+    /// A fresh transaction id (a counter: deterministic).
+    pub fn tid(&mut self) -> TransactionId {
+        self.seq += 1;
+        let mut t = [0u8; 12];
+        t[4..].copy_from_slice(&self.seq.to_be_bytes());
+        TransactionId::new(t)
+    }
+
+    /// Move the clock and run the core's timers.
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now.plus(d);
+        self.server.handle_timeout(self.now, &mut self.io);
+    }
+
+    /// Hand bytes to the core as if from `ft`; returns the reply, if any.
+    pub fn request(&mut self, ft: &FiveTuple, bytes: &[u8]) -> Option<Vec<u8>> {
+        self.out.clear();
+        match self
+            .server
+            .handle_client(self.now, ft, bytes, &mut self.out, &mut self.io)
+        {
+            ClientOutput::Reply => Some(self.out.clone()),
+            _ => None,
+        }
+    }
+
+    fn check(&mut self, ft: &FiveTuple, req: &[u8]) -> Result<Vec<u8>, SimError> {
+        let resp = self.request(ft, req).ok_or(SimError::NoAnswer)?;
+        let m = Message::parse(&resp).map_err(|_| SimError::Malformed)?;
+        match m.class() {
+            Class::Success => Ok(resp),
+            _ => Err(SimError::Code(
+                m.error_code().ok().flatten().map_or(0, |e| e.code),
+            )),
+        }
+    }
+
+    /// Allocate with the 401 round trip. Returns the session, the relayed
+    /// address and the relay id.
+    pub fn allocate(
+        &mut self,
+        ft: &FiveTuple,
+        creds: Credentials,
+        opts: &AllocateOptions,
+    ) -> Result<(Session, SocketAddr, RelayId), SimError> {
+        let mut req = Vec::new();
+        let tid = self.tid();
+        client::allocate(&mut req, tid, opts, None);
+        let resp = self.request(ft, &req).ok_or(SimError::NoAnswer)?;
+        let m = Message::parse(&resp).map_err(|_| SimError::Malformed)?;
+        let session = Session::from_challenge(&m, creds, SignOptions::default())
+            .ok_or(SimError::Malformed)?;
+        req.clear();
+        let tid = self.tid();
+        client::allocate(&mut req, tid, opts, Some(&session));
+        let resp = self.check(ft, &req)?;
+        let m = Message::parse(&resp).map_err(|_| SimError::Malformed)?;
+        let relayed = m
+            .xor_relayed_address()
+            .ok()
+            .flatten()
+            .ok_or(SimError::Malformed)?;
+        let relay = self
+            .io
+            .bound
+            .iter()
+            .find(|(_, a)| a.port() == relayed.port() && a.is_ipv6() == relayed.is_ipv6())
+            .map(|(r, _)| *r)
+            .ok_or(SimError::Malformed)?;
+        Ok((session, relayed, relay))
+    }
+
+    pub fn create_permission(
+        &mut self,
+        ft: &FiveTuple,
+        s: &Session,
+        peers: &[SocketAddr],
+    ) -> Result<(), SimError> {
+        let mut req = Vec::new();
+        let tid = self.tid();
+        client::create_permission(&mut req, tid, peers, s);
+        self.check(ft, &req).map(|_| ())
+    }
+
+    pub fn channel_bind(
+        &mut self,
+        ft: &FiveTuple,
+        s: &Session,
+        ch: u16,
+        peer: SocketAddr,
+    ) -> Result<(), SimError> {
+        let mut req = Vec::new();
+        let tid = self.tid();
+        client::channel_bind(&mut req, tid, ch, peer, s);
+        self.check(ft, &req).map(|_| ())
+    }
+
+    /// Deliver a peer datagram to a relay; returns what goes to the client.
+    pub fn peer_datagram(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) -> Option<(FiveTuple, Vec<u8>)> {
+        let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+        buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+        match self
+            .server
+            .handle_peer(self.now.mono, relay, peer, &mut buf, payload.len())
+        {
+            PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
+            PeerOutput::None => None,
+        }
+    }
+}
+
+/// A UDP five-tuple towards `server`.
+pub fn udp(client: SocketAddr, server: SocketAddr) -> FiveTuple {
+    FiveTuple {
+        client,
+        server,
+        transport: Transport::Udp,
+    }
+}
+
+/// A config for simulations: relay on `relay_ip` with a wide port range,
+/// one REST secret and one static user, quotas out of the way, and the
+/// peer policy opened for `allow`.
+pub fn sim_config(relay_ip: &str, secret: &str, allow: &[&str]) -> Config {
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        r#"
+[server]
+realm = "sim"
+[[listen]]
+transport = "udp"
+addr = "0.0.0.0:3478"
+[relay]
+bind_ip = "{relay_ip}"
+ports = "10000-60000"
+[auth]
+secrets = ["{secret}"]
+users = {{ sim = "sim" }}
+[policy]
+allow_peers = [{}]
+max_allocations = 1000000
+max_allocations_per_user = 1000000
+"#,
+        allow.join(", ")
+    );
+    Config::parse(&text, "<sim>").expect("simulation config is valid")
+}
