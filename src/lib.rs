@@ -21,6 +21,9 @@
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod credentials;
+pub mod http;
 pub mod io;
+pub mod sd_notify;
 pub mod sim;
 pub mod wire;

@@ -1,10 +1,16 @@
 //! The `turnpike` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use turnpike::config::{Config, EMBEDDED_NAME};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::mpsc;
+use turnpike::config::{Config, EMBEDDED_NAME, LogFormat};
+use turnpike::http::{AppState, Op};
+use turnpike::io::ServerHandle;
+use turnpike::sd_notify;
 
 /// turnpike: a STUN/TURN server for WebRTC.
 ///
@@ -17,13 +23,28 @@ struct Cli {
     /// Log filter, e.g. "info", "debug", "turnpike=trace". Overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Log format: text (default) or json (one object per line). Overrides
+    /// [log] format.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the STUN/TURN server until SIGINT or SIGTERM.
+    /// Run the STUN/TURN server.
+    ///
+    /// SIGTERM drains (new allocations are turned away, live ones keep
+    /// relaying until they end or http.drain_deadline passes; a second
+    /// SIGTERM exits at once). SIGINT stops at once. SIGHUP reloads the
+    /// config file.
     Serve {
         /// TOML config file (see conf/turnpike.toml). Without it the
         /// embedded default is used.
@@ -33,6 +54,9 @@ enum Command {
     /// Inspect configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Mint a TURN REST credential offline and print it as JSON (the same
+    /// JSON as GET /api/v1/credentials).
+    Credentials(CredentialsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,18 +70,41 @@ enum ConfigCommand {
     },
 }
 
-fn init_logging(filter: Option<&str>) {
+#[derive(Args, Debug)]
+struct CredentialsArgs {
+    /// The shared secret (see also --secret-file and --config).
+    #[arg(long, conflicts_with_all = ["secret_file"])]
+    secret: Option<String>,
+    /// A file whose first line is the shared secret.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+    /// Take the secret (the first of [auth] secrets), the URIs and the TTL
+    /// cap from this config file.
+    #[arg(short, long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The user the credential is for.
+    #[arg(long, default_value = "user")]
+    user: String,
+    /// Lifetime, e.g. 3600, "30m", "24h" (capped by http.credential_ttl of
+    /// the config).
+    #[arg(long, default_value = "24h")]
+    ttl: turnpike::config::Span,
+}
+
+fn init_logging(filter: Option<&str>, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,49 +128,239 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{}: OK", path.display());
             Ok(())
         }
+        Command::Credentials(args) => credentials(args),
         Command::Serve { config } => {
-            init_logging(cli.log_level.as_deref());
-            serve(config)
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::embedded(),
+            };
+            let format = match cli.log_format {
+                Some(LogFormatArg::Json) => LogFormat::Json,
+                Some(LogFormatArg::Text) => LogFormat::Text,
+                None => cfg.log.format,
+            };
+            init_logging(cli.log_level.as_deref(), format);
+            serve(cfg, config)
         }
     }
 }
 
-fn serve(config: Option<PathBuf>) -> Result<()> {
-    let (mut cfg, name) = match &config {
-        Some(p) => (Config::load(p)?, p.display().to_string()),
-        None => (Config::embedded(), EMBEDDED_NAME.to_string()),
+fn credentials(a: CredentialsArgs) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
     };
+    let secret = match (&a.secret, &a.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => turnpike::config::read_secret_file(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        (None, None) => {
+            let creds = turnpike::io::credentials(&cfg)?;
+            match creds.secrets().first() {
+                Some(s) => s.clone(),
+                None => bail!(
+                    "no secret: pass --secret, --secret-file, or --config with [auth] secrets"
+                ),
+            }
+        }
+    };
+    turnpike::credentials::check_user(&a.user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+    let mut ttl = a.ttl.0.as_secs();
+    if a.config.is_some() {
+        ttl = ttl.min(cfg.http.credential_ttl.0.as_secs());
+    }
+    if ttl == 0 {
+        bail!("--ttl: must be positive");
+    }
+    let listeners: Vec<_> = cfg.listen.iter().map(|l| (l.transport, l.addr)).collect();
+    let (stun, uris) = turnpike::credentials::uris(&cfg, &listeners);
+    let now = turnpike::io::clock::now().unix;
+    let minted = turnpike::credentials::mint(&secret, &a.user, ttl, now, stun, uris);
+    println!("{}", serde_json::to_string_pretty(&minted)?);
+    Ok(())
+}
+
+fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
+    let name = path
+        .as_deref()
+        .map_or(EMBEDDED_NAME.to_string(), |p| p.display().to_string());
     tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
     let generated = cfg.auth.is_empty().then(|| {
         let secret = random_secret();
         cfg.auth.secrets.push(secret.clone());
         secret
     });
+    if cfg.http.addr.is_some() && cfg.http.api_keys.is_empty() {
+        tracing::warn!("http.api_keys is empty: the credentials API answers 401 to everyone");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the control runtime")?;
     // Install the signal handlers before the first listener serves and is
-    // announced: from then on SIGTERM/SIGINT must mean a clean shutdown,
-    // not death by the default disposition.
+    // announced: from then on a signal means what it says, never death by
+    // the default disposition.
     let signals = {
         let _rt = rt.enter();
         Signals::install()?
     };
-    let handle = turnpike::io::start(&cfg).with_context(|| name.clone())?;
+    let handle = Arc::new(turnpike::io::start(&cfg).with_context(|| name.clone())?);
+    let start_unix = turnpike::io::clock::now().unix;
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let state = Arc::new(AppState::new(
+        handle.clone(),
+        Arc::new(cfg.clone()),
+        start_unix,
+        ops_tx,
+    ));
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = rt
+        .block_on(turnpike::http::bind(state.clone(), async {
+            let _ = http_stop_rx.await;
+        }))
+        .with_context(|| name.clone());
+    let http = match http {
+        Ok(h) => h,
+        Err(e) => {
+            handle.shutdown();
+            return Err(e);
+        }
+    };
     // One plain line per listener on stdout, for people and scripts (tests
     // read the real port from it when the config says port 0).
     for l in handle.listeners() {
         println!("listening {} {}", l.transport, l.addr);
     }
-    if let Some(secret) = generated {
-        print_generated_credentials(&secret, handle.listeners());
+    if let Some((addr, _)) = &http {
+        println!("listening http {addr}");
+        tracing::info!(%addr, "HTTP API listening");
     }
-    let signal = rt.block_on(signals.wait());
-    tracing::info!(signal, "shutting down");
+    if let Some(secret) = &generated {
+        print_generated_credentials(secret, handle.listeners());
+    }
+    state.set_ready(true);
+    sd_notify::notify("READY=1");
+    let ctl = Control {
+        handle: handle.clone(),
+        state: state.clone(),
+        path,
+        generated,
+        drain_deadline: cfg.http.drain_deadline.0,
+    };
+    let how = rt.block_on(ctl.run(signals, ops_rx));
+    tracing::info!(reason = how, "shutting down");
+    state.set_ready(false);
+    sd_notify::notify("STOPPING=1");
+    let _ = http_stop_tx.send(());
+    if let Some((_, task)) = http {
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), task).await });
+    }
     handle.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The process's control loop: signals and API operations.
+struct Control {
+    handle: Arc<ServerHandle>,
+    state: Arc<AppState>,
+    path: Option<PathBuf>,
+    generated: Option<String>,
+    drain_deadline: Duration,
+}
+
+impl Control {
+    /// Run until it is time to stop; returns why.
+    async fn run(self, mut signals: Signals, mut ops: mpsc::UnboundedReceiver<Op>) -> &'static str {
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let watchdog = sd_notify::watchdog_interval();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+        loop {
+            tokio::select! {
+                _ = signals.int.recv() => return "SIGINT",
+                _ = signals.term.recv() => {
+                    if drain_until.is_some() {
+                        return "second SIGTERM";
+                    }
+                    drain_until = Some(self.start_drain("SIGTERM"));
+                }
+                _ = signals.hup.recv() => {
+                    match self.reload() {
+                        Ok(notes) => tracing::info!(?notes, "reloaded on SIGHUP"),
+                        Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed; keeping the running configuration"),
+                    }
+                }
+                Some(op) = ops.recv() => match op {
+                    Op::Reload(reply) => {
+                        let r = self.reload();
+                        match &r {
+                            Ok(notes) => tracing::info!(?notes, "reloaded by API"),
+                            Err(e) => tracing::error!(error = %e, "reload by API failed; keeping the running configuration"),
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Op::Drain => {
+                        if drain_until.is_none() {
+                            drain_until = Some(self.start_drain("API"));
+                        }
+                    }
+                },
+                _ = tick.tick(), if drain_until.is_some() => {
+                    let left = self.handle.allocations();
+                    if left == 0 {
+                        return "drained";
+                    }
+                    if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        tracing::warn!(allocations = left, "drain deadline passed");
+                        return "drain deadline";
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    sd_notify::notify("WATCHDOG=1");
+                }
+            }
+        }
+    }
+
+    fn start_drain(&self, by: &str) -> tokio::time::Instant {
+        self.handle.set_draining(true);
+        sd_notify::notify("STATUS=draining");
+        tracing::info!(
+            by,
+            allocations = self.handle.allocations(),
+            deadline_s = self.drain_deadline.as_secs(),
+            "draining: new allocations are turned away, live ones keep relaying"
+        );
+        tokio::time::Instant::now() + self.drain_deadline
+    }
+
+    /// Re-read the config file and apply it; on any error the running
+    /// configuration stays.
+    fn reload(&self) -> Result<Vec<String>, String> {
+        let Some(path) = &self.path else {
+            return Err(
+                "running on the embedded default: there is no config file to reload".into(),
+            );
+        };
+        let mut cfg = load(path).map_err(|e| format!("{e:#}"))?;
+        if cfg.auth.is_empty() {
+            if let Some(s) = &self.generated {
+                cfg.auth.secrets.push(s.clone());
+            }
+        }
+        let notes = self
+            .handle
+            .reload(&cfg)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.state.set_config(Arc::new(cfg));
+        Ok(notes)
+    }
+}
+
+fn load(p: &Path) -> Result<Config> {
+    Ok(Config::load(p)?)
 }
 
 /// 32 random bytes as hex.
@@ -139,38 +376,29 @@ fn random_secret() -> String {
 /// No credentials were configured: say so, show the generated secret and
 /// an iceServers entry with a 24-hour credential for it.
 fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundListener]) {
-    use turnpike::config::Transport;
-    let expiry = turnpike::io::clock::now().unix + 24 * 3600;
-    let username = format!("{expiry}:turnpike");
-    let password = turnpike::core::auth::rest_password(secret, &username);
-    let host = |a: std::net::SocketAddr| match a.ip() {
-        ip if ip.is_unspecified() && a.is_ipv4() => "127.0.0.1".to_string(),
-        ip if ip.is_unspecified() => "[::1]".to_string(),
-        ip if ip.is_ipv6() => format!("[{ip}]"),
-        ip => ip.to_string(),
-    };
-    let mut urls = Vec::new();
-    for l in listeners.iter().filter(|l| l.addr.is_ipv4()) {
-        let url = match l.transport {
-            Transport::Udp => format!("turn:{}:{}?transport=udp", host(l.addr), l.addr.port()),
-            Transport::Tcp => format!("turn:{}:{}?transport=tcp", host(l.addr), l.addr.port()),
-            Transport::Tls => format!("turns:{}:{}?transport=tcp", host(l.addr), l.addr.port()),
-        };
-        urls.push(format!("\"{url}\""));
-    }
+    let cfg = Config::embedded();
+    let ls: Vec<_> = listeners
+        .iter()
+        .filter(|l| l.addr.is_ipv4())
+        .map(|l| (l.transport, l.addr))
+        .collect();
+    let (_, uris) = turnpike::credentials::uris(&cfg, &ls);
+    let now = turnpike::io::clock::now().unix;
+    let m = turnpike::credentials::mint(secret, "turnpike", 24 * 3600, now, None, uris);
     tracing::warn!("no [auth] configured: generated a TURN REST secret for this run only");
     println!("secret {secret}");
     println!(
-        "iceServers [{{\"urls\":[{}],\"username\":\"{username}\",\"credential\":\"{password}\"}}]",
-        urls.join(",")
+        "iceServers {}",
+        serde_json::to_string(&m.ice_servers).unwrap_or_default()
     );
 }
 
-/// SIGTERM and SIGINT handlers, installed (in a runtime context) before
-/// they are waited for, so a signal that arrives early is not lost.
+/// Signal handlers, installed (in a runtime context) before they are
+/// waited for, so a signal that arrives early is not lost.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -179,13 +407,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
         })
-    }
-
-    async fn wait(mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
     }
 }

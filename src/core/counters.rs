@@ -169,8 +169,8 @@ pub struct Counters {
     /// Peer → client.
     pub relayed_packets_in: Counter,
     pub relayed_bytes_in: Counter,
-    /// TCP/TLS client connections open (kept by the shell).
-    pub connections_open: Gauge,
+    /// TCP (0) and TLS (1) client connections open (kept by the shell).
+    connections: [Gauge; 2],
 }
 
 impl Counters {
@@ -211,6 +211,11 @@ impl Counters {
 
     pub fn active(&self, t: Transport, ipv6: bool) -> &Gauge {
         &self.active[transport_index(t)][usize::from(ipv6)]
+    }
+
+    /// Open client connections of a stream transport (UDP has none).
+    pub fn connections_open(&self, t: Transport) -> &Gauge {
+        &self.connections[usize::from(t == Transport::Tls)]
     }
 
     /// Allocations alive on this core, all transports and families.

@@ -8,23 +8,29 @@
 //! path.
 
 pub mod clock;
+mod control;
 mod relay;
+mod setup;
 mod shard;
 mod socket;
 mod stream;
 pub mod tls;
 mod udp;
 
+pub use control::ReloadError;
+use setup::{check_relay_addresses, ipv6_unavailable, warn_if_own_address_refused};
+pub use setup::{credentials, primary_address};
+
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use tokio::sync::watch;
-
 use rand::TryRngCore;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Transport};
-use crate::core::{CoreConfig, Counters, Credentials, Setup, Shared};
+use crate::core::{CoreConfig, Counters, Setup, Shared};
+use control::Control;
 
 /// A listener as bound (with the real port when the config said 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +51,9 @@ pub enum StartError {
         error: std::io::Error,
     },
     #[error(
-        "{key}: {source}. Fix: point cert and key at a PEM certificate chain and its private key"
+        "{key}: {error}. Fix: point cert and key at a PEM certificate chain and its private key"
     )]
-    Tls {
-        key: String,
-        #[source]
-        source: tls::TlsError,
-    },
+    Tls { key: String, error: tls::TlsError },
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error(
@@ -88,7 +90,15 @@ pub struct ServerHandle {
     counters: Vec<Arc<Counters>>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    control: Vec<mpsc::UnboundedSender<Control>>,
+    /// The core configuration the shards run with (draining included).
+    core_cfg: Mutex<Arc<CoreConfig>>,
+    /// TLS certificate resolvers of the TLS listeners, by config index.
+    certs: Vec<(usize, Arc<tls::ReloadableCert>)>,
+    /// The configuration the server started with (to tell what a reload
+    /// cannot change).
+    start_cfg: Config,
 }
 
 impl ServerHandle {
@@ -114,11 +124,18 @@ impl ServerHandle {
         &self.shared
     }
 
+    /// Allocations alive across all shards.
+    pub fn allocations(&self) -> usize {
+        self.shared.allocations()
+    }
+
     /// Stop every shard and wait for its thread. Open connections are
-    /// closed; this returns as soon as each shard's runtime has unwound.
-    pub fn shutdown(self) {
+    /// closed and live allocations end (each logged); this returns as soon
+    /// as each shard's runtime has unwound.
+    pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        for t in self.threads {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -138,22 +155,14 @@ pub fn shard_count(cfg: &Config) -> usize {
 /// warning on hosts without IPv6, so the default works everywhere.
 pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let shards = shard_count(cfg);
-    let mut core_cfg = CoreConfig::from_config(cfg);
-    for fam in [&mut core_cfg.relay4, &mut core_cfg.relay6]
-        .into_iter()
-        .flatten()
-    {
-        if fam.advertised.is_unspecified() {
-            fam.advertised = primary_address(fam.bind.is_ipv6());
-        }
-    }
-    let core_cfg = Arc::new(core_cfg);
+    let core_cfg = Arc::new(setup::core_config(cfg));
     let creds = Arc::new(credentials(cfg)?);
     check_relay_addresses(cfg)?;
     warn_if_own_address_refused(&core_cfg);
     let mut per_shard: Vec<shard::Sockets> =
         (0..shards).map(|_| shard::Sockets::default()).collect();
     let mut listeners = Vec::new();
+    let mut certs = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
         let key = format!("listen[{i}].addr");
         let kind = match l.transport {
@@ -165,12 +174,15 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
                 let (Some(cert), Some(keyf)) = (&l.cert, &l.key) else {
                     unreachable!("validated: tls listeners have cert and key")
                 };
-                Some(
-                    tls::server_config(cert, keyf).map_err(|source| StartError::Tls {
-                        key: format!("listen[{i}]"),
-                        source,
-                    })?,
-                )
+                let resolver =
+                    Arc::new(tls::ReloadableCert::load(cert, keyf).map_err(|error| {
+                        StartError::Tls {
+                            key: format!("listen[{i}]"),
+                            error,
+                        }
+                    })?);
+                certs.push((i, resolver.clone()));
+                Some(tls::server_config(resolver))
             }
             _ => None,
         };
@@ -212,10 +224,13 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     os_rng
         .try_fill_bytes(&mut nonce_key)
         .expect("OS randomness");
+    let mut control = Vec::new();
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let rx = rx.clone();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        control.push(ctl_tx);
         let setup = Setup {
             cfg: core_cfg.clone(),
             creds: creds.clone(),
@@ -227,7 +242,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         };
         let t = std::thread::Builder::new()
             .name(format!("turnpike-shard-{id}"))
-            .spawn(move || shard::run(id, sockets, setup, rx))
+            .spawn(move || shard::run(id, sockets, setup, rx, ctl_rx))
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -245,100 +260,10 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         counters,
         shared,
         shutdown: tx,
-        threads,
+        threads: Mutex::new(threads),
+        control,
+        core_cfg: Mutex::new(core_cfg),
+        certs,
+        start_cfg: cfg.clone(),
     })
-}
-
-/// Credentials from `[auth]`, reading secret files (the only file reads
-/// the core's inputs need).
-pub fn credentials(cfg: &Config) -> Result<Credentials, StartError> {
-    let mut secrets = cfg.auth.secrets.clone();
-    for (i, p) in cfg.auth.secret_files.iter().enumerate() {
-        let s = crate::config::read_secret_file(p).map_err(|problem| StartError::Secret {
-            key: format!("auth.secret_files[{i}]"),
-            problem: format!("{}: {problem}", p.display()),
-        })?;
-        secrets.push(s);
-    }
-    Ok(Credentials::new(
-        &cfg.server.realm,
-        secrets,
-        &cfg.auth.users,
-        cfg.auth.nonce_lifetime.0.as_secs(),
-    ))
-}
-
-/// The address this host sends from towards the Internet (a routing
-/// lookup: connecting a UDP socket sends nothing), or loopback on a host
-/// with no route. Used as the advertised relay address when relay sockets
-/// bind the wildcard and no `public_ip` is set.
-pub fn primary_address(ipv6: bool) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
-    let (bind, probe, fallback): (IpAddr, SocketAddr, IpAddr) = if ipv6 {
-        (
-            Ipv6Addr::UNSPECIFIED.into(),
-            "[2001:db8::1]:9".parse().expect("literal"),
-            Ipv6Addr::LOCALHOST.into(),
-        )
-    } else {
-        (
-            Ipv4Addr::UNSPECIFIED.into(),
-            "192.0.2.1:9".parse().expect("literal"),
-            Ipv4Addr::LOCALHOST.into(),
-        )
-    };
-    UdpSocket::bind(SocketAddr::new(bind, 0))
-        .and_then(|s| {
-            s.connect(probe)?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(fallback)
-}
-
-/// A relay address this host does not have would turn every Allocate into
-/// 508; refuse it at start instead.
-fn check_relay_addresses(cfg: &Config) -> Result<(), StartError> {
-    for (key, ip) in [
-        ("relay.bind_ip", cfg.relay.bind_ip),
-        ("relay.bind_ip6", cfg.relay.bind_ip6),
-    ] {
-        let Some(ip) = ip else { continue };
-        if let Err(error) = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
-            if ip.is_ipv6() && ip.is_unspecified() && ipv6_unavailable(&error) {
-                tracing::warn!(
-                    "IPv6 unavailable on this host; IPv6 allocations will fail with 508"
-                );
-                continue;
-            }
-            return Err(StartError::RelayBind {
-                key,
-                addr: ip,
-                error,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Peers reach allocations at the advertised relay address. If the peer
-/// policy refuses that address, two clients of this server cannot relay to
-/// each other (each one's peer is the other's relay address).
-fn warn_if_own_address_refused(c: &CoreConfig) {
-    for r in [c.relay4, c.relay6].into_iter().flatten() {
-        if !r.advertised.is_unspecified() && !c.policy.allows(r.advertised) {
-            tracing::warn!(
-                address = %r.advertised,
-                "the peer policy refuses this server's own relay address: clients of this server cannot relay to each other; \
-                 set relay.public_ip to the public address, or add it to policy.allow_peers"
-            );
-        }
-    }
-}
-
-fn ipv6_unavailable(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
-    )
 }

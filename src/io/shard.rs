@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::relay::{RelaySocket, ShellIo};
 use super::stream::ConnOut;
@@ -137,7 +137,13 @@ impl Shard {
     }
 }
 
-pub(crate) fn run(id: usize, sockets: Sockets, setup: Setup, shutdown: watch::Receiver<bool>) {
+pub(crate) fn run(
+    id: usize,
+    sockets: Sockets,
+    setup: Setup,
+    shutdown: watch::Receiver<bool>,
+    control: mpsc::UnboundedReceiver<super::control::Control>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -190,7 +196,7 @@ pub(crate) fn run(id: usize, sockets: Sockets, setup: Setup, shutdown: watch::Re
                 shutdown.clone(),
             ));
         }
-        timer_loop(&shard, shutdown).await;
+        timer_loop(&shard, shutdown, control).await;
         // Shutting down: end every allocation so its log line is written
         // and its relay socket closed.
         let now = super::clock::now();
@@ -203,10 +209,14 @@ pub(crate) fn run(id: usize, sockets: Sockets, setup: Setup, shutdown: watch::Re
     tracing::debug!(shard = id, "shard stopped");
 }
 
-/// Run the core's timers until shutdown: sleep until the next deadline
-/// (at most a second, so new earlier deadlines are never missed by more),
-/// then let the core expire what is due.
-async fn timer_loop(shard: &Rc<Shard>, mut shutdown: watch::Receiver<bool>) {
+/// Run the core's timers and control requests until shutdown: sleep until
+/// the next deadline (at most a second, so new earlier deadlines are never
+/// missed by more), then let the core expire what is due.
+async fn timer_loop(
+    shard: &Rc<Shard>,
+    mut shutdown: watch::Receiver<bool>,
+    mut control: mpsc::UnboundedReceiver<super::control::Control>,
+) {
     loop {
         let next = shard.core.borrow().poll_timeout();
         let now = tokio::time::Instant::now();
@@ -216,6 +226,11 @@ async fn timer_loop(shard: &Rc<Shard>, mut shutdown: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
+            Some(c) = control.recv() => {
+                serve_control(shard, c);
+                shard.drain_events();
+                continue;
+            }
             r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
         }
         let now = super::clock::now();
@@ -224,6 +239,23 @@ async fn timer_loop(shard: &Rc<Shard>, mut shutdown: watch::Receiver<bool>) {
             .borrow_mut()
             .handle_timeout(now, &mut ShellIo { shard });
         shard.drain_events();
+    }
+}
+
+fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
+    use super::control::Control;
+    let now = super::clock::now();
+    let mut core = shard.core.borrow_mut();
+    match c {
+        Control::Config(cfg) => core.set_config(cfg),
+        Control::Credentials(creds) => core.set_credentials(creds),
+        Control::Sessions(tx) => {
+            let _ = tx.send(core.sessions(now.mono));
+        }
+        Control::Delete(id, tx) => {
+            let found = core.delete_session(id, now.mono, &mut ShellIo { shard });
+            let _ = tx.send(found);
+        }
     }
 }
 

@@ -55,10 +55,10 @@ pub(crate) async fn serve<S>(
         notify: Notify::new(),
     });
     shard.conns.borrow_mut().insert(ft, out.clone());
-    shard.counters.connections_open.add(1);
+    shard.counters.connections_open(ft.transport).add(1);
     run(&shard, stream, &ft, &out, shutdown).await;
     shard.conns.borrow_mut().remove(&ft);
-    shard.counters.connections_open.add(-1);
+    shard.counters.connections_open(ft.transport).add(-1);
     let now = super::clock::now();
     shard
         .core

@@ -1,25 +1,26 @@
 //! TLS server configuration from PEM files (rustls with the `ring`
-//! provider).
+//! provider), with a certificate that can be replaced on reload without
+//! touching live connections.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: no PEM certificate found")]
     NoCertificate { path: String },
     #[error("{path}: no PEM private key (PKCS#8, PKCS#1 or SEC1) found")]
     NoKey { path: String },
-    #[error("certificate and key do not make a usable TLS config: {0}")]
+    #[error("{path}: the private key does not match the certificate")]
+    KeyMismatch { path: String },
+    #[error("unusable certificate or key: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
@@ -29,14 +30,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
-/// Load a certificate chain and key and build a server config.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Load a PEM certificate chain and its key as a rustls `CertifiedKey`,
+/// checking that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
@@ -47,15 +49,65 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
             path: cert.display().to_string(),
         });
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .ok()
         .flatten()
         .ok_or_else(|| TlsError::NoKey {
             path: key.display().to_string(),
         })?;
+    let signing = provider().key_provider.load_private_key(der)?;
+    let ck = CertifiedKey::new(certs, signing);
+    match ck.keys_match() {
+        Ok(()) => Ok(ck),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch {
+            path: key.display().to_string(),
+        }),
+        // Unknown (e.g. a key type without SPKI support): accept.
+        Err(_) => Ok(ck),
+    }
+}
+
+/// A server certificate that reload can swap.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(ReloadableCert {
+            current: RwLock::new(Arc::new(load_certified_key(cert, key)?)),
+        })
+    }
+
+    /// Use `ck` for new handshakes from now on.
+    pub fn replace(&self, ck: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+    }
+
+    /// The certificate in use (its leaf, DER).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).cert[0].clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// A server config (TLS 1.2 and 1.3, ring) serving `cert`.
+pub fn server_config(cert: Arc<ReloadableCert>) -> Arc<rustls::ServerConfig> {
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(Arc::new(cfg))
+        .with_cert_resolver(cert);
+    Arc::new(cfg)
 }

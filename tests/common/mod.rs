@@ -67,6 +67,8 @@ impl Signal {
 pub struct TestServer {
     child: Option<Child>,
     listeners: Vec<(Transport, SocketAddr)>,
+    /// The HTTP API's address, if the config enables it.
+    http: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
     config_path: PathBuf,
@@ -84,10 +86,16 @@ impl TestServer {
     /// `listening ...` line per `[[listen]]` entry. Panics with the
     /// server's stderr if it exits or does not get there in time.
     pub fn start(config_toml: &str) -> TestServer {
-        let expected = turnpike::config::Config::parse(config_toml, "test config")
-            .unwrap_or_else(|e| panic!("the test's own config is invalid: {e}"))
-            .listen
-            .len();
+        // The HTTP API defaults to 127.0.0.1:9641; tests run in parallel, so
+        // a config that does not mention [http] gets it on port 0.
+        let config_toml = &if config_toml.contains("[http]") {
+            config_toml.to_string()
+        } else {
+            format!("{config_toml}\n[http]\naddr = \"127.0.0.1:0\"\n")
+        };
+        let parsed = turnpike::config::Config::parse(config_toml, "test config")
+            .unwrap_or_else(|e| panic!("the test's own config is invalid: {e}"));
+        let expected = parsed.listen.len() + usize::from(parsed.http.addr.is_some());
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("turnpike.toml");
         std::fs::write(&config_path, config_toml).expect("write config");
@@ -142,18 +150,22 @@ impl TestServer {
         let mut server = TestServer {
             child: Some(child),
             listeners: Vec::new(),
+            http: None,
             stderr,
             stderr_thread: Some(stderr_thread),
             config_path,
             _dir: dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while server.listeners.len() < expected {
+        while server.listeners.len() + usize::from(server.http.is_some()) < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(StdoutEvent::Line(l)) => match parse_listening(&l) {
                     Some(x) => server.listeners.push(x),
-                    None => panic!("unexpected stdout line from turnpike: {l:?}"),
+                    None => match l.strip_prefix("listening http ").map(str::parse) {
+                        Some(Ok(a)) => server.http = Some(a),
+                        _ => panic!("unexpected stdout line from turnpike: {l:?}"),
+                    },
                 },
                 Ok(StdoutEvent::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = server.child.as_mut().unwrap().wait().ok();
@@ -186,6 +198,11 @@ impl TestServer {
                     self.listeners
                 )
             })
+    }
+
+    /// The HTTP API's bound address (panics if the config disabled it).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("the config enables no HTTP listener")
     }
 
     /// Every listener, in the order the server printed them.

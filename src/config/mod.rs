@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod units;
+mod validate;
+
+pub use units::{PortRange, Span};
 
 /// The configuration `serve` uses when no `--config` is given: STUN/TURN
 /// over UDP and TCP on port 3478 on every IPv4 and IPv6 interface.
@@ -76,6 +80,93 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub policy: Policy,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `[http]`: the credentials API, metrics, health and admin endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Where the HTTP listener binds; omit (or "") to run none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_addr"
+    )]
+    pub addr: Option<SocketAddr>,
+    /// Keys callers present as `Authorization: Bearer KEY` (or `key=`).
+    pub api_keys: Vec<String>,
+    /// Keys for the admin endpoints; if empty, `api_keys` are admin keys.
+    pub admin_keys: Vec<String>,
+    /// Default and largest TTL of minted credentials.
+    pub credential_ttl: Span,
+    /// Origins allowed to call the API from a browser (CORS). "*" allows
+    /// any.
+    pub cors_origins: Vec<String>,
+    /// How long a drain (SIGTERM or POST /api/v1/drain) waits for live
+    /// allocations before the process exits anyway.
+    pub drain_deadline: Span,
+    /// host:port of other servers, sent as ALTERNATE-SERVER (300 Try
+    /// Alternate) to new Allocates while draining.
+    pub alternate_servers: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 9641))),
+            api_keys: Vec::new(),
+            admin_keys: Vec::new(),
+            credential_ttl: Span::secs(86400),
+            cors_origins: Vec::new(),
+            drain_deadline: Span::secs(300),
+            alternate_servers: Vec::new(),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// "text" (human-readable) or "json" (one object per line).
+    pub format: LogFormat,
+    /// Replace client IP addresses in logs with a keyed hash prefix, so
+    /// lines of one client still correlate without storing its address.
+    pub redact_client_ips: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            redact_client_ips: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `[relay]`: where relayed addresses live.
@@ -109,131 +200,6 @@ impl Default for Relay {
                 low: 49152,
                 high: 65535,
             },
-        }
-    }
-}
-
-/// An inclusive port range written "LOW-HIGH".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub low: u16,
-    pub high: u16,
-}
-
-impl PortRange {
-    pub fn len(&self) -> usize {
-        usize::from(self.high - self.low) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn contains(&self, p: u16) -> bool {
-        (self.low..=self.high).contains(&p)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.low, self.high)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid port range `{s}`, expected \"LOW-HIGH\" such as \"49152-65535\"");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let low: u16 = a.trim().parse().map_err(|_| bad())?;
-        let high: u16 = b.trim().parse().map_err(|_| bad())?;
-        if low == 0 || low > high {
-            return Err(format!("invalid port range `{s}`: need 1 <= LOW <= HIGH"));
-        }
-        Ok(PortRange { low, high })
-    }
-}
-
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A duration written "30s", "5m", "1h", "2d" or as plain seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Span(pub Duration);
-
-impl Span {
-    pub const fn secs(n: u64) -> Self {
-        Span(Duration::from_secs(n))
-    }
-}
-
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0.as_secs();
-        match s {
-            0 => write!(f, "0s"),
-            s if s % 86400 == 0 => write!(f, "{}d", s / 86400),
-            s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
-            s if s % 60 == 0 => write!(f, "{}m", s / 60),
-            s => write!(f, "{s}s"),
-        }
-    }
-}
-
-impl std::str::FromStr for Span {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid duration `{s}`, expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"")
-        })?;
-        let mult = match unit.trim() {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            u => {
-                return Err(format!(
-                    "invalid duration unit `{u}` in `{s}`, use s, m, h or d"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(Span::secs)
-            .ok_or_else(|| format!("duration `{s}` is too large"))
-    }
-}
-
-impl Serialize for Span {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Span::secs(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -337,6 +303,9 @@ pub struct Server {
     /// Worker threads (shards), each with its own sockets and server core.
     /// 0 means one per CPU.
     pub threads: usize,
+    /// The host name clients use, put in the `uris` of minted credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
 }
 
 impl Default for Server {
@@ -345,6 +314,7 @@ impl Default for Server {
             realm: "turnpike".into(),
             software: concat!("turnpike ", env!("CARGO_PKG_VERSION")).into(),
             threads: 0,
+            public_host: None,
         }
     }
 }
@@ -468,6 +438,7 @@ impl Config {
         self.validate_relay(file)?;
         self.validate_auth(file)?;
         self.validate_policy(file)?;
+        self.validate_http(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -518,166 +489,6 @@ impl Config {
                         ));
                     }
                 }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
-        let r = &self.relay;
-        let fam = |key: &str, ip: Option<IpAddr>, v6: bool| -> Result<(), ConfigError> {
-            match ip {
-                Some(ip) if ip.is_ipv6() != v6 => Err(ConfigError::invalid(
-                    file,
-                    format!("relay.{key}"),
-                    format!(
-                        "{ip} is not an {} address",
-                        if v6 { "IPv6" } else { "IPv4" }
-                    ),
-                    if v6 {
-                        "put IPv6 addresses in bind_ip6/public_ip6 and IPv4 in bind_ip/public_ip"
-                    } else {
-                        "put IPv4 addresses in bind_ip/public_ip and IPv6 in bind_ip6/public_ip6"
-                    },
-                )),
-                _ => Ok(()),
-            }
-        };
-        fam("bind_ip", r.bind_ip, false)?;
-        fam("public_ip", r.public_ip, false)?;
-        fam("bind_ip6", r.bind_ip6, true)?;
-        fam("public_ip6", r.public_ip6, true)?;
-        for (key, public, bind) in [
-            ("public_ip", r.public_ip, r.bind_ip),
-            ("public_ip6", r.public_ip6, r.bind_ip6),
-        ] {
-            if let Some(p) = public {
-                if bind.is_none() {
-                    return Err(ConfigError::invalid(
-                        file,
-                        format!("relay.{key}"),
-                        format!("{p} is advertised but its family has no bind address"),
-                        format!(
-                            "set relay.{} too, or remove {key}",
-                            key.replace("public", "bind")
-                        ),
-                    ));
-                }
-                if p.is_unspecified() {
-                    return Err(ConfigError::invalid(
-                        file,
-                        format!("relay.{key}"),
-                        "a wildcard cannot be advertised",
-                        "set the address peers reach this server at",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_auth(&self, file: &str) -> Result<(), ConfigError> {
-        for (i, s) in self.auth.secrets.iter().enumerate() {
-            if s.is_empty() {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("auth.secrets[{i}]"),
-                    "empty secret",
-                    "use a long random string, e.g. from `openssl rand -hex 32`",
-                ));
-            }
-        }
-        for (i, p) in self.auth.secret_files.iter().enumerate() {
-            if let Err(e) = read_secret_file(p) {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("auth.secret_files[{i}]"),
-                    format!("{}: {e}", p.display()),
-                    "point it at a readable file whose first line is the secret",
-                ));
-            }
-        }
-        for (name, cred) in &self.auth.users {
-            let key = format!("auth.users.{name}");
-            if name.is_empty() {
-                return Err(ConfigError::invalid(
-                    file,
-                    key,
-                    "empty user name",
-                    "give the user a name",
-                ));
-            }
-            match cred {
-                UserCredential::Password(p) if p.is_empty() => {
-                    return Err(ConfigError::invalid(
-                        file,
-                        key,
-                        "empty password",
-                        "set a password",
-                    ));
-                }
-                UserCredential::Key { key: k } if parse_hex_key(k).is_none() => {
-                    return Err(ConfigError::invalid(
-                        file,
-                        key,
-                        "key is not 32 hex digits (an MD5 long-term key)",
-                        "use the output of `turnadmin -k -u USER -r REALM -p PASSWORD` without its 0x prefix, or a password",
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if self.auth.nonce_lifetime.0.as_secs() < 10 {
-            return Err(ConfigError::invalid(
-                file,
-                "auth.nonce_lifetime",
-                "shorter than 10 seconds",
-                "use at least a minute, e.g. \"1h\"",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_policy(&self, file: &str) -> Result<(), ConfigError> {
-        let p = &self.policy;
-        for (list, name) in [
-            (&p.allow_peers, "allow_peers"),
-            (&p.deny_peers, "deny_peers"),
-        ] {
-            for (i, c) in list.iter().enumerate() {
-                if let Err(e) = c.parse::<crate::core::policy::Cidr>() {
-                    return Err(ConfigError::invalid(
-                        file,
-                        format!("policy.{name}[{i}]"),
-                        e,
-                        "write a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
-                    ));
-                }
-            }
-        }
-        if p.max_lifetime.0.as_secs() < 10 || p.max_lifetime.0.as_secs() > u64::from(u32::MAX) {
-            return Err(ConfigError::invalid(
-                file,
-                "policy.max_lifetime",
-                format!("{} is out of range", p.max_lifetime),
-                "use between 10s (tests only) and a few hours; RFC 8656 suggests 1h",
-            ));
-        }
-        for (name, v) in [
-            ("max_allocations", p.max_allocations),
-            ("max_allocations_per_user", p.max_allocations_per_user),
-            ("max_permissions", p.max_permissions),
-            ("max_channels", p.max_channels),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!("policy.{name}"),
-                    "zero would refuse everything",
-                    "set a positive limit",
-                ));
             }
         }
         Ok(())

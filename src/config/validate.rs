@@ -1,0 +1,250 @@
+//! Checks that need more than the types: address families, CIDRs, limits.
+
+use std::net::IpAddr;
+
+use super::{Config, ConfigError, UserCredential, parse_hex_key, read_secret_file};
+
+impl Config {
+    pub(super) fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        let fam = |key: &str, ip: Option<IpAddr>, v6: bool| -> Result<(), ConfigError> {
+            match ip {
+                Some(ip) if ip.is_ipv6() != v6 => Err(ConfigError::invalid(
+                    file,
+                    format!("relay.{key}"),
+                    format!(
+                        "{ip} is not an {} address",
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ),
+                    if v6 {
+                        "put IPv6 addresses in bind_ip6/public_ip6 and IPv4 in bind_ip/public_ip"
+                    } else {
+                        "put IPv4 addresses in bind_ip/public_ip and IPv6 in bind_ip6/public_ip6"
+                    },
+                )),
+                _ => Ok(()),
+            }
+        };
+        fam("bind_ip", r.bind_ip, false)?;
+        fam("public_ip", r.public_ip, false)?;
+        fam("bind_ip6", r.bind_ip6, true)?;
+        fam("public_ip6", r.public_ip6, true)?;
+        for (key, public, bind) in [
+            ("public_ip", r.public_ip, r.bind_ip),
+            ("public_ip6", r.public_ip6, r.bind_ip6),
+        ] {
+            if let Some(p) = public {
+                if bind.is_none() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("relay.{key}"),
+                        format!("{p} is advertised but its family has no bind address"),
+                        format!(
+                            "set relay.{} too, or remove {key}",
+                            key.replace("public", "bind")
+                        ),
+                    ));
+                }
+                if p.is_unspecified() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("relay.{key}"),
+                        "a wildcard cannot be advertised",
+                        "set the address peers reach this server at",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_auth(&self, file: &str) -> Result<(), ConfigError> {
+        for (i, s) in self.auth.secrets.iter().enumerate() {
+            if s.is_empty() {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("auth.secrets[{i}]"),
+                    "empty secret",
+                    "use a long random string, e.g. from `openssl rand -hex 32`",
+                ));
+            }
+        }
+        for (i, p) in self.auth.secret_files.iter().enumerate() {
+            if let Err(e) = read_secret_file(p) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("auth.secret_files[{i}]"),
+                    format!("{}: {e}", p.display()),
+                    "point it at a readable file whose first line is the secret",
+                ));
+            }
+        }
+        for (name, cred) in &self.auth.users {
+            let key = format!("auth.users.{name}");
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key,
+                    "empty user name",
+                    "give the user a name",
+                ));
+            }
+            match cred {
+                UserCredential::Password(p) if p.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        "empty password",
+                        "set a password",
+                    ));
+                }
+                UserCredential::Key { key: k } if parse_hex_key(k).is_none() => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        "key is not 32 hex digits (an MD5 long-term key)",
+                        "use the output of `turnadmin -k -u USER -r REALM -p PASSWORD` without its 0x prefix, or a password",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.auth.nonce_lifetime.0.as_secs() < 10 {
+            return Err(ConfigError::invalid(
+                file,
+                "auth.nonce_lifetime",
+                "shorter than 10 seconds",
+                "use at least a minute, e.g. \"1h\"",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_policy(&self, file: &str) -> Result<(), ConfigError> {
+        let p = &self.policy;
+        for (list, name) in [
+            (&p.allow_peers, "allow_peers"),
+            (&p.deny_peers, "deny_peers"),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                if let Err(e) = c.parse::<crate::core::policy::Cidr>() {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("policy.{name}[{i}]"),
+                        e,
+                        "write a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                    ));
+                }
+            }
+        }
+        if p.max_lifetime.0.as_secs() < 10 || p.max_lifetime.0.as_secs() > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                file,
+                "policy.max_lifetime",
+                format!("{} is out of range", p.max_lifetime),
+                "use between 10s (tests only) and a few hours; RFC 8656 suggests 1h",
+            ));
+        }
+        for (name, v) in [
+            ("max_allocations", p.max_allocations),
+            ("max_allocations_per_user", p.max_allocations_per_user),
+            ("max_permissions", p.max_permissions),
+            ("max_channels", p.max_channels),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("policy.{name}"),
+                    "zero would refuse everything",
+                    "set a positive limit",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub(super) fn validate_http(&self, file: &str) -> Result<(), ConfigError> {
+        let h = &self.http;
+        for (list, name) in [(&h.api_keys, "api_keys"), (&h.admin_keys, "admin_keys")] {
+            for (i, k) in list.iter().enumerate() {
+                if k.len() < 8 {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("http.{name}[{i}]"),
+                        "shorter than 8 characters",
+                        "use a long random key, e.g. from `openssl rand -hex 24`",
+                    ));
+                }
+            }
+        }
+        if h.credential_ttl.0.as_secs() < 60 {
+            return Err(ConfigError::invalid(
+                file,
+                "http.credential_ttl",
+                "shorter than a minute",
+                "credentials must outlive a call set-up; use e.g. \"24h\"",
+            ));
+        }
+        for (i, s) in h.alternate_servers.iter().enumerate() {
+            let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.alternate_servers[{i}]"),
+                    format!("`{s}` is not host:port"),
+                    "write it as \"turn2.example.org:3478\" or \"203.0.113.20:3478\"",
+                ));
+            }
+        }
+        for (i, o) in h.cors_origins.iter().enumerate() {
+            let ok = o == "*" || o.starts_with("http://") || o.starts_with("https://");
+            if !ok {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.cors_origins[{i}]"),
+                    format!("`{o}` is not an origin"),
+                    "write origins as \"https://app.example.org\", or \"*\" for any",
+                ));
+            }
+        }
+        match (&h.cert, &h.key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                for (name, p) in [("cert", c), ("key", k)] {
+                    if let Err(e) = std::fs::metadata(p) {
+                        return Err(ConfigError::invalid(
+                            file,
+                            format!("http.{name}"),
+                            format!("cannot read {}: {e}", p.display()),
+                            "point it at an existing PEM file readable by turnpike",
+                        ));
+                    }
+                }
+            }
+            (c, _) => {
+                let missing = if c.is_some() { "key" } else { "cert" };
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.{missing}"),
+                    "HTTPS needs both cert and key",
+                    format!("set http.{missing} too, or remove the other to serve plain HTTP"),
+                ));
+            }
+        }
+        if let Some(h) = &self.server.public_host {
+            if h.is_empty() || h.contains(['/', ' ', '?', '#']) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "server.public_host",
+                    format!("`{h}` is not a host name"),
+                    "set the DNS name (or IP) clients use, e.g. \"turn.example.org\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! Route handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::{AppState, Op};
+use crate::credentials;
+
+type Params = Query<HashMap<String, String>>;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+fn bad_param(parameter: &str, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "bad_request", "parameter": parameter, "message": message})),
+    )
+        .into_response()
+}
+
+/// The key a caller presented: `Authorization: Bearer KEY`, else `key=`.
+fn presented_key<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| params.get("key").map(String::as_str))
+}
+
+/// Constant-time membership (every key is compared, so timing does not
+/// tell which one nearly matched).
+fn key_ok(presented: Option<&str>, keys: &[String]) -> bool {
+    let Some(p) = presented else { return false };
+    let mut ok = subtle::Choice::from(0);
+    for k in keys {
+        ok |= k.as_bytes().ct_eq(p.as_bytes());
+    }
+    !keys.is_empty() && bool::from(ok)
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong API key",
+    )
+}
+
+fn admin_ok(state: &AppState, headers: &HeaderMap, params: &HashMap<String, String>) -> bool {
+    let cfg = state.config();
+    let keys = if cfg.http.admin_keys.is_empty() {
+        &cfg.http.api_keys
+    } else {
+        &cfg.http.admin_keys
+    };
+    key_ok(presented_key(headers, params), keys)
+}
+
+/// `GET /api/v1/credentials?username=NAME[&ttl=SECONDS]`, and the TURN REST
+/// draft form `?service=turn&username=NAME&key=KEY`.
+pub async fn credentials(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Response {
+    let cfg = state.config();
+    if !key_ok(presented_key(&headers, &p), &cfg.http.api_keys) {
+        return unauthorized();
+    }
+    if let Some(s) = p.get("service") {
+        if s != "turn" {
+            return bad_param("service", "only service=turn is offered");
+        }
+    }
+    let Some(user) = p.get("username") else {
+        return bad_param("username", "missing; pass username=NAME");
+    };
+    if let Err(e) = credentials::check_user(user) {
+        return bad_param("username", e.to_string());
+    }
+    let max = cfg.http.credential_ttl.0.as_secs();
+    let ttl = match p.get("ttl") {
+        None => max,
+        Some(t) => match t.parse::<u64>() {
+            Ok(n) if n > 0 => n.min(max),
+            _ => return bad_param("ttl", "must be a positive number of seconds"),
+        },
+    };
+    let secrets = match crate::io::credentials(&cfg) {
+        Ok(c) => c.secrets().to_vec(),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "secret_unavailable",
+                e.to_string(),
+            );
+        }
+    };
+    let Some(secret) = secrets.first() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_secret",
+            "no [auth] secrets configured: credentials cannot be minted",
+        );
+    };
+    let listeners: Vec<_> = state
+        .handle
+        .listeners()
+        .iter()
+        .map(|l| (l.transport, l.addr))
+        .collect();
+    let (stun, uris) = credentials::uris(&cfg, &listeners);
+    let now = crate::io::clock::now().unix;
+    let minted = credentials::mint(secret, user, ttl, now, stun, uris);
+    let mut r = Json(minted).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(
+        state.handle.counters(),
+        state.start_unix,
+        state.handle.is_draining(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        let why = if state.handle.is_draining() {
+            "draining"
+        } else {
+            "starting"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": why})),
+        )
+            .into_response()
+    }
+}
+
+pub async fn sessions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Response {
+    if !admin_ok(&state, &headers, &p) {
+        return unauthorized();
+    }
+    let list: Vec<_> = state
+        .handle
+        .sessions()
+        .await
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id.to_string(),
+                "transport": s.ft.transport.as_str(),
+                "client": s.ft.client.to_string(),
+                "server": s.ft.server.to_string(),
+                "user": s.username,
+                "relay": s.relay.to_string(),
+                "relayed_address": s.advertised.to_string(),
+                "age_s": s.age.as_secs(),
+                "expires_in_s": s.expires_in.as_secs(),
+                "permissions": s.permissions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "channels": s.channels.iter().map(|(n, p)| json!({"number": n, "peer": p.to_string()})).collect::<Vec<_>>(),
+                "bytes_to_peer": s.traffic.bytes_out,
+                "bytes_from_peer": s.traffic.bytes_in,
+                "packets_to_peer": s.traffic.packets_out,
+                "packets_from_peer": s.traffic.packets_in,
+            })
+        })
+        .collect();
+    Json(json!({"sessions": list})).into_response()
+}
+
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Response {
+    if !admin_ok(&state, &headers, &p) {
+        return unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_param("id", "not a session id");
+    };
+    if state.handle.delete_session(id).await {
+        Json(json!({"deleted": id.to_string()})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "not_found", "no such session")
+    }
+}
+
+pub async fn drain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Response {
+    if !admin_ok(&state, &headers, &p) {
+        return unauthorized();
+    }
+    let _ = state.ops.send(Op::Drain);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"draining": true, "allocations": state.handle.allocations()})),
+    )
+        .into_response()
+}
+
+pub async fn reload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Response {
+    if !admin_ok(&state, &headers, &p) {
+        return unauthorized();
+    }
+    let (tx, rx) = oneshot::channel();
+    if state.ops.send(Op::Reload(tx)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is stopping",
+        );
+    }
+    match rx.await {
+        Ok(Ok(notes)) => Json(json!({"reloaded": true, "notes": notes})).into_response(),
+        Ok(Err(why)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"reloaded": false, "error": "bad_config", "message": why})),
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is stopping",
+        ),
+    }
+}
+
+/// CORS for the configured origins ("*" for any); none configured means no
+/// CORS headers at all.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        return base.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    base.allow_origin(AllowOrigin::list(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        let keys = vec!["alpha".to_string(), "beta".to_string()];
+        assert!(key_ok(Some("beta"), &keys));
+        assert!(!key_ok(Some("bet"), &keys));
+        assert!(!key_ok(Some("betaa"), &keys));
+        assert!(!key_ok(None, &keys));
+        assert!(!key_ok(Some(""), &[]), "no keys configured: nobody gets in");
+    }
+}

@@ -1,0 +1,104 @@
+//! `/metrics`: the shards' plain counters, summed and published through the
+//! `metrics` facade into a Prometheus recorder that only this route
+//! renders (no global recorder, no background thread). Values are read at
+//! scrape time, so they are live. No label carries a user.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::config::Transport;
+use crate::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
+use crate::core::{AuthFailureReason, Counters, DropReason, EndReason};
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        Metrics { recorder, handle }
+    }
+}
+
+fn sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> u64) -> u64 {
+    shards.iter().map(|c| f(c)).sum()
+}
+
+fn gauge_sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> i64) -> f64 {
+    shards.iter().map(|c| f(c)).sum::<i64>() as f64
+}
+
+impl Metrics {
+    /// Publish the current totals and render the exposition text.
+    pub fn render(&self, shards: &[Arc<Counters>], start_unix: u64, draining: bool) -> String {
+        metrics::with_local_recorder(&self.recorder, || publish(shards, start_unix, draining));
+        self.handle.render()
+    }
+}
+
+fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {
+    use metrics::{counter, gauge};
+    gauge!("process_start_time_seconds").set(start_unix as f64);
+    gauge!("turnpike_draining").set(if draining { 1.0 } else { 0.0 });
+    for &t in &TRANSPORTS {
+        for (family, v6) in [("ipv4", false), ("ipv6", true)] {
+            gauge!("turnpike_allocations_active", "transport" => t.as_str(), "family" => family)
+                .set(gauge_sum(s, |c| c.active(t, v6).get()));
+        }
+    }
+    counter!("turnpike_allocations_created_total")
+        .absolute(sum(s, |c| c.allocations_created.get()));
+    counter!("turnpike_allocations_expired_total")
+        .absolute(sum(s, |c| c.ended_count(EndReason::Expired)));
+    for r in EndReason::ALL.iter().filter(|r| **r != EndReason::Expired) {
+        let reason = match r {
+            EndReason::Refreshed0 => "refresh",
+            r => r.name(),
+        };
+        counter!("turnpike_allocations_deleted_total", "reason" => reason)
+            .absolute(sum(s, |c| c.ended_count(*r)));
+    }
+    counter!("turnpike_binding_requests_total").absolute(sum(s, |c| c.binding_requests.get()));
+    for m in COUNTED_METHODS {
+        for code in RESULT_CODES {
+            let n = sum(s, |c| c.answered_count(m, code));
+            if n > 0 {
+                let code = if code == 0 {
+                    "other".to_string()
+                } else {
+                    code.to_string()
+                };
+                counter!("turnpike_requests_total", "method" => m.name(), "code" => code)
+                    .absolute(n);
+            }
+        }
+    }
+    for r in AuthFailureReason::ALL {
+        counter!("turnpike_auth_failures_total", "reason" => r.name())
+            .absolute(sum(s, |c| c.auth_failure_count(*r)));
+    }
+    counter!("turnpike_peer_policy_refusals_total").absolute(sum(s, |c| c.policy_refusals.get()));
+    counter!("turnpike_quota_refusals_total").absolute(sum(s, |c| c.quota_refusals.get()));
+    counter!("turnpike_relayed_packets_total", "direction" => "to_peer")
+        .absolute(sum(s, |c| c.relayed_packets_out.get()));
+    counter!("turnpike_relayed_packets_total", "direction" => "to_client")
+        .absolute(sum(s, |c| c.relayed_packets_in.get()));
+    counter!("turnpike_relayed_bytes_total", "direction" => "to_peer")
+        .absolute(sum(s, |c| c.relayed_bytes_out.get()));
+    counter!("turnpike_relayed_bytes_total", "direction" => "to_client")
+        .absolute(sum(s, |c| c.relayed_bytes_in.get()));
+    for r in DropReason::ALL {
+        counter!("turnpike_dropped_packets_total", "reason" => r.name())
+            .absolute(sum(s, |c| c.dropped_count(*r)));
+    }
+    gauge!("turnpike_permissions_active").set(gauge_sum(s, |c| c.permissions_active.get()));
+    gauge!("turnpike_channels_active").set(gauge_sum(s, |c| c.channels_active.get()));
+    for t in [Transport::Tcp, Transport::Tls] {
+        gauge!("turnpike_connections_open", "transport" => t.as_str())
+            .set(gauge_sum(s, |c| c.connections_open(t).get()));
+    }
+}

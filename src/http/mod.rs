@@ -1,0 +1,184 @@
+//! The HTTP listener: credentials API, `/metrics`, health, admin.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /api/v1/credentials?username=NAME[&ttl=S]` | API key | mint a TURN REST credential |
+//! | `GET /metrics` | none | Prometheus text |
+//! | `GET /healthz` | none | process alive |
+//! | `GET /readyz` | none | listeners bound and not draining |
+//! | `GET /api/v1/sessions` | admin key | allocations |
+//! | `DELETE /api/v1/sessions/{id}` | admin key | end one allocation |
+//! | `POST /api/v1/drain` | admin key | start draining |
+//! | `POST /api/v1/reload` | admin key | re-read the config file |
+//!
+//! Keys come as `Authorization: Bearer KEY` or `key=KEY` and are compared in
+//! constant time; they are never logged.
+
+mod api;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::io::ServerHandle;
+
+/// What the HTTP API asks of the process (the main loop owns reload and
+/// drain, as signals ask for the same things).
+pub enum Op {
+    Reload(oneshot::Sender<Result<Vec<String>, String>>),
+    Drain,
+}
+
+/// State shared by the handlers.
+pub struct AppState {
+    pub handle: Arc<ServerHandle>,
+    pub cfg: RwLock<Arc<Config>>,
+    pub ready: AtomicBool,
+    pub metrics: metrics::Metrics,
+    pub start_unix: u64,
+    pub ops: mpsc::UnboundedSender<Op>,
+}
+
+impl AppState {
+    pub fn new(
+        handle: Arc<ServerHandle>,
+        cfg: Arc<Config>,
+        start_unix: u64,
+        ops: mpsc::UnboundedSender<Op>,
+    ) -> Self {
+        AppState {
+            handle,
+            cfg: RwLock::new(cfg),
+            ready: AtomicBool::new(false),
+            metrics: metrics::Metrics::default(),
+            start_unix,
+            ops,
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, cfg: Arc<Config>) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+
+    pub fn set_ready(&self, on: bool) {
+        self.ready.store(on, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.handle.is_draining()
+    }
+}
+
+/// The routes, with CORS for the configured origins.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = api::cors(&state.config().http.cors_origins);
+    Router::new()
+        .route("/api/v1/credentials", get(api::credentials))
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/sessions/{id}", delete(api::delete_session))
+        .route("/api/v1/drain", post(api::drain))
+        .route("/api/v1/reload", post(api::reload))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// A TLS listener for axum: each accepted connection is handshaken (with a
+/// timeout) before axum sees it; failed handshakes are dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "HTTPS handshake failed"),
+                Err(_) => tracing::debug!(client = %addr, "HTTPS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(
+        "http.addr ({addr}): cannot bind: {error}. Fix: choose a free address, or set addr = \"\" to run no HTTP listener"
+    )]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("http.cert/http.key: {0}. Fix: point them at a PEM certificate chain and its key")]
+    Tls(#[from] crate::io::tls::TlsError),
+}
+
+/// Bind the HTTP listener (so errors surface at start) and return its
+/// address and the future that serves it until `shutdown` resolves.
+pub async fn bind(
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, HttpError> {
+    let cfg = state.config();
+    let Some(addr) = cfg.http.addr else {
+        return Ok(None);
+    };
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|error| HttpError::Bind { addr, error })?;
+    let local = tcp
+        .local_addr()
+        .map_err(|error| HttpError::Bind { addr, error })?;
+    let app = router(state);
+    let task = match (&cfg.http.cert, &cfg.http.key) {
+        (Some(c), Some(k)) => {
+            let cert = Arc::new(crate::io::tls::ReloadableCert::load(c, k)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(crate::io::tls::server_config(cert));
+            let l = TlsListener { tcp, acceptor };
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
+        }
+        _ => tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+    };
+    Ok(Some((local, task)))
+}

@@ -1,0 +1,128 @@
+//! Start-up helpers: credentials, the advertised address, sanity checks.
+
+use std::net::SocketAddr;
+
+use super::StartError;
+use crate::config::Config;
+use crate::core::{CoreConfig, Credentials};
+
+/// The core's configuration: wildcard relay addresses resolved to the
+/// host's primary address, alternate servers resolved to addresses.
+pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
+    let mut c = CoreConfig::from_config(cfg);
+    for fam in [&mut c.relay4, &mut c.relay6].into_iter().flatten() {
+        if fam.advertised.is_unspecified() {
+            fam.advertised = primary_address(fam.bind.is_ipv6());
+        }
+    }
+    c.alternate_servers = cfg
+        .http
+        .alternate_servers
+        .iter()
+        .filter_map(|s| {
+            use std::net::ToSocketAddrs;
+            match s.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => Some(a),
+                _ => {
+                    tracing::warn!(server = %s, "http.alternate_servers: cannot resolve, skipped");
+                    None
+                }
+            }
+        })
+        .collect();
+    c
+}
+
+/// Credentials from `[auth]`, reading secret files (the only file reads
+/// the core's inputs need).
+pub fn credentials(cfg: &Config) -> Result<Credentials, StartError> {
+    let mut secrets = cfg.auth.secrets.clone();
+    for (i, p) in cfg.auth.secret_files.iter().enumerate() {
+        let s = crate::config::read_secret_file(p).map_err(|problem| StartError::Secret {
+            key: format!("auth.secret_files[{i}]"),
+            problem: format!("{}: {problem}", p.display()),
+        })?;
+        secrets.push(s);
+    }
+    Ok(Credentials::new(
+        &cfg.server.realm,
+        secrets,
+        &cfg.auth.users,
+        cfg.auth.nonce_lifetime.0.as_secs(),
+    ))
+}
+
+/// The address this host sends from towards the Internet (a routing
+/// lookup: connecting a UDP socket sends nothing), or loopback on a host
+/// with no route. Used as the advertised relay address when relay sockets
+/// bind the wildcard and no `public_ip` is set.
+pub fn primary_address(ipv6: bool) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    let (bind, probe, fallback): (IpAddr, SocketAddr, IpAddr) = if ipv6 {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            "[2001:db8::1]:9".parse().expect("literal"),
+            Ipv6Addr::LOCALHOST.into(),
+        )
+    } else {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            "192.0.2.1:9".parse().expect("literal"),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+    };
+    UdpSocket::bind(SocketAddr::new(bind, 0))
+        .and_then(|s| {
+            s.connect(probe)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(fallback)
+}
+
+/// A relay address this host does not have would turn every Allocate into
+/// 508; refuse it at start instead.
+pub(crate) fn check_relay_addresses(cfg: &Config) -> Result<(), StartError> {
+    for (key, ip) in [
+        ("relay.bind_ip", cfg.relay.bind_ip),
+        ("relay.bind_ip6", cfg.relay.bind_ip6),
+    ] {
+        let Some(ip) = ip else { continue };
+        if let Err(error) = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+            if ip.is_ipv6() && ip.is_unspecified() && ipv6_unavailable(&error) {
+                tracing::warn!(
+                    "IPv6 unavailable on this host; IPv6 allocations will fail with 508"
+                );
+                continue;
+            }
+            return Err(StartError::RelayBind {
+                key,
+                addr: ip,
+                error,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Peers reach allocations at the advertised relay address. If the peer
+/// policy refuses that address, two clients of this server cannot relay to
+/// each other (each one's peer is the other's relay address).
+pub(crate) fn warn_if_own_address_refused(c: &CoreConfig) {
+    for r in [c.relay4, c.relay6].into_iter().flatten() {
+        if !r.advertised.is_unspecified() && !c.policy.allows(r.advertised) {
+            tracing::warn!(
+                address = %r.advertised,
+                "the peer policy refuses this server's own relay address: clients of this server cannot relay to each other; \
+                 set relay.public_ip to the public address, or add it to policy.allow_peers"
+            );
+        }
+    }
+}
+
+pub(crate) fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}
