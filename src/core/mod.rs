@@ -188,6 +188,9 @@ pub struct CoreConfig {
     /// ALTERNATE-SERVER if one is set, else 486).
     pub draining: bool,
     pub alternate_servers: Vec<SocketAddr>,
+    /// Not used by the core: tells the shell to mask client addresses in
+    /// its logs (kept here so a reload changes it with the rest).
+    pub redact_client_ips: bool,
 }
 
 impl CoreConfig {
@@ -216,6 +219,7 @@ impl CoreConfig {
             strict_channel_numbers: c.policy.strict_channel_numbers,
             draining: false,
             alternate_servers: Vec::new(),
+            redact_client_ips: c.log.redact_client_ips,
         }
     }
 }

@@ -141,6 +141,22 @@ impl ServerHandle {
     }
 }
 
+/// A client address as logs show it when `log.redact_client_ips` is on:
+/// the IPv4 /24 or IPv6 /48 it is in, without the port. Lines of one
+/// network still correlate; the host is not recorded.
+pub fn redact(a: SocketAddr) -> String {
+    match crate::core::canonical(a).ip() {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
 /// How many shards to run: `server.threads`, or one per CPU.
 pub fn shard_count(cfg: &Config) -> usize {
     match cfg.server.threads {
@@ -266,4 +282,23 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         certs,
         start_cfg: cfg.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redaction_keeps_the_network_only() {
+        assert_eq!(
+            super::redact("203.0.113.77:4242".parse().unwrap()),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            super::redact("[::ffff:203.0.113.77]:1".parse().unwrap()),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            super::redact("[2001:db8:aa:bb::1]:1".parse().unwrap()),
+            "2001:db8:aa::/48"
+        );
+    }
 }

@@ -93,6 +93,14 @@ impl Shard {
     /// Log allocation events the core queued.
     pub fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
+        let redact = core.config().redact_client_ips;
+        let client = |a: SocketAddr| {
+            if redact {
+                super::redact(a)
+            } else {
+                a.to_string()
+            }
+        };
         while let Some(e) = core.poll_event() {
             match e {
                 Event::AllocationCreated {
@@ -104,7 +112,7 @@ impl Shard {
                 } => tracing::info!(
                     id,
                     user = %username,
-                    client = %ft.client,
+                    client = %client(ft.client),
                     server = %ft.server,
                     transport = %ft.transport,
                     %relay,
@@ -122,7 +130,7 @@ impl Shard {
                 } => tracing::info!(
                     id,
                     user = %username,
-                    client = %ft.client,
+                    client = %client(ft.client),
                     server = %ft.server,
                     transport = %ft.transport,
                     %relay,
