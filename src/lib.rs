@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod http;
+pub mod ice;
 pub mod io;
 pub mod sd_notify;
 pub mod sim;
