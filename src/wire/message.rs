@@ -46,9 +46,11 @@ pub enum IntegrityError {
 pub struct Message<'a> {
     buf: &'a [u8],
     typ: MessageType,
-    mi: Option<u16>,
-    mi256: Option<u16>,
-    fp: Option<u16>,
+    // Attribute offsets. A message can be 20 + 65532 bytes long, so an
+    // attribute can start past 65535: these must not be `u16`.
+    mi: Option<u32>,
+    mi256: Option<u32>,
+    fp: Option<u32>,
 }
 
 /// At most this many unknown comprehension-required attributes are
@@ -134,7 +136,7 @@ impl<'a> Message<'a> {
             if buf.len() - pos - 4 < pad4(l) {
                 return Err(ParseError::AttributeOverflow(pos));
             }
-            let at = Some(pos as u16);
+            let at = Some(pos as u32);
             match t {
                 attr::MESSAGE_INTEGRITY if mi.is_none() && mi256.is_none() => {
                     if l != 20 {
@@ -394,7 +396,7 @@ impl<'a> Message<'a> {
     /// the attribute, with the header length counting up to and including
     /// it.
     pub fn verify_sha1(&self, key: &IntegrityKey) -> Result<(), IntegrityError> {
-        let off = usize::from(self.mi.ok_or(IntegrityError::Missing)?);
+        let off = self.mi.ok_or(IntegrityError::Missing)? as usize;
         let mut mac = key.sha1();
         self.feed(&mut mac, off, 24);
         let tag = mac.finalize().into_bytes();
@@ -409,7 +411,7 @@ impl<'a> Message<'a> {
     /// MESSAGE-INTEGRITY-SHA256, RFC 8489 §14.6: HMAC-SHA256, truncated to
     /// the attribute's length.
     pub fn verify_sha256(&self, key: &IntegrityKey) -> Result<(), IntegrityError> {
-        let off = usize::from(self.mi256.ok_or(IntegrityError::Missing)?);
+        let off = self.mi256.ok_or(IntegrityError::Missing)? as usize;
         let len = usize::from(u16::from_be_bytes([self.buf[off + 2], self.buf[off + 3]]));
         let mut mac = key.sha256();
         self.feed(&mut mac, off, 4 + len);
@@ -436,7 +438,7 @@ impl<'a> Message<'a> {
     /// FINGERPRINT, RFC 8489 §14.7: `None` if absent, else whether it
     /// matches. FINGERPRINT is last, so the header length already counts it.
     pub fn check_fingerprint(&self) -> Option<bool> {
-        let off = usize::from(self.fp?);
+        let off = self.fp? as usize;
         let got = u32::from_be_bytes(self.buf[off + 4..off + 8].try_into().ok()?);
         Some(fingerprint_of(&self.buf[..off]) == got)
     }
@@ -447,8 +449,8 @@ impl<'a> Message<'a> {
 pub struct Attributes<'a> {
     buf: &'a [u8],
     pos: usize,
-    mi: Option<u16>,
-    mi256: Option<u16>,
+    mi: Option<u32>,
+    mi256: Option<u32>,
 }
 
 impl<'a> Iterator for Attributes<'a> {
@@ -463,7 +465,7 @@ impl<'a> Iterator for Attributes<'a> {
             let t = u16::from_be_bytes([b[pos], b[pos + 1]]);
             let l = usize::from(u16::from_be_bytes([b[pos + 2], b[pos + 3]]));
             self.pos = pos + 4 + pad4(l);
-            let at = pos as u16;
+            let at = pos as u32;
             let ignored = match (self.mi, self.mi256) {
                 (_, Some(m)) if at > m => t != attr::FINGERPRINT,
                 (Some(m), _) if at > m => {
