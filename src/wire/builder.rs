@@ -18,6 +18,7 @@ use super::{HEADER_LEN, MAGIC_COOKIE, MessageType, TransactionId, pad4};
 pub struct MessageBuilder<'b> {
     buf: &'b mut Vec<u8>,
     start: usize,
+    pad: u8,
 }
 
 impl<'b> MessageBuilder<'b> {
@@ -29,7 +30,7 @@ impl<'b> MessageBuilder<'b> {
         buf.extend_from_slice(&[0, 0]);
         buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         buf.extend_from_slice(&tid.0);
-        MessageBuilder { buf, start }
+        MessageBuilder { buf, start, pad: 0 }
     }
 
     /// Start a response to `request`: same method and transaction ID.
@@ -70,7 +71,17 @@ impl<'b> MessageBuilder<'b> {
         false
     }
 
-    /// Any attribute from its raw value; pads with zero bytes.
+    /// The byte that pads attributes added from now on to a multiple of
+    /// four. Zero by default, as RFC 8489 §14 requires of senders; receivers
+    /// must ignore padding, so any other value only serves to reproduce
+    /// foreign bytes exactly (the RFC 5769 test vectors pad with 0x20).
+    pub fn padding_byte(&mut self, byte: u8) -> &mut Self {
+        self.pad = byte;
+        self
+    }
+
+    /// Any attribute from its raw value; pads with zero bytes (see
+    /// [`MessageBuilder::padding_byte`]).
     pub fn attr(&mut self, typ: u16, value: &[u8]) -> &mut Self {
         self.attr_with(typ, value.len(), |dst| dst.copy_from_slice(value))
     }
@@ -81,8 +92,9 @@ impl<'b> MessageBuilder<'b> {
         self.buf.extend_from_slice(&typ.to_be_bytes());
         self.buf.extend_from_slice(&(len as u16).to_be_bytes());
         let at = self.buf.len();
-        self.buf.resize(at + pad4(len), 0);
+        self.buf.resize(at + len, 0);
         fill(&mut self.buf[at..at + len]);
+        self.buf.resize(at + pad4(len), self.pad);
         self.set_len(0);
         self
     }

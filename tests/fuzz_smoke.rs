@@ -1,0 +1,552 @@
+//! Robustness of the three untrusted-input entry points: `Message::parse`
+//! (plus every accessor, integrity and fingerprint), `frame_len` and
+//! `ChannelData::parse`: a deterministic, bounded stand-in for the
+//! cargo-fuzz targets in `fuzz/` that runs with `cargo test`.
+//!
+//! Inputs are arbitrary bytes, arbitrary bodies behind a valid header,
+//! mutations of valid messages (truncation, bit flips, header and attribute
+//! length changes, appended/overwritten bytes) and well-framed messages full
+//! of malformed attribute values. Nothing may panic, and whatever parses must
+//! be consistent: attributes inside the buffer, frames never longer than the
+//! buffer, framed ChannelData always parseable, and so on (see the probes).
+//!
+//! The seed is fixed (override with PROPTEST_RNG_SEED) and case counts are
+//! bounded (override with PROPTEST_CASES).
+
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+use turnpike::wire::{
+    ChannelData, Class, Frame, FrameKind, HEADER_LEN, IntegrityError, IntegrityKey, Message,
+    MessageBuilder, MessageType, Method, ParseError, TransactionId, attr, fingerprint_of,
+    frame_len, is_valid_channel, pad4,
+};
+
+// --- regressions -----------------------------------------------------------
+
+/// A message whose FINGERPRINT sits at offset 65536 (legal: the body is
+/// 65524 bytes). Attribute offsets used to be kept as `u16`, so the offset
+/// wrapped to 0 and a correct FINGERPRINT was reported as wrong.
+#[test]
+fn fingerprint_past_offset_65535_verifies() {
+    let mut buf = Vec::new();
+    MessageBuilder::new(
+        &mut buf,
+        MessageType::new(Method::SEND, Class::Indication),
+        TransactionId::new([9; 12]),
+    )
+    .attr(attr::DATA, &[0xab; 65512])
+    .fingerprint();
+    assert_eq!(buf.len(), 20 + 4 + 65512 + 8);
+    let m = Message::parse(&buf).unwrap();
+    let fp = m.get(attr::FINGERPRINT).unwrap();
+    assert_eq!(fp.offset, 65536);
+    assert_eq!(
+        fp.u32(),
+        Ok(fingerprint_of(&buf[..65536])),
+        "the builder wrote the right value"
+    );
+    assert_eq!(m.check_fingerprint(), Some(true));
+    assert_eq!(m.data().map(<[u8]>::len), Some(65512));
+}
+
+/// Attributes after MESSAGE-INTEGRITY must be ignored (RFC 8489 §14.5),
+/// also when they sit past offset 65535 (the wrapped `u16` offset used to
+/// compare as "before" the integrity attribute).
+#[test]
+fn attributes_after_integrity_past_offset_65535_are_ignored() {
+    let key = IntegrityKey::short_term("pw");
+    let mut buf = Vec::new();
+    MessageBuilder::new(
+        &mut buf,
+        MessageType::new(Method::SEND, Class::Indication),
+        TransactionId::new([3; 12]),
+    )
+    .attr(attr::DATA, &[0; 65480])
+    .integrity(&key)
+    .text(attr::SOFTWARE, "abcd")
+    .text(attr::USERNAME, "evil");
+    let m = Message::parse(&buf).unwrap();
+    assert_eq!(m.get(attr::MESSAGE_INTEGRITY).unwrap().offset, 65504);
+    assert_eq!(m.verify_integrity(&key), Ok(false));
+    assert_eq!(m.software(), Ok(None), "after MI: ignored");
+    assert_eq!(m.username(), Ok(None), "after MI at offset 65536: ignored");
+    let seen: Vec<u16> = m.attributes().map(|a| a.typ).collect();
+    assert_eq!(seen, [attr::DATA, attr::MESSAGE_INTEGRITY]);
+}
+
+// --- probes: the same checks the cargo-fuzz targets in fuzz/ make ------------
+
+const FUZZ_KEY: &[u8] = b"fuzz-key";
+
+/// `Message::parse` and everything reachable from a parsed message. Never
+/// panics; if parsing succeeds the message is self-consistent.
+fn probe_message(buf: &[u8]) {
+    let Ok(m) = Message::parse(buf) else {
+        return;
+    };
+    assert_eq!(m.as_bytes().len(), buf.len());
+    assert_eq!(m.transaction_id().as_bytes(), &buf[8..20]);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([buf[2], buf[3]])) + 20,
+        buf.len()
+    );
+    // A parsed message is also one whole STUN frame on a stream.
+    assert_eq!(
+        frame_len(buf),
+        Ok(Some(Frame {
+            kind: FrameKind::Stun,
+            len: buf.len(),
+            message_len: buf.len()
+        }))
+    );
+    // Every attribute lies inside the buffer, in order, 4-aligned, and its
+    // value is the bytes right after its header.
+    let mut prev_end = HEADER_LEN;
+    for a in m.attributes() {
+        assert!(a.offset >= prev_end, "attributes overlap or go backwards");
+        assert_eq!(a.offset % 4, 0);
+        let end = a.offset + 4 + a.value.len();
+        assert!(end <= buf.len(), "attribute runs past the buffer");
+        assert_eq!(a.value, &buf[a.offset + 4..end]);
+        assert_eq!(
+            u16::from_be_bytes([buf[a.offset], buf[a.offset + 1]]),
+            a.typ
+        );
+        prev_end = a.offset + 4 + pad4(a.value.len());
+        assert!(prev_end <= buf.len(), "padding runs past the buffer");
+        // Every RawAttr decoder, whatever the type.
+        let tid = m.transaction_id();
+        let _ = (a.u32(), a.u64(), a.str(), a.plain_address());
+        let _ = (a.xor_address(&tid), a.error_code(), a.channel_number());
+        let _ = (a.family(), a.requested_transport(), a.even_port_reserve());
+        let _ = (a.reservation_token(), a.address_error_code(), a.icmp());
+        let _ = a.password_algorithm();
+        if let Ok(list) = a.attribute_list() {
+            assert_eq!(list.count(), a.value.len() / 2);
+        }
+        let mut algs = a.password_algorithms();
+        for (_, params) in algs.by_ref() {
+            assert!(params.len() <= a.value.len());
+        }
+        let _ = algs.malformed();
+    }
+    for t in [
+        attr::MESSAGE_INTEGRITY,
+        attr::MESSAGE_INTEGRITY_SHA256,
+        attr::FINGERPRINT,
+    ] {
+        if let Some(a) = m.get(t) {
+            assert!(a.offset + 4 + a.value.len() <= buf.len());
+        }
+    }
+    assert_eq!(m.has_fingerprint(), m.check_fingerprint().is_some());
+    if let Some(fp) = m.get(attr::FINGERPRINT) {
+        assert_eq!(fp.offset + 8, buf.len(), "FINGERPRINT is last");
+    }
+    // Every typed accessor.
+    let _ = (
+        m.username(),
+        m.realm(),
+        m.nonce(),
+        m.software(),
+        m.userhash(),
+    );
+    let _ = (
+        m.mapped_address(),
+        m.alternate_server(),
+        m.xor_mapped_address(),
+    );
+    let _ = (
+        m.xor_relayed_address(),
+        m.xor_peer_address(),
+        m.error_code(),
+    );
+    let _ = m.xor_peer_addresses().count();
+    let _ = (
+        m.lifetime(),
+        m.channel_number(),
+        m.data(),
+        m.requested_transport(),
+    );
+    let _ = (m.requested_address_family(), m.additional_address_family());
+    let _ = (m.even_port(), m.reservation_token(), m.dont_fragment());
+    let _ = m.password_algorithms().map(Iterator::count);
+    let _ = (m.password_algorithm(), m.priority(), m.use_candidate());
+    let _ = (m.ice_controlling(), m.ice_controlled(), m.icmp());
+    let _ = (m.address_error_code(), m.class(), m.method());
+    let u = m.unknown_comprehension_required(attr::known_to_server);
+    assert!(u.as_slice().iter().all(|t| *t < 0x8000));
+    // Integrity with a fixed key: never panics; "missing" exactly when no
+    // integrity attribute was found.
+    let key = IntegrityKey::new(FUZZ_KEY);
+    let r = m.verify_integrity(&key);
+    assert_eq!(r == Err(IntegrityError::Missing), !m.has_integrity());
+    let _ = (m.verify_sha1(&key), m.verify_sha256(&key));
+}
+
+/// `ChannelData::parse`: never panics; on success the data is inside the
+/// buffer, as long as declared, and at most three padding bytes follow.
+fn probe_channel_data(buf: &[u8]) {
+    let Ok(cd) = ChannelData::parse(buf) else {
+        return;
+    };
+    assert!(is_valid_channel(cd.channel));
+    assert_eq!(
+        usize::from(u16::from_be_bytes([buf[2], buf[3]])),
+        cd.data.len()
+    );
+    assert_eq!(cd.data, &buf[4..4 + cd.data.len()]);
+    assert!(buf.len() - 4 - cd.data.len() < 4);
+    let mut again = Vec::new();
+    ChannelData::encode(cd.channel, cd.data, false, &mut again);
+    assert_eq!(again, &buf[..4 + cd.data.len()]);
+}
+
+/// `frame_len` over a byte stream, each frame then parsed: frames never
+/// claim more bytes than the buffer has, ChannelData frames always parse,
+/// and STUN frames never fail the header checks `frame_len` already made.
+fn probe_stream(stream: &[u8]) {
+    let mut rest = stream;
+    loop {
+        match frame_len(rest) {
+            Ok(Some(f)) => {
+                assert!(f.len <= rest.len(), "frame longer than the buffer");
+                assert!(f.message_len <= f.len);
+                assert!(f.len >= 4, "no progress");
+                let frame = &rest[..f.message_len];
+                match f.kind {
+                    FrameKind::ChannelData => {
+                        assert!(f.len - f.message_len < 4);
+                        let cd = ChannelData::parse(frame).expect("a framed ChannelData parses");
+                        assert_eq!(cd.data.len() + 4, f.message_len);
+                        probe_channel_data(frame);
+                    }
+                    FrameKind::Stun => {
+                        assert_eq!(f.len, f.message_len);
+                        match Message::parse(frame) {
+                            Ok(_) => probe_message(frame),
+                            Err(e) => assert!(
+                                matches!(
+                                    e,
+                                    ParseError::AttributeOverflow(_)
+                                        | ParseError::FingerprintNotLast
+                                        | ParseError::BadSecurityAttrLength
+                                ),
+                                "framed STUN failed a header check: {e:?}"
+                            ),
+                        }
+                    }
+                }
+                rest = &rest[f.len..];
+            }
+            Ok(None) => {
+                // Not yet a whole frame: a shorter prefix is not one either.
+                if !rest.is_empty() {
+                    assert_eq!(frame_len(&rest[..rest.len() - 1]), Ok(None));
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// All three entry points on the same bytes.
+fn probe_all(buf: &[u8]) {
+    probe_message(buf);
+    probe_channel_data(buf);
+    probe_stream(buf);
+}
+
+// --- inputs ----------------------------------------------------------------------
+
+fn cfg(cases: u32, seed: u64) -> Config {
+    let mut c = Config::with_cases(cases);
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        c.cases = Config::default().cases;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = RngSeed::Fixed(seed);
+    }
+    c.failure_persistence = None;
+    c
+}
+
+/// Valid messages to mutate: every attribute kind, both integrity
+/// attributes, FINGERPRINT, ChannelData, and a stream of them.
+fn seeds() -> Vec<Vec<u8>> {
+    let key = IntegrityKey::new(FUZZ_KEY);
+    let v4: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
+    let tid = TransactionId::new([0x11; 12]);
+    let mut all = Vec::new();
+    MessageBuilder::new(
+        &mut all,
+        MessageType::new(Method::ALLOCATE, Class::Error),
+        tid,
+    )
+    .text(attr::USERNAME, "user")
+    .text(attr::REALM, "realm")
+    .text(attr::NONCE, "nonce")
+    .text(attr::SOFTWARE, "turnpike")
+    .attr(attr::USERHASH, &[7; 32])
+    .address(attr::MAPPED_ADDRESS, v4)
+    .address(attr::ALTERNATE_SERVER, v6)
+    .xor_address(attr::XOR_MAPPED_ADDRESS, v6)
+    .xor_address(attr::XOR_RELAYED_ADDRESS, v4)
+    .xor_address(attr::XOR_PEER_ADDRESS, v4)
+    .error_code(438, "Stale Nonce")
+    .unknown_attributes(&[0x7f00, 0x7f01])
+    .lifetime(600)
+    .channel_number(0x4001)
+    .attr(attr::DATA, b"payload")
+    .requested_transport(17)
+    .family(attr::REQUESTED_ADDRESS_FAMILY, 2)
+    .family(attr::ADDITIONAL_ADDRESS_FAMILY, 1)
+    .even_port(true)
+    .attr(attr::RESERVATION_TOKEN, &[1; 8])
+    .attr(attr::DONT_FRAGMENT, &[])
+    .password_algorithms(&[1, 2])
+    .password_algorithm(1)
+    .u32(attr::PRIORITY, 1)
+    .u64(attr::ICE_CONTROLLING, 2)
+    .attr(attr::ICMP, &[0, 0, 3, 1, 0, 0, 0, 9])
+    .address_error_code(2, 440, "Address Family not Supported")
+    .attr(0x7f00, b"x")
+    .integrity(&key)
+    .integrity_sha256(&key)
+    .fingerprint();
+    let mut binding = Vec::new();
+    MessageBuilder::new(
+        &mut binding,
+        MessageType::new(Method::BINDING, Class::Request),
+        tid,
+    )
+    .text(attr::USERNAME, "a:b")
+    .u32(attr::PRIORITY, 7)
+    .integrity(&key)
+    .fingerprint();
+    let mut cd = Vec::new();
+    ChannelData::encode(0x4abc, b"hello", true, &mut cd);
+    let mut stream = binding.clone();
+    stream.extend_from_slice(&cd);
+    stream.extend_from_slice(&all);
+    for s in [&all, &binding] {
+        let m = Message::parse(s).unwrap();
+        assert_eq!(m.check_fingerprint(), Some(true));
+        assert!(m.verify_integrity(&key).is_ok());
+    }
+    vec![all, binding, cd, stream]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Truncate(usize),
+    FlipBits(Vec<(usize, u8)>),
+    /// Overwrite the STUN/ChannelData length field (bytes 2..4).
+    HeaderLength(u16),
+    /// Overwrite the length field of the n-th attribute.
+    AttrLength(usize, u16),
+    Append(Vec<u8>),
+    /// Overwrite `len` bytes at `at` with random bytes.
+    Splat(usize, Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Truncate),
+        proptest::collection::vec((any::<usize>(), 0u8..8), 1..8).prop_map(Mutation::FlipBits),
+        any::<u16>().prop_map(Mutation::HeaderLength),
+        (any::<usize>(), any::<u16>()).prop_map(|(n, l)| Mutation::AttrLength(n, l)),
+        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Append),
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..16)
+        )
+            .prop_map(|(at, b)| Mutation::Splat(at, b)),
+    ]
+}
+
+fn apply(seed: &[u8], muts: &[Mutation]) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for m in muts {
+        match m {
+            Mutation::Truncate(n) => b.truncate(n % (b.len() + 1)),
+            Mutation::FlipBits(flips) => {
+                if !b.is_empty() {
+                    let len = b.len();
+                    for (i, bit) in flips {
+                        b[i % len] ^= 1 << bit;
+                    }
+                }
+            }
+            Mutation::HeaderLength(l) => {
+                if b.len() >= 4 {
+                    b[2..4].copy_from_slice(&l.to_be_bytes());
+                }
+            }
+            Mutation::AttrLength(n, l) => {
+                // Walk the (original) attribute layout to the n-th header.
+                let mut pos = HEADER_LEN;
+                let mut headers = Vec::new();
+                while pos + 4 <= b.len() {
+                    headers.push(pos);
+                    let al = usize::from(u16::from_be_bytes([b[pos + 2], b[pos + 3]]));
+                    pos += 4 + pad4(al);
+                }
+                if !headers.is_empty() {
+                    let at = headers[n % headers.len()];
+                    b[at + 2..at + 4].copy_from_slice(&l.to_be_bytes());
+                }
+            }
+            Mutation::Append(extra) => b.extend_from_slice(extra),
+            Mutation::Splat(at, bytes) => {
+                if !b.is_empty() {
+                    let at = at % b.len();
+                    for (i, x) in bytes.iter().enumerate() {
+                        if let Some(dst) = b.get_mut(at + i) {
+                            *dst = *x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    b
+}
+
+/// A well-formed header (right cookie and length) over a soup of
+/// attributes: types drawn mostly from the known ones, values of random
+/// length and content, correct attribute lengths and padding. Most of these
+/// parse, so the accessors see every kind of malformed value.
+fn tlv_soup(max_value: usize, max_attrs: usize) -> impl Strategy<Value = Vec<u8>> {
+    let typ = prop_oneof![
+        4 => proptest::sample::select(vec![
+            attr::MAPPED_ADDRESS, attr::USERNAME, attr::MESSAGE_INTEGRITY, attr::ERROR_CODE,
+            attr::UNKNOWN_ATTRIBUTES, attr::CHANNEL_NUMBER, attr::LIFETIME,
+            attr::XOR_PEER_ADDRESS, attr::DATA, attr::REALM, attr::NONCE,
+            attr::XOR_RELAYED_ADDRESS, attr::REQUESTED_ADDRESS_FAMILY, attr::EVEN_PORT,
+            attr::REQUESTED_TRANSPORT, attr::DONT_FRAGMENT, attr::MESSAGE_INTEGRITY_SHA256,
+            attr::PASSWORD_ALGORITHM, attr::USERHASH, attr::XOR_MAPPED_ADDRESS,
+            attr::RESERVATION_TOKEN, attr::PRIORITY, attr::USE_CANDIDATE,
+            attr::ADDITIONAL_ADDRESS_FAMILY, attr::ADDRESS_ERROR_CODE,
+            attr::PASSWORD_ALGORITHMS, attr::ICMP, attr::SOFTWARE, attr::ALTERNATE_SERVER,
+            attr::FINGERPRINT, attr::ICE_CONTROLLED, attr::ICE_CONTROLLING,
+        ]),
+        1 => any::<u16>(),
+    ];
+    let value = prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..=24.min(max_value)),
+        1 => proptest::collection::vec(any::<u8>(), 0..=max_value),
+    ];
+    (
+        any::<u16>(),
+        any::<[u8; 12]>(),
+        proptest::collection::vec((typ, value), 0..=max_attrs),
+    )
+        .prop_map(|(typ, tid, attrs)| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(typ & 0x3fff).to_be_bytes());
+            b.extend_from_slice(&[0, 0, 0x21, 0x12, 0xa4, 0x42]);
+            b.extend_from_slice(&tid);
+            for (t, v) in attrs {
+                if b.len() + 4 + pad4(v.len()) > HEADER_LEN + 65532 {
+                    break;
+                }
+                b.extend_from_slice(&t.to_be_bytes());
+                b.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                b.extend_from_slice(&v);
+                b.resize(b.len() + pad4(v.len()) - v.len(), 0);
+            }
+            let len = (b.len() - HEADER_LEN) as u16;
+            b[2..4].copy_from_slice(&len.to_be_bytes());
+            b
+        })
+}
+
+proptest! {
+    #![proptest_config(cfg(2000, 0x6675_7a7a))]
+
+    /// Arbitrary bytes.
+    #[test]
+    fn arbitrary_bytes(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+        probe_all(&buf);
+    }
+
+    /// Arbitrary bytes behind a STUN header prefix (cookie right, first bits
+    /// zero), so the attribute walker sees garbage rather than the header
+    /// check refusing it.
+    #[test]
+    fn arbitrary_body_behind_valid_header(
+        typ in 0u16..0x4000,
+        body in proptest::collection::vec(any::<u8>(), 0..400),
+        len_matches in any::<bool>(),
+        len in any::<u16>(),
+    ) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&typ.to_be_bytes());
+        let l = if len_matches { body.len() as u16 & !3 } else { len };
+        b.extend_from_slice(&l.to_be_bytes());
+        b.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        b.extend_from_slice(&[0; 12]);
+        b.extend_from_slice(&body[..if len_matches { usize::from(l) } else { body.len() }]);
+        probe_all(&b);
+    }
+
+    /// Mutations of valid messages: truncation, bit flips, header and
+    /// attribute length changes, appended and overwritten bytes.
+    #[test]
+    fn mutated_valid_messages(
+        which in 0usize..4,
+        muts in proptest::collection::vec(mutation(), 1..4),
+    ) {
+        let seeds = seeds();
+        let b = apply(&seeds[which], &muts);
+        probe_all(&b);
+    }
+
+    /// Structurally valid messages full of malformed attribute values.
+    #[test]
+    fn attribute_soup(b in tlv_soup(64, 24)) {
+        prop_assert!(frame_len(&b).unwrap().is_some());
+        probe_all(&b);
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(24, 0x0062_6967))]
+
+    /// Messages up to the largest size the length field allows, where
+    /// attribute offsets exceed 16 bits.
+    #[test]
+    fn large_attribute_soup(b in tlv_soup(30_000, 6)) {
+        probe_all(&b);
+    }
+}
+
+/// The seeds themselves pass every probe, and every truncation of them too
+/// (exhaustively, not sampled).
+#[test]
+fn seeds_and_all_their_truncations() {
+    for s in seeds() {
+        probe_all(&s);
+        for cut in 0..s.len() {
+            probe_all(&s[..cut]);
+        }
+    }
+}
+
+/// Every single-bit flip of the seeds (exhaustively).
+#[test]
+fn every_single_bit_flip_of_the_seeds() {
+    for s in seeds() {
+        for i in 0..s.len() * 8 {
+            let mut b = s.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            probe_all(&b);
+        }
+    }
+}
