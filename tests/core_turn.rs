@@ -1753,3 +1753,27 @@ fn harness_wide_range() -> H {
         seq: 0,
     }
 }
+
+#[test]
+fn datagram_too_large_for_a_data_indication_is_dropped_and_counted() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let (s, _, relay) = h.allocate(&ft, alice(), Default::default());
+    assert_eq!(h.create_permission(&ft, &s, &["198.51.100.1:1"]), 200);
+    let big = vec![7u8; 65507];
+    assert!(h.peer_sends(relay, "198.51.100.1:1", &big).is_none());
+    assert_eq!(h.counters.dropped_count(DropReason::TooLarge), 1);
+    // Over a channel the same datagram fits (ChannelData length is the
+    // data length).
+    assert_eq!(h.channel_bind(&ft, &s, 0x4000, "198.51.100.1:1"), 200);
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:1", &big).unwrap();
+    assert_eq!(ChannelData::parse(&msg).unwrap().data.len(), 65507);
+    // The largest that fits in a Data indication still goes.
+    // Body: XOR-PEER-ADDRESS (4 + 8) + DATA header (4) + data padded.
+    let ok = vec![7u8; 65516];
+    let (_, msg) = h.peer_sends(relay, "198.51.100.1:2", &ok).unwrap();
+    assert_eq!(
+        Message::parse(&msg).unwrap().data().unwrap().len(),
+        ok.len()
+    );
+}

@@ -78,6 +78,7 @@ labelled!(
         PeerPolicy => "peer_policy",
         Bandwidth => "bandwidth",
         SendBufferFull => "send_buffer_full",
+        TooLarge => "too_large",
     }
 );
 
