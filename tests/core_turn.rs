@@ -1758,20 +1758,29 @@ fn harness_wide_range() -> H {
 fn datagram_too_large_for_a_data_indication_is_dropped_and_counted() {
     let mut h = harness("");
     let ft = udp("198.51.100.7:40000");
-    let (s, _, relay) = h.allocate(&ft, alice(), Default::default());
-    assert_eq!(h.create_permission(&ft, &s, &["198.51.100.1:1"]), 200);
-    let big = vec![7u8; 65507];
-    assert!(h.peer_sends(relay, "198.51.100.1:1", &big).is_none());
+    let (s, _, relay) = h.allocate(
+        &ft,
+        alice(),
+        AllocateOptions {
+            family: Some(attr::FAMILY_IPV6),
+            ..Default::default()
+        },
+    );
+    let peer = "[2001:db8::1]:1";
+    assert_eq!(h.create_permission(&ft, &s, &[peer]), 200);
+    // The largest UDP payload over IPv6 (65527) does not fit a Data
+    // indication: 4 + 20 (XOR-PEER-ADDRESS) + 4 (DATA) + 65528 > 65535.
+    let big = vec![7u8; 65527];
+    assert!(h.peer_sends(relay, peer, &big).is_none());
     assert_eq!(h.counters.dropped_count(DropReason::TooLarge), 1);
-    // Over a channel the same datagram fits (ChannelData length is the
+    // Over a channel the same datagram fits (ChannelData's length is the
     // data length).
-    assert_eq!(h.channel_bind(&ft, &s, 0x4000, "198.51.100.1:1"), 200);
-    let (_, msg) = h.peer_sends(relay, "198.51.100.1:1", &big).unwrap();
-    assert_eq!(ChannelData::parse(&msg).unwrap().data.len(), 65507);
-    // The largest that fits in a Data indication still goes.
-    // Body: XOR-PEER-ADDRESS (4 + 8) + DATA header (4) + data padded.
-    let ok = vec![7u8; 65516];
-    let (_, msg) = h.peer_sends(relay, "198.51.100.1:2", &ok).unwrap();
+    assert_eq!(h.channel_bind(&ft, &s, 0x4000, peer), 200);
+    let (_, msg) = h.peer_sends(relay, peer, &big).unwrap();
+    assert_eq!(ChannelData::parse(&msg).unwrap().data.len(), 65527);
+    // The largest that fits a Data indication still goes: 28 + 65504.
+    let ok = vec![7u8; 65504];
+    let (_, msg) = h.peer_sends(relay, "[2001:db8::1]:2", &ok).unwrap();
     assert_eq!(
         Message::parse(&msg).unwrap().data().unwrap().len(),
         ok.len()
