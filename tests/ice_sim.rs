@@ -339,13 +339,7 @@ impl Net {
             let inside = match &site.nat {
                 Some(nat) if nat.public == p.dst.ip() => nat.inbound(p.dst.port(), p.src),
                 _ if site.host == p.dst => Some(p.dst),
-                _ => {
-                    if let Some(j) = site.turn_src.iter().position(|a| *a == p.dst) {
-                        Some(site.turn_src[j])
-                    } else {
-                        None
-                    }
-                }
+                _ => site.turn_src.iter().find(|a| **a == p.dst).copied(),
             };
             let Some(inside) = inside else { continue };
             let site = &mut self.sites[i];
