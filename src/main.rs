@@ -57,6 +57,9 @@ enum Command {
     /// Mint a TURN REST credential offline and print it as JSON (the same
     /// JSON as GET /api/v1/credentials).
     Credentials(CredentialsArgs),
+    /// Check which ICE paths (host, server-reflexive, relayed) work
+    /// between two agents through TURN servers, with round-trip times.
+    IceCheck(Box<turnpike::ice::cli::IceCheckArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +112,12 @@ fn init_logging(filter: Option<&str>, format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::IceCheck(args) = cli.command {
+        if let Some(f) = &cli.log_level {
+            init_logging(Some(f), LogFormat::Text);
+        }
+        return turnpike::ice::cli::main(*args);
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -129,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Credentials(args) => credentials(args),
+        Command::IceCheck(_) => unreachable!("handled in main"),
         Command::Serve { config } => {
             let cfg = match &config {
                 Some(p) => Config::load(p)?,

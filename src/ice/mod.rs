@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod candidate;
+pub mod cli;
+pub mod driver;
 pub mod turn;
 
 pub use agent::{Agent, AgentConfig, Event, Report, SocketId, Timing, Transmit, TurnServer};
