@@ -842,3 +842,42 @@ fn wrong_turn_credentials_are_reported_as_401() {
                 .all(|p| p.local.kind != turnpike::ice::Kind::Relay)
     );
 }
+
+/// Every pair is reported done once, and a pair that succeeded stays
+/// succeeded while the controlling agent re-checks it with USE-CANDIDATE
+/// (its success time is the first one).
+#[test]
+fn pair_done_is_reported_once_and_nomination_keeps_success() {
+    let mut net = Net::new(vec![
+        behind(
+            FULL_CONE,
+            "10.1.0.2:5000",
+            "198.51.100.1",
+            true,
+            vec![Transport::Udp],
+        ),
+        behind(
+            FULL_CONE,
+            "10.2.0.2:5000",
+            "198.51.100.2",
+            false,
+            vec![Transport::Udp],
+        ),
+    ]);
+    net.run();
+    for i in 0..2 {
+        let mut done: HashMap<usize, usize> = HashMap::new();
+        while let Some(e) = net.sites[i].agent.poll_event() {
+            if let turnpike::ice::Event::PairDone { pair } = e {
+                *done.entry(pair).or_default() += 1;
+            }
+        }
+        let r = net.report(i);
+        assert_eq!(done.len(), r.pairs.len(), "site {i}: every pair ends");
+        assert!(
+            done.values().all(|&n| n == 1),
+            "site {i}: PairDone per pair {done:?}\n{}",
+            dump(&r)
+        );
+    }
+}

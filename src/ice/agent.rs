@@ -975,7 +975,11 @@ impl Agent {
         }
         mb.integrity(&rkey).fingerprint();
         let socket = self.locals[l].socket;
-        self.pairs[p].state = PairState::InProgress;
+        // A nominating re-check leaves a succeeded pair succeeded (if it
+        // is lost, the pair still works; it is just not nominated).
+        if self.pairs[p].state != PairState::Succeeded {
+            self.pairs[p].state = PairState::InProgress;
+        }
         self.pairs[p].started.get_or_insert(now);
         self.send_txn(
             now,
