@@ -881,3 +881,27 @@ fn pair_done_is_reported_once_and_nomination_keeps_success() {
         );
     }
 }
+
+/// A driver may report a TURN connection it opened as unreachable even
+/// when the agent, limited to host pairs, never started that client.
+#[test]
+fn unreachable_turn_socket_the_agent_does_not_use_is_ignored() {
+    let now = Instant::now();
+    let cfg = AgentConfig {
+        controlling: true,
+        stun_server: None,
+        turn_servers: vec![TurnServer {
+            addr: addr("203.0.113.1:3478"),
+            transport: Transport::Tcp,
+            creds: Credentials::new("u", "p"),
+        }],
+        timing: timing(),
+        only: Some(PathKind::Host),
+    };
+    let mut a = Agent::new(cfg, vec![addr("10.1.0.2:5000")], 1, now);
+    a.start(now);
+    a.unreachable(now, SocketId::Turn(0), addr("203.0.113.1:3478"), "closed");
+    a.unreachable(now, SocketId::Turn(7), addr("203.0.113.1:3478"), "closed");
+    assert!(a.gathering_done());
+    assert!(a.report().gathering_failures.is_empty());
+}

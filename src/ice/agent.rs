@@ -909,9 +909,10 @@ impl Agent {
     pub fn unreachable(&mut self, now: Instant, socket: SocketId, to: SocketAddr, why: &str) {
         match socket {
             SocketId::Turn(j) => {
-                if let Some(t) = self.turns.get_mut(j as usize) {
-                    t.client.unreachable(why);
-                }
+                let Some(t) = self.turns.get_mut(j as usize) else {
+                    return;
+                };
+                t.client.unreachable(why);
                 self.drain_turn_events(now, j as usize);
             }
             SocketId::Host(_) => {
