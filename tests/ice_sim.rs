@@ -466,6 +466,10 @@ impl Net {
             for s in &mut self.sites {
                 if s.agent.poll_timeout().is_some_and(|t| t <= now) {
                     s.agent.handle_timeout(now);
+                    assert!(
+                        s.agent.poll_timeout().is_none_or(|t| t > now),
+                        "poll_timeout() is still due right after handle_timeout(): a driver would spin"
+                    );
                 }
             }
             if self.server.server.poll_timeout().is_some_and(|t| t <= now) {
@@ -904,4 +908,50 @@ fn unreachable_turn_socket_the_agent_does_not_use_is_ignored() {
     a.unreachable(now, SocketId::Turn(7), addr("203.0.113.1:3478"), "closed");
     assert!(a.gathering_done());
     assert!(a.report().gathering_failures.is_empty());
+}
+
+/// A late triggered check still in flight when the measuring time is up:
+/// the agent waits for it without asking to be woken in the past (the
+/// run loop asserts that after every `handle_timeout`). B checks slowly,
+/// so its checks from behind a symmetric NAT reach A's relay as new
+/// peer-reflexive candidates while A is already measuring; the pace is
+/// picked so that one of A's triggered checks is in flight at that moment.
+#[test]
+fn late_triggered_check_while_measuring_does_not_spin() {
+    let mut net = Net::new(vec![
+        behind(
+            SYMMETRIC,
+            "10.1.0.2:5000",
+            "198.51.100.1",
+            true,
+            vec![Transport::Udp],
+        ),
+        behind(
+            SYMMETRIC,
+            "10.2.0.2:5000",
+            "198.51.100.2",
+            false,
+            vec![Transport::Udp],
+        ),
+    ]);
+    let cfg = AgentConfig {
+        controlling: false,
+        stun_server: Some(net.server_addr),
+        turn_servers: vec![TurnServer {
+            addr: net.server_addr,
+            transport: Transport::Udp,
+            creds: Credentials::rest(SECRET, "sim", net.server.now.unix + 3600),
+        }],
+        timing: Timing {
+            pace: Duration::from_millis(344),
+            ..timing()
+        },
+        only: None,
+    };
+    net.sites[1].agent = Agent::new(cfg, vec![net.sites[1].host], 77, net.now);
+    net.run();
+    for i in 0..2 {
+        let r = net.report(i);
+        assert_eq!(works(&r), [PathKind::Relay], "site {i}:\n{}", dump(&r));
+    }
 }

@@ -1025,8 +1025,17 @@ impl Agent {
             }
             Phase::AwaitNomination(d) => consider(d),
             Phase::Pinging(until) => {
-                consider(until);
-                consider(self.next_check);
+                // `until` may be past while a late pair's checks or pings
+                // are still going: their own times come first then.
+                let pings_left = self.pairs.iter().any(|p| {
+                    p.state == PairState::Succeeded && p.pings_sent < self.cfg.timing.pings
+                });
+                if !pings_left && !self.txns.values().any(|t| t.pair.is_some()) {
+                    consider(until);
+                }
+                if pings_left {
+                    consider(self.next_check);
+                }
             }
             _ => {}
         }
