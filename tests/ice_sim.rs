@@ -144,6 +144,10 @@ struct Net {
     seq: u64,
     latency: Duration,
     exchanged: bool,
+    /// Give this site the other's description this much later than the
+    /// other gets its (signalling is not instant).
+    delay_remote: Option<(usize, Duration)>,
+    pending_remote: Option<(Instant, usize, turnpike::ice::Description)>,
     /// Every transmission an agent made: (time, site, socket, to).
     log: Vec<(Instant, usize, SocketId, SocketAddr)>,
 }
@@ -228,6 +232,8 @@ impl Net {
             seq: 0,
             latency: Duration::from_millis(5),
             exchanged: false,
+            delay_remote: None,
+            pending_remote: None,
             log: Vec::new(),
         }
     }
@@ -434,9 +440,22 @@ impl Net {
                 self.exchanged = true;
                 let d: Vec<_> = self.sites.iter().map(|s| s.agent.description()).collect();
                 let now = self.now;
-                self.sites[0].agent.set_remote(now, &d[1]);
-                self.sites[1].agent.set_remote(now, &d[0]);
+                for (i, other) in [(0, 1), (1, 0)] {
+                    match self.delay_remote {
+                        Some((late, delay)) if late == i => {
+                            self.pending_remote = Some((now + delay, i, d[other].clone()));
+                        }
+                        _ => self.sites[i].agent.set_remote(now, &d[other]),
+                    }
+                }
                 continue;
+            }
+            if let Some((at, i, d)) = self.pending_remote.take() {
+                if self.now >= at {
+                    self.sites[i].agent.set_remote(self.now, &d);
+                    continue;
+                }
+                self.pending_remote = Some((at, i, d));
             }
             if self.exchanged && self.sites.iter().all(|s| s.agent.is_done()) {
                 return;
@@ -447,6 +466,7 @@ impl Net {
                 .iter()
                 .filter_map(|s| s.agent.poll_timeout())
                 .chain(self.server.server.poll_timeout())
+                .chain(self.pending_remote.as_ref().map(|p| p.0))
                 .min();
             let next = match (next_packet, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
@@ -954,4 +974,46 @@ fn late_triggered_check_while_measuring_does_not_spin() {
         let r = net.report(i);
         assert_eq!(works(&r), [PathKind::Relay], "site {i}:\n{}", dump(&r));
     }
+}
+
+/// The answer reaches the controlling agent after the controlled one has
+/// started checking: A learns B's host address first as peer-reflexive
+/// (from B's check), then from B's description. The signalled type wins
+/// (RFC 8445 §7.3.1.3), so the path is reported as host, not srflx.
+#[test]
+fn signalled_candidate_replaces_the_peer_reflexive_one() {
+    let mut net = Net::new(vec![
+        SiteSpec {
+            host: "10.1.0.2:5000",
+            nat: Some((PORT_RESTRICTED, "198.51.100.1")),
+            turn: vec![],
+            controlling: true,
+        },
+        SiteSpec {
+            host: "10.1.0.3:5000",
+            nat: Some((PORT_RESTRICTED, "198.51.100.1")),
+            turn: vec![],
+            controlling: false,
+        },
+    ]);
+    net.delay_remote = Some((0, Duration::from_millis(50)));
+    net.run();
+    let a = net.report(0);
+    assert!(
+        a.pairs
+            .iter()
+            .any(|p| p.remote.kind == turnpike::ice::Kind::Host
+                && p.remote.addr == addr("10.1.0.3:5000")),
+        "{}",
+        dump(&a)
+    );
+    assert!(
+        a.pairs
+            .iter()
+            .all(|p| p.remote.kind != turnpike::ice::Kind::Prflx),
+        "{}",
+        dump(&a)
+    );
+    assert!(a.path_works(PathKind::Host), "{}", dump(&a));
+    assert!(net.report(1).path_works(PathKind::Host));
 }

@@ -472,6 +472,20 @@ impl Agent {
 
     fn add_remote(&mut self, now: Instant, c: Candidate) -> usize {
         if let Some(i) = self.remotes.iter().position(|r| r.addr == c.addr) {
+            // Learnt from a check first, signalled now: the signalled
+            // candidate replaces the peer-reflexive one (RFC 8445
+            // §7.3.1.3), so its pairs show the path they really take.
+            if self.remotes[i].kind == Kind::Prflx && c.kind != Kind::Prflx {
+                self.remotes[i] = c;
+                for p in 0..self.pairs.len() {
+                    if self.pairs[p].remote == i {
+                        self.pairs[p].priority = self.pair_priority(self.pairs[p].local, i);
+                    }
+                }
+                for l in 0..self.locals.len() {
+                    self.maybe_pair(l, i);
+                }
+            }
             return i;
         }
         // Relays need a permission before the peer's checks can come in.
