@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
-use serde_json::json;
 
 use super::agent::{Failure, PairReport};
 use super::driver::{Driver, Exchange, Hosts, Observer, Options, Outcome, Side};
@@ -927,6 +926,10 @@ pub fn render_table(
                 failure_text(&g.failure)
             ));
         }
+        if r.pairs.is_empty() {
+            out.push_str("  (no pairs)\n\n");
+            continue;
+        }
         let mut rows = vec![
             [
                 "", "local", "remote", "state", "p50 ms", "p90 ms", "p99 ms", "max ms", "loss",
@@ -1057,44 +1060,84 @@ pub struct RunInfo<'a> {
 }
 
 /// The JSON document (`--json`), version 1. Stable for scripts: fields
-/// are only ever added.
-pub fn render_json(run: &RunInfo<'_>, outcome: &Outcome, verdict: &Verdict) -> serde_json::Value {
-    let RunInfo {
-        mode,
-        servers: plan_servers,
-        turn,
-        stun,
-        names,
-        netns,
-        expect,
-    } = *run;
-    let mut agents = serde_json::Map::new();
-    for (i, r) in outcome.reports.iter().enumerate() {
-        let mut v = serde_json::to_value(r).expect("reports serialize");
-        if let Some(o) = v.as_object_mut() {
-            o.insert("finished".into(), json!(outcome.finished[i]));
-            o.insert("netns".into(), json!(netns[i]));
-            o.insert("host_sockets".into(), json!(outcome.hosts[i]));
-        }
-        agents.insert(names[i].to_ascii_lowercase(), v);
-    }
-    let servers: Vec<_> = plan_servers
+/// are only ever added. Agents are `a` (controlling) and `b`
+/// (controlled); offer mode has only `a`, answer mode only `b`.
+#[derive(Serialize)]
+pub struct JsonDoc<'a> {
+    pub version: u32,
+    /// local, offer or answer.
+    pub mode: &'static str,
+    pub servers: Vec<JsonServer>,
+    pub stun: Option<SocketAddr>,
+    pub expect: &'a [PathKind],
+    /// The run hit --timeout before every agent finished.
+    pub timed_out: bool,
+    /// Offer/answer mode: why the other side's description never came.
+    pub remote_error: Option<&'a str>,
+    pub elapsed_ms: f64,
+    pub agents: std::collections::BTreeMap<String, JsonAgent<'a>>,
+    pub verdict: Verdict,
+}
+
+#[derive(Serialize)]
+pub struct JsonServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+#[derive(Serialize)]
+pub struct JsonAgent<'a> {
+    pub netns: Option<&'a str>,
+    /// The agent finished its checks and measurements in time.
+    pub finished: bool,
+    pub host_sockets: &'a [SocketAddr],
+    #[serde(flatten)]
+    pub report: &'a Report,
+}
+
+pub fn render_json<'a>(run: &RunInfo<'a>, outcome: &'a Outcome, verdict: &Verdict) -> JsonDoc<'a> {
+    let agents = outcome
+        .reports
         .iter()
-        .zip(turn)
-        .map(|(u, t)| json!({"url": u.url(), "addr": t.addr, "transport": t.transport}))
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                run.names[i].to_ascii_lowercase(),
+                JsonAgent {
+                    netns: run.netns[i].as_deref(),
+                    finished: outcome.finished[i],
+                    host_sockets: &outcome.hosts[i],
+                    report: r,
+                },
+            )
+        })
         .collect();
-    json!({
-        "version": 1,
-        "mode": match mode { None => "local", Some(Mode::Offer) => "offer", Some(Mode::Answer) => "answer" },
-        "servers": servers,
-        "stun": stun,
-        "expect": expect,
-        "timed_out": outcome.timed_out,
-        "remote_error": outcome.remote_error,
-        "elapsed_ms": outcome.elapsed.as_secs_f64() * 1000.0,
-        "agents": agents,
-        "verdict": verdict,
-    })
+    JsonDoc {
+        version: 1,
+        mode: match run.mode {
+            None => "local",
+            Some(Mode::Offer) => "offer",
+            Some(Mode::Answer) => "answer",
+        },
+        servers: run
+            .servers
+            .iter()
+            .zip(run.turn)
+            .map(|(u, t)| JsonServer {
+                url: u.url(),
+                addr: t.addr,
+                transport: t.transport,
+            })
+            .collect(),
+        stun: run.stun,
+        expect: run.expect,
+        timed_out: outcome.timed_out,
+        remote_error: outcome.remote_error.as_deref(),
+        elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+        agents,
+        verdict: *verdict,
+    }
 }
 
 /// Read the other side's one-line description from stdin, on a thread of

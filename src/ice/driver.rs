@@ -593,7 +593,18 @@ async fn run_stream(
             let connector = tokio_rustls::TlsConnector::from(cfg);
             match tokio::time::timeout(ctx.connect_timeout, connector.connect(name, tcp)).await {
                 Ok(Ok(s)) => pump_stream(&ctx, s, out).await,
-                Ok(Err(e)) => ctx.fail(format!("TLS handshake: {e}")).await,
+                Ok(Err(e)) => {
+                    let cert = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                    let hint = if cert {
+                        " (a private CA or self-signed certificate: --ca FILE)"
+                    } else {
+                        ""
+                    };
+                    ctx.fail(format!("TLS handshake: {e}{hint}")).await
+                }
                 Err(_) => ctx.fail("TLS handshake timed out".into()).await,
             }
         }
