@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::turn::{Allocated, Peer, TurnClient, error_code, is_padded};
+use common::turn::{Allocated, Peer, TurnClient, error_code, is_padded, wait_port_closed};
 use common::*;
 use turnpike::client::{AllocateOptions, Credentials};
 use turnpike::config::PortRange;
@@ -114,38 +113,6 @@ fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-/// The relay port must be closed: a datagram to it from a connected
-/// socket draws ICMP port unreachable, which `recv` reports as
-/// ConnectionRefused. The socket may close a moment after the log line
-/// (the relay task is cancelled by the shard), so this retries until
-/// `LOG_TIMEOUT`; anything that answers, or no refusal by then, fails.
-fn assert_port_closed(relayed: SocketAddr) {
-    let sock = UdpSocket::bind(SocketAddr::new(relayed.ip(), 0)).expect("bind probe");
-    sock.connect(relayed).expect("connect probe");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + LOG_TIMEOUT;
-    let mut buf = [0u8; 2048];
-    loop {
-        // A failed send is the refusal of the previous probe, reported late.
-        let sent = sock.send(b"anyone there?");
-        let r = match sent {
-            Err(e) => Err(e),
-            Ok(_) => sock.recv(&mut buf).map(|n| buf[..n].to_vec()),
-        };
-        match r {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("probe of {relayed}: unexpected error {e}"),
-            Ok(d) => panic!("something at {relayed} answered the probe: {d:02x?}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay port {relayed} was still open {LOG_TIMEOUT:?} after its allocation ended"
-        );
-    }
 }
 
 /// Ordering proof (as in tests/bad_input.rs): once the client's Binding
@@ -465,7 +432,7 @@ fn close_ends_allocation(transport: Transport, ports: &str) {
         LOG_TIMEOUT,
     );
     println!("{transport}: {line}");
-    assert_port_closed(a.relayed);
+    wait_port_closed(a.relayed, LOG_TIMEOUT);
 }
 
 #[test]
@@ -503,7 +470,7 @@ fn refresh_zero_deletes_then_437() {
         Err(437),
         "a Refresh after the delete finds no allocation"
     );
-    assert_port_closed(a.relayed);
+    wait_port_closed(a.relayed, LOG_TIMEOUT);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike::config::Transport;
@@ -667,5 +668,37 @@ impl Peer {
             .send_to(data, to)
             .unwrap_or_else(|e| panic!("peer send_to {to}: {e}"));
         assert_eq!(n, data.len(), "short UDP send");
+    }
+}
+
+/// Wait until nothing listens on the UDP address `relayed` any more: a
+/// datagram to it from a connected socket draws ICMP port unreachable,
+/// which `recv` reports as ConnectionRefused. A relay socket closes a
+/// moment after its allocation ends (the shard cancels its task), so this
+/// probes again until `limit`; anything that answers, or no refusal by
+/// then, fails.
+pub fn wait_port_closed(relayed: SocketAddr, limit: Duration) {
+    let sock = UdpSocket::bind(SocketAddr::new(relayed.ip(), 0)).expect("bind probe");
+    sock.connect(relayed).expect("connect probe");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 2048];
+    loop {
+        // A failed send is the refusal of the previous probe, reported late.
+        let r = match sock.send(b"anyone there?") {
+            Err(e) => Err(e),
+            Ok(_) => sock.recv(&mut buf).map(|n| buf[..n].to_vec()),
+        };
+        match r {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("probe of {relayed}: unexpected error {e}"),
+            Ok(d) => panic!("something at {relayed} answered the probe: {d:02x?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay port {relayed} was still open {limit:?} after its allocation ended"
+        );
     }
 }
