@@ -1,0 +1,359 @@
+//! Soak: thousands of allocations through one server, then nothing left
+//! behind. Two identical passes; in each, rounds of UDP clients allocate,
+//! create a permission and bind a channel (every tenth also relays a
+//! ChannelData round trip to a peer); half of each round is deleted with
+//! Refresh(0), the other half left to expire (`max_lifetime = "10s"`).
+//! After each pass the server's open file descriptors must be exactly
+//! what they were after a warm-up allocation, and its RSS within
+//! [`RSS_TOLERANCE_KIB`] of it; the second pass must not leave the RSS
+//! higher than the first did by more than [`RSS_REPEAT_TOLERANCE_KIB`]
+//! (memory the allocator kept from pass one is reused, not added to).
+//!
+//! Relay ports: this file owns 30000-33999.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::turn::{Peer, TurnClient, wait_port_closed};
+use common::*;
+use turnpike::client::{AllocateOptions, Credentials};
+use turnpike::config::PortRange;
+
+const PORTS: &str = "30000-33999";
+const SECRET: &str = "soak-secret";
+const PASSES: usize = 2;
+const ROUNDS: usize = 3;
+const PER_ROUND: usize = 500;
+/// Every n-th allocation relays a ChannelData round trip.
+const DATA_EVERY: usize = 10;
+/// How far above its post-warm-up RSS the server may stay once every
+/// allocation has ended. Freed memory stays in the allocator's arenas
+/// (one per shard thread) rather than going back to the kernel, so the
+/// RSS after a pass sits near its peak; measured here: about +3 MiB for a
+/// pass that peaks at 1000 live allocations. What must not happen is
+/// growth with the number of allocations served: 3000 allocations that
+/// each leaked their relay task, socket buffers and tables (a few KiB
+/// each) would blow through 8 MiB.
+const RSS_TOLERANCE_KIB: u64 = 8 * 1024;
+/// The second pass reuses what the first left in the allocator: its end
+/// RSS may exceed the first pass's end by at most this (fragmentation).
+const RSS_REPEAT_TOLERANCE_KIB: u64 = 1024;
+/// Failure guards for the waits (not delays): expiry is 10 s after the
+/// last Allocate of a pass, plus the shard's one-second timer tick.
+const END_TIMEOUT: Duration = Duration::from_secs(30);
+const FD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raise this process's soft RLIMIT_NOFILE to the hard limit (the server
+/// child inherits it) and return (soft before, soft now).
+fn raise_fd_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    }
+    (before, lim.rlim_cur)
+}
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Log lines containing every one of `needles`.
+fn count(text: &str, needles: &[&str]) -> usize {
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+const ENDED: &str = "allocation ended";
+const DELETED: &str = "reason=\"deleted\"";
+const EXPIRED: &str = "reason=\"expired\"";
+
+/// One row of the measurement table.
+struct Sample {
+    when: String,
+    /// Allocations alive as far as the test knows: created, minus deleted
+    /// by the test, minus expiries logged so far.
+    alive: usize,
+    fds: usize,
+    rss_kib: u64,
+}
+
+struct Soak {
+    server: TestServer,
+    pid: u32,
+    addr: SocketAddr,
+    range: PortRange,
+    creds: Credentials,
+    peer: Peer,
+    created: usize,
+    deleted: usize,
+    relayed_data: usize,
+    samples: Vec<Sample>,
+}
+
+impl Soak {
+    fn sample(&mut self, when: impl Into<String>) -> usize {
+        let expired = count(&self.server.stderr_text(), &[ENDED, EXPIRED]);
+        self.samples.push(Sample {
+            when: when.into(),
+            alive: self.created - self.deleted - expired,
+            fds: fd_count(self.pid),
+            rss_kib: status_kib(self.pid, "VmRSS"),
+        });
+        self.samples.len() - 1
+    }
+
+    /// One allocation with a permission and a channel to the peer, and
+    /// (if `data`) a ChannelData round trip on it.
+    fn allocation(&mut self, i: usize, data: bool) -> (TurnClient, SocketAddr) {
+        let mut c = TurnClient::udp(self.addr);
+        let a = c.allocate(&self.creds, &AllocateOptions::default());
+        assert!(
+            self.range.contains(a.relayed.port()),
+            "relay port {} outside {}",
+            a.relayed.port(),
+            self.range
+        );
+        assert_eq!(a.lifetime, 10, "lifetime capped by max_lifetime");
+        let peer = self.peer.addr();
+        c.create_permission(&[peer])
+            .unwrap_or_else(|e| panic!("allocation {i}: CreatePermission {e}"));
+        let ch = 0x4000 + (i % 0x1000) as u16;
+        c.channel_bind(ch, peer)
+            .unwrap_or_else(|e| panic!("allocation {i}: ChannelBind {e}"));
+        if data {
+            let out = format!("allocation {i} via {}", a.relayed).into_bytes();
+            c.send_channel_data(ch, &out);
+            assert_eq!(self.peer.recv(), (out.clone(), a.relayed));
+            self.peer.send_to(&out, a.relayed);
+            let (n, d, _) = c.recv_channel();
+            assert_eq!((n, d), (ch, out), "the peer's reply on the channel");
+            self.relayed_data += 1;
+        }
+        self.created += 1;
+        (c, a.relayed)
+    }
+
+    /// Wait until the log shows every allocation created so far ended.
+    fn wait_all_ended(&self) -> String {
+        let created = self.created;
+        self.server
+            .wait_for_stderr(&format!("{created} \"{ENDED}\" lines"), END_TIMEOUT, |t| {
+                count(t, &[ENDED]) >= created
+            })
+    }
+
+    /// Relay sockets close as the shard cancels their tasks: wait
+    /// (bounded) for the descriptor count to be `want` again.
+    fn wait_fds(&self, want: usize) {
+        let deadline = Instant::now() + FD_TIMEOUT;
+        while fd_count(self.pid) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One pass: rounds of allocations, half deleted, half expiring, then
+    /// wait for all to end. Returns the index of its last sample.
+    fn pass(&mut self, pass: usize) -> usize {
+        let mut expiring = Vec::with_capacity(ROUNDS * PER_ROUND / 2);
+        let mut last_allocate = Instant::now();
+        for round in 0..ROUNDS {
+            let t0 = Instant::now();
+            let mut clients = Vec::with_capacity(PER_ROUND);
+            let mut relays = HashSet::new();
+            for i in 0..PER_ROUND {
+                let (c, relayed) = self.allocation(i, i % DATA_EVERY == 0);
+                assert!(
+                    relays.insert(relayed),
+                    "pass {pass} round {round}: relayed address {relayed} handed out twice"
+                );
+                clients.push(c);
+            }
+            last_allocate = Instant::now();
+            self.sample(format!("pass {pass} round {round}: +{PER_ROUND}"));
+            // Half deleted now, half left to expire. The sockets of the
+            // expiring half stay open until the pass ends: a closed
+            // socket's port may be handed to a new client, whose Allocate
+            // would then land on the old five-tuple (437, as it should).
+            for (i, mut c) in clients.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    assert_eq!(c.refresh(Some(0)), Ok(0), "Refresh(0) deletes");
+                    self.deleted += 1;
+                } else {
+                    expiring.push(c);
+                }
+            }
+            println!(
+                "pass {pass} round {round}: {PER_ROUND} allocations in {:.0?}",
+                t0.elapsed()
+            );
+        }
+        let text = self.wait_all_ended();
+        println!(
+            "pass {pass}: all ended {:.1?} after the last Allocate",
+            last_allocate.elapsed()
+        );
+        drop(expiring);
+        assert_eq!(count(&text, &["allocation created"]), self.created);
+        assert_eq!(count(&text, &[ENDED]), self.created);
+        assert_eq!(count(&text, &[ENDED, DELETED]), self.deleted);
+        assert_eq!(count(&text, &[ENDED, EXPIRED]), self.created - self.deleted);
+        self.wait_fds(self.samples[0].fds);
+        self.sample(format!("pass {pass} end (all ended)"))
+    }
+}
+
+#[test]
+fn thousands_of_allocations_leave_nothing_behind() {
+    let started = Instant::now();
+    let (soft_before, soft) = raise_fd_limit();
+    // The test holds the sockets of a pass's expiring halves and of one
+    // round; the server, one relay socket per live allocation.
+    let need = (ROUNDS * PER_ROUND / 2 + PER_ROUND + 256) as u64;
+    assert!(
+        soft >= need,
+        "RLIMIT_NOFILE hard limit {soft} is below the {need} descriptors this soak needs; raise it (ulimit -Hn)"
+    );
+    let server = TestServer::start(&format!(
+        r#"
+[server]
+realm = "soak"
+threads = 2
+
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+
+[relay]
+bind_ip = "127.0.0.1"
+ports = "{PORTS}"
+
+[auth]
+secrets = ["{SECRET}"]
+
+[policy]
+allow_peers = ["127.0.0.1/32"]
+max_allocations = 10000
+max_allocations_per_user = 10000
+max_lifetime = "10s"
+"#
+    ));
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut soak = Soak {
+        pid: server.pid(),
+        addr: server.addr(Transport::Udp, false),
+        range: PORTS.parse().unwrap(),
+        creds: Credentials::rest(SECRET, "soak", expiry),
+        peer: Peer::new(false),
+        server,
+        created: 0,
+        deleted: 0,
+        relayed_data: 0,
+        samples: Vec::new(),
+    };
+
+    // Warm-up: one allocation created, used and deleted, so that the
+    // start row is what a server that has served costs at rest.
+    let (mut c, relayed) = soak.allocation(0, true);
+    assert_eq!(c.refresh(Some(0)), Ok(0));
+    soak.deleted += 1;
+    soak.wait_all_ended();
+    wait_port_closed(relayed, FD_TIMEOUT);
+    drop(c);
+    soak.sample("start (after warm-up)");
+
+    let ends: Vec<usize> = (1..=PASSES).map(|p| soak.pass(p)).collect();
+
+    let hwm = status_kib(soak.pid, "VmHWM");
+    let s = &soak.samples;
+    println!();
+    println!(
+        "RLIMIT_NOFILE soft {soft_before} -> {soft}; {} allocations ({} deleted, {} expired), {} ChannelData round trips",
+        soak.created,
+        soak.deleted,
+        soak.created - soak.deleted,
+        soak.relayed_data
+    );
+    println!(
+        "{:<28} {:>6} {:>6} {:>10} {:>10}",
+        "when", "alive", "fds", "VmRSS KiB", "vs start"
+    );
+    for x in s {
+        println!(
+            "{:<28} {:>6} {:>6} {:>10} {:>+10}",
+            x.when,
+            x.alive,
+            x.fds,
+            x.rss_kib,
+            x.rss_kib as i64 - s[0].rss_kib as i64
+        );
+    }
+    let peak = s.iter().max_by_key(|x| x.fds).unwrap();
+    println!(
+        "peak: {} fds, VmRSS {} KiB; VmHWM {hwm} KiB; whole test {:.1?}",
+        peak.fds,
+        peak.rss_kib,
+        started.elapsed()
+    );
+
+    let start = &s[0];
+    assert!(
+        peak.fds >= start.fds + PER_ROUND,
+        "each round's relay sockets show up in the server's descriptors (peak {} vs start {})",
+        peak.fds,
+        start.fds
+    );
+    for &e in &ends {
+        let end = &s[e];
+        assert_eq!(
+            end.fds, start.fds,
+            "{}: open descriptors of the server (waited up to {FD_TIMEOUT:?})",
+            end.when
+        );
+        assert!(
+            end.rss_kib <= start.rss_kib + RSS_TOLERANCE_KIB,
+            "{}: RSS {} KiB, more than {RSS_TOLERANCE_KIB} KiB above the start's {} KiB",
+            end.when,
+            end.rss_kib,
+            start.rss_kib
+        );
+    }
+    let (first, last) = (&s[ends[0]], &s[*ends.last().unwrap()]);
+    assert!(
+        last.rss_kib <= first.rss_kib + RSS_REPEAT_TOLERANCE_KIB,
+        "RSS grew from {} KiB after the first pass to {} KiB after the last: more than {RSS_REPEAT_TOLERANCE_KIB} KiB",
+        first.rss_kib,
+        last.rss_kib
+    );
+    soak.server.assert_running();
+}
