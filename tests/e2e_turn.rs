@@ -606,3 +606,44 @@ fn first_datagram_of_new_relay_tcp() {
 fn first_datagram_of_new_relay_udp() {
     first_datagram_of_new_relay(Transport::Udp, "44750-44799");
 }
+
+// --- a datagram too big for a Data indication -------------------------------
+
+/// An IPv6 peer can send a UDP datagram of up to 65527 bytes; as a Data
+/// indication (20-byte XOR-PEER-ADDRESS) that is more than a STUN
+/// message's 16-bit length can say. Over TCP it must not become a frame
+/// whose length field lies (the stream would be out of step for good):
+/// the datagram is dropped and the next one arrives intact.
+#[test]
+fn peer_datagram_too_big_for_a_data_indication() {
+    let (server, cert) = relay_server("44800-44849");
+    let mut c = client(&server, &cert, Transport::Tcp, false);
+    let a = c.allocate(&rest("big"), &opts(true));
+    assert!(a.relayed.is_ipv6());
+    let peer = Peer::new(true);
+    c.create_permission(&[peer.addr()]).expect("permission");
+    // The largest that still fits: 65532 - 4 - 20 - 4 = 65504 bytes.
+    for n in [65504, 65505, 65527] {
+        peer.send_to(&payload(n, 7), a.relayed);
+        peer.send_to(b"after", a.relayed);
+        match c.recv_data() {
+            (p, d) if d.len() == n => {
+                assert_eq!((p, d), (peer.addr(), payload(n, 7)), "{n} bytes");
+                assert_eq!(c.recv_data(), (peer.addr(), b"after".to_vec()));
+                println!("{n} bytes relayed as a Data indication");
+            }
+            (p, d) => {
+                assert!(
+                    n > 65504,
+                    "{n} bytes fit a Data indication but were dropped"
+                );
+                assert_eq!(
+                    (p, d),
+                    (peer.addr(), b"after".to_vec()),
+                    "after a {n}-byte datagram"
+                );
+                println!("{n} bytes dropped; the next datagram arrived intact");
+            }
+        }
+    }
+}
