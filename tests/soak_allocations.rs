@@ -9,7 +9,15 @@
 //! higher than the first did by more than [`RSS_REPEAT_TOLERANCE_KIB`]
 //! (memory the allocator kept from pass one is reused, not added to).
 //!
-//! Relay ports: this file owns 30000-33999.
+//! A second test bursts allocations faster than the shards' timer tick
+//! and checks that no allocation log line is lost.
+//!
+//! Relay ports: this file owns 30000-33999. The burst takes 30000-31999
+//! (1200 live at once), below the kernel's ephemeral range (32768-60999
+//! by default), so the client sockets of the two tests, which run in
+//! parallel, cannot sit on its ports; the soak takes 32000-33999 (at
+//! most 1000 live; the few ports a client socket happens to hold are
+//! skipped by the server's bind retry).
 
 mod common;
 
@@ -21,8 +29,9 @@ use common::turn::{Peer, TurnClient, wait_port_closed};
 use common::*;
 use turnpike::client::{AllocateOptions, Credentials};
 use turnpike::config::PortRange;
+use turnpike::wire::{Class, Message};
 
-const PORTS: &str = "30000-33999";
+const PORTS: &str = "32000-33999";
 const SECRET: &str = "soak-secret";
 const PASSES: usize = 2;
 const ROUNDS: usize = 3;
@@ -356,4 +365,105 @@ max_lifetime = "10s"
         last.rss_kib
     );
     soak.server.assert_running();
+}
+
+// --- a burst of allocation events ------------------------------------------
+
+const BURST_PORTS: &str = "30000-31999";
+const BURST_CLIENTS: usize = 1200;
+const BURST_CYCLES: usize = 8;
+
+/// Send every request first, then collect every response: the server
+/// works through them as fast as it can.
+fn pipelined(clients: &mut [TurnClient], reqs: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    for (c, r) in clients.iter_mut().zip(reqs) {
+        c.send_raw(r);
+    }
+    clients
+        .iter_mut()
+        .zip(reqs)
+        .map(|(c, r)| c.await_response(Message::parse(r).unwrap().transaction_id()))
+        .collect()
+}
+
+/// One shard, and allocations created and deleted (pipelined) at several
+/// thousand events a second: every one of them must still be logged.
+/// The core queues allocation events for the shell (at most 4096, the
+/// oldest dropped past that); the shell used to drain the queue only on
+/// its timer tick, about once a second, so a burst lost log lines.
+#[test]
+fn allocation_log_lines_survive_a_burst() {
+    let (_, soft) = raise_fd_limit();
+    assert!(
+        soft >= (BURST_CLIENTS + 256) as u64,
+        "RLIMIT_NOFILE {soft} is too low for {BURST_CLIENTS} clients"
+    );
+    let server = TestServer::start(&format!(
+        r#"
+[server]
+threads = 1
+
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+
+[relay]
+bind_ip = "127.0.0.1"
+ports = "{BURST_PORTS}"
+
+[auth]
+secrets = ["{SECRET}"]
+
+[policy]
+max_allocations = 10000
+max_allocations_per_user = 10000
+"#
+    ));
+    let addr = server.addr(Transport::Udp, false);
+    let creds = Credentials::rest(SECRET, "burst", 4_000_000_000);
+    let mut clients: Vec<TurnClient> = (0..BURST_CLIENTS).map(|_| TurnClient::udp(addr)).collect();
+    for c in &mut clients {
+        c.challenge(&creds);
+    }
+    let t0 = Instant::now();
+    for cycle in 0..BURST_CYCLES {
+        let reqs: Vec<Vec<u8>> = clients
+            .iter()
+            .map(|c| c.allocate_request(&AllocateOptions::default()))
+            .collect();
+        let resps = pipelined(&mut clients, &reqs);
+        for ((c, r), resp) in clients.iter().zip(&reqs).zip(resps) {
+            c.allocate_response(r, resp)
+                .unwrap_or_else(|e| panic!("cycle {cycle}: Allocate failed with {}", e.code));
+        }
+        let reqs: Vec<Vec<u8>> = clients.iter().map(|c| c.refresh_request(Some(0))).collect();
+        for resp in pipelined(&mut clients, &reqs) {
+            let m = Message::parse(&resp).unwrap();
+            assert_eq!(m.class(), Class::Success, "cycle {cycle}: Refresh(0)");
+        }
+    }
+    let took = t0.elapsed();
+    let n = BURST_CLIENTS * BURST_CYCLES;
+    println!(
+        "{n} allocations created and deleted in {took:.2?}: {:.0} allocation events/s",
+        (2 * n) as f64 / took.as_secs_f64()
+    );
+    // Wait (bounded) for the log to show them all; a lost line never
+    // shows up, so on failure this reports the counts after the limit.
+    let counts = || {
+        let t = server.stderr_text();
+        (
+            count(&t, &["allocation created"]),
+            count(&t, &[ENDED, DELETED]),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counts() != (n, n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        counts(),
+        (n, n),
+        "(allocation created, allocation ended) log lines for {n} allocations"
+    );
 }

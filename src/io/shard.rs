@@ -90,7 +90,9 @@ impl Shard {
         }
     }
 
-    /// Log allocation events the core queued.
+    /// Log allocation events the core queued. Called after every client
+    /// packet or frame, on connection close and after timers, so the
+    /// core's bounded queue never fills.
     pub fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
         while let Some(e) = core.poll_event() {

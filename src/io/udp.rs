@@ -55,6 +55,10 @@ pub(crate) async fn serve(
             if !sent {
                 shard.counters.dropped(DropReason::SendBufferFull);
             }
+            // Log allocation starts and ends as they happen: the core keeps
+            // a bounded queue, and a burst longer than it between two timer
+            // ticks would lose lines.
+            shard.drain_events();
         }
     }
 }

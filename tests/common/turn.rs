@@ -510,6 +510,13 @@ impl TurnClient {
             .expect("LIFETIME present"))
     }
 
+    /// A signed Refresh request with the session (not sent).
+    pub fn refresh_request(&self, lifetime: Option<u32>) -> Vec<u8> {
+        let mut req = Vec::new();
+        client::refresh(&mut req, new_tid(), lifetime, self.session());
+        req
+    }
+
     /// CreatePermission for `peers` (RFC 8656 §9.1); the error code if
     /// refused.
     pub fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), u16> {
