@@ -10,14 +10,17 @@
 //! (memory the allocator kept from pass one is reused, not added to).
 //!
 //! A second test bursts allocations faster than the shards' timer tick
-//! and checks that no allocation log line is lost.
+//! and checks that no allocation log line is lost; a third shuts down a
+//! shard holding more allocations than the core's event queue and checks
+//! each one's end is logged.
 //!
-//! Relay ports: this file owns 30000-33999. The burst takes 30000-31999
-//! (1200 live at once), below the kernel's ephemeral range (32768-60999
-//! by default), so the client sockets of the two tests, which run in
-//! parallel, cannot sit on its ports; the soak takes 32000-33999 (at
-//! most 1000 live; the few ports a client socket happens to hold are
-//! skipped by the server's bind retry).
+//! Relay ports: this file owns 30000-33999. The tests take turns
+//! ([`RELAY_PORTS`]): the shutdown test needs most of the range. The
+//! burst uses 30000-31999, below the kernel's ephemeral range
+//! (32768-60999 by default), so its own client sockets cannot sit on its
+//! relay ports; the soak uses 32000-33999 (at most 1000 live; the few
+//! ports a client socket happens to hold are skipped by the server's bind
+//! retry).
 
 mod common;
 
@@ -32,6 +35,14 @@ use turnpike::config::PortRange;
 use turnpike::wire::{Class, Message};
 
 const PORTS: &str = "32000-33999";
+
+/// Held by each test of this file while its server runs (they share the
+/// relay port range).
+static RELAY_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_ports() -> std::sync::MutexGuard<'static, ()> {
+    RELAY_PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
 const SECRET: &str = "soak-secret";
 const PASSES: usize = 2;
 const ROUNDS: usize = 3;
@@ -240,6 +251,7 @@ impl Soak {
 
 #[test]
 fn thousands_of_allocations_leave_nothing_behind() {
+    let _ports = take_ports();
     let started = Instant::now();
     let (soft_before, soft) = raise_fd_limit();
     // The test holds the sockets of a pass's expiring halves and of one
@@ -388,11 +400,12 @@ fn pipelined(clients: &mut [TurnClient], reqs: &[Vec<u8>]) -> Vec<Vec<u8>> {
 
 /// One shard, and allocations created and deleted (pipelined) at several
 /// thousand events a second: every one of them must still be logged.
-/// The core queues allocation events for the shell (at most 4096, the
-/// oldest dropped past that); the shell used to drain the queue only on
-/// its timer tick, about once a second, so a burst lost log lines.
+/// The core queues allocation events for the shell in a bounded queue
+/// (then 4096, the oldest dropped past that); the shell used to drain it
+/// only on its timer tick, about once a second, so a burst lost lines.
 #[test]
 fn allocation_log_lines_survive_a_burst() {
+    let _ports = take_ports();
     let (_, soft) = raise_fd_limit();
     assert!(
         soft >= (BURST_CLIENTS + 256) as u64,
@@ -465,5 +478,82 @@ max_allocations_per_user = 10000
         counts(),
         (n, n),
         "(allocation created, allocation ended) log lines for {n} allocations"
+    );
+}
+
+// --- shutdown with many allocations ------------------------------------------
+
+/// More than the 4096 events the core's queue was capped at, on one shard.
+const SHUTDOWN_ALLOCATIONS: usize = 4200;
+
+/// SIGTERM ends every allocation (reason shutdown) and each end is
+/// logged. The core queued them all in one call and kept only the last
+/// 4096, so a shard with more lost the rest of its shutdown lines. Half the relays are IPv6 (the families have separate port
+/// pools, so 4200 allocations fit the 4000-port range).
+#[test]
+fn every_allocation_end_is_logged_at_shutdown() {
+    let _ports = take_ports();
+    let (_, soft) = raise_fd_limit();
+    assert!(
+        soft >= (2 * SHUTDOWN_ALLOCATIONS + 256) as u64,
+        "RLIMIT_NOFILE {soft} is too low for {SHUTDOWN_ALLOCATIONS} allocations"
+    );
+    let mut server = TestServer::start(&format!(
+        r#"
+[server]
+threads = 1
+
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+
+[relay]
+bind_ip = "127.0.0.1"
+bind_ip6 = "::1"
+ports = "30000-33999"
+
+[auth]
+secrets = ["{SECRET}"]
+
+[policy]
+max_allocations = 10000
+max_allocations_per_user = 10000
+"#
+    ));
+    let addr = server.addr(Transport::Udp, false);
+    let creds = Credentials::rest(SECRET, "shutdown", 4_000_000_000);
+    let mut clients: Vec<TurnClient> = (0..SHUTDOWN_ALLOCATIONS)
+        .map(|_| TurnClient::udp(addr))
+        .collect();
+    for c in &mut clients {
+        c.challenge(&creds);
+    }
+    let reqs: Vec<Vec<u8>> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.allocate_request(&AllocateOptions {
+                family: (i % 2 == 1).then_some(turnpike::wire::attr::FAMILY_IPV6),
+                ..AllocateOptions::default()
+            })
+        })
+        .collect();
+    let resps = pipelined(&mut clients, &reqs);
+    for (i, ((c, r), resp)) in clients.iter().zip(&reqs).zip(resps).enumerate() {
+        let a = c
+            .allocate_response(r, resp)
+            .unwrap_or_else(|e| panic!("Allocate {i} failed with {}", e.code));
+        assert_eq!(a.relayed.is_ipv6(), i % 2 == 1);
+    }
+    let status = server.stop(Signal::Term);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let text = server.stderr_text();
+    let created = count(&text, &["allocation created"]);
+    let ended = count(&text, &[ENDED, "reason=\"shutdown\""]);
+    println!("{created} allocations created, {ended} ended at shutdown");
+    assert_eq!(
+        (created, ended),
+        (SHUTDOWN_ALLOCATIONS, SHUTDOWN_ALLOCATIONS),
+        "(allocation created, allocation ended reason=shutdown) log lines"
     );
 }

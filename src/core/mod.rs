@@ -250,7 +250,8 @@ pub enum Event {
     },
 }
 
-/// Events kept for the shell before the oldest are dropped.
+/// Events kept for the shell before the oldest are dropped, at least (see
+/// [`Server::push_event`]).
 const MAX_EVENTS: usize = 4096;
 
 /// An allocation as the admin API shows it.
@@ -366,8 +367,14 @@ impl Server {
         self.events.pop_front()
     }
 
+    /// Queue an event. The queue is bounded so a shell that never polls
+    /// does not grow without limit, but the bound must hold what a single
+    /// call can queue when the shell does poll after every call: one end
+    /// per allocation of this core ([`Server::delete_all`] at shutdown, a
+    /// timer batch). Twice the core's allocation high-water mark (its
+    /// slot table) covers that and stays bounded by `max_allocations`.
     fn push_event(&mut self, e: Event) {
-        if self.events.len() >= MAX_EVENTS {
+        if self.events.len() >= MAX_EVENTS.max(2 * self.slots.len()) {
             self.events.pop_front();
         }
         self.events.push_back(e);
