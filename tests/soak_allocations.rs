@@ -52,15 +52,17 @@ const DATA_EVERY: usize = 10;
 /// How far above its post-warm-up RSS the server may stay once every
 /// allocation has ended. Freed memory stays in the allocator's arenas
 /// (one per shard thread) rather than going back to the kernel, so the
-/// RSS after a pass sits near its peak; measured here: about +3 MiB for a
-/// pass that peaks at 1000 live allocations. What must not happen is
+/// RSS after a pass sits near its peak: measured here, +2.4 to +3.6 MiB
+/// for passes that peak at 1000 live allocations, converging (five
+/// passes: +3.0, +3.4, +3.5, +3.56, +3.56 MiB). What must not happen is
 /// growth with the number of allocations served: 3000 allocations that
 /// each leaked their relay task, socket buffers and tables (a few KiB
 /// each) would blow through 8 MiB.
 const RSS_TOLERANCE_KIB: u64 = 8 * 1024;
 /// The second pass reuses what the first left in the allocator: its end
-/// RSS may exceed the first pass's end by at most this (fragmentation).
-const RSS_REPEAT_TOLERANCE_KIB: u64 = 1024;
+/// RSS may exceed the first pass's end by at most this (measured: +0.1 to
+/// +0.45 MiB). A leak of 1.4 KiB per allocation would exceed it.
+const RSS_REPEAT_TOLERANCE_KIB: u64 = 2 * 1024;
 /// Failure guards for the waits (not delays): expiry is 10 s after the
 /// last Allocate of a pass, plus the shard's one-second timer tick.
 const END_TIMEOUT: Duration = Duration::from_secs(30);
