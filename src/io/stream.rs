@@ -64,6 +64,7 @@ pub(crate) async fn serve<S>(
         .core
         .borrow_mut()
         .connection_closed(now.mono, &ft, &mut ShellIo { shard: &shard });
+    shard.drain_events();
 }
 
 /// Reading is the two-step framing of [`frame_len`]: buffer bytes until a
@@ -127,6 +128,7 @@ async fn run<S>(
                     if !sent {
                         shard.counters.dropped(DropReason::SendBufferFull);
                     }
+                    shard.drain_events();
                 }
                 Ok(None) => {
                     // Make room for the rest of a large frame in one go.

@@ -49,12 +49,16 @@ pub(crate) async fn serve(
             );
             let sent = match r {
                 ClientOutput::None => true,
-                ClientOutput::Reply => sock.try_send_to(&out, from).is_ok(),
+                ClientOutput::Reply => super::socket::send_to_now(&sock, &out, from).is_ok(),
                 ClientOutput::ToPeer { relay, peer, data } => shard.send_to_peer(relay, peer, data),
             };
             if !sent {
                 shard.counters.dropped(DropReason::SendBufferFull);
             }
+            // Log allocation starts and ends as they happen: the core keeps
+            // a bounded queue, and a burst longer than it between two timer
+            // ticks would lose lines.
+            shard.drain_events();
         }
     }
 }

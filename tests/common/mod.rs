@@ -701,3 +701,54 @@ pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStrea
     }
     s
 }
+
+// --- TURN end to end: the test client and server-log helpers ------------
+
+/// The synchronous TURN client of the relay tests.
+pub mod turn;
+
+impl TestServer {
+    /// The stderr lines that contain every one of `needles`.
+    pub fn stderr_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.stderr_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait until `done(stderr so far)` holds, checking whenever a little
+    /// time has passed; panic with `what` and the stderr after `limit`.
+    /// Returns the stderr that satisfied it. (The server writes its logs
+    /// from its own threads, so polling the collected text is the only
+    /// way to wait for a line; the limit is a failure guard, not a delay.)
+    pub fn wait_for_stderr(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.stderr_text();
+            if done(&text) {
+                return text;
+            }
+            if Instant::now() >= deadline {
+                panic!("waited {limit:?} for {what}; stderr:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for a stderr line containing every one of `needles`; return it.
+    pub fn wait_for_line(&self, needles: &[&str], limit: Duration) -> String {
+        let text = self.wait_for_stderr(&format!("a log line with {needles:?}"), limit, |t| {
+            t.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+        });
+        text.lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .expect("found above")
+            .to_string()
+    }
+}
