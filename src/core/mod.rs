@@ -476,7 +476,7 @@ impl Server {
             // A STUN length field cannot say how long this Data
             // indication would be; sent anyway it would put a TCP/TLS
             // stream out of step for good.
-            self.counters.dropped(DropReason::Malformed);
+            self.counters.dropped(DropReason::TooLarge);
             return PeerOutput::None;
         }
         if !a.bucket.take(len, now) {
@@ -504,14 +504,6 @@ impl Server {
                 start..end
             }
             None => {
-                // A STUN message's length field is 16 bits: a datagram too
-                // large for a Data indication (only possible near the UDP
-                // maximum) can only go over a channel.
-                let alen = if peer.is_ipv4() { 8 } else { 20 };
-                if 4 + alen + 4 + crate::wire::pad4(len) > usize::from(u16::MAX) {
-                    self.counters.dropped(DropReason::TooLarge);
-                    return PeerOutput::None;
-                }
                 let tid = crate::wire::TransactionId::random(&mut self.rng);
                 crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer, tid)
             }
