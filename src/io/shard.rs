@@ -55,9 +55,9 @@ pub(crate) struct Shard {
     pub counters: Arc<Counters>,
     /// Relay sockets indexed by `RelayId`.
     pub relays: RefCell<Vec<Option<RelaySocket>>>,
-    /// Receive buffer for relay sockets, with headroom for in-place
+    /// Receive batch for relay sockets, with headroom for in-place
     /// ChannelData / Data indication headers.
-    pub rx: RefCell<Vec<u8>>,
+    pub rx: RefCell<super::batch::RecvBatch>,
     pub udp: RefCell<Vec<(SocketAddr, Rc<UdpSocket>)>>,
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
 }
@@ -170,7 +170,11 @@ pub(crate) fn run(
             counters: setup.counters.clone(),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
-            rx: RefCell::new(vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM]),
+            rx: RefCell::new(super::batch::RecvBatch::new(
+                PEER_HEADROOM,
+                super::batch::MAX_DATAGRAM,
+                PEER_TAILROOM,
+            )),
             udp: RefCell::new(Vec::new()),
             conns: RefCell::new(HashMap::new()),
         });
