@@ -62,7 +62,7 @@ impl Server {
         }
         let existing = slot
             .and_then(|s| self.slots[s as usize].as_ref())
-            .map(|a| (a.username.to_string(), a.key.clone(), a.password_algorithm));
+            .map(|a| (a.username.to_string(), a.key.key(), a.password_algorithm));
         let authed = match self.auth.authenticate(
             msg,
             ft.client,
@@ -370,13 +370,13 @@ impl Server {
             advertised,
             username: authed.username.as_ref().into(),
             quota_user: authed.quota_user().into(),
-            key: authed.key.clone(),
+            key: super::allocation::KeyBytes::of(&authed.key),
             password_algorithm: authed.password_algorithm,
             created: now.mono,
             expires,
             next_check: expires,
-            permissions: Vec::new(),
-            channels: Vec::new(),
+            permissions: Default::default(),
+            channels: Default::default(),
             bucket: TokenBucket::new(self.cfg.max_bytes_per_sec, now.mono),
             traffic: Traffic::default(),
             last_response: Some((msg.transaction_id(), out[start..].to_vec())),
