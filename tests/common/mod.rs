@@ -684,3 +684,6 @@ pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStrea
     }
     s
 }
+
+/// The network-namespace NAT lab (root only; see netns.rs).
+pub mod netns;
