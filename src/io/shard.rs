@@ -85,7 +85,16 @@ impl Shard {
     /// Send from an allocation's relay socket to a peer.
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
         match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.sock.try_send_to(data, peer).is_ok(),
+            // Not tokio's try_send_to: it answers WouldBlock without
+            // trying until the reactor has seen the socket writable, and a
+            // relay socket is new; a Send right after the Allocate can be
+            // handled before the shard next polls the reactor, and was
+            // dropped as "send buffer full". A UDP send never needs to
+            // wait for writability: send on the non-blocking socket
+            // directly (a really full buffer still fails with EAGAIN).
+            Some(Some(r)) => socket2::SockRef::from(&*r.sock)
+                .send_to(data, &peer.into())
+                .is_ok(),
             _ => false,
         }
     }
