@@ -7,11 +7,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
-use common::netns::{Lab, Nat, PUBLIC_GATEWAY, RULE_FULL_CONE, RULE_UNSOLICITED, Site, netns_path};
+use common::netns::{
+    Lab, Nat, PUBLIC_GATEWAY, RULE_FULL_CONE, RULE_TCP_ONLY, RULE_UNSOLICITED, Site, netns_path,
+};
 use common::{IO_TIMEOUT, START_TIMEOUT, binding_request, new_tid, turnpike_bin, udp_roundtrip};
 use turnpike::wire::Message;
 
@@ -250,4 +252,38 @@ fn lab_teardown_runs_on_panic_and_kills_children() {
         rc == -1 && err.raw_os_error() == Some(libc::ESRCH),
         "turnpike (pid {pid}) survived the lab: kill(pid, 0) = {rc} ({err})"
     );
+}
+
+/// `Nat::tcp_only`: the router lets the inside host's TCP out and drops
+/// its UDP. The drop is shown by the firewall rule's counter (positive
+/// evidence, no timed wait): a datagram dropped at the router cannot
+/// arrive later.
+#[test]
+fn tcp_only_firewall_lets_only_tcp_out() {
+    let Some(lab) = Lab::new("ttcp") else {
+        return;
+    };
+    let net = lab.internet();
+    let site = lab.nat_site(&net, 1, Nat::PortRestricted.tcp_only());
+    let listener = net
+        .ns
+        .in_ns(|| TcpListener::bind(SocketAddr::from((PUBLIC_GATEWAY, 0))).unwrap());
+    let target = listener.local_addr().unwrap();
+
+    let stream = site.client.tcp_connect(target);
+    let (_, seen) = listener.accept().unwrap();
+    drop(stream);
+    eprintln!("TCP from {} arrives from {seen}", site.client_ip);
+    assert_eq!(seen.ip(), site.outside_ip, "TCP leaves through the NAT");
+
+    let udp_target = net.ns.udp_bind(SocketAddr::from((PUBLIC_GATEWAY, 0)));
+    let c = site
+        .client
+        .udp_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    for _ in 0..2 {
+        c.send_to(b"udp out", udp_target.local_addr().unwrap())
+            .unwrap();
+    }
+    site.router.wait_nft_packets(RULE_TCP_ONLY, 2);
+    eprintln!("2 outbound UDP datagrams dropped by the router's tcp-only rule");
 }
