@@ -91,9 +91,13 @@ fn probe() -> Result<(), String> {
     nft
 }
 
-/// Print the loud "SKIPPED" banner for `test` and the reason.
+/// Print the loud "SKIPPED" banner for `test` and the reason. Written to
+/// the stderr stream itself, not with `eprintln!`, so the test harness's
+/// output capture does not swallow it: a skip is seen even when the test
+/// "passes".
 fn print_skip(test: &str, reason: &str) {
-    eprintln!(
+    use std::io::Write;
+    let banner = format!(
         "\n\
          ########################################################################\n\
          ## SKIPPED: {test}\n\
@@ -102,8 +106,9 @@ fn print_skip(test: &str, reason: &str) {
          ## Why not here: {reason}\n\
          ## NOTHING WAS TESTED. Run as root, or set TURNPIKE_NETNS_REQUIRED=1\n\
          ## to turn this skip into a failure.\n\
-         ########################################################################\n"
+         ########################################################################\n\n"
     );
+    let _ = std::io::stderr().lock().write_all(banner.as_bytes());
 }
 
 fn random_u16() -> u16 {
@@ -547,7 +552,9 @@ impl Lab {
             if std::env::var_os("TURNPIKE_NETNS_REQUIRED").is_some_and(|v| v == "1") {
                 panic!("{prefix}: network-namespace lab required but unavailable: {reason}");
             }
-            print_skip(prefix, reason);
+            // libtest names each test's thread after the test.
+            let thread = std::thread::current();
+            print_skip(thread.name().unwrap_or(prefix), reason);
             return None;
         }
         static COUNTER: AtomicU32 = AtomicU32::new(0);
