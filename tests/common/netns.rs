@@ -14,6 +14,24 @@
 //! spawned and deletes its namespaces, which removes their veths and
 //! nftables tables with them.
 //!
+//! ```text
+//! let Some(lab) = Lab::new("mytest") else { return }; // loud SKIPPED if not root
+//! let net = lab.two_nats(Nat::Symmetric, Nat::PortRestricted.tcp_only());
+//! let server = net.internet.ns.start_turnpike(&config); // may bind 203.0.113.1
+//! let sock = net.a.client.udp_bind("0.0.0.0:0".parse().unwrap()); // behind NAT a
+//! let peer = lab.spawn("peer", net.b.client.cmd("some-program").arg("--flag"));
+//! peer.wait_line(START_TIMEOUT, |l| l.starts_with("ready"));
+//! // drop order does not matter: the lab kills `peer` and deletes namespaces
+//! ```
+//!
+//! Addresses of [`Lab::two_nats`] / [`Lab::nat_site`] (site N = 1, 2, ...):
+//! the Internet is 203.0.113.0/24 on bridge `br0` in namespace `pub`, which
+//! itself holds 203.0.113.1 (add more with [`Internet::add_ip`], or a
+//! public host with its own stack with [`Internet::add_host`]); router `rN`
+//! has 203.0.113.(10+N) outside and 10.N.0.1 inside; client `cN` has
+//! 10.N.0.2 with a default route via its router. Nothing on the Internet
+//! routes to 10.0.0.0/8.
+//!
 //! Needs root, iproute2 and nftables. Without them [`Lab::new`] prints a
 //! loud SKIPPED message and returns `None`; set `TURNPIKE_NETNS_REQUIRED=1`
 //! to make that a failure instead. CI runs as root, so the tests run there.
@@ -137,13 +155,14 @@ pub fn ip(args: &[&str]) -> String {
 /// (a handle in [`NETNS_DIR`]), and return its result; a panic in `f`
 /// is re-raised here. Sockets created in `f` stay in that namespace for
 /// good and may be used from any thread afterwards; a child process
-/// spawned in `f` starts inside it.
+/// spawned in `f` starts inside it (with the host's /sys and /etc, unlike
+/// `ip netns exec`, which is what [`Ns::cmd`] uses).
 pub fn in_ns<T, F>(name: &str, f: F) -> T
 where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let path = Path::new(NETNS_DIR).join(name);
+    let path = netns_path(name);
     std::thread::scope(|s| {
         let t = s.spawn(|| {
             let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
