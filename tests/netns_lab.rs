@@ -254,8 +254,8 @@ fn lab_teardown_runs_on_panic_and_kills_children() {
     );
 }
 
-/// `Nat::tcp_only`: the router lets the inside host's TCP out and drops
-/// its UDP. The drop is shown by the firewall rule's counter (positive
+/// `Nat::tcp_only`: the router lets the inside host's TCP out (to a public
+/// host in its own namespace, `Internet::add_host`) and drops its UDP. The drop is shown by the firewall rule's counter (positive
 /// evidence, no timed wait): a datagram dropped at the router cannot
 /// arrive later.
 #[test]
@@ -265,9 +265,10 @@ fn tcp_only_firewall_lets_only_tcp_out() {
     };
     let net = lab.internet();
     let site = lab.nat_site(&net, 1, Nat::PortRestricted.tcp_only());
-    let listener = net
-        .ns
-        .in_ns(|| TcpListener::bind(SocketAddr::from((PUBLIC_GATEWAY, 0))).unwrap());
+    // The TCP server is a public host with its own namespace.
+    let host_ip = Ipv4Addr::new(203, 0, 113, 50);
+    let host = net.add_host(&lab, "h50", "h50", host_ip);
+    let listener = host.in_ns(|| TcpListener::bind(SocketAddr::from((host_ip, 0))).unwrap());
     let target = listener.local_addr().unwrap();
 
     let stream = site.client.tcp_connect(target);
