@@ -752,3 +752,6 @@ impl TestServer {
             .to_string()
     }
 }
+
+/// The network-namespace NAT lab (root only; see netns.rs).
+pub mod netns;
