@@ -97,6 +97,21 @@ pub trait RelayIo {
     ) -> std::io::Result<()>;
     /// The allocation behind `relay` is gone: close its socket.
     fn close(&mut self, relay: RelayId);
+    /// Bind `addr` now and keep it for a reservation (RFC 8656 §7.2: the
+    /// port after an EVEN-PORT allocation with the R bit), so no other
+    /// process can take it before the RESERVATION-TOKEN comes back; a
+    /// later [`RelayIo::bind`] of the same address, from any shard, uses
+    /// what was kept. An error (port taken) makes the core try another
+    /// pair. The default keeps nothing.
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let _ = addr;
+        Ok(())
+    }
+    /// The reservation of `addr` ended unused: let go of what
+    /// [`RelayIo::hold`] kept.
+    fn release_hold(&mut self, addr: SocketAddr) {
+        let _ = addr;
+    }
 }
 
 /// What the shell must do after [`Server::handle_client`].
@@ -519,7 +534,11 @@ impl Server {
     pub fn handle_timeout<I: RelayIo>(&mut self, now: Now, io: &mut I) {
         while let Some((at, due)) = self.timers.pop_due(now.mono) {
             match due {
-                Due::Reservation(token) => self.shared.expire_reservation(token, now.mono),
+                Due::Reservation(token) => {
+                    if let Some(r) = self.shared.expire_reservation(token, now.mono) {
+                        io.release_hold(SocketAddr::new(r.ip, r.port));
+                    }
+                }
                 Due::Allocation { slot, generation } => {
                     let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
                         continue;

@@ -242,6 +242,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         .try_fill_bytes(&mut nonce_key)
         .expect("OS randomness");
     let mut control = Vec::new();
+    let held = Arc::new(relay::HeldPorts::default());
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
@@ -259,7 +260,10 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         };
         let t = std::thread::Builder::new()
             .name(format!("turnpike-shard-{id}"))
-            .spawn(move || shard::run(id, sockets, setup, rx, ctl_rx))
+            .spawn({
+                let held = held.clone();
+                move || shard::run(id, sockets, setup, rx, ctl_rx, held)
+            })
             .map_err(StartError::Thread)?;
         threads.push(t);
     }

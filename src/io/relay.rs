@@ -2,8 +2,10 @@
 //! (through [`RelayIo`]) and read by a small task that hands each datagram
 //! to the core and sends the result to the client.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Mutex;
 
 use std::os::fd::AsRawFd;
 
@@ -28,6 +30,18 @@ impl Drop for RelaySocket {
     }
 }
 
+/// Relay ports bound ahead for reservations (EVEN-PORT with the R bit),
+/// by address. One set for all shards: the RESERVATION-TOKEN may come
+/// back on any of them.
+#[derive(Default)]
+pub(crate) struct HeldPorts(Mutex<HashMap<SocketAddr, std::net::UdpSocket>>);
+
+impl HeldPorts {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, std::net::UdpSocket>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The shell's side of [`RelayIo`] for one shard.
 pub(crate) struct ShellIo<'s> {
     pub shard: &'s Rc<Shard>,
@@ -40,7 +54,17 @@ impl RelayIo for ShellIo<'_> {
         addr: SocketAddr,
         dont_fragment: bool,
     ) -> std::io::Result<()> {
-        let std_sock = bind_udp(addr, dont_fragment)?;
+        // A reserved port was bound when it was reserved: use that socket.
+        let held = self.shard.held.map().remove(&addr);
+        let std_sock = match held {
+            Some(s) => {
+                if dont_fragment {
+                    set_df(&socket2::SockRef::from(&s), addr.is_ipv6())?;
+                }
+                s
+            }
+            None => bind_udp(addr, dont_fragment)?,
+        };
         let sock = Rc::new(UdpSocket::from_std(std_sock)?);
         let task = tokio::task::spawn_local(read_loop(self.shard.clone(), relay, sock.clone()));
         let mut relays = self.shard.relays.borrow_mut();
@@ -56,6 +80,16 @@ impl RelayIo for ShellIo<'_> {
         if let Some(slot) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
             *slot = None;
         }
+    }
+
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let s = bind_udp(addr, false)?;
+        self.shard.held.map().insert(addr, s);
+        Ok(())
+    }
+
+    fn release_hold(&mut self, addr: SocketAddr) {
+        self.shard.held.map().remove(&addr);
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::relay::{RelaySocket, ShellIo};
+use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
 use crate::core::{Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup};
@@ -60,6 +60,8 @@ pub(crate) struct Shard {
     pub rx: RefCell<super::batch::RecvBatch>,
     pub udp: RefCell<Vec<(SocketAddr, Rc<UdpSocket>)>>,
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
+    /// Reserved relay ports bound ahead (shared by all shards).
+    pub held: Arc<HeldPorts>,
 }
 
 impl Shard {
@@ -153,6 +155,7 @@ pub(crate) fn run(
     setup: Setup,
     shutdown: watch::Receiver<bool>,
     control: mpsc::UnboundedReceiver<super::control::Control>,
+    held: Arc<HeldPorts>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,6 +180,7 @@ pub(crate) fn run(
             )),
             udp: RefCell::new(Vec::new()),
             conns: RefCell::new(HashMap::new()),
+            held,
         });
         for (s, addr) in sockets.udp {
             let sock = match UdpSocket::from_std(s.into()) {
