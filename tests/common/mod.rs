@@ -701,3 +701,5 @@ pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStrea
     }
     s
 }
+
+pub mod ops;
