@@ -73,7 +73,7 @@ impl Shard {
                 let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
                     return false;
                 };
-                sock.try_send_to(data, ft.client).is_ok()
+                super::socket::send_now(sock, data, ft.client)
             }
             Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
                 Some(c) => c.push(data),
@@ -85,7 +85,7 @@ impl Shard {
     /// Send from an allocation's relay socket to a peer.
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
         match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.sock.try_send_to(data, peer).is_ok(),
+            Some(Some(r)) => super::socket::send_now(&r.sock, data, peer),
             _ => false,
         }
     }

@@ -67,3 +67,19 @@ pub fn bind_group(addr: SocketAddr, kind: Kind, count: usize) -> io::Result<Vec<
     }
     Ok(out)
 }
+
+/// Send one datagram now: a plain non-blocking sendto(2) on the socket.
+///
+/// tokio's `UdpSocket::try_send_to` answers WouldBlock without trying
+/// until the runtime's I/O driver has reported the socket writable. A
+/// relay socket bound while its shard was handling an Allocate may not
+/// have been seen by the driver yet when the first ChannelData for it
+/// arrives, so that packet was dropped (counted as `send_buffer_full`)
+/// though the kernel had room. A datagram send never needs to wait: the
+/// kernel takes it or says EAGAIN, and only then is it dropped.
+#[inline]
+pub(crate) fn send_now(sock: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+    socket2::SockRef::from(sock)
+        .send_to(data, &to.into())
+        .is_ok()
+}

@@ -49,7 +49,7 @@ pub(crate) async fn serve(
             );
             let sent = match r {
                 ClientOutput::None => true,
-                ClientOutput::Reply => sock.try_send_to(&out, from).is_ok(),
+                ClientOutput::Reply => super::socket::send_now(&sock, &out, from),
                 ClientOutput::ToPeer { relay, peer, data } => shard.send_to_peer(relay, peer, data),
             };
             if !sent {

@@ -600,6 +600,12 @@ pub struct TurnClient {
     pub relayed: Option<SocketAddr>,
 }
 
+/// A session for `creds` from a 401 carrying REALM and NONCE.
+pub fn session_for(challenge: &[u8], creds: Credentials) -> Session {
+    let m = Message::parse(challenge).expect("challenge parses");
+    Session::from_challenge(&m, creds, SignOptions::default()).expect("REALM and NONCE")
+}
+
 /// The outcome of a request: 200 for success, else the error code.
 pub fn code_of(resp: &[u8]) -> u16 {
     let m = Message::parse(resp).expect("response parses");
@@ -731,12 +737,16 @@ impl TurnClient {
     /// An unsigned Allocate, which must get 401 with REALM and NONCE; the
     /// session for `creds` built from it.
     pub fn challenge(&mut self, creds: Credentials) -> Session {
+        session_for(&self.challenge_response(), creds)
+    }
+
+    /// The 401 an unsigned Allocate gets (checked to be one).
+    pub fn challenge_response(&mut self) -> Vec<u8> {
         let mut req = Vec::new();
         client::allocate(&mut req, new_tid(), &AllocateOptions::default(), None);
         let resp = self.request(&req);
-        let m = Message::parse(&resp).unwrap();
         assert_eq!(code_of(&resp), 401, "an unsigned Allocate is challenged");
-        Session::from_challenge(&m, creds, SignOptions::default()).expect("REALM and NONCE")
+        resp
     }
 
     /// A signed Allocate with `session`; the raw response. On success the
