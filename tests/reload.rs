@@ -347,7 +347,7 @@ fn peer_policy_changes_apply_on_reload() {
 }
 
 #[test]
-fn http_keys_and_ttl_apply_on_reload() {
+fn http_keys_ttl_and_cors_apply_on_reload() {
     const NEW_KEY: &str = "reload-admin-key-2";
     const APP: &str = "https://app.example.test";
     let server = TestServer::start(&config(&[OLD], &[], "", ""));
@@ -384,4 +384,21 @@ fn http_keys_and_ttl_apply_on_reload() {
     let r = cred(NEW_KEY);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(Minted::parse(&r.json()).ttl, 7200, "the new TTL cap");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some(APP),
+        "the new CORS origin"
+    );
+    let preflight = http(
+        h,
+        "OPTIONS",
+        "/api/v1/credentials",
+        &[
+            ("Origin", APP),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "authorization"),
+        ],
+        b"",
+    );
+    assert_eq!(preflight.header("access-control-allow-origin"), Some(APP));
 }
