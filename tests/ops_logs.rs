@@ -1,0 +1,176 @@
+//! Logs of the built binary: `--log-format json` (and `[log] format`)
+//! makes every stderr line a JSON object, allocation events carry user,
+//! client and relay, and `log.redact_client_ips` keeps client addresses
+//! out of the logs (also when switched on by a reload).
+//!
+//! Relay ports 45400-45499 (the top of tests/http_api.rs's range).
+
+mod common;
+
+use common::ops::*;
+use common::*;
+use serde_json::Value;
+use turnpike::client::Credentials;
+
+const SECRET: &str = "logs-secret";
+const KEY: &str = "logs-admin-key";
+
+fn config(log: &str) -> String {
+    format!(
+        r#"
+[server]
+realm = "logs.test"
+
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+
+[relay]
+bind_ip = "127.0.0.1"
+ports = "45400-45499"
+
+[auth]
+secrets = ["{SECRET}"]
+
+[http]
+addr = "127.0.0.1:0"
+api_keys = ["{KEY}"]
+
+[log]
+{log}
+"#
+    )
+}
+
+/// Every stderr line, parsed: each must be a JSON object.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {l:?}"));
+            assert!(v.is_object(), "not an object: {l}");
+            for k in ["timestamp", "level", "fields"] {
+                assert!(v.get(k).is_some(), "no {k}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+/// The one event with this message.
+fn event<'a>(lines: &'a [Value], message: &str) -> &'a Value {
+    let found: Vec<_> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == message)
+        .collect();
+    assert_eq!(found.len(), 1, "one {message:?} event in {lines:#?}");
+    &found[0]["fields"]
+}
+
+/// Allocate (user `user`) and delete with Refresh 0; wait until the end
+/// is logged (allocation events are written by the shard a moment
+/// later). Returns (client address, username, relayed address).
+fn allocation_cycle(
+    server: &TestServer,
+    user: &str,
+    ended_before: usize,
+) -> (String, String, String) {
+    let creds = Credentials::rest(SECRET, user, unix_now() + 3600);
+    let username = creds.username.clone();
+    let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+    let relayed = c.allocate(creds).expect("allocate");
+    assert_eq!(c.refresh(Some(0)), 200);
+    wait_stderr(server, "allocation ended", ended_before + 1);
+    (c.local_addr().to_string(), username, relayed.to_string())
+}
+
+#[test]
+fn log_format_json_flag_makes_every_line_json_with_allocation_fields() {
+    let mut server = TestServer::start_with_args(&config(""), &["--log-format", "json"]);
+    let (client, username, relay) = allocation_cycle(&server, "json-user", 0);
+    let status = server.stop(Signal::Int);
+    assert!(status.success(), "{status}");
+    let lines = json_lines(&server.stderr_text());
+    assert!(lines.len() >= 4, "start, listen, allocation and stop lines");
+
+    let created = event(&lines, "allocation created");
+    assert_eq!(created["user"], username.as_str());
+    assert_eq!(created["client"], client.as_str());
+    assert_eq!(created["relay"], relay.as_str());
+    assert_eq!(created["transport"], "udp");
+    let ended = event(&lines, "allocation ended");
+    assert_eq!(ended["user"], username.as_str());
+    assert_eq!(ended["client"], client.as_str());
+    assert_eq!(ended["relay"], relay.as_str());
+    assert_eq!(ended["reason"], "deleted");
+    assert_eq!(ended["id"], created["id"]);
+    let starting = event(&lines, "starting turnpike");
+    assert!(starting["config"].as_str().is_some());
+    assert!(lines.iter().any(|v| v["fields"]["message"] == "stopped"));
+}
+
+#[test]
+fn log_format_from_the_config_and_the_flag_overrides_it() {
+    let mut server = TestServer::start(&config("format = \"json\""));
+    allocation_cycle(&server, "cfg-json", 0);
+    server.stop(Signal::Int);
+    let lines = json_lines(&server.stderr_text());
+    event(&lines, "allocation created");
+
+    let mut server =
+        TestServer::start_with_args(&config("format = \"json\""), &["--log-format", "text"]);
+    server.stop(Signal::Int);
+    let text = server.stderr_text();
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
+        "--log-format text wins over the config: {text}"
+    );
+    assert!(text.contains("starting turnpike"), "{text}");
+}
+
+#[test]
+fn redact_client_ips_hides_the_client_address() {
+    let mut server = TestServer::start(&config("format = \"json\"\nredact_client_ips = true"));
+    let (client, username, _) = allocation_cycle(&server, "private", 0);
+    server.stop(Signal::Int);
+    let text = server.stderr_text();
+    let lines = json_lines(&text);
+    for message in ["allocation created", "allocation ended"] {
+        let e = event(&lines, message);
+        assert_eq!(e["client"], "127.0.0.0/24", "{message}");
+        assert_eq!(e["user"], username.as_str(), "{message}");
+    }
+    assert!(
+        !text.contains(&client),
+        "{client} appears in the logs:\n{text}"
+    );
+}
+
+#[test]
+fn redaction_can_be_switched_on_by_reload() {
+    let mut server = TestServer::start(&config("format = \"json\""));
+    let (before, _, _) = allocation_cycle(&server, "before", 0);
+    std::fs::write(
+        server.config_path(),
+        config("format = \"json\"\nredact_client_ips = true"),
+    )
+    .unwrap();
+    let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (after, _, _) = allocation_cycle(&server, "after", 1);
+    server.stop(Signal::Int);
+    let text = server.stderr_text();
+    assert!(text.contains(&before), "not redacted before the reload");
+    assert!(
+        !text.contains(&after),
+        "{after} appears after the reload:\n{text}"
+    );
+    let lines = json_lines(&text);
+    let redacted = lines
+        .iter()
+        .filter(|v| v["fields"]["client"] == "127.0.0.0/24")
+        .count();
+    assert_eq!(redacted, 2, "created and ended of the second allocation");
+}
