@@ -223,3 +223,46 @@ fn sigterm_with_no_allocations_exits_at_once() {
     assert!(status.success(), "{status}");
     assert!(server.stderr_text().contains("reason=\"drained\""));
 }
+
+#[test]
+fn reload_while_draining_keeps_draining_and_applies_alternates() {
+    let mut server = TestServer::start(&config(""));
+    let h = server.http_addr();
+    let peer = udp_peer();
+    let mut live = live_client(&server, &peer);
+    send_signal(&server, libc::SIGTERM);
+    wait_draining(&server);
+    let udp = server.addr(Transport::Udp, false);
+    assert_eq!(TurnClient::udp(udp).allocate(creds("late")), Err(486));
+    // A reload that adds an alternate server: still draining, and new
+    // Allocates are now sent there.
+    std::fs::write(
+        server.config_path(),
+        config("alternate_servers = [\"127.0.0.1:3479\"]"),
+    )
+    .unwrap();
+    let r = post_auth(h, "/api/v1/reload", KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(h, "/readyz").status, 503, "still draining");
+    let mut late = TurnClient::udp(udp);
+    let s = late.challenge(creds("later"));
+    let resp = late.allocate_signed(&s, &AllocateOptions::default());
+    assert_eq!(code_of(&resp), 300);
+    assert_eq!(
+        Message::parse(&resp).unwrap().alternate_server().unwrap(),
+        Some("127.0.0.1:3479".parse().unwrap())
+    );
+    relay_both_ways(&mut live, 0x4000, &peer, "after the reload");
+    // The admin deleting the last allocation ends the drain too.
+    let sessions = get_auth(h, "/api/v1/sessions", KEY).json();
+    let id = sessions["sessions"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        delete_auth(h, &format!("/api/v1/sessions/{id}"), KEY).status,
+        200
+    );
+    let status = server.wait_exit(EXIT_LIMIT);
+    assert!(status.success(), "{status}");
+    let err = server.stderr_text();
+    assert!(err.contains("reason=\"drained\""), "{err}");
+    assert!(err.contains("reason=\"admin\""), "{err}");
+}

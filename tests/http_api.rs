@@ -651,3 +651,48 @@ fn offline_credentials_command_output_works_against_the_server() {
     assert!(!status.success());
     assert!(err.contains("--user"), "{err}");
 }
+
+#[test]
+fn without_api_keys_or_secrets_nothing_is_minted() {
+    // [http] without api_keys: everyone gets 401, and the start-up log
+    // says so.
+    let no_keys = format!(
+        "[server]\nrealm = \"r\"\n[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [auth]\nsecrets = [\"{SECRET}\"]\n[http]\naddr = \"127.0.0.1:0\"\n"
+    );
+    let server = TestServer::start(&no_keys);
+    assert_unauthorized(&get_auth(
+        server.http_addr(),
+        "/api/v1/credentials?username=u",
+        API_KEY,
+    ));
+    assert_unauthorized(&get(
+        server.http_addr(),
+        "/api/v1/credentials?username=u&key=",
+    ));
+    assert!(
+        server.stderr_text().contains("http.api_keys is empty"),
+        "{}",
+        server.stderr_text()
+    );
+    // Static users only, no shared secret: nothing to sign with.
+    let no_secret = format!(
+        "[server]\nrealm = \"r\"\n[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [auth]\nusers = {{ alice = \"wonderland\" }}\n\
+         [http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\n"
+    );
+    let server = TestServer::start(&no_secret);
+    let r = get_auth(
+        server.http_addr(),
+        "/api/v1/credentials?username=u",
+        API_KEY,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "no_secret");
+    // The static user still works on the TURN side.
+    assert!(
+        TurnClient::udp(server.addr(Transport::Udp, false))
+            .allocate(Credentials::new("alice", "wonderland"))
+            .is_ok()
+    );
+}

@@ -478,3 +478,48 @@ fn first_packet_through_a_fresh_relay_reaches_the_peer() {
         ROUNDS as f64
     );
 }
+
+#[test]
+fn expired_allocations_are_counted_as_expired() {
+    // The shortest lifetime the config allows, so the wait is short; the
+    // poll is bounded well above it.
+    let server = TestServer::start(&config("max_lifetime = \"10s\""));
+    let h = server.http_addr();
+    let before = scrape(h);
+    let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+    c.allocate(creds()).unwrap();
+    let peer = udp_peer();
+    assert_eq!(c.channel_bind(PEER_CH, peer.local_addr().unwrap()), 200);
+    let end = wait_until(
+        "the allocation to expire",
+        std::time::Duration::from_secs(40),
+        || {
+            let m = scrape(h);
+            (m.value("turnpike_allocations_expired_total", &[]) == 1.0).then_some(m)
+        },
+    );
+    assert_deltas(
+        &before,
+        &end,
+        &[
+            (
+                "turnpike_requests_total",
+                &[("method", "allocate"), ("code", "401")],
+                1.0,
+            ),
+            (
+                "turnpike_requests_total",
+                &[("method", "allocate"), ("code", "200")],
+                1.0,
+            ),
+            (
+                "turnpike_requests_total",
+                &[("method", "channel_bind"), ("code", "200")],
+                1.0,
+            ),
+            ("turnpike_allocations_created_total", &[], 1.0),
+            ("turnpike_allocations_expired_total", &[], 1.0),
+        ],
+    );
+    assert_eq!(c.refresh(Some(600)), 437, "gone");
+}

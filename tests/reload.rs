@@ -402,3 +402,26 @@ fn http_keys_ttl_and_cors_apply_on_reload() {
     );
     assert_eq!(preflight.header("access-control-allow-origin"), Some(APP));
 }
+
+#[test]
+fn reload_notes_name_what_needs_a_restart() {
+    let server = TestServer::start(&config(&[OLD], &[], "", ""));
+    let text = config(&[OLD], &[], "", "")
+        .replace("46000-46499", "46000-46099")
+        .replace(
+            "realm = \"reload.test\"",
+            "realm = \"reload.test\"\nthreads = 1",
+        );
+    rewrite(&server, &text);
+    let notes = api_reload(&server).to_string();
+    assert!(notes.contains("relay.ports"), "{notes}");
+    assert!(notes.contains("server.threads"), "{notes}");
+    assert!(!notes.contains("listen"), "{notes}");
+    // The running server is unchanged where a restart is needed, and
+    // still serves.
+    assert!(
+        TurnClient::udp(server.addr(Transport::Udp, false))
+            .allocate(rest(OLD, "after-notes"))
+            .is_ok()
+    );
+}
