@@ -425,3 +425,47 @@ fn reload_notes_name_what_needs_a_restart() {
             .is_ok()
     );
 }
+
+#[test]
+fn api_mints_with_the_secret_the_server_verifies_until_a_reload() {
+    // The secret comes from a file. Rewriting the file changes nothing
+    // until a reload, for the TURN side and the API alike: a credential
+    // the API mints in between must still be accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{OLD}\n")).unwrap();
+    let text = config(&[], &[], "", "").replace(
+        "secrets = []",
+        &format!("secret_files = [{}]", toml_str(&file)),
+    );
+    let server = TestServer::start(&text);
+    let udp = server.addr(Transport::Udp, false);
+    let mint = || {
+        let r = get_auth(server.http_addr(), "/api/v1/credentials?username=f", KEY);
+        assert_eq!(r.status, 200, "{}", r.text());
+        Minted::parse(&r.json())
+    };
+    assert!(TurnClient::udp(udp).allocate(mint().credentials()).is_ok());
+
+    std::fs::write(&file, format!("{NEW}\n")).unwrap();
+    let m = mint();
+    assert_eq!(
+        m.password,
+        turnpike::core::auth::rest_password(OLD, &m.username),
+        "not reloaded yet: minted with the secret in force"
+    );
+    assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
+
+    sighup_reload(&server, 1);
+    let m = mint();
+    assert_eq!(
+        m.password,
+        turnpike::core::auth::rest_password(NEW, &m.username)
+    );
+    assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
+    assert_eq!(TurnClient::udp(udp).allocate(rest(OLD, "old")), Err(401));
+
+    // A file that disappears does not stop the API either.
+    std::fs::remove_file(&file).unwrap();
+    assert!(TurnClient::udp(udp).allocate(mint().credentials()).is_ok());
+}

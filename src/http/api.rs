@@ -106,17 +106,10 @@ pub async fn credentials(
             _ => return bad_param("ttl", "must be a positive number of seconds"),
         },
     };
-    let secrets = match crate::io::credentials(&cfg) {
-        Ok(c) => c.secrets().to_vec(),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "secret_unavailable",
-                e.to_string(),
-            );
-        }
-    };
-    let Some(secret) = secrets.first() else {
+    // Sign with the secret the TURN side verifies with now (secret files
+    // are read at start and reload, not here).
+    let creds = state.handle.current_credentials();
+    let Some(secret) = creds.secrets().first() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_secret",

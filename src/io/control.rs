@@ -122,6 +122,7 @@ impl ServerHandle {
             self.broadcast(|| Control::Config(core.clone()));
         }
         self.broadcast(|| Control::Credentials(creds.clone()));
+        *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = creds;
         for (resolver, ck) in certs {
             resolver.replace(ck);
         }
