@@ -174,3 +174,51 @@ fn redaction_can_be_switched_on_by_reload() {
         .count();
     assert_eq!(redacted, 2, "created and ended of the second allocation");
 }
+
+/// Regression: allocation events were written by the shard's timer, up
+/// to a second after the fact, so log order and timestamps did not
+/// follow what happened. The created (and ended) lines must be on stderr
+/// before the response that created (or ended) the allocation is sent:
+/// a line the main thread logs right after must come later.
+#[test]
+fn allocation_events_are_logged_before_the_response() {
+    let server = TestServer::start(&config("format = \"json\""));
+    let good = std::fs::read_to_string(server.config_path()).unwrap();
+    // Reloading a broken file logs from the main thread only (nothing
+    // reaches the shards).
+    let marker = |n: usize| {
+        std::fs::write(server.config_path(), "not toml [").unwrap();
+        let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+        assert_eq!(r.status, 422);
+        wait_stderr(&server, "reload by API failed", n);
+    };
+    let creds = Credentials::rest(SECRET, "ordered", unix_now() + 3600);
+    let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+    c.allocate(creds).unwrap();
+    marker(1);
+    assert_eq!(c.refresh(Some(0)), 200);
+    marker(2);
+    std::fs::write(server.config_path(), good).unwrap();
+    let lines = json_lines(&server.stderr_text());
+    let pos = |message: &str, n: usize| {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .nth(n)
+            .unwrap_or_else(|| panic!("no {message:?} #{n} in {lines:#?}"))
+            .0
+    };
+    assert!(
+        pos("allocation created", 0) < pos("reload by API failed", 0),
+        "{lines:#?}"
+    );
+    assert!(
+        pos("allocation ended", 0) < pos("reload by API failed", 1),
+        "{lines:#?}"
+    );
+}

@@ -90,7 +90,10 @@ impl Shard {
         }
     }
 
-    /// Log allocation events the core queued.
+    /// Log allocation events the core queued. Called right after the
+    /// core handled a request (before the response goes out), a timer, a
+    /// control request or a closed connection, so lines come in the order
+    /// things happened.
     pub fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
         let redact = core.config().redact_client_ips;

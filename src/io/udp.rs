@@ -49,7 +49,12 @@ pub(crate) async fn serve(
             );
             let sent = match r {
                 ClientOutput::None => true,
-                ClientOutput::Reply => super::socket::send_now(&sock, &out, from),
+                ClientOutput::Reply => {
+                    // A request may have created or ended an allocation:
+                    // log it before the client hears about it.
+                    shard.drain_events();
+                    super::socket::send_now(&sock, &out, from)
+                }
                 ClientOutput::ToPeer { relay, peer, data } => shard.send_to_peer(relay, peer, data),
             };
             if !sent {
