@@ -469,3 +469,22 @@ fn api_mints_with_the_secret_the_server_verifies_until_a_reload() {
     std::fs::remove_file(&file).unwrap();
     assert!(TurnClient::udp(udp).allocate(mint().credentials()).is_ok());
 }
+
+#[test]
+fn reload_refuses_a_relay_address_this_host_does_not_have() {
+    // At start such an address is refused (every Allocate would fail
+    // with 508); a reload must refuse it too and keep relaying.
+    let server = TestServer::start(&config(&[OLD], &[], "", ""));
+    let text =
+        config(&[OLD], &[], "", "").replace("bind_ip = \"127.0.0.1\"", "bind_ip = \"192.0.2.77\"");
+    rewrite(&server, &text);
+    let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("relay.bind_ip"), "{msg}");
+    let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+    let relayed = c
+        .allocate(rest(OLD, "still-relaying"))
+        .expect("the old relay address is still in use");
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+}

@@ -98,6 +98,9 @@ impl ServerHandle {
     /// settings that need a restart to take effect.
     pub fn reload(&self, new: &Config) -> Result<Vec<String>, ReloadError> {
         new.validate("<reload>")?;
+        // As at start: a relay address this host cannot bind would turn
+        // every new Allocate into 508.
+        setup::check_relay_addresses(new)?;
         let creds = Arc::new(setup::credentials(new)?);
         let mut certs = Vec::new();
         for (index, resolver) in &self.certs {
