@@ -488,3 +488,17 @@ fn reload_refuses_a_relay_address_this_host_does_not_have() {
         .expect("the old relay address is still in use");
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
 }
+
+#[test]
+fn reload_notes_say_log_format_needs_a_restart() {
+    let server = TestServer::start(&config(&[OLD], &[], "", ""));
+    rewrite(
+        &server,
+        &format!(
+            "{}\n[log]\nformat = \"json\"\n",
+            config(&[OLD], &[], "", "")
+        ),
+    );
+    let notes = api_reload(&server).to_string();
+    assert!(notes.contains("log.format"), "{notes}");
+}

@@ -139,6 +139,11 @@ impl ServerHandle {
         if started.server.threads != new.server.threads {
             notes.push("server.threads: takes effect after a restart".to_string());
         }
+        if started.log.format != new.log.format {
+            notes.push(
+                "log.format: takes effect after a restart (--log-format overrides it)".to_string(),
+            );
+        }
         if started.http != new.http {
             notes.push("http: the HTTP listener keeps its address and TLS until a restart; keys, TTL, CORS and alternates apply now".to_string());
         }
