@@ -523,3 +523,126 @@ fn expired_allocations_are_counted_as_expired() {
     );
     assert_eq!(c.refresh(Some(600)), 437, "gone");
 }
+
+#[test]
+fn tls_connections_and_ipv6_allocations_have_their_own_series() {
+    let cert = self_signed_cert();
+    let server = TestServer::start(&format!(
+        r#"
+[server]
+realm = "metrics.test"
+
+[[listen]]
+transport = "tls"
+addr = "127.0.0.1:0"
+cert = {cert}
+key = {key}
+
+[[listen]]
+transport = "udp"
+addr = "[::1]:0"
+
+[relay]
+bind_ip = "127.0.0.1"
+bind_ip6 = "::1"
+ports = "45500-45999"
+
+[auth]
+secrets = ["{SECRET}"]
+
+[policy]
+allow_peers = ["::1/128"]
+"#,
+        cert = cert.cert_toml(),
+        key = cert.key_toml()
+    ));
+    let h = server.http_addr();
+    let before = scrape(h);
+
+    let mut t = TurnClient::tls(server.addr(Transport::Tls, false), cert.client_config());
+    t.allocate(creds()).expect("TLS allocate");
+    let mut u = TurnClient::udp(server.addr(Transport::Udp, true));
+    let s = u.challenge(creds());
+    let resp = u.allocate_signed(
+        &s,
+        &turnpike::client::AllocateOptions {
+            family: Some(turnpike::wire::attr::FAMILY_IPV6),
+            ..Default::default()
+        },
+    );
+    assert_eq!(code_of(&resp), 200);
+    let relayed6 = u.relayed.unwrap();
+    assert_eq!(relayed6.ip().to_string(), "::1");
+    // Relay over IPv6, both ways.
+    let peer = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(u.channel_bind(PEER_CH, peer.local_addr().unwrap()), 200);
+    relay_both_ways(&mut u, PEER_CH, &peer, "v6");
+
+    let mid = scrape(h);
+    assert_deltas(
+        &before,
+        &mid,
+        &[
+            (
+                "turnpike_requests_total",
+                &[("method", "allocate"), ("code", "401")],
+                2.0,
+            ),
+            (
+                "turnpike_requests_total",
+                &[("method", "allocate"), ("code", "200")],
+                2.0,
+            ),
+            (
+                "turnpike_requests_total",
+                &[("method", "channel_bind"), ("code", "200")],
+                1.0,
+            ),
+            ("turnpike_allocations_created_total", &[], 2.0),
+            (
+                "turnpike_allocations_active",
+                &[("transport", "tls"), ("family", "ipv4")],
+                1.0,
+            ),
+            (
+                "turnpike_allocations_active",
+                &[("transport", "udp"), ("family", "ipv6")],
+                1.0,
+            ),
+            ("turnpike_permissions_active", &[], 1.0),
+            ("turnpike_channels_active", &[], 1.0),
+            (
+                "turnpike_relayed_packets_total",
+                &[("direction", "to_peer")],
+                1.0,
+            ),
+            (
+                "turnpike_relayed_bytes_total",
+                &[("direction", "to_peer")],
+                "to-peer v6".len() as f64,
+            ),
+            (
+                "turnpike_relayed_packets_total",
+                &[("direction", "to_client")],
+                1.0,
+            ),
+            (
+                "turnpike_relayed_bytes_total",
+                &[("direction", "to_client")],
+                "to-client v6".len() as f64,
+            ),
+            ("turnpike_connections_open", &[("transport", "tls")], 1.0),
+        ],
+    );
+    drop(t);
+    wait_until("the TLS connection to close", POLL_LIMIT, || {
+        let m = scrape(h);
+        (m.value("turnpike_connections_open", &[("transport", "tls")]) == 0.0
+            && m.value(
+                "turnpike_allocations_active",
+                &[("transport", "tls"), ("family", "ipv4")],
+            ) == 0.0)
+            .then_some(())
+    });
+}
