@@ -222,3 +222,42 @@ fn allocation_events_are_logged_before_the_response() {
         "{lines:#?}"
     );
 }
+
+/// `--log-format json` holds for the error that ends the process too:
+/// a start-up failure (a port in use, a broken config file) is one more
+/// JSON line, not a plain-text one.
+#[test]
+fn start_up_errors_are_json_with_log_format_json() {
+    let dir = tempfile::tempdir().unwrap();
+    // A UDP port another socket holds.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port_in_use = dir.path().join("in-use.toml");
+    std::fs::write(
+        &port_in_use,
+        format!(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"{}\"\n[auth]\nsecrets = [\"{SECRET}\"]\n[http]\naddr = \"\"\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[[listen]]\ntransport = \"udp\"\naddr = \n").unwrap();
+    for (file, why) in [(&port_in_use, "cannot bind"), (&broken, "line 3")] {
+        let (status, _, err) = run_turnpike(&[
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!status.success(), "{err}");
+        let lines = json_lines(&err);
+        let errors: Vec<_> = lines.iter().filter(|v| v["level"] == "ERROR").collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].to_string().contains(why), "{err}");
+        assert!(
+            errors[0].to_string().contains(file.to_str().unwrap()),
+            "names the file: {err}"
+        );
+    }
+}
