@@ -30,7 +30,7 @@ use rand::TryRngCore;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Transport};
-use crate::core::{CoreConfig, Counters, Setup, Shared};
+use crate::core::{CoreConfig, Counters, Credentials, Setup, Shared};
 use control::Control;
 
 /// A listener as bound (with the real port when the config said 0).
@@ -95,6 +95,9 @@ pub struct ServerHandle {
     control: Vec<mpsc::UnboundedSender<Control>>,
     /// The core configuration the shards run with (draining included).
     core_cfg: Mutex<Arc<CoreConfig>>,
+    /// The credentials the shards verify with (secret files as read at
+    /// start or at the last reload).
+    creds: Mutex<Arc<Credentials>>,
     /// TLS certificate resolvers of the TLS listeners, by config index.
     certs: Vec<(usize, Arc<tls::ReloadableCert>)>,
     /// The configuration the server started with (to tell what a reload
@@ -123,6 +126,13 @@ impl ServerHandle {
     /// State shared by the shards (quotas, port pools).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The credentials in force: what the shards verify with, so what
+    /// the credentials API must sign with (a secret file rewritten since
+    /// the last reload is not read until the next one).
+    pub fn current_credentials(&self) -> Arc<Credentials> {
+        self.creds.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Allocations alive across all shards.
@@ -284,6 +294,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         threads: Mutex::new(threads),
         control,
         core_cfg: Mutex::new(core_cfg),
+        creds: Mutex::new(creds),
         certs,
         start_cfg: cfg.clone(),
     })

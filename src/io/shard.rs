@@ -92,59 +92,64 @@ impl Shard {
         }
     }
 
-    /// Log allocation events the core queued. Called after every client
-    /// packet or frame, on connection close and after timers, so the
-    /// core's bounded queue never fills.
+    /// Log allocation events the core queued (see [`log_events`]).
     pub fn drain_events(&self) {
-        let mut core = self.core.borrow_mut();
-        let redact = core.config().redact_client_ips;
-        let client = |a: SocketAddr| {
-            if redact {
-                super::redact(a)
-            } else {
-                a.to_string()
-            }
-        };
-        while let Some(e) = core.poll_event() {
-            match e {
-                Event::AllocationCreated {
-                    id,
-                    ft,
-                    relay,
-                    username,
-                    lifetime,
-                } => tracing::info!(
-                    id,
-                    user = %username,
-                    client = %client(ft.client),
-                    server = %ft.server,
-                    transport = %ft.transport,
-                    %relay,
-                    lifetime = lifetime.as_secs(),
-                    "allocation created"
-                ),
-                Event::AllocationEnded {
-                    id,
-                    ft,
-                    relay,
-                    username,
-                    reason,
-                    duration,
-                    traffic,
-                } => tracing::info!(
-                    id,
-                    user = %username,
-                    client = %client(ft.client),
-                    server = %ft.server,
-                    transport = %ft.transport,
-                    %relay,
-                    reason = reason.name(),
-                    duration_s = duration.as_secs(),
-                    bytes_to_peer = traffic.bytes_out,
-                    bytes_from_peer = traffic.bytes_in,
-                    "allocation ended"
-                ),
-            }
+        log_events(&mut self.core.borrow_mut());
+    }
+}
+
+/// Log allocation events the core queued. Called right after a request
+/// was handled (before its response goes out), after timers, control
+/// requests and closed connections, so lines come in the order things
+/// happened and the core's bounded queue never fills.
+pub(crate) fn log_events(core: &mut Server) {
+    let redact = core.config().redact_client_ips;
+    let client = |a: SocketAddr| {
+        if redact {
+            super::redact(a)
+        } else {
+            a.to_string()
+        }
+    };
+    while let Some(e) = core.poll_event() {
+        match e {
+            Event::AllocationCreated {
+                id,
+                ft,
+                relay,
+                username,
+                lifetime,
+            } => tracing::info!(
+                id,
+                user = %username,
+                client = %client(ft.client),
+                server = %ft.server,
+                transport = %ft.transport,
+                %relay,
+                lifetime = lifetime.as_secs(),
+                "allocation created"
+            ),
+            Event::AllocationEnded {
+                id,
+                ft,
+                relay,
+                username,
+                reason,
+                duration,
+                traffic,
+            } => tracing::info!(
+                id,
+                user = %username,
+                client = %client(ft.client),
+                server = %ft.server,
+                transport = %ft.transport,
+                %relay,
+                reason = reason.name(),
+                duration_s = duration.as_secs(),
+                bytes_to_peer = traffic.bytes_out,
+                bytes_from_peer = traffic.bytes_in,
+                "allocation ended"
+            ),
         }
     }
 }

@@ -120,7 +120,12 @@ async fn run<S>(
                     );
                     let sent = match r {
                         ClientOutput::None => true,
-                        ClientOutput::Reply => out.push(&reply),
+                        ClientOutput::Reply => {
+                            // Log allocation events before the client
+                            // hears about them.
+                            shard.drain_events();
+                            out.push(&reply)
+                        }
                         ClientOutput::ToPeer { relay, peer, data } => {
                             shard.send_to_peer(relay, peer, data)
                         }
@@ -128,7 +133,6 @@ async fn run<S>(
                     if !sent {
                         shard.counters.dropped(DropReason::SendBufferFull);
                     }
-                    shard.drain_events();
                 }
                 Ok(None) => {
                     // Make room for the rest of a large frame in one go.

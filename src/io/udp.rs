@@ -63,7 +63,12 @@ pub(crate) async fn serve(
                 );
                 let sent = match r {
                     ClientOutput::None => true,
-                    ClientOutput::Reply => super::socket::send_to_now(&sock, &out, from).is_ok(),
+                    ClientOutput::Reply => {
+                        // A request may have created or ended an
+                        // allocation: log it before the client hears.
+                        super::shard::log_events(&mut core);
+                        super::socket::send_to_now(&sock, &out, from).is_ok()
+                    }
                     ClientOutput::ToPeer { relay, peer, data } => {
                         shard.send_to_peer(relay, peer, data)
                     }

@@ -876,3 +876,5 @@ pub fn free_udp_port() -> u16 {
     let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP port 0");
     s.local_addr().expect("local_addr").port()
 }
+
+pub mod ops;
