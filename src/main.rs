@@ -94,7 +94,12 @@ struct CredentialsArgs {
     ttl: turnpike::config::Span,
 }
 
+/// Set once logging is initialised: whether it writes JSON. The error
+/// that ends the process is then one more JSON line, not plain text.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 fn init_logging(filter: Option<&str>, format: LogFormat) {
+    let _ = JSON_LOGS.set(format == LogFormat::Json);
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
@@ -122,8 +127,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: "FILE: KEY: problem. Fix: ..." (the context chain
-            // joined with ": ").
-            eprintln!("error: {e:#}");
+            // joined with ": "), in the log's format when it is JSON.
+            if JSON_LOGS.get() == Some(&true) && tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -140,16 +149,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Credentials(args) => credentials(args),
         Command::IceCheck(_) => unreachable!("handled in main"),
         Command::Serve { config } => {
+            // With --log-format the log starts before the config is read,
+            // so that an error in the file comes out in that format too.
+            let flag = cli.log_format.map(|f| match f {
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Text => LogFormat::Text,
+            });
+            if let Some(format) = flag {
+                init_logging(cli.log_level.as_deref(), format);
+            }
             let cfg = match &config {
                 Some(p) => Config::load(p)?,
                 None => Config::embedded(),
             };
-            let format = match cli.log_format {
-                Some(LogFormatArg::Json) => LogFormat::Json,
-                Some(LogFormatArg::Text) => LogFormat::Text,
-                None => cfg.log.format,
-            };
-            init_logging(cli.log_level.as_deref(), format);
+            if flag.is_none() {
+                init_logging(cli.log_level.as_deref(), cfg.log.format);
+            }
             serve(cfg, config)
         }
     }

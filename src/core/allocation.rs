@@ -8,8 +8,46 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
+
 use super::FiveTuple;
 use crate::wire::{IntegrityKey, PasswordAlgorithm, TransactionId};
+
+/// Permissions and channels kept inline up to this many (the common case
+/// is one or two peers), so the hot path does not chase a pointer.
+pub const INLINE: usize = 2;
+
+/// A long-term key kept by an allocation: just its bytes (16 for MD5, 32
+/// for SHA-256). The HMAC states are rebuilt for the rare request on the
+/// allocation rather than stored (they would triple its size).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyBytes {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl KeyBytes {
+    pub fn of(k: &IntegrityKey) -> Self {
+        let b = k.as_bytes();
+        let mut bytes = [0u8; 32];
+        let len = b.len().min(32);
+        bytes[..len].copy_from_slice(&b[..len]);
+        KeyBytes {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn key(&self) -> IntegrityKey {
+        IntegrityKey::new(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes(..)")
+    }
+}
 
 /// RFC 8656 §9: a permission lasts 300 s unless refreshed.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -117,14 +155,14 @@ pub struct Allocation {
     pub advertised: SocketAddr,
     pub username: Box<str>,
     pub quota_user: Box<str>,
-    pub key: IntegrityKey,
+    pub key: KeyBytes,
     pub password_algorithm: PasswordAlgorithm,
     pub created: Instant,
     pub expires: Instant,
     /// The deadline this allocation is filed under in the timer heap.
     pub next_check: Instant,
-    pub permissions: Vec<Permission>,
-    pub channels: Vec<Channel>,
+    pub permissions: SmallVec<[Permission; INLINE]>,
+    pub channels: SmallVec<[Channel; INLINE]>,
     pub bucket: TokenBucket,
     pub traffic: Traffic,
     /// The transaction ID and bytes of the last response sent on this

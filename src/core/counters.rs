@@ -180,6 +180,13 @@ impl Counters {
         self.dropped[why as usize].inc();
     }
 
+    #[inline]
+    pub fn dropped_n(&self, why: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped[why as usize].add(n);
+        }
+    }
+
     pub fn dropped_count(&self, why: DropReason) -> u64 {
         self.dropped[why as usize].get()
     }

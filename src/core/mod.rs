@@ -97,6 +97,21 @@ pub trait RelayIo {
     ) -> std::io::Result<()>;
     /// The allocation behind `relay` is gone: close its socket.
     fn close(&mut self, relay: RelayId);
+    /// Bind `addr` now and keep it for a reservation (RFC 8656 §7.2: the
+    /// port after an EVEN-PORT allocation with the R bit), so no other
+    /// process can take it before the RESERVATION-TOKEN comes back; a
+    /// later [`RelayIo::bind`] of the same address, from any shard, uses
+    /// what was kept. An error (port taken) makes the core try another
+    /// pair. The default keeps nothing.
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let _ = addr;
+        Ok(())
+    }
+    /// The reservation of `addr` ended unused: let go of what
+    /// [`RelayIo::hold`] kept.
+    fn release_hold(&mut self, addr: SocketAddr) {
+        let _ = addr;
+    }
 }
 
 /// What the shell must do after [`Server::handle_client`].
@@ -131,6 +146,15 @@ pub enum PeerOutput<'b> {
 pub const PEER_HEADROOM: usize = 20 + 24 + 4;
 /// Bytes it needs free after the payload (padding to four bytes).
 pub const PEER_TAILROOM: usize = 4;
+
+/// Whether `len` bytes from `peer` fit a Data indication: a STUN body
+/// (XOR-PEER-ADDRESS and DATA, padded) of at most 65532 bytes, the largest
+/// multiple of four the 16-bit length field can hold. An IPv6 peer can
+/// send up to 65527 bytes in one datagram; more than 65504 do not fit.
+fn data_indication_fits(len: usize, peer: SocketAddr) -> bool {
+    let addr = if peer.is_ipv6() { 20 } else { 8 };
+    4 + addr + 4 + crate::wire::pad4(len) <= crate::wire::MAX_FRAME - crate::wire::HEADER_LEN
+}
 
 /// RFC 8656 §7.2: the default allocation lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -245,7 +269,8 @@ pub enum Event {
     },
 }
 
-/// Events kept for the shell before the oldest are dropped.
+/// Events kept for the shell before the oldest are dropped, at least (see
+/// [`Server::push_event`]).
 const MAX_EVENTS: usize = 4096;
 
 /// An allocation as the admin API shows it.
@@ -361,8 +386,14 @@ impl Server {
         self.events.pop_front()
     }
 
+    /// Queue an event. The queue is bounded so a shell that never polls
+    /// does not grow without limit, but the bound must hold what a single
+    /// call can queue when the shell does poll after every call: one end
+    /// per allocation of this core ([`Server::delete_all`] at shutdown, a
+    /// timer batch). Twice the core's allocation high-water mark (its
+    /// slot table) covers that and stays bounded by `max_allocations`.
     fn push_event(&mut self, e: Event) {
-        if self.events.len() >= MAX_EVENTS {
+        if self.events.len() >= MAX_EVENTS.max(2 * self.slots.len()) {
             self.events.pop_front();
         }
         self.events.push_back(e);
@@ -455,6 +486,14 @@ impl Server {
             self.counters.dropped(DropReason::NoPermission);
             return PeerOutput::None;
         }
+        let channel = a.channel_by_peer(peer, now).map(|ch| ch.number);
+        if channel.is_none() && !data_indication_fits(len, peer) {
+            // A STUN length field cannot say how long this Data
+            // indication would be; sent anyway it would put a TCP/TLS
+            // stream out of step for good.
+            self.counters.dropped(DropReason::TooLarge);
+            return PeerOutput::None;
+        }
         if !a.bucket.take(len, now) {
             self.counters.dropped(DropReason::Bandwidth);
             return PeerOutput::None;
@@ -465,11 +504,11 @@ impl Server {
         self.counters.relayed_bytes_in.add(len as u64);
         let ft = a.ft;
         let stream = ft.transport.is_stream();
-        let range = match a.channel_by_peer(peer, now) {
-            Some(ch) => {
+        let range = match channel {
+            Some(number) => {
                 let start = PEER_HEADROOM - CHANNEL_DATA_HEADER_LEN;
                 buf[start..PEER_HEADROOM]
-                    .copy_from_slice(&crate::wire::ChannelData::header(ch.number, len));
+                    .copy_from_slice(&crate::wire::ChannelData::header(number, len));
                 let mut end = PEER_HEADROOM + len;
                 if stream {
                     // RFC 8656 §12.5: padded to four bytes over TCP/TLS.
@@ -480,14 +519,6 @@ impl Server {
                 start..end
             }
             None => {
-                // A STUN message's length field is 16 bits: a datagram too
-                // large for a Data indication (only possible near the UDP
-                // maximum) can only go over a channel.
-                let alen = if peer.is_ipv4() { 8 } else { 20 };
-                if 4 + alen + 4 + crate::wire::pad4(len) > usize::from(u16::MAX) {
-                    self.counters.dropped(DropReason::TooLarge);
-                    return PeerOutput::None;
-                }
                 let tid = crate::wire::TransactionId::random(&mut self.rng);
                 crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer, tid)
             }
@@ -503,7 +534,11 @@ impl Server {
     pub fn handle_timeout<I: RelayIo>(&mut self, now: Now, io: &mut I) {
         while let Some((at, due)) = self.timers.pop_due(now.mono) {
             match due {
-                Due::Reservation(token) => self.shared.expire_reservation(token, now.mono),
+                Due::Reservation(token) => {
+                    if let Some(r) = self.shared.expire_reservation(token, now.mono) {
+                        io.release_hold(SocketAddr::new(r.ip, r.port));
+                    }
+                }
                 Due::Allocation { slot, generation } => {
                     let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
                         continue;
@@ -679,5 +714,24 @@ impl Server {
         b.error_code(code, reason);
         self.finish(b, req, sign);
         self.counters.answered(req.method(), code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_indication_size_limit() {
+        let v4: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        // IPv4: every UDP payload (at most 65507 bytes) fits.
+        assert!(data_indication_fits(65507, v4));
+        // IPv6: 20 + 4 + 20 + 4 + 65504 = 65552 = 20 + 65532, the most a
+        // STUN length field can say.
+        assert!(data_indication_fits(65504, v6));
+        assert!(!data_indication_fits(65505, v6));
+        assert!(!data_indication_fits(65527, v6));
+        assert!(data_indication_fits(0, v6));
     }
 }

@@ -194,27 +194,27 @@ impl Shared {
     }
 
     /// Take a live reservation (the port stays claimed, now for the
-    /// caller). An expired one is released and `None` returned.
+    /// caller). An expired one gives `None` and is left for
+    /// [`Shared::expire_reservation`], whose timer is due, so the port and
+    /// whatever the shell holds for it are released in one place.
     pub fn take_reservation(&self, token: u64, now: Instant) -> Option<Reservation> {
-        let r = self
-            .reservations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token)?;
-        if r.expires <= now {
-            self.pool(r.ip.is_ipv6()).release(r.port);
+        let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&token)?.expires <= now {
             return None;
         }
-        Some(r)
+        map.remove(&token)
     }
 
-    /// Drop a reservation if it has expired by `now`, releasing its port.
-    pub fn expire_reservation(&self, token: u64, now: Instant) {
+    /// Drop a reservation if it has expired by `now`, releasing its port;
+    /// the dropped reservation is returned (its held socket goes too).
+    pub fn expire_reservation(&self, token: u64, now: Instant) -> Option<Reservation> {
         let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&token).is_some_and(|r| r.expires <= now) {
             let r = map.remove(&token).expect("just seen");
             self.pool(r.ip.is_ipv6()).release(r.port);
+            return Some(r);
         }
+        None
     }
 
     pub fn reservations(&self) -> usize {
@@ -263,6 +263,34 @@ mod tests {
             "50004 has no successor in range"
         );
         assert_eq!(pool.pick(&mut rng, true, false), Some(50004));
+    }
+
+    #[test]
+    fn an_expired_reservation_is_released_once_by_its_timer() {
+        let s = Shared::new(PortRange {
+            low: 50000,
+            high: 50003,
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let port = s.pool(false).pick(&mut rng, true, true).unwrap();
+        let t0 = Instant::now();
+        let r = Reservation {
+            ip: [127, 0, 0, 1].into(),
+            port: port + 1,
+            expires: t0 + std::time::Duration::from_secs(30),
+        };
+        s.reserve(7, r);
+        assert_eq!(s.take_reservation(7, r.expires), None, "expired");
+        assert!(
+            s.pool(false).is_taken(port + 1),
+            "left for the timer to release"
+        );
+        assert_eq!(s.expire_reservation(7, r.expires), Some(r));
+        assert!(!s.pool(false).is_taken(port + 1));
+        assert_eq!(s.expire_reservation(7, r.expires), None, "only once");
+        s.reserve(8, r);
+        assert_eq!(s.take_reservation(8, t0), Some(r), "live");
+        assert_eq!(s.expire_reservation(8, r.expires), None, "taken already");
     }
 
     #[test]

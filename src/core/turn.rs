@@ -62,7 +62,7 @@ impl Server {
         }
         let existing = slot
             .and_then(|s| self.slots[s as usize].as_ref())
-            .map(|a| (a.username.to_string(), a.key.clone(), a.password_algorithm));
+            .map(|a| (a.username.to_string(), a.key.key(), a.password_algorithm));
         let authed = match self.auth.authenticate(
             msg,
             ft.client,
@@ -249,9 +249,10 @@ impl Server {
             Some(r) => r.ip.is_ipv6(),
             None => requested_family == Some(attr::FAMILY_IPV6),
         };
-        let release_reservation = |s: &Server| {
+        let release_reservation = |s: &Server, io: &mut I| {
             if let Some(r) = reservation {
                 s.shared.pool(r.ip.is_ipv6()).release(r.port);
+                io.release_hold(SocketAddr::new(r.ip, r.port));
             }
         };
         let Some(fam) = (if ipv6 {
@@ -259,7 +260,7 @@ impl Server {
         } else {
             self.cfg.relay4
         }) else {
-            release_reservation(self);
+            release_reservation(self, io);
             return fail(self, out, 440, "Address Family not Supported");
         };
         if self
@@ -271,7 +272,7 @@ impl Server {
             )
             .is_err()
         {
-            release_reservation(self);
+            release_reservation(self, io);
             self.counters.quota_refusals.inc();
             return fail(self, out, 486, "Allocation Quota Reached");
         }
@@ -292,6 +293,7 @@ impl Server {
                 bound = Some((r.port, false));
             } else {
                 pool.release(r.port);
+                io.release_hold(SocketAddr::new(r.ip, r.port));
             }
         } else {
             // Ports another process holds stay claimed until the loop ends,
@@ -303,12 +305,21 @@ impl Server {
                 let Some(port) = pool.pick(&mut self.rng, even.is_some(), pair) else {
                     break;
                 };
-                if io
-                    .bind(relay_id, SocketAddr::new(fam.bind, port), dont_fragment)
-                    .is_ok()
-                {
-                    bound = Some((port, pair));
-                    break;
+                // With the R bit the successor is reserved: it is bound
+                // and held first, so the token never promises a port
+                // another process has (RFC 8656 §7.2).
+                let next = pair.then(|| SocketAddr::new(fam.bind, port + 1));
+                if next.is_none_or(|n| io.hold(n).is_ok()) {
+                    if io
+                        .bind(relay_id, SocketAddr::new(fam.bind, port), dont_fragment)
+                        .is_ok()
+                    {
+                        bound = Some((port, pair));
+                        break;
+                    }
+                    if let Some(n) = next {
+                        io.release_hold(n);
+                    }
                 }
                 if pair {
                     pool.release(port + 1);
@@ -370,13 +381,13 @@ impl Server {
             advertised,
             username: authed.username.as_ref().into(),
             quota_user: authed.quota_user().into(),
-            key: authed.key.clone(),
+            key: super::allocation::KeyBytes::of(&authed.key),
             password_algorithm: authed.password_algorithm,
             created: now.mono,
             expires,
             next_check: expires,
-            permissions: Vec::new(),
-            channels: Vec::new(),
+            permissions: Default::default(),
+            channels: Default::default(),
             bucket: TokenBucket::new(self.cfg.max_bytes_per_sec, now.mono),
             traffic: Traffic::default(),
             last_response: Some((msg.transaction_id(), out[start..].to_vec())),

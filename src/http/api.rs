@@ -106,17 +106,10 @@ pub async fn credentials(
             _ => return bad_param("ttl", "must be a positive number of seconds"),
         },
     };
-    let secrets = match crate::io::credentials(&cfg) {
-        Ok(c) => c.secrets().to_vec(),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "secret_unavailable",
-                e.to_string(),
-            );
-        }
-    };
-    let Some(secret) = secrets.first() else {
+    // Sign with the secret the TURN side verifies with now (secret files
+    // are read at start and reload, not here).
+    let creds = state.handle.current_credentials();
+    let Some(secret) = creds.secrets().first() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_secret",
@@ -277,20 +270,24 @@ pub async fn reload(
     }
 }
 
-/// CORS for the configured origins ("*" for any); none configured means no
-/// CORS headers at all.
-pub fn cors(origins: &[String]) -> CorsLayer {
-    let base = CorsLayer::new()
+/// CORS for the origins configured now ("*" for any; none configured
+/// means no CORS headers at all). The list is read from the current
+/// configuration on every request, so a reload changes it like the keys
+/// and the TTL; an allowed origin is echoed back (for "*" too, which
+/// browsers treat the same).
+pub fn cors(state: Arc<AppState>) -> CorsLayer {
+    CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
-    if origins.iter().any(|o| o == "*") {
-        return base.allow_origin(AllowOrigin::any());
-    }
-    let list: Vec<HeaderValue> = origins
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin_allowed(&state.config().http.cors_origins, origin)
+        }))
+}
+
+fn origin_allowed(origins: &[String], origin: &HeaderValue) -> bool {
+    origins
         .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
-    base.allow_origin(AllowOrigin::list(list))
+        .any(|o| o == "*" || o.as_bytes() == origin.as_bytes())
 }
 
 #[cfg(test)]
@@ -305,5 +302,18 @@ mod tests {
         assert!(!key_ok(Some("betaa"), &keys));
         assert!(!key_ok(None, &keys));
         assert!(!key_ok(Some(""), &[]), "no keys configured: nobody gets in");
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_wildcard() {
+        let app = HeaderValue::from_static("https://app.example.org");
+        let list = vec!["https://app.example.org".to_string()];
+        assert!(origin_allowed(&list, &app));
+        assert!(!origin_allowed(
+            &list,
+            &HeaderValue::from_static("https://app.example.org.evil")
+        ));
+        assert!(!origin_allowed(&[], &app));
+        assert!(origin_allowed(&["*".to_string()], &app));
     }
 }

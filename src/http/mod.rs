@@ -81,9 +81,10 @@ impl AppState {
     }
 }
 
-/// The routes, with CORS for the configured origins.
+/// The routes, with CORS for the configured origins (as configured at
+/// each request: reload changes them).
 pub fn router(state: Arc<AppState>) -> Router {
-    let cors = api::cors(&state.config().http.cors_origins);
+    let cors = api::cors(state.clone());
     Router::new()
         .route("/api/v1/credentials", get(api::credentials))
         .route("/metrics", get(api::metrics))

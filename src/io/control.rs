@@ -98,6 +98,9 @@ impl ServerHandle {
     /// settings that need a restart to take effect.
     pub fn reload(&self, new: &Config) -> Result<Vec<String>, ReloadError> {
         new.validate("<reload>")?;
+        // As at start: a relay address this host cannot bind would turn
+        // every new Allocate into 508.
+        setup::check_relay_addresses(new)?;
         let creds = Arc::new(setup::credentials(new)?);
         let mut certs = Vec::new();
         for (index, resolver) in &self.certs {
@@ -122,6 +125,7 @@ impl ServerHandle {
             self.broadcast(|| Control::Config(core.clone()));
         }
         self.broadcast(|| Control::Credentials(creds.clone()));
+        *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = creds;
         for (resolver, ck) in certs {
             resolver.replace(ck);
         }
@@ -134,6 +138,11 @@ impl ServerHandle {
         }
         if started.server.threads != new.server.threads {
             notes.push("server.threads: takes effect after a restart".to_string());
+        }
+        if started.log.format != new.log.format {
+            notes.push(
+                "log.format: takes effect after a restart (--log-format overrides it)".to_string(),
+            );
         }
         if started.http != new.http {
             notes.push("http: the HTTP listener keeps its address and TLS until a restart; keys, TTL, CORS and alternates apply now".to_string());

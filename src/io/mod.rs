@@ -7,6 +7,7 @@
 //! the shards, and a shard never shares state with another on the packet
 //! path.
 
+mod batch;
 pub mod clock;
 mod control;
 mod relay;
@@ -29,7 +30,7 @@ use rand::TryRngCore;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Transport};
-use crate::core::{CoreConfig, Counters, Setup, Shared};
+use crate::core::{CoreConfig, Counters, Credentials, Setup, Shared};
 use control::Control;
 
 /// A listener as bound (with the real port when the config said 0).
@@ -94,6 +95,9 @@ pub struct ServerHandle {
     control: Vec<mpsc::UnboundedSender<Control>>,
     /// The core configuration the shards run with (draining included).
     core_cfg: Mutex<Arc<CoreConfig>>,
+    /// The credentials the shards verify with (secret files as read at
+    /// start or at the last reload).
+    creds: Mutex<Arc<Credentials>>,
     /// TLS certificate resolvers of the TLS listeners, by config index.
     certs: Vec<(usize, Arc<tls::ReloadableCert>)>,
     /// The configuration the server started with (to tell what a reload
@@ -122,6 +126,13 @@ impl ServerHandle {
     /// State shared by the shards (quotas, port pools).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The credentials in force: what the shards verify with, so what
+    /// the credentials API must sign with (a secret file rewritten since
+    /// the last reload is not read until the next one).
+    pub fn current_credentials(&self) -> Arc<Credentials> {
+        self.creds.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Allocations alive across all shards.
@@ -241,6 +252,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         .try_fill_bytes(&mut nonce_key)
         .expect("OS randomness");
     let mut control = Vec::new();
+    let held = Arc::new(relay::HeldPorts::default());
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
@@ -258,7 +270,10 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         };
         let t = std::thread::Builder::new()
             .name(format!("turnpike-shard-{id}"))
-            .spawn(move || shard::run(id, sockets, setup, rx, ctl_rx))
+            .spawn({
+                let held = held.clone();
+                move || shard::run(id, sockets, setup, rx, ctl_rx, held)
+            })
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -279,6 +294,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         threads: Mutex::new(threads),
         control,
         core_cfg: Mutex::new(core_cfg),
+        creds: Mutex::new(creds),
         certs,
         start_cfg: cfg.clone(),
     })

@@ -2,14 +2,21 @@
 //! (through [`RelayIo`]) and read by a small task that hands each datagram
 //! to the core and sends the result to the client.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Mutex;
+
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::batch::{BATCH, SendBatch};
 use super::shard::Shard;
-use crate::core::{DropReason, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId, RelayIo};
+use crate::config::Transport;
+use crate::core::{DropReason, PeerOutput, RelayId, RelayIo};
 
 /// A bound relay socket and the task reading it.
 pub(crate) struct RelaySocket {
@@ -20,6 +27,18 @@ pub(crate) struct RelaySocket {
 impl Drop for RelaySocket {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Relay ports bound ahead for reservations (EVEN-PORT with the R bit),
+/// by address. One set for all shards: the RESERVATION-TOKEN may come
+/// back on any of them.
+#[derive(Default)]
+pub(crate) struct HeldPorts(Mutex<HashMap<SocketAddr, std::net::UdpSocket>>);
+
+impl HeldPorts {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, std::net::UdpSocket>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -35,7 +54,17 @@ impl RelayIo for ShellIo<'_> {
         addr: SocketAddr,
         dont_fragment: bool,
     ) -> std::io::Result<()> {
-        let std_sock = bind_udp(addr, dont_fragment)?;
+        // A reserved port was bound when it was reserved: use that socket.
+        let held = self.shard.held.map().remove(&addr);
+        let std_sock = match held {
+            Some(s) => {
+                if dont_fragment {
+                    set_df(&socket2::SockRef::from(&s), addr.is_ipv6())?;
+                }
+                s
+            }
+            None => bind_udp(addr, dont_fragment)?,
+        };
         let sock = Rc::new(UdpSocket::from_std(std_sock)?);
         let task = tokio::task::spawn_local(read_loop(self.shard.clone(), relay, sock.clone()));
         let mut relays = self.shard.relays.borrow_mut();
@@ -51,6 +80,16 @@ impl RelayIo for ShellIo<'_> {
         if let Some(slot) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
             *slot = None;
         }
+    }
+
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let s = bind_udp(addr, false)?;
+        self.shard.held.map().insert(addr, s);
+        Ok(())
+    }
+
+    fn release_hold(&mut self, addr: SocketAddr) {
+        self.shard.held.map().remove(&addr);
     }
 }
 
@@ -108,31 +147,84 @@ fn set_df(s: &Socket, v6: bool) -> std::io::Result<()> {
 }
 
 /// Read datagrams from peers until the allocation goes (the task is
-/// aborted) or the socket fails. The shard's receive buffer is borrowed
-/// only between awaits, so a thousand idle relays cost no buffers.
+/// aborted) or the socket fails, up to [`BATCH`] per system call. The
+/// shard's receive batch is borrowed only between awaits, so a thousand
+/// idle relays cost no buffers. What goes to UDP clients leaves in one
+/// `sendmmsg` per listener socket; the ChannelData or Data indication
+/// header was written in place in front of each payload.
 async fn read_loop(shard: Rc<Shard>, relay: RelayId, sock: Rc<UdpSocket>) {
+    let fd = sock.as_raw_fd();
     loop {
         if sock.readable().await.is_err() {
             return;
         }
-        let mut buf = shard.rx.borrow_mut();
-        let cap = buf.len() - PEER_HEADROOM - PEER_TAILROOM;
-        loop {
-            let (n, peer) = match sock.try_recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + cap]) {
-                Ok(x) => x,
+        for _ in 0..BATCHES_PER_WAKE {
+            let mut rx = shard.rx.borrow_mut();
+            match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => continue, // ICMP errors surface here on Linux; ignore
-            };
-            let now = super::clock::now();
-            let out = shard
-                .core
-                .borrow_mut()
-                .handle_peer(now.mono, relay, peer, &mut buf, n);
-            if let PeerOutput::ToClient { ft, data } = out {
-                if !shard.send_to_client(&ft, data) {
-                    shard.counters.dropped(DropReason::SendBufferFull);
+                // ICMP errors can surface here; nothing to do for them.
+                Err(_) => continue,
+            }
+            let full = rx.count() == BATCH;
+            let now = super::clock::now().mono;
+            let udp = shard.udp.borrow();
+            // One batch per listener socket (the first few; more are sent
+            // one by one), on the stack: no allocation per batch.
+            let mut batches: [SendBatch<'_>; BATCHED_LISTENERS] =
+                std::array::from_fn(|_| SendBatch::new());
+            let mut core = shard.core.borrow_mut();
+            for slot in rx.slots_mut() {
+                let Some((buf, len, peer)) = slot else {
+                    shard.counters.dropped(DropReason::TooLarge);
+                    continue;
+                };
+                let PeerOutput::ToClient { ft, data } =
+                    core.handle_peer(now, relay, peer, buf, len)
+                else {
+                    continue;
+                };
+                if ft.transport != Transport::Udp {
+                    if !shard.send_to_client(&ft, data) {
+                        shard.counters.dropped(DropReason::SendBufferFull);
+                    }
+                    continue;
                 }
+                let Some(i) = udp.iter().position(|(a, _)| *a == ft.server) else {
+                    shard.counters.dropped(DropReason::SendBufferFull);
+                    continue;
+                };
+                if i >= BATCHED_LISTENERS {
+                    if super::socket::send_to_now(&udp[i].1, data, ft.client).is_err() {
+                        shard.counters.dropped(DropReason::SendBufferFull);
+                    }
+                    continue;
+                }
+                if batches[i].is_full() {
+                    let lost = batches[i].flush(udp[i].1.as_raw_fd());
+                    shard
+                        .counters
+                        .dropped_n(DropReason::SendBufferFull, lost as u64);
+                }
+                batches[i].push(data, ft.client);
+            }
+            drop(core);
+            for (b, (_, s)) in batches.iter_mut().zip(udp.iter()) {
+                let lost = b.flush(s.as_raw_fd());
+                shard
+                    .counters
+                    .dropped_n(DropReason::SendBufferFull, lost as u64);
+            }
+            if !full {
+                break;
             }
         }
+        tokio::task::yield_now().await;
     }
 }
+
+/// Batches a relay handles before yielding to the shard's other tasks.
+const BATCHES_PER_WAKE: usize = 8;
+
+/// Listener sockets whose sends are batched (typically 1-2 per shard).
+const BATCHED_LISTENERS: usize = 4;

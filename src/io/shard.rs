@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::relay::{RelaySocket, ShellIo};
+use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
 use crate::core::{Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup};
@@ -55,11 +55,13 @@ pub(crate) struct Shard {
     pub counters: Arc<Counters>,
     /// Relay sockets indexed by `RelayId`.
     pub relays: RefCell<Vec<Option<RelaySocket>>>,
-    /// Receive buffer for relay sockets, with headroom for in-place
+    /// Receive batch for relay sockets, with headroom for in-place
     /// ChannelData / Data indication headers.
-    pub rx: RefCell<Vec<u8>>,
+    pub rx: RefCell<super::batch::RecvBatch>,
     pub udp: RefCell<Vec<(SocketAddr, Rc<UdpSocket>)>>,
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
+    /// Reserved relay ports bound ahead (shared by all shards).
+    pub held: Arc<HeldPorts>,
 }
 
 impl Shard {
@@ -73,7 +75,7 @@ impl Shard {
                 let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
                     return false;
                 };
-                sock.try_send_to(data, ft.client).is_ok()
+                super::socket::send_to_now(sock, data, ft.client).is_ok()
             }
             Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
                 Some(c) => c.push(data),
@@ -85,62 +87,69 @@ impl Shard {
     /// Send from an allocation's relay socket to a peer.
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
         match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.sock.try_send_to(data, peer).is_ok(),
+            Some(Some(r)) => super::socket::send_to_now(&r.sock, data, peer).is_ok(),
             _ => false,
         }
     }
 
-    /// Log allocation events the core queued.
+    /// Log allocation events the core queued (see [`log_events`]).
     pub fn drain_events(&self) {
-        let mut core = self.core.borrow_mut();
-        let redact = core.config().redact_client_ips;
-        let client = |a: SocketAddr| {
-            if redact {
-                super::redact(a)
-            } else {
-                a.to_string()
-            }
-        };
-        while let Some(e) = core.poll_event() {
-            match e {
-                Event::AllocationCreated {
-                    id,
-                    ft,
-                    relay,
-                    username,
-                    lifetime,
-                } => tracing::info!(
-                    id,
-                    user = %username,
-                    client = %client(ft.client),
-                    server = %ft.server,
-                    transport = %ft.transport,
-                    %relay,
-                    lifetime = lifetime.as_secs(),
-                    "allocation created"
-                ),
-                Event::AllocationEnded {
-                    id,
-                    ft,
-                    relay,
-                    username,
-                    reason,
-                    duration,
-                    traffic,
-                } => tracing::info!(
-                    id,
-                    user = %username,
-                    client = %client(ft.client),
-                    server = %ft.server,
-                    transport = %ft.transport,
-                    %relay,
-                    reason = reason.name(),
-                    duration_s = duration.as_secs(),
-                    bytes_to_peer = traffic.bytes_out,
-                    bytes_from_peer = traffic.bytes_in,
-                    "allocation ended"
-                ),
-            }
+        log_events(&mut self.core.borrow_mut());
+    }
+}
+
+/// Log allocation events the core queued. Called right after a request
+/// was handled (before its response goes out), after timers, control
+/// requests and closed connections, so lines come in the order things
+/// happened and the core's bounded queue never fills.
+pub(crate) fn log_events(core: &mut Server) {
+    let redact = core.config().redact_client_ips;
+    let client = |a: SocketAddr| {
+        if redact {
+            super::redact(a)
+        } else {
+            a.to_string()
+        }
+    };
+    while let Some(e) = core.poll_event() {
+        match e {
+            Event::AllocationCreated {
+                id,
+                ft,
+                relay,
+                username,
+                lifetime,
+            } => tracing::info!(
+                id,
+                user = %username,
+                client = %client(ft.client),
+                server = %ft.server,
+                transport = %ft.transport,
+                %relay,
+                lifetime = lifetime.as_secs(),
+                "allocation created"
+            ),
+            Event::AllocationEnded {
+                id,
+                ft,
+                relay,
+                username,
+                reason,
+                duration,
+                traffic,
+            } => tracing::info!(
+                id,
+                user = %username,
+                client = %client(ft.client),
+                server = %ft.server,
+                transport = %ft.transport,
+                %relay,
+                reason = reason.name(),
+                duration_s = duration.as_secs(),
+                bytes_to_peer = traffic.bytes_out,
+                bytes_from_peer = traffic.bytes_in,
+                "allocation ended"
+            ),
         }
     }
 }
@@ -151,6 +160,7 @@ pub(crate) fn run(
     setup: Setup,
     shutdown: watch::Receiver<bool>,
     control: mpsc::UnboundedReceiver<super::control::Control>,
+    held: Arc<HeldPorts>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,9 +178,14 @@ pub(crate) fn run(
             counters: setup.counters.clone(),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
-            rx: RefCell::new(vec![0u8; PEER_HEADROOM + 65536 + PEER_TAILROOM]),
+            rx: RefCell::new(super::batch::RecvBatch::new(
+                PEER_HEADROOM,
+                super::batch::MAX_DATAGRAM,
+                PEER_TAILROOM,
+            )),
             udp: RefCell::new(Vec::new()),
             conns: RefCell::new(HashMap::new()),
+            held,
         });
         for (s, addr) in sockets.udp {
             let sock = match UdpSocket::from_std(s.into()) {

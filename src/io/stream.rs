@@ -64,6 +64,7 @@ pub(crate) async fn serve<S>(
         .core
         .borrow_mut()
         .connection_closed(now.mono, &ft, &mut ShellIo { shard: &shard });
+    shard.drain_events();
 }
 
 /// Reading is the two-step framing of [`frame_len`]: buffer bytes until a
@@ -119,7 +120,12 @@ async fn run<S>(
                     );
                     let sent = match r {
                         ClientOutput::None => true,
-                        ClientOutput::Reply => out.push(&reply),
+                        ClientOutput::Reply => {
+                            // Log allocation events before the client
+                            // hears about them.
+                            shard.drain_events();
+                            out.push(&reply)
+                        }
                         ClientOutput::ToPeer { relay, peer, data } => {
                             shard.send_to_peer(relay, peer, data)
                         }

@@ -701,3 +701,180 @@ pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStrea
     }
     s
 }
+
+// --- TURN end to end: the test client and server-log helpers ------------
+
+/// The synchronous TURN client of the relay tests.
+pub mod turn;
+
+impl TestServer {
+    /// The stderr lines that contain every one of `needles`.
+    pub fn stderr_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.stderr_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait until `done(stderr so far)` holds, checking whenever a little
+    /// time has passed; panic with `what` and the stderr after `limit`.
+    /// Returns the stderr that satisfied it. (The server writes its logs
+    /// from its own threads, so polling the collected text is the only
+    /// way to wait for a line; the limit is a failure guard, not a delay.)
+    pub fn wait_for_stderr(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.stderr_text();
+            if done(&text) {
+                return text;
+            }
+            if Instant::now() >= deadline {
+                panic!("waited {limit:?} for {what}; stderr:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for a stderr line containing every one of `needles`; return it.
+    pub fn wait_for_line(&self, needles: &[&str], limit: Duration) -> String {
+        let text = self.wait_for_stderr(&format!("a log line with {needles:?}"), limit, |t| {
+            t.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+        });
+        text.lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .expect("found above")
+            .to_string()
+    }
+}
+
+/// The network-namespace NAT lab (root only; see netns.rs).
+pub mod netns;
+
+// --- TURN relay interop (tests/interop_coturn_uclient.rs,
+// --- interop_webrtc_turn.rs, interop_webrtc_ice.rs) ----------------------
+
+/// A config for relaying on loopback: UDP and TCP listeners on
+/// 127.0.0.1 port 0, relay sockets on 127.0.0.1 (and ::1) in `ports`
+/// ("LOW-HIGH": give each test file its own range), loopback peers
+/// allowed (the default policy refuses them), two shards, and `auth`
+/// (the body of the `[auth]` table, e.g. `secrets = ["s"]`).
+pub fn loopback_relay_config(ports: &str, auth: &str) -> String {
+    format!(
+        "[server]\nrealm = \"turnpike.test\"\nthreads = 2\n\
+         [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:0\"\n\
+         [relay]\nbind_ip = \"127.0.0.1\"\nbind_ip6 = \"::1\"\nports = \"{ports}\"\n\
+         [auth]\n{auth}\n\
+         [policy]\nallow_peers = [\"127.0.0.1/32\", \"::1/128\"]\nmax_allocations_per_user = 100\n"
+    )
+}
+
+/// A TURN REST (draft-uberti-behave-turn-rest) credential for `user`
+/// under `secret`, valid for an hour: (username, password).
+pub fn rest_credential(secret: &str, user: &str) -> (String, String) {
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 3600;
+    let username = format!("{expiry}:{user}");
+    // Derived here, not with turnpike's own function: the credential must
+    // be what any TURN REST issuer would compute.
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, password)
+}
+
+/// The `relay=IP:PORT` of every "allocation created" line in the
+/// server's stderr log, in order.
+pub fn logged_allocations(stderr: &str) -> Vec<SocketAddr> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("allocation created"))
+        .map(|l| {
+            let v = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("relay="))
+                .unwrap_or_else(|| panic!("no relay= in log line {l:?}"));
+            v.parse()
+                .unwrap_or_else(|e| panic!("bad relay= {v:?} in {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// (bytes_to_peer, bytes_from_peer) summed over every "allocation
+/// ended" line in the server's stderr log: what turnpike itself relayed.
+pub fn logged_traffic(stderr: &str) -> (u64, u64) {
+    let field = |l: &str, key: &str| -> u64 {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric {key} in log line {l:?}"))
+    };
+    stderr
+        .lines()
+        .filter(|l| l.contains("allocation ended"))
+        .fold((0, 0), |(to, from), l| {
+            (
+                to + field(l, "bytes_to_peer="),
+                from + field(l, "bytes_from_peer="),
+            )
+        })
+}
+
+/// Whether `tool` is an executable file in a directory of `PATH`.
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so nothing a
+/// test starts outlives it, even when the test panics.
+pub struct KillOnDrop {
+    pub child: Child,
+    pub what: String,
+}
+
+impl KillOnDrop {
+    pub fn new(child: Child, what: impl Into<String>) -> Self {
+        KillOnDrop {
+            child,
+            what: what.into(),
+        }
+    }
+
+    /// Panic if the child has already exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("{} exited early: {status}", self.what);
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (bound to port 0,
+/// then closed). Someone else may take it before it is used: callers
+/// retry with another one when their bind fails.
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind UDP port 0");
+    s.local_addr().expect("local_addr").port()
+}
+
+pub mod ops;

@@ -1,0 +1,1004 @@
+//! Helpers for the operations tests (HTTP API, metrics, reload, drain,
+//! logs):
+//!
+//! - a minimal HTTP/1.1 client over `std::net::TcpStream` (or any
+//!   `Read + Write`, so HTTPS works over rustls too). It is about a hundred
+//!   lines instead of a dev-dependency: the tests need exact control of
+//!   request headers (Origin, preflight OPTIONS, Authorization) and the raw
+//!   status and response headers, nothing else, and a new crate tree costs
+//!   build time on shared two-core machines;
+//! - a strict parser of the Prometheus text format (`name{labels} value`);
+//! - a small synchronous TURN client over UDP, TCP and TLS built on
+//!   `turnpike::client`;
+//! - process control the base harness lacks: sending any signal, waiting
+//!   for the server to exit on its own, starting it with extra arguments,
+//!   and waiting (bounded) for a line on its stderr.
+//!
+//! Every wait is bounded; running out of time is a test failure.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike::wire::{ChannelData, Class, FrameKind, Message, frame_len};
+
+use super::{
+    IO_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, StdoutEvent, TestServer, TlsStream, new_tid,
+    parse_listening, tcp_connect, tls_connect, turnpike_bin, udp_client, wait_bounded,
+};
+
+/// How long a condition polled with [`wait_until`] may take to hold.
+pub const POLL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Poll `f` until it returns `Some` or `limit` passes (then panic, naming
+/// `what`). The pause between polls only spaces them out; the outcome
+/// never depends on it.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// --- HTTP -------------------------------------------------------------------
+
+/// A response as received.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics, showing the body, if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// Send one request on `stream` (with `Connection: close`) and read the
+/// whole response: by Content-Length, chunked, or to end of stream.
+pub fn http_exchange<S: Read + Write>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .expect("write HTTP request");
+    stream.write_all(body).expect("write HTTP body");
+    stream.flush().expect("flush HTTP request");
+
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut eof = false;
+    let mut read_more = |raw: &mut Vec<u8>, eof: &mut bool| match stream.read(&mut chunk) {
+        Ok(0) => *eof = true,
+        Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        // rustls reports a close without close_notify this way.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => *eof = true,
+        Err(e) => panic!(
+            "reading HTTP response to {method} {target}: {e} ({} bytes so far)",
+            raw.len()
+        ),
+    };
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        assert!(
+            !eof,
+            "connection closed before the end of the response head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        read_more(&mut raw, &mut eof);
+    };
+    let head = String::from_utf8(raw[..head_end].to_vec()).expect("UTF-8 response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    assert_eq!(
+        parts.next(),
+        Some("HTTP/1.1"),
+        "status line: {status_line:?}"
+    );
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("header line: {l:?}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let start = head_end + 4;
+    let body = if method == "HEAD" || status == 204 || status == 304 {
+        Vec::new()
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().expect("numeric Content-Length");
+        while raw.len() < start + len {
+            assert!(!eof, "connection closed inside the body");
+            read_more(&mut raw, &mut eof);
+        }
+        raw[start..start + len].to_vec()
+    } else if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        loop {
+            if let Some(b) = dechunk(&raw[start..]) {
+                break b;
+            }
+            assert!(!eof, "connection closed inside a chunked body");
+            read_more(&mut raw, &mut eof);
+        }
+    } else {
+        while !eof {
+            read_more(&mut raw, &mut eof);
+        }
+        raw[start..].to_vec()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A whole chunked body, or `None` if more bytes are needed.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..eol]).expect("chunk size line");
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).expect("hex chunk size");
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// One request over a fresh TCP connection.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    http_exchange(
+        tcp_connect(addr),
+        &addr.to_string(),
+        method,
+        target,
+        headers,
+        body,
+    )
+}
+
+pub fn get(addr: SocketAddr, target: &str) -> HttpResponse {
+    http(addr, "GET", target, &[], b"")
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// GET with `Authorization: Bearer KEY`.
+pub fn get_auth(addr: SocketAddr, target: &str, key: &str) -> HttpResponse {
+    http(addr, "GET", target, &[("Authorization", &bearer(key))], b"")
+}
+
+/// POST (empty body) with `Authorization: Bearer KEY`.
+pub fn post_auth(addr: SocketAddr, target: &str, key: &str) -> HttpResponse {
+    http(
+        addr,
+        "POST",
+        target,
+        &[("Authorization", &bearer(key))],
+        b"",
+    )
+}
+
+/// DELETE with `Authorization: Bearer KEY`.
+pub fn delete_auth(addr: SocketAddr, target: &str, key: &str) -> HttpResponse {
+    http(
+        addr,
+        "DELETE",
+        target,
+        &[("Authorization", &bearer(key))],
+        b"",
+    )
+}
+
+/// One HTTPS request, trusting what `cfg` trusts.
+pub fn https_get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, target: &str) -> HttpResponse {
+    let tls = tls_connect(addr, cfg);
+    http_exchange(tls, &addr.to_string(), "GET", target, &[], b"")
+}
+
+/// Minted credentials from the API (or `turnpike credentials`), checked
+/// for the documented shape.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub username: String,
+    pub password: String,
+    pub ttl: u64,
+    pub uris: Vec<String>,
+    pub json: serde_json::Value,
+}
+
+impl Minted {
+    /// Parse and check the JSON: `username` is `<expiry>:<user>`, the last
+    /// iceServers entry carries the same username and password and lists
+    /// `uris`, and a `stun:` entry (if any) comes first, without secrets.
+    pub fn parse(j: &serde_json::Value) -> Minted {
+        let s = |k: &str| {
+            j[k].as_str()
+                .unwrap_or_else(|| panic!("`{k}` missing or not a string in {j}"))
+                .to_string()
+        };
+        let username = s("username");
+        let password = s("password");
+        let ttl = j["ttl"].as_u64().unwrap_or_else(|| panic!("ttl in {j}"));
+        let uris: Vec<String> = j["uris"]
+            .as_array()
+            .unwrap_or_else(|| panic!("uris in {j}"))
+            .iter()
+            .map(|u| u.as_str().expect("uri string").to_string())
+            .collect();
+        let (expiry, _) = username
+            .split_once(':')
+            .unwrap_or_else(|| panic!("username {username:?} is not <expiry>:<user>"));
+        assert!(
+            expiry.parse::<u64>().is_ok(),
+            "expiry part of {username:?} is numeric"
+        );
+        let ice = j["iceServers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("iceServers in {j}"));
+        let last = ice.last().expect("at least one iceServers entry");
+        assert_eq!(last["username"], username.as_str(), "{j}");
+        assert_eq!(last["credential"], password.as_str(), "{j}");
+        assert_eq!(last["urls"], j["uris"], "{j}");
+        for e in &ice[..ice.len() - 1] {
+            assert!(e.get("username").is_none() && e.get("credential").is_none());
+            for u in e["urls"].as_array().expect("urls") {
+                assert!(u.as_str().unwrap().starts_with("stun:"), "{j}");
+            }
+        }
+        Minted {
+            username,
+            password,
+            ttl,
+            uris,
+            json: j.clone(),
+        }
+    }
+
+    /// The expiry (Unix seconds) in the username.
+    pub fn expiry(&self) -> u64 {
+        self.username.split_once(':').unwrap().0.parse().unwrap()
+    }
+
+    /// The user part of the username.
+    pub fn user(&self) -> &str {
+        self.username.split_once(':').unwrap().1
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(self.username.clone(), self.password.clone())
+    }
+}
+
+// --- Prometheus text format -------------------------------------------------
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+    /// `# TYPE name kind` lines.
+    pub types: BTreeMap<String, String>,
+}
+
+impl Scrape {
+    /// Parse exposition text strictly: every non-comment line must be
+    /// `name{label="value",...} value [timestamp]` (labels optional), and
+    /// no series may appear twice.
+    pub fn parse(text: &str) -> Scrape {
+        let mut s = Scrape::default();
+        for (no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('#') {
+                let mut w = rest.split_whitespace();
+                if w.next() == Some("TYPE") {
+                    let (Some(n), Some(k)) = (w.next(), w.next()) else {
+                        panic!("line {}: bad TYPE line {line:?}", no + 1);
+                    };
+                    s.types.insert(n.to_string(), k.to_string());
+                }
+                continue;
+            }
+            let sample = parse_sample(line).unwrap_or_else(|e| panic!("line {}: {e}", no + 1));
+            assert!(
+                !s.samples
+                    .iter()
+                    .any(|x| x.name == sample.name && x.labels == sample.labels),
+                "line {}: series repeated: {line:?}",
+                no + 1
+            );
+            s.samples.push(sample);
+        }
+        s
+    }
+
+    /// The value of the series with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+    }
+
+    /// The value, which must be present.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in the scrape"))
+    }
+
+    /// The value, or 0 for a series not (yet) exported.
+    pub fn value_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Every series of a metric name.
+    pub fn series(&self, name: &str) -> Vec<&Sample> {
+        self.samples.iter().filter(|s| s.name == name).collect()
+    }
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or_else(|| format!("no value: {line:?}"))?;
+    let name = &line[..name_end];
+    let valid_name = !name.is_empty()
+        && name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+    if !valid_name {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = BTreeMap::new();
+    if let Some(r) = rest.strip_prefix('{') {
+        let mut chars = r.char_indices().peekable();
+        loop {
+            // label name
+            let mut key = String::new();
+            let mut closed = false;
+            for (_, c) in chars.by_ref() {
+                match c {
+                    '=' => break,
+                    '}' if key.is_empty() => {
+                        closed = true;
+                        break;
+                    }
+                    c if c.is_ascii_alphanumeric() || c == '_' => key.push(c),
+                    c => return Err(format!("bad char {c:?} in a label name: {line:?}")),
+                }
+            }
+            if closed {
+                let (i, _) = chars.peek().copied().unwrap_or((r.len(), ' '));
+                rest = &r[i..];
+                break;
+            }
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return Err(format!("label {key} value not quoted: {line:?}"));
+            }
+            let mut val = String::new();
+            loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => val.push('\n'),
+                        Some((_, c)) => val.push(c),
+                        None => return Err(format!("unterminated escape: {line:?}")),
+                    },
+                    Some((_, '"')) => break,
+                    Some((_, c)) => val.push(c),
+                    None => return Err(format!("unterminated label value: {line:?}")),
+                }
+            }
+            if labels.insert(key.clone(), val).is_some() {
+                return Err(format!("label {key} repeated: {line:?}"));
+            }
+            match chars.next() {
+                Some((_, ',')) => {
+                    if chars.peek().map(|(_, c)| *c) == Some('}') {
+                        let (i, _) = chars.next().unwrap();
+                        rest = &r[i + 1..];
+                        break;
+                    }
+                }
+                Some((i, '}')) => {
+                    rest = &r[i + 1..];
+                    break;
+                }
+                _ => return Err(format!("expected , or }} after a label: {line:?}")),
+            }
+        }
+    }
+    let mut w = rest.split_whitespace();
+    let v = w.next().ok_or_else(|| format!("no value: {line:?}"))?;
+    let value: f64 = v
+        .parse()
+        .map_err(|_| format!("value {v:?} is not a number: {line:?}"))?;
+    if let Some(ts) = w.next() {
+        ts.parse::<i64>()
+            .map_err(|_| format!("timestamp {ts:?} is not an integer: {line:?}"))?;
+    }
+    if w.next().is_some() {
+        return Err(format!("trailing text: {line:?}"));
+    }
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// Scrape `/metrics` (which must answer 200 with the Prometheus content
+/// type) and parse it.
+pub fn scrape(http: SocketAddr) -> Scrape {
+    let r = get(http, "/metrics");
+    assert_eq!(r.status, 200, "/metrics: {}", r.text());
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(
+        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        "/metrics content type {ct:?}"
+    );
+    Scrape::parse(&r.text())
+}
+
+// --- a synchronous TURN client ------------------------------------------------
+
+/// STUN and ChannelData frames off a byte stream.
+struct StreamConn<S> {
+    s: S,
+    buf: Vec<u8>,
+}
+
+impl<S: Read + Write> StreamConn<S> {
+    fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write to server");
+        self.s.flush().expect("flush");
+    }
+
+    /// The next frame without padding; `None` at a clean end of stream.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match frame_len(&self.buf) {
+                Ok(Some(f)) => {
+                    let frame = self.buf[..f.message_len].to_vec();
+                    self.buf.drain(..f.len);
+                    return Some(frame);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent bytes that are not STUN framing: {e}"),
+            }
+            let mut chunk = [0u8; 16384];
+            match self.s.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "server closed the stream inside a frame"
+                    );
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof && self.buf.is_empty() => {
+                    return None;
+                }
+                Err(e) => panic!("nothing from the server within {IO_TIMEOUT:?}: {e}"),
+            }
+        }
+    }
+}
+
+enum Conn {
+    Udp { sock: UdpSocket, server: SocketAddr },
+    Tcp(StreamConn<TcpStream>),
+    Tls(Box<StreamConn<TlsStream>>),
+}
+
+/// A TURN client on one five-tuple: the long-term credential dance,
+/// requests matched to responses by transaction ID, and ChannelData.
+/// Anything that arrives while waiting for a response is kept for
+/// [`TurnClient::recv_channel_data`].
+pub struct TurnClient {
+    conn: Conn,
+    inbox: VecDeque<Vec<u8>>,
+    /// The session of the last successful Allocate.
+    pub session: Option<Session>,
+    /// The relayed address of the last successful Allocate.
+    pub relayed: Option<SocketAddr>,
+}
+
+/// A session for `creds` from a 401 carrying REALM and NONCE.
+pub fn session_for(challenge: &[u8], creds: Credentials) -> Session {
+    let m = Message::parse(challenge).expect("challenge parses");
+    Session::from_challenge(&m, creds, SignOptions::default()).expect("REALM and NONCE")
+}
+
+/// The outcome of a request: 200 for success, else the error code.
+pub fn code_of(resp: &[u8]) -> u16 {
+    let m = Message::parse(resp).expect("response parses");
+    match m.class() {
+        Class::Success => 200,
+        Class::Error => {
+            m.error_code()
+                .expect("ERROR-CODE")
+                .expect("ERROR-CODE")
+                .code
+        }
+        c => panic!("not a response: {c:?}"),
+    }
+}
+
+impl TurnClient {
+    pub fn udp(server: SocketAddr) -> TurnClient {
+        Self::with(Conn::Udp {
+            sock: udp_client(server.is_ipv6()),
+            server,
+        })
+    }
+
+    pub fn tcp(server: SocketAddr) -> TurnClient {
+        Self::with(Conn::Tcp(StreamConn {
+            s: tcp_connect(server),
+            buf: Vec::new(),
+        }))
+    }
+
+    pub fn tls(server: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TurnClient {
+        Self::with(Conn::Tls(Box::new(StreamConn {
+            s: tls_connect(server, cfg),
+            buf: Vec::new(),
+        })))
+    }
+
+    fn with(conn: Conn) -> TurnClient {
+        TurnClient {
+            conn,
+            inbox: VecDeque::new(),
+            session: None,
+            relayed: None,
+        }
+    }
+
+    /// The client's own transport address.
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.conn {
+            Conn::Udp { sock, .. } => sock.local_addr().unwrap(),
+            Conn::Tcp(c) => c.s.local_addr().unwrap(),
+            Conn::Tls(c) => c.s.sock.local_addr().unwrap(),
+        }
+    }
+
+    /// The leaf certificate the TLS server presented.
+    pub fn peer_leaf(&self) -> Vec<u8> {
+        match &self.conn {
+            Conn::Tls(c) => c.s.conn.peer_certificates().expect("server certificates")[0].to_vec(),
+            _ => panic!("not a TLS client"),
+        }
+    }
+
+    fn is_stream(&self) -> bool {
+        !matches!(self.conn, Conn::Udp { .. })
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) {
+        match &mut self.conn {
+            Conn::Udp { sock, server } => {
+                assert_eq!(sock.send_to(b, *server).expect("send_to"), b.len());
+            }
+            Conn::Tcp(c) => c.send(b),
+            Conn::Tls(c) => c.send(b),
+        }
+    }
+
+    /// The next datagram or frame from the server; panics on timeout or
+    /// end of stream.
+    fn recv_raw(&mut self) -> Vec<u8> {
+        match &mut self.conn {
+            Conn::Udp { sock, server } => super::udp_recv(sock, *server),
+            Conn::Tcp(c) => c.next().expect("server closed the connection"),
+            Conn::Tls(c) => c.next().expect("server closed the connection"),
+        }
+    }
+
+    /// Whether the server closes the stream (TCP/TLS) before sending more.
+    pub fn expect_closed(&mut self) {
+        let next = match &mut self.conn {
+            Conn::Tcp(c) => c.next(),
+            Conn::Tls(c) => c.next(),
+            Conn::Udp { .. } => panic!("UDP has no connection"),
+        };
+        assert!(next.is_none(), "expected a close, got {next:02x?}");
+    }
+
+    /// Send a request and return the response with its transaction ID.
+    pub fn request(&mut self, req: &[u8]) -> Vec<u8> {
+        let tid = Message::parse(req)
+            .expect("own request parses")
+            .transaction_id();
+        self.send_raw(req);
+        loop {
+            let b = self.recv_raw();
+            if b[0] >> 6 == 0 {
+                let m = Message::parse(&b).expect("STUN from the server parses");
+                if matches!(m.class(), Class::Success | Class::Error) && m.transaction_id() == tid {
+                    return b;
+                }
+            }
+            self.inbox.push_back(b);
+        }
+    }
+
+    /// A Binding request; returns XOR-MAPPED-ADDRESS.
+    pub fn binding(&mut self) -> SocketAddr {
+        let mut req = Vec::new();
+        client::binding(&mut req, new_tid(), true);
+        let resp = self.request(&req);
+        assert_eq!(code_of(&resp), 200);
+        Message::parse(&resp)
+            .unwrap()
+            .xor_mapped_address()
+            .unwrap()
+            .expect("XOR-MAPPED-ADDRESS")
+    }
+
+    /// An unsigned Allocate, which must get 401 with REALM and NONCE; the
+    /// session for `creds` built from it.
+    pub fn challenge(&mut self, creds: Credentials) -> Session {
+        session_for(&self.challenge_response(), creds)
+    }
+
+    /// The 401 an unsigned Allocate gets (checked to be one).
+    pub fn challenge_response(&mut self) -> Vec<u8> {
+        let mut req = Vec::new();
+        client::allocate(&mut req, new_tid(), &AllocateOptions::default(), None);
+        let resp = self.request(&req);
+        assert_eq!(code_of(&resp), 401, "an unsigned Allocate is challenged");
+        resp
+    }
+
+    /// A signed Allocate with `session`; the raw response. On success the
+    /// session and relayed address are kept.
+    pub fn allocate_signed(&mut self, session: &Session, o: &AllocateOptions) -> Vec<u8> {
+        let mut req = Vec::new();
+        client::allocate(&mut req, new_tid(), o, Some(session));
+        let resp = self.request(&req);
+        let m = Message::parse(&resp).unwrap();
+        if m.class() == Class::Success {
+            assert!(session.verify(&m), "success is signed with the session key");
+            self.relayed = Some(
+                m.xor_relayed_address()
+                    .unwrap()
+                    .expect("XOR-RELAYED-ADDRESS"),
+            );
+            self.session = Some(session.clone());
+        }
+        resp
+    }
+
+    /// Challenge and Allocate with `creds`: the relayed address, or the
+    /// error code.
+    pub fn allocate(&mut self, creds: Credentials) -> Result<SocketAddr, u16> {
+        let s = self.challenge(creds);
+        let resp = self.allocate_signed(&s, &AllocateOptions::default());
+        match code_of(&resp) {
+            200 => Ok(self.relayed.unwrap()),
+            c => Err(c),
+        }
+    }
+
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("no allocation yet")
+    }
+
+    /// Refresh; the response code.
+    pub fn refresh(&mut self, lifetime: Option<u32>) -> u16 {
+        let mut req = Vec::new();
+        client::refresh(&mut req, new_tid(), lifetime, self.session());
+        code_of(&self.request(&req))
+    }
+
+    /// CreatePermission for `peers`; the response code.
+    pub fn create_permission(&mut self, peers: &[SocketAddr]) -> u16 {
+        let mut req = Vec::new();
+        client::create_permission(&mut req, new_tid(), peers, self.session());
+        code_of(&self.request(&req))
+    }
+
+    /// ChannelBind; the response code.
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> u16 {
+        let mut req = Vec::new();
+        client::channel_bind(&mut req, new_tid(), channel, peer, self.session());
+        code_of(&self.request(&req))
+    }
+
+    /// Send `data` on a channel (padded on streams).
+    pub fn send_channel_data(&mut self, channel: u16, data: &[u8]) {
+        let mut b = Vec::new();
+        ChannelData::encode(channel, data, self.is_stream(), &mut b);
+        self.send_raw(&b);
+    }
+
+    /// The next ChannelData from the server (channel, data).
+    pub fn recv_channel_data(&mut self) -> (u16, Vec<u8>) {
+        let b = match self.inbox.pop_front() {
+            Some(b) => b,
+            None => self.recv_raw(),
+        };
+        assert_eq!(
+            frame_kind(&b),
+            FrameKind::ChannelData,
+            "expected ChannelData, got {:02x?}",
+            &b[..b.len().min(32)]
+        );
+        let cd = ChannelData::parse(&b).expect("ChannelData parses");
+        (cd.channel, cd.data.to_vec())
+    }
+}
+
+fn frame_kind(b: &[u8]) -> FrameKind {
+    if b[0] >> 6 == 1 {
+        FrameKind::ChannelData
+    } else {
+        FrameKind::Stun
+    }
+}
+
+/// A UDP peer on 127.0.0.1.
+pub fn udp_peer() -> UdpSocket {
+    udp_client(false)
+}
+
+/// Receive one datagram on a peer socket: (data, source).
+pub fn peer_recv(peer: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = peer
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("peer got nothing within {IO_TIMEOUT:?}: {e}"));
+    buf.truncate(n);
+    (buf, from)
+}
+
+/// Relay one payload each way on a channel between `c` and `peer`, and
+/// check it arrives intact from the right addresses.
+pub fn relay_both_ways(c: &mut TurnClient, channel: u16, peer: &UdpSocket, tag: &str) {
+    let relayed = c.relayed.expect("allocated");
+    let out = format!("to-peer {tag}");
+    c.send_channel_data(channel, out.as_bytes());
+    let (got, from) = peer_recv(peer);
+    assert_eq!(got, out.as_bytes(), "peer receives what the client sent");
+    assert_eq!(from, relayed, "from the relayed address");
+    let back = format!("to-client {tag}");
+    peer.send_to(back.as_bytes(), relayed).expect("peer send");
+    let (ch, data) = c.recv_channel_data();
+    assert_eq!(ch, channel);
+    assert_eq!(data, back.as_bytes(), "client receives what the peer sent");
+}
+
+// --- the server process ---------------------------------------------------------
+
+/// Send `sig` to the server without waiting.
+pub fn send_signal(server: &TestServer, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(server.pid()).expect("pid fits pid_t");
+    // SAFETY: kill(2) on our own child, which has not been reaped (the
+    // TestServer still owns it).
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// How many times `needle` occurs in the server's stderr.
+pub fn stderr_count(server: &TestServer, needle: &str) -> usize {
+    server.stderr_text().matches(needle).count()
+}
+
+/// Wait (bounded) until `needle` occurs at least `n` times on stderr.
+pub fn wait_stderr(server: &TestServer, needle: &str, n: usize) {
+    let deadline = Instant::now() + POLL_LIMIT;
+    while stderr_count(server, needle) < n {
+        assert!(
+            Instant::now() < deadline,
+            "stderr did not show {needle:?} {n} time(s) within {POLL_LIMIT:?}:\n{}",
+            server.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl TestServer {
+    /// Wait (at most `limit`) for the server to exit by itself; its
+    /// status, with stderr complete. Panics (after SIGKILL) if it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.take().expect("server already stopped");
+        match wait_bounded(child, limit) {
+            Ok(s) => {
+                self.join_stderr();
+                s
+            }
+            Err(_) => {
+                self.join_stderr();
+                panic!(
+                    "turnpike did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+        }
+    }
+
+    /// [`TestServer::start`] with extra arguments before `serve` (global
+    /// options such as `--log-format json`).
+    pub fn start_with_args(config_toml: &str, args: &[&str]) -> TestServer {
+        let config_toml = &if config_toml.contains("[http]") {
+            config_toml.to_string()
+        } else {
+            format!("{config_toml}\n[http]\naddr = \"127.0.0.1:0\"\n")
+        };
+        let parsed = turnpike::config::Config::parse(config_toml, "test config")
+            .unwrap_or_else(|e| panic!("the test's own config is invalid: {e}"));
+        let expected = parsed.listen.len() + usize::from(parsed.http.addr.is_some());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("turnpike.toml");
+        std::fs::write(&config_path, config_toml).expect("write config");
+        let mut child = Command::new(turnpike_bin())
+            .args(args)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LIB_BACKTRACE", "0")
+            .spawn()
+            .expect("spawn turnpike");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_thread = {
+            let mut pipe = child.stderr.take().expect("stderr piped");
+            let buf = stderr.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    }
+                }
+            })
+        };
+        let (tx, rx) = mpsc::channel();
+        {
+            let pipe = child.stdout.take().expect("stdout piped");
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    match line {
+                        Ok(l) => {
+                            let _ = tx.send(StdoutEvent::Line(l));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(StdoutEvent::Eof);
+            });
+        }
+        let mut server = TestServer {
+            child: Some(child),
+            listeners: Vec::new(),
+            http: None,
+            stderr,
+            stderr_thread: Some(stderr_thread),
+            config_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while server.listeners.len() + usize::from(server.http.is_some()) < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(StdoutEvent::Line(l)) => match parse_listening(&l) {
+                    Some(x) => server.listeners.push(x),
+                    None => match l.strip_prefix("listening http ").map(str::parse) {
+                        Some(Ok(a)) => server.http = Some(a),
+                        _ => panic!("unexpected stdout line from turnpike: {l:?}"),
+                    },
+                },
+                Ok(StdoutEvent::Eof) | Err(_) => {
+                    let status = server.wait_exit(STOP_TIMEOUT);
+                    panic!(
+                        "turnpike did not print its listeners (status {status}); stderr:\n{}",
+                        server.stderr_text()
+                    );
+                }
+            }
+        }
+        server
+    }
+}
