@@ -1017,3 +1017,50 @@ fn signalled_candidate_replaces_the_peer_reflexive_one() {
     assert!(a.path_works(PathKind::Host), "{}", dump(&a));
     assert!(net.report(1).path_works(PathKind::Host));
 }
+
+/// RFC 8445 §7.3.1.3: a peer-reflexive remote learnt from a check is not
+/// paired with every local candidate, only (by the triggered check) with
+/// the one the check arrived on. Behind symmetric NATs each of B's checks
+/// to A's relay shows up as a new prflx address that only that relay can
+/// reach.
+#[test]
+fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
+    let mut net = Net::new(vec![
+        behind(
+            SYMMETRIC,
+            "10.1.0.2:5000",
+            "198.51.100.1",
+            true,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+        behind(
+            SYMMETRIC,
+            "10.2.0.2:5000",
+            "198.51.100.2",
+            false,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+    ]);
+    net.run();
+    for i in 0..2 {
+        let r = net.report(i);
+        let mut per_remote: HashMap<SocketAddr, usize> = HashMap::new();
+        for p in r
+            .pairs
+            .iter()
+            .filter(|p| p.remote.kind == turnpike::ice::Kind::Prflx)
+        {
+            *per_remote.entry(p.remote.addr).or_default() += 1;
+        }
+        assert!(
+            !per_remote.is_empty(),
+            "site {i}: prflx remotes were learnt"
+        );
+        assert!(
+            per_remote.values().all(|&n| n == 1),
+            "site {i}: {per_remote:?}\n{}",
+            dump(&r)
+        );
+        assert_eq!(works(&r), [PathKind::Relay], "site {i}:\n{}", dump(&r));
+    }
+}

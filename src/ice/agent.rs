@@ -499,10 +499,15 @@ impl Agent {
                 self.flush_turn(j);
             }
         }
+        // A peer-reflexive remote is paired only with the local candidate
+        // its check arrived on, by the caller (RFC 8445 §7.3.1.3).
+        let signalled = c.kind != Kind::Prflx;
         self.remotes.push(c);
         let r = self.remotes.len() - 1;
-        for l in 0..self.locals.len() {
-            self.maybe_pair(l, r);
+        if signalled {
+            for l in 0..self.locals.len() {
+                self.maybe_pair(l, r);
+            }
         }
         r
     }
@@ -617,7 +622,9 @@ impl Agent {
                         self.turns[j].client.permit(now, addr.ip());
                     }
                     for r in 0..self.remotes.len() {
-                        self.maybe_pair(l, r);
+                        if self.remotes[r].kind != Kind::Prflx {
+                            self.maybe_pair(l, r);
+                        }
                     }
                 }
                 TurnEvent::Failed(f) => {
