@@ -279,6 +279,51 @@ fn wrong_password_is_a_401_gathering_failure() {
         err.contains("gathering failed: relay via udp") && err.contains(": 401"),
         "{err}"
     );
+
+    // The table says the same to a person.
+    let (status, out, err) = run_bounded(
+        Command::new(turnpike_bin()).args([
+            "ice-check",
+            "--server",
+            &url,
+            "--user",
+            "alice",
+            "--password",
+            "wrong",
+            "--host",
+            "127.0.0.1",
+            "--pings",
+            "1",
+            "--expect",
+            "relay",
+            "--timeout",
+            "20",
+        ]),
+        RUN_LIMIT,
+    );
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let starts = |p: &str| lines.iter().any(|l| l.starts_with(p));
+    assert!(starts("A (controlling): "), "{out}");
+    assert!(starts("B (controlled): "), "{out}");
+    assert!(starts("  gathering failed: relay via udp"), "{out}");
+    // The host pair works and is nominated (`*`), with round trips.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("*  host/udp 127.0.0.1:")
+                && l.contains("succeeded")
+                && l.ends_with("0%")),
+        "{out}"
+    );
+    assert!(starts("host   works "), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("relay  FAILS ") && l.contains("gathering failed: 401")),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"FAILED: expected relay"), "{out}");
 }
 
 #[test]

@@ -784,7 +784,7 @@ impl Observer for Progress {
                 self.line(
                     side,
                     &format!(
-                        "gathering done: {} candidates, {} failures",
+                        "gathering done: {} candidate(s), {} failure(s)",
                         r.candidates.len(),
                         r.gathering_failures.len()
                     ),
@@ -980,9 +980,27 @@ pub fn render_table(
             .reports
             .iter()
             .any(|r| r.pairs.iter().any(|p| p.path == k));
+        // Gathering that failed for this kind (a relay that could not be
+        // allocated is a failing relay path, not an untested one).
+        let prefix = match k {
+            PathKind::Host => None,
+            PathKind::Srflx => Some("srflx "),
+            PathKind::Relay => Some("relay "),
+        };
+        let mut gather: Vec<String> = Vec::new();
+        for r in &outcome.reports {
+            for g in &r.gathering_failures {
+                if prefix.is_some_and(|p| g.what.starts_with(p)) {
+                    let t = failure_text(&g.failure);
+                    if !gather.contains(&t) {
+                        gather.push(t);
+                    }
+                }
+            }
+        }
         let word = if verdict.works(k) {
             "works"
-        } else if tried {
+        } else if tried || !gather.is_empty() {
             "FAILS"
         } else {
             "not tested"
@@ -1015,8 +1033,13 @@ pub fn render_table(
                     .join(", ")
             )
         };
+        let gathered = if gather.is_empty() {
+            String::new()
+        } else {
+            format!("; gathering failed: {}", gather.join(", "))
+        };
         out.push_str(&format!(
-            "{:<6} {:<10} ({} pairs succeeded{via})\n",
+            "{:<6} {:<10} ({} pairs succeeded{via}{gathered})\n",
             k.as_str(),
             word,
             per.join(", ")
