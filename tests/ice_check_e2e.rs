@@ -582,3 +582,52 @@ fn offer_and_answer_in_two_processes() {
     let (al, ar) = nominated(a, "b");
     assert_eq!((ol, or), (ar, al));
 }
+
+#[test]
+fn refused_servers_are_reported_unreachable_at_once() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp = format!("turn:127.0.0.1:{port}");
+    let tcp = format!("turn:127.0.0.1:{port}?transport=tcp");
+    let (code, doc, err) = ice_check(&[
+        "--server",
+        &udp,
+        "--server",
+        &tcp,
+        "--secret",
+        SECRET,
+        "--no-stun",
+        "--host",
+        "127.0.0.1",
+        "--pings",
+        "1",
+        "--expect",
+        "relay",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    for agent in ["a", "b"] {
+        let failures = doc["agents"][agent]["gathering_failures"]
+            .as_array()
+            .unwrap();
+        assert_eq!(failures.len(), 2, "{failures:#?}");
+        for what in ["relay via udp", "relay via tcp"] {
+            let f = failures
+                .iter()
+                .find(|f| f["what"].as_str().unwrap().starts_with(what))
+                .unwrap_or_else(|| panic!("{what}: {failures:#?}"));
+            assert_eq!(f["failure"]["reason"], "unreachable", "{f}");
+            assert!(
+                f["failure"]["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("connection refused"),
+                "{f}"
+            );
+        }
+    }
+    assert_eq!(doc["timed_out"], false);
+}
