@@ -631,3 +631,61 @@ fn refused_servers_are_reported_unreachable_at_once() {
     }
     assert_eq!(doc["timed_out"], false);
 }
+
+#[test]
+fn credentials_over_https_with_a_private_ca() {
+    let cert = self_signed_cert();
+    let s = TestServer::start(&format!(
+        r#"{UDP}
+[relay]
+bind_ip = "127.0.0.1"
+ports = "47600-47699"
+[auth]
+secrets = ["{SECRET}"]
+[policy]
+allow_peers = ["127.0.0.1/32"]
+[http]
+addr = "127.0.0.1:0"
+api_keys = ["{API_KEY}"]
+cert = {}
+key = {}
+"#,
+        cert.cert_toml(),
+        cert.key_toml()
+    ));
+    let url = format!("https://{}/api/v1/credentials", s.http_addr());
+    let ca = cert.cert_path.to_str().unwrap();
+    let (code, doc, err) = ice_check(&[
+        "--credentials-url",
+        &url,
+        "--api-key",
+        API_KEY,
+        "--ca",
+        ca,
+        "--host",
+        "127.0.0.1",
+        "--pings",
+        "1",
+        "--only",
+        "relay",
+        "--expect",
+        "relay",
+    ]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert_eq!(doc["servers"][0]["transport"], "udp");
+    // Without --ca the certificate is not trusted: the check cannot run.
+    let (status, _, err) = run_bounded(
+        Command::new(turnpike_bin()).args([
+            "ice-check",
+            "--credentials-url",
+            &url,
+            "--api-key",
+            API_KEY,
+            "--timeout",
+            "20",
+        ]),
+        RUN_LIMIT,
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+}

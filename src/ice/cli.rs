@@ -60,7 +60,8 @@ pub enum Mode {
   turnpike ice-check answer --server turn:turn.example.org --secret S   # machine 2")]
 pub struct IceCheckArgs {
     /// offer or answer: run one agent and swap descriptions with another
-    /// ice-check through stdout/stdin. Without it, both agents run here.
+    /// ice-check through stdout/stdin (offer runs agent A, answer agent
+    /// B). Without it, both agents run here.
     #[arg(value_enum, value_name = "MODE")]
     pub mode: Option<Mode>,
     /// A TURN server: turn:HOST[:PORT][?transport=udp|tcp] (port 3478) or
