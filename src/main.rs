@@ -59,6 +59,16 @@ enum Command {
     Credentials(CredentialsArgs),
     /// Check which ICE paths (host, server-reflexive, relayed) work
     /// between two agents through TURN servers, with round-trip times.
+    ///
+    /// Both agents gather host, server-reflexive (STUN) and relayed (TURN)
+    /// candidates, check every pair, nominate one and measure round trips
+    /// on every pair that works. Progress goes to stderr; the result (a
+    /// table, or one JSON document with --json) to stdout. In offer/answer
+    /// mode the first line of stdout is this side's description.
+    ///
+    /// Exit status: 0 when the expectations hold (--expect, or with none:
+    /// at least one pair succeeded), 1 when they do not, 2 when the check
+    /// could not run.
     IceCheck(Box<turnpike::ice::cli::IceCheckArgs>),
 }
 

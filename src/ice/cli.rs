@@ -39,17 +39,8 @@ pub enum Mode {
     Answer,
 }
 
-/// Test which ICE paths work between two agents through TURN servers.
-///
-/// Both agents gather host, server-reflexive (STUN) and relayed (TURN)
-/// candidates, check every pair, nominate one and measure round trips on
-/// every pair that works. Progress goes to stderr; the result (a table,
-/// or one JSON document with --json) to stdout. In offer/answer mode the
-/// first line of stdout is this side's description.
-///
-/// Exit status: 0 when the expectations hold (--expect, or with none: at
-/// least one pair succeeded), 1 when they do not, 2 when the check could
-/// not run.
+/// The arguments of `turnpike ice-check` (its help text is on the
+/// subcommand in main.rs).
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "Examples:
   turnpike ice-check --server turn:turn.example.org --secret S
@@ -71,6 +62,7 @@ pub struct IceCheckArgs {
     /// Static TURN user (with --password).
     #[arg(long, requires = "password", conflicts_with_all = ["secret", "credentials_url"])]
     pub user: Option<String>,
+    /// The static user's password.
     #[arg(long, requires = "user")]
     pub password: Option<String>,
     /// Mint a TURN REST credential locally from this shared secret.
