@@ -691,6 +691,9 @@ struct Progress {
     names: Vec<&'static str>,
     spin: usize,
     status_shown: bool,
+    /// No spinner while this side waits for the other's description (a
+    /// person may be pasting it on this terminal).
+    paused: bool,
 }
 
 impl Progress {
@@ -821,6 +824,9 @@ impl Observer for Progress {
     }
 
     fn tick(&mut self, agents: &[&Agent]) {
+        if self.paused {
+            return;
+        }
         const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
         self.spin = (self.spin + 1) % FRAMES.len();
         let parts: Vec<String> = agents
@@ -841,6 +847,7 @@ impl Observer for Progress {
     }
 
     fn remote_arrived(&mut self) {
+        self.paused = false;
         self.line(0, "got the other side's description");
     }
 }
@@ -1158,11 +1165,8 @@ pub fn render_json<'a>(run: &RunInfo<'a>, outcome: &'a Outcome, verdict: &Verdic
 
 /// Read the other side's one-line description from stdin, on a thread of
 /// its own (a blocked read must not hold the process open at exit).
-fn read_remote(tty: bool) -> tokio::sync::mpsc::Receiver<Result<Description, String>> {
+fn read_remote() -> tokio::sync::mpsc::Receiver<Result<Description, String>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    if tty {
-        eprintln!("paste the other side's description (tpice1.…) and press Enter:");
-    }
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut line = String::new();
@@ -1206,6 +1210,7 @@ fn run(a: IceCheckArgs) -> Result<bool> {
         names: plan.names.clone(),
         spin: 0,
         status_shown: false,
+        paused: a.mode.is_some(),
     };
     let names = plan.names.clone();
     let outcome = rt.block_on(async {
@@ -1217,8 +1222,13 @@ fn run(a: IceCheckArgs) -> Result<bool> {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{}", d.to_blob());
                     let _ = out.flush();
+                    if std::io::stdin().is_terminal() {
+                        eprintln!(
+                            "give the line above to the other side's ice-check; paste its line (tpice1.…) here and press Enter:"
+                        );
+                    }
                 }),
-                incoming: read_remote(std::io::stdin().is_terminal()),
+                incoming: read_remote(),
             },
         };
         anyhow::Ok(driver.run(exchange, &mut progress).await)
