@@ -689,3 +689,39 @@ key = {}
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn ctrl_c_ends_the_run_with_a_report() {
+    let s = server(UDP, "47700-47799", true);
+    let url = udp_url(&s);
+    // An offer whose answer never comes: it waits, until SIGINT.
+    let mut offer = spawn_side("offer", &url);
+    offer
+        .blob
+        .recv_timeout(RUN_LIMIT)
+        .expect("the offer prints its description once gathered");
+    let pid = libc::pid_t::try_from(offer.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = wait_bounded(offer.child, RUN_LIMIT).expect("ice-check ends on SIGINT");
+    let rest = offer.rest.join().unwrap();
+    let err = offer.err.join().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a report, not death by signal\n{err}"
+    );
+    let doc: Value = serde_json::from_str(&rest).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(doc["interrupted"], true);
+    assert_eq!(doc["timed_out"], false);
+    assert_eq!(doc["agents"]["a"]["finished"], false);
+    assert_eq!(doc["verdict"]["expectations_met"], false);
+    // It had gathered its relay before it was stopped.
+    assert!(
+        doc["agents"]["a"]["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "relay")
+    );
+}

@@ -1048,6 +1048,9 @@ pub fn render_table(
     if outcome.timed_out {
         out.push_str("the run hit --timeout before every agent finished\n");
     }
+    if outcome.interrupted {
+        out.push_str("interrupted before every agent finished\n");
+    }
     if let Some(e) = &outcome.remote_error {
         out.push_str(&format!("no description from the other side: {e}\n"));
     }
@@ -1095,6 +1098,8 @@ pub struct JsonDoc<'a> {
     pub expect: &'a [PathKind],
     /// The run hit --timeout before every agent finished.
     pub timed_out: bool,
+    /// Ctrl-C ended the run.
+    pub interrupted: bool,
     /// Offer/answer mode: why the other side's description never came.
     pub remote_error: Option<&'a str>,
     pub elapsed_ms: f64,
@@ -1156,6 +1161,7 @@ pub fn render_json<'a>(run: &RunInfo<'a>, outcome: &'a Outcome, verdict: &Verdic
         stun: run.stun,
         expect: run.expect,
         timed_out: outcome.timed_out,
+        interrupted: outcome.interrupted,
         remote_error: outcome.remote_error.as_deref(),
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
         agents,
@@ -1231,7 +1237,15 @@ fn run(a: IceCheckArgs) -> Result<bool> {
                 incoming: read_remote(),
             },
         };
-        anyhow::Ok(driver.run(exchange, &mut progress).await)
+        // Ctrl-C ends the run with what there is (and the allocations
+        // deleted), not the process.
+        let mut sigint =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("installing the SIGINT handler")?;
+        let stop = async move {
+            sigint.recv().await;
+        };
+        anyhow::Ok(driver.run(exchange, &mut progress, stop).await)
     })?;
     progress.finish();
     let verdict = Verdict::of(&outcome.reports, &a.expect);

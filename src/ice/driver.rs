@@ -108,6 +108,8 @@ pub struct Outcome {
     pub finished: Vec<bool>,
     /// The deadline cut the run short.
     pub timed_out: bool,
+    /// The `stop` future of [`Driver::run`] did (Ctrl-C).
+    pub interrupted: bool,
     /// In offer/answer mode: whether the other side's description came,
     /// and why not.
     pub remote_received: bool,
@@ -368,8 +370,16 @@ impl Driver {
         }
     }
 
-    /// Run until every agent is done (and has lingered), or the deadline.
-    pub async fn run(&mut self, mut exchange: Exchange, obs: &mut dyn Observer) -> Outcome {
+    /// Run until every agent is done (and has lingered), the deadline, or
+    /// `stop` completes; then delete the TURN allocations.
+    pub async fn run(
+        &mut self,
+        mut exchange: Exchange,
+        obs: &mut dyn Observer,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Outcome {
+        let mut stop = std::pin::pin!(stop);
+        let mut interrupted = false;
         let start = Instant::now();
         let mut deadline = start + self.opts.deadline;
         let mut exchanged = false;
@@ -442,6 +452,10 @@ impl Driver {
             };
             tokio::select! {
                 biased;
+                () = &mut stop => {
+                    interrupted = true;
+                    break;
+                }
                 Some(inp) = self.inputs.recv() => {
                     let now = Instant::now();
                     match inp {
@@ -509,6 +523,7 @@ impl Driver {
             reports,
             finished,
             timed_out,
+            interrupted,
             remote_received,
             remote_error,
             elapsed: now.saturating_duration_since(start),
