@@ -695,7 +695,7 @@ fn ctrl_c_ends_the_run_with_a_report() {
     let s = server(UDP, "47700-47799", true);
     let url = udp_url(&s);
     // An offer whose answer never comes: it waits, until SIGINT.
-    let mut offer = spawn_side("offer", &url);
+    let offer = spawn_side("offer", &url);
     offer
         .blob
         .recv_timeout(RUN_LIMIT)
