@@ -440,11 +440,11 @@ impl Driver {
                 }
             }
             if let Some(every) = tick_every {
-                wake = wake.min(next_tick);
                 if now >= next_tick {
                     next_tick = now + every;
                     obs.tick(&self.agents());
                 }
+                wake = wake.min(next_tick);
             }
             let incoming = match &mut exchange {
                 Exchange::Remote { incoming, .. } if !remote_received => Some(incoming),
