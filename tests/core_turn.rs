@@ -74,6 +74,7 @@ addr = "0.0.0.0:3478"
 [relay]
 bind_ip = "192.0.2.10"
 public_ip = "203.0.113.10"
+bind_ip6 = "::"
 ports = "50000-50099"
 [auth]
 secrets = ["{SECRET}"]
@@ -495,8 +496,8 @@ fn allocate_transport_checks() {
 fn address_family_440_and_ipv6_allocation() {
     let mut h = harness("");
     let ft = udp("198.51.100.7:40000");
-    // The test config has no bind_ip6... it does by default ("::"); a
-    // config without it refuses IPv6.
+    // The test config relays IPv6 too; a config without bind_ip6 refuses
+    // IPv6 allocations.
     let mut h6 = harness_no_v6();
     let s = h6.challenge(&ft, alice(), SignOptions::default());
     let mut req = Vec::new();
