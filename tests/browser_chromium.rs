@@ -22,7 +22,7 @@
 //! and for `?transport=tcp`:
 //!
 //! - every message came back intact and in order;
-//! - each side's selected pair is relay ↔ relay, succeeded, on turnpike's
+//! - each side's selected pair is relay ↔ relay, nominated, on turnpike's
 //!   relay IP and port range, the local candidate allocated over the
 //!   transport under test, and the two sides' pairs mirror each other;
 //! - turnpike logged exactly the allocations the browser reported as
@@ -365,8 +365,11 @@ impl Cdp {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.console
-                    .push(format!("console.{}: {}", p["type"], args.join(" ")));
+                self.console.push(format!(
+                    "console.{}: {}",
+                    p["type"].as_str().unwrap_or("?"),
+                    args.join(" ")
+                ));
             }
             Some("Runtime.exceptionThrown") => {
                 self.console
@@ -624,53 +627,236 @@ fn logged_allocations(stderr: &str, transport: &str) -> Vec<(SocketAddr, SocketA
         .collect()
 }
 
-// --- what the page reports ------------------------------------------------------
+// --- checking a run --------------------------------------------------------------
 
-/// A candidate as the page saw it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Cand {
-    typ: String,
-    protocol: String,
-    addr: SocketAddr,
+/// `return Err(format!(...))` unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
 }
 
-/// Parse an SDP `candidate:` line: `candidate:FOUNDATION COMPONENT
-/// PROTOCOL PRIORITY IP PORT typ TYPE ...`.
-fn parse_candidate(line: &str) -> Cand {
+/// Parse an SDP candidate line (`candidate:FOUNDATION COMPONENT PROTOCOL
+/// PRIORITY IP PORT typ TYPE ...`): (type, protocol, address).
+fn parse_candidate(line: &str) -> Result<(String, String, SocketAddr), String> {
     let w: Vec<&str> = line.split_whitespace().collect();
-    assert!(
+    ensure!(
         w.len() >= 8 && w[0].starts_with("candidate:") && w[6] == "typ",
         "unexpected candidate line {line:?}"
     );
     let ip: IpAddr = w[4]
         .parse()
-        .unwrap_or_else(|e| panic!("candidate address {:?} in {line:?}: {e}", w[4]));
+        .map_err(|e| format!("candidate address in {line:?}: {e}"))?;
     let port: u16 = w[5]
         .parse()
-        .unwrap_or_else(|e| panic!("candidate port {:?} in {line:?}: {e}", w[5]));
-    Cand {
-        typ: w[7].to_string(),
-        protocol: w[2].to_ascii_lowercase(),
-        addr: SocketAddr::new(ip, port),
-    }
+        .map_err(|e| format!("candidate port in {line:?}: {e}"))?;
+    Ok((
+        w[7].to_string(),
+        w[2].to_ascii_lowercase(),
+        SocketAddr::new(ip, port),
+    ))
 }
 
-/// A `local`/`remote` candidate of a selected pair: its address.
-fn stats_addr(c: &Value, what: &str) -> SocketAddr {
+/// The address of a candidate from `getStats()`.
+fn stats_addr(c: &Value) -> Result<SocketAddr, String> {
     let ip: IpAddr = c["address"]
         .as_str()
-        .unwrap_or_else(|| panic!("{what}: no address in {c}"))
+        .ok_or_else(|| format!("no address in {c}"))?
         .parse()
-        .unwrap_or_else(|e| panic!("{what}: address in {c}: {e}"));
+        .map_err(|e| format!("address in {c}: {e}"))?;
     let port = c["port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| panic!("{what}: no port in {c}"));
-    SocketAddr::new(ip, port)
+        .ok_or_else(|| format!("no port in {c}"))?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn is_relay_addr(a: SocketAddr) -> bool {
     a.ip() == IpAddr::V4(HOST) && RELAY_PORTS.contains(&a.port())
+}
+
+/// What the page's report proved.
+struct Checked {
+    /// (local, remote) of pc1's and of pc2's selected pair.
+    pairs: [(SocketAddr, SocketAddr); 2],
+    /// Every relay candidate either side gathered.
+    gathered: BTreeSet<SocketAddr>,
+    /// Message bytes sent plus echoed.
+    payload: u64,
+}
+
+/// Check the report of `run(transport, ...)`: the page used `want_url`,
+/// every message came back intact, only relay candidates on turnpike were
+/// gathered, and each side's selected pair is a nominated relay <-> relay
+/// pair through turnpike, allocated over `transport`, carrying the
+/// messages, mirroring the other side's.
+fn check_report(report: &Value, transport: &str, want_url: &str) -> Result<Checked, String> {
+    ensure!(report.is_object(), "run() resolved to no report");
+    if let Some(err) = report.get("error") {
+        return Err(format!(
+            "the page failed: {}",
+            err.as_str().unwrap_or_default()
+        ));
+    }
+    ensure!(
+        report["errors"].as_array().is_some_and(|a| a.is_empty()),
+        "the page recorded errors: {}",
+        report["errors"]
+    );
+    ensure!(
+        report["url"] == want_url,
+        "the page used {} instead of {want_url}",
+        report["url"]
+    );
+
+    // Every message came back intact, in order.
+    ensure!(
+        report["messagesSent"] == MESSAGES
+            && report["repliesReceived"] == MESSAGES
+            && report["repliesMatching"] == MESSAGES,
+        "{MESSAGES} messages to send; sent {}, replies received {}, matching {}",
+        report["messagesSent"],
+        report["repliesReceived"],
+        report["repliesMatching"]
+    );
+    let sent = report["charsSent"].as_u64().unwrap_or(0);
+    let echoed = report["charsEchoed"].as_u64().unwrap_or(0);
+    let want_sent = u64::from(MESSAGES) * u64::from(MESSAGE_LEN);
+    let want_echoed = want_sent + u64::from(MESSAGES) * "echo:".len() as u64;
+    ensure!(
+        sent == want_sent && echoed == want_echoed,
+        "sent {sent} and echoed {echoed} characters, expected {want_sent} and {want_echoed}"
+    );
+
+    // Gathered candidates: relay only, on turnpike's relay range.
+    let mut gathered: [BTreeSet<SocketAddr>; 2] = Default::default();
+    for (i, pc) in ["pc1", "pc2"].into_iter().enumerate() {
+        for l in report["candidates"][pc].as_array().into_iter().flatten() {
+            let (typ, protocol, addr) = parse_candidate(l.as_str().unwrap_or_default())?;
+            ensure!(
+                typ == "relay" && protocol == "udp" && is_relay_addr(addr),
+                "{pc} gathered a {protocol} {typ} candidate {addr}: want only udp relay candidates on {HOST}:{RELAY_PORTS:?}"
+            );
+            gathered[i].insert(addr);
+        }
+        ensure!(!gathered[i].is_empty(), "{pc} gathered no relay candidate");
+    }
+
+    // The selected pairs.
+    let unset = SocketAddr::from((HOST, 0));
+    let mut pairs = [(unset, unset); 2];
+    for (i, pc) in ["pc1", "pc2"].into_iter().enumerate() {
+        let pair = &report[pc];
+        ensure!(pair.is_object(), "{pc} has no selected candidate pair");
+        // Nominated, and its checks succeeded; a consent check in flight
+        // on it shows as "in-progress" for a moment (seen on a busy
+        // machine), so either state is fine.
+        ensure!(
+            pair["nominated"] == true
+                && (pair["state"] == "succeeded" || pair["state"] == "in-progress"),
+            "{pc}'s selected pair is not a nominated, checked pair: state {}, nominated {}",
+            pair["state"],
+            pair["nominated"]
+        );
+        for side in ["local", "remote"] {
+            let c = &pair[side];
+            let addr = stats_addr(c).map_err(|e| format!("{pc}'s selected {side}: {e}"))?;
+            ensure!(
+                c["candidateType"] == "relay" && c["protocol"] == "udp" && is_relay_addr(addr),
+                "{pc}'s selected {side} candidate is not a udp relay candidate on turnpike's {HOST}:{RELAY_PORTS:?}: {c}"
+            );
+        }
+        let local = &pair["local"];
+        ensure!(
+            local["url"] == want_url && local["relayProtocol"] == transport,
+            "{pc}'s local candidate is not from {want_url} allocated over {transport}: {local}"
+        );
+        // pc1 sent the messages and got the echoes, pc2 the other way
+        // round: the selected pair carried all of them.
+        let (out, back) = [(sent, echoed), (echoed, sent)][i];
+        ensure!(
+            pair["bytesSent"].as_u64().unwrap_or(0) >= out
+                && pair["bytesReceived"].as_u64().unwrap_or(0) >= back,
+            "{pc}'s selected pair sent {} and received {} bytes, less than the {out} and {back} of its messages",
+            pair["bytesSent"],
+            pair["bytesReceived"]
+        );
+        let (l, r) = (stats_addr(local)?, stats_addr(&pair["remote"])?);
+        ensure!(
+            gathered[i].contains(&l) && gathered[1 - i].contains(&r),
+            "{pc}'s pair {l} -> {r} is not between the gathered candidates {gathered:?}"
+        );
+        pairs[i] = (l, r);
+    }
+    ensure!(
+        pairs[0] == (pairs[1].1, pairs[1].0),
+        "the two sides' selected pairs do not mirror each other: {pairs:?}"
+    );
+    Ok(Checked {
+        pairs,
+        gathered: gathered.into_iter().flatten().collect(),
+        payload: sent + echoed,
+    })
+}
+
+/// turnpike's side of a run: one "allocation created" line per relay
+/// candidate the browser gathered, for clients on `transport`, from the
+/// browser's address, at exactly those relayed addresses. Returns how
+/// many.
+fn check_allocations(
+    server: &TestServer,
+    transport: &str,
+    gathered: &BTreeSet<SocketAddr>,
+) -> Result<usize, String> {
+    let deadline = Instant::now() + SERVER_LAG;
+    let logged = loop {
+        let logged = logged_allocations(&server.stderr_text(), transport);
+        if logged.len() >= gathered.len() || Instant::now() >= deadline {
+            break logged;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let relays: BTreeSet<SocketAddr> = logged.iter().map(|(r, _)| *r).collect();
+    ensure!(
+        logged.len() == gathered.len() && relays == *gathered,
+        "turnpike logged {} {transport} allocations {logged:?}; the browser gathered {gathered:?}",
+        logged.len()
+    );
+    ensure!(
+        logged.iter().all(|(_, c)| c.ip() == IpAddr::V4(HOST)),
+        "allocations for clients other than the browser on {HOST}: {logged:?}"
+    );
+    Ok(logged.len())
+}
+
+/// turnpike's relayed-byte counters went up by at least `payload` both
+/// towards peers and towards clients since `before` (each message crosses
+/// one allocation towards its peer and the other towards its client).
+/// Returns the increases.
+fn check_counters(
+    ns: &Ns,
+    server: &TestServer,
+    before: (f64, f64),
+    payload: u64,
+) -> Result<(f64, f64), String> {
+    let payload = payload as f64;
+    let deadline = Instant::now() + SERVER_LAG;
+    let (to_peer, to_client) = loop {
+        let now = relayed_bytes(ns, server);
+        let d = (now.0 - before.0, now.1 - before.1);
+        if (d.0 >= payload && d.1 >= payload) || Instant::now() >= deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ensure!(
+        to_peer >= payload && to_client >= payload,
+        "turnpike relayed {to_peer} bytes to peers and {to_client} to clients during the run; \
+         the page sent and echoed {payload} bytes of messages"
+    );
+    Ok((to_peer, to_client))
 }
 
 // --- the test ------------------------------------------------------------------------
@@ -683,19 +869,67 @@ struct Diag<'a> {
 }
 
 impl Diag<'_> {
-    fn text(&self, console: &str) -> String {
+    fn text(&self, cdp: Option<&Cdp>) -> String {
         let stderr = self.server.stderr_text();
         let lines: Vec<&str> = stderr.lines().collect();
         let tail = lines[lines.len().saturating_sub(60)..].join("\n");
         format!(
-            "---- page console ----\n{console}\n\
+            "---- page console ----\n{}\n\
              ---- page server requests ----\n{:?}\n\
              {}\n\
              ---- turnpike stderr (last 60 lines) ----\n{tail}\n---- end ----",
+            cdp.map_or("(no DevTools connection)".into(), Cdp::console_text),
             self.page.requests.lock().unwrap(),
             self.chromium.output_tail(),
         )
     }
+}
+
+/// Open `url` in a new tab: returns the tab's flattened session id once
+/// the page has loaded and defines `run`.
+fn open_page(cdp: &mut Cdp, url: &str) -> Result<String, String> {
+    let target = cdp.call(
+        None,
+        "Target.createTarget",
+        json!({ "url": "about:blank" }),
+        CDP_LIMIT,
+    )?;
+    let target_id = target["targetId"]
+        .as_str()
+        .ok_or_else(|| format!("no targetId in {target}"))?;
+    let attached = cdp.call(
+        None,
+        "Target.attachToTarget",
+        json!({ "targetId": target_id, "flatten": true }),
+        CDP_LIMIT,
+    )?;
+    let session = attached["sessionId"]
+        .as_str()
+        .ok_or_else(|| format!("no sessionId in {attached}"))?
+        .to_string();
+    for method in ["Runtime.enable", "Page.enable"] {
+        cdp.call(Some(&session), method, json!({}), CDP_LIMIT)?;
+    }
+    let nav = cdp.call(
+        Some(&session),
+        "Page.navigate",
+        json!({ "url": url }),
+        CDP_LIMIT,
+    )?;
+    ensure!(nav.get("errorText").is_none(), "navigating to {url}: {nav}");
+    cdp.wait_event(&session, "Page.loadEventFired", CDP_LIMIT)
+        .map_err(|e| format!("loading {url}: {e}"))?;
+    let ready = cdp.call(
+        Some(&session),
+        "Runtime.evaluate",
+        json!({ "expression": "typeof run", "returnByValue": true }),
+        CDP_LIMIT,
+    )?;
+    ensure!(
+        ready["result"]["value"] == "function",
+        "the page defines no run(): {ready}"
+    );
+    Ok(session)
 }
 
 #[test]
@@ -719,85 +953,26 @@ fn chromium_data_channel_relays_through_turnpike_over_udp_and_tcp() {
     let server = ns.start_turnpike(&config(&page.origin()));
     let api_base = format!("http://{}", server.http_addr());
     let chromium = Chromium::start(&ns, &binary);
-
     let diag = Diag {
         chromium: &chromium,
         server: &server,
         page: &page,
     };
-    let mut cdp = Cdp::connect(&ns, &chromium.ws_url)
-        .unwrap_or_else(|e| panic!("DevTools: {e}\n{}", diag.text("")));
 
-    // A new tab, attached with a flattened session; then load the page.
-    let target = cdp
-        .call(
-            None,
-            "Target.createTarget",
-            json!({ "url": "about:blank" }),
-            CDP_LIMIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag.text("")));
-    let target_id = target["targetId"].as_str().expect("targetId").to_string();
-    let attached = cdp
-        .call(
-            None,
-            "Target.attachToTarget",
-            json!({ "targetId": target_id, "flatten": true }),
-            CDP_LIMIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag.text("")));
-    let session = attached["sessionId"]
-        .as_str()
-        .expect("sessionId")
-        .to_string();
-    for method in ["Runtime.enable", "Page.enable"] {
-        cdp.call(Some(&session), method, json!({}), CDP_LIMIT)
-            .unwrap_or_else(|e| panic!("{e}\n{}", diag.text(&cdp.console_text())));
-    }
-    let nav = cdp
-        .call(
-            Some(&session),
-            "Page.navigate",
-            json!({ "url": page.url() }),
-            CDP_LIMIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag.text(&cdp.console_text())));
-    assert!(
-        nav.get("errorText").is_none(),
-        "navigating to {}: {nav}\n{}",
-        page.url(),
-        diag.text(&cdp.console_text())
-    );
-    cdp.wait_event(&session, "Page.loadEventFired", CDP_LIMIT)
-        .unwrap_or_else(|e| {
-            panic!(
-                "loading {}: {e}\n{}",
-                page.url(),
-                diag.text(&cdp.console_text())
-            )
-        });
-    let ready = cdp
-        .call(
-            Some(&session),
-            "Runtime.evaluate",
-            json!({ "expression": "typeof run", "returnByValue": true }),
-            CDP_LIMIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", diag.text(&cdp.console_text())));
-    assert_eq!(
-        ready["result"]["value"],
-        "function",
-        "the page defines no run(): {ready}\n{}",
-        diag.text(&cdp.console_text())
-    );
+    let mut cdp = Cdp::connect(&ns, &chromium.ws_url)
+        .unwrap_or_else(|e| panic!("DevTools: {e}\n{}", diag.text(None)));
+    let session = open_page(&mut cdp, &page.url())
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag.text(Some(&cdp))));
 
     let mut summary = Vec::new();
     for transport in [Transport::Udp, Transport::Tcp] {
         let name = transport.to_string();
-        let listener = server.addr(transport, false);
-        let (to_peer_before, to_client_before) = relayed_bytes(&ns, &server);
+        let want_url = format!(
+            "turn:{HOST}:{}?transport={name}",
+            server.addr(transport, false).port()
+        );
+        let before = relayed_bytes(&ns, &server);
 
-        // --- the run in the page ---
         let expression = format!(
             "run({name:?}, {api_base:?}, {API_KEY:?}, {MESSAGES}, {MESSAGE_LEN}, {PAGE_STEP_MS})"
         );
@@ -808,200 +983,32 @@ fn chromium_data_channel_relays_through_turnpike_over_udp_and_tcp() {
                 json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
                 RUN_LIMIT,
             )
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{name}: {expression}: {e}\n{}",
-                    diag.text(&cdp.console_text())
-                )
-            });
+            .unwrap_or_else(|e| panic!("{name}: {expression}: {e}\n{}", diag.text(Some(&cdp))));
         let report = &evaluated["result"]["value"];
-        let pretty = serde_json::to_string_pretty(report).unwrap_or_default();
         let fail = |what: String| -> ! {
             panic!(
-                "{name}: {what}\n---- page report ----\n{pretty}\n{evaluated_extra}\n{}",
-                diag.text(&cdp.console_text()),
-                evaluated_extra = evaluated
+                "{name}: {what}\n---- page report ----\n{}\n{}\n{}",
+                serde_json::to_string_pretty(report).unwrap_or_default(),
+                evaluated
                     .get("exceptionDetails")
                     .map(|x| format!("exceptionDetails: {x}"))
                     .unwrap_or_default(),
+                diag.text(Some(&cdp)),
             )
         };
-        if !report.is_object() {
-            fail("run() resolved to no report".into());
-        }
-        if let Some(err) = report.get("error") {
-            fail(format!(
-                "the page failed: {}",
-                err.as_str().unwrap_or_default()
-            ));
-        }
-        if !report["errors"].as_array().is_some_and(|a| a.is_empty()) {
-            fail(format!("the page recorded errors: {}", report["errors"]));
-        }
-
-        // The credential's URI for this transport is the one used.
-        let want_url = format!("turn:{HOST}:{}?transport={name}", listener.port());
-        if report["url"] != want_url.as_str() {
-            fail(format!("used {} instead of {want_url}", report["url"]));
-        }
-
-        // Every message came back intact, in order.
-        if report["messagesSent"] != MESSAGES
-            || report["repliesReceived"] != MESSAGES
-            || report["repliesMatching"] != MESSAGES
-        {
-            fail(format!(
-                "{MESSAGES} messages sent, replies received/matching: {}/{}",
-                report["repliesReceived"], report["repliesMatching"]
-            ));
-        }
-        let chars_sent = report["charsSent"].as_u64().unwrap_or(0);
-        let chars_echoed = report["charsEchoed"].as_u64().unwrap_or(0);
-        let want_sent = u64::from(MESSAGES) * u64::from(MESSAGE_LEN);
-        if chars_sent != want_sent || chars_echoed != want_sent + u64::from(MESSAGES) * 5 {
-            fail(format!(
-                "sent {chars_sent} and echoed {chars_echoed} characters, expected {want_sent} and {}",
-                want_sent + u64::from(MESSAGES) * 5
-            ));
-        }
-
-        // Gathered candidates: relay only, on turnpike's relay range.
-        let mut gathered: [BTreeSet<SocketAddr>; 2] = Default::default();
-        for (i, pc) in ["pc1", "pc2"].iter().enumerate() {
-            let lines = report["candidates"][pc]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for l in &lines {
-                let c = parse_candidate(l.as_str().unwrap_or_default());
-                if c.typ != "relay" || c.protocol != "udp" || !is_relay_addr(c.addr) {
-                    fail(format!(
-                        "{pc} gathered {c:?}: want only udp relay candidates on {HOST}:{RELAY_PORTS:?}"
-                    ));
-                }
-                gathered[i].insert(c.addr);
-            }
-            if gathered[i].is_empty() {
-                fail(format!("{pc} gathered no relay candidate"));
-            }
-        }
-
-        // The selected pairs: relay <-> relay through turnpike, mirrored.
-        let mut pairs = Vec::new();
-        for (i, pc) in ["pc1", "pc2"].iter().enumerate() {
-            let pair = &report[pc];
-            if !pair.is_object() {
-                fail(format!("{pc} has no selected candidate pair"));
-            }
-            if pair["state"] != "succeeded" {
-                fail(format!("{pc}'s selected pair is {}", pair["state"]));
-            }
-            for side in ["local", "remote"] {
-                let c = &pair[side];
-                if c["candidateType"] != "relay" {
-                    fail(format!(
-                        "{pc}'s selected {side} candidate is not relay: {c}"
-                    ));
-                }
-                if c["protocol"] != "udp" {
-                    fail(format!("{pc}'s selected {side} candidate is not udp: {c}"));
-                }
-                if !is_relay_addr(stats_addr(c, pc)) {
-                    fail(format!(
-                        "{pc}'s selected {side} candidate is not on turnpike's relay range {HOST}:{RELAY_PORTS:?}: {c}"
-                    ));
-                }
-            }
-            if pair["local"]["url"] != want_url.as_str() {
-                fail(format!(
-                    "{pc}'s local candidate came from {}, not {want_url}",
-                    pair["local"]["url"]
-                ));
-            }
-            if pair["local"]["relayProtocol"] != name.as_str() {
-                fail(format!(
-                    "{pc}'s local candidate was allocated over {} (relayProtocol), not {name}",
-                    pair["local"]["relayProtocol"]
-                ));
-            }
-            // pc1 sent the messages, pc2 the echoes: the pair carried them.
-            let carried = [chars_sent, chars_echoed][i];
-            if pair["bytesSent"].as_u64().unwrap_or(0) < carried {
-                fail(format!(
-                    "{pc}'s selected pair sent {} bytes, less than the {carried} of its messages",
-                    pair["bytesSent"]
-                ));
-            }
-            let local = stats_addr(&pair["local"], pc);
-            let remote = stats_addr(&pair["remote"], pc);
-            if !gathered[i].contains(&local) || !gathered[1 - i].contains(&remote) {
-                fail(format!(
-                    "{pc}'s pair {local} -> {remote} is not between the gathered candidates {gathered:?}"
-                ));
-            }
-            pairs.push((local, remote));
-        }
-        if pairs[0] != (pairs[1].1, pairs[1].0) {
-            fail(format!(
-                "the two sides' pairs do not mirror each other: {pairs:?}"
-            ));
-        }
-
-        // turnpike's side: one allocation per relay candidate, over this
-        // transport, from the browser, at exactly those relayed addresses.
-        let all: BTreeSet<SocketAddr> = gathered.iter().flatten().copied().collect();
-        let deadline = Instant::now() + SERVER_LAG;
-        let logged = loop {
-            let logged = logged_allocations(&server.stderr_text(), &name);
-            if logged.len() >= all.len() || Instant::now() >= deadline {
-                break logged;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let logged_relays: BTreeSet<SocketAddr> = logged.iter().map(|(r, _)| *r).collect();
-        if logged.len() != all.len() || logged_relays != all {
-            fail(format!(
-                "turnpike logged {} {name} allocations {logged:?}; the browser gathered {all:?}",
-                logged.len()
-            ));
-        }
-        if let Some((_, c)) = logged.iter().find(|(_, c)| c.ip() != IpAddr::V4(HOST)) {
-            fail(format!(
-                "an allocation's client is {c}, not the browser on {HOST}"
-            ));
-        }
-
-        // turnpike's counters: at least the page's bytes went through, both
-        // towards peers and towards clients (each message crosses one
-        // allocation towards a peer and the other towards its client).
-        let payload = (chars_sent + chars_echoed) as f64;
-        let deadline = Instant::now() + SERVER_LAG;
-        let (to_peer, to_client) = loop {
-            let (p, c) = relayed_bytes(&ns, &server);
-            let d = (p - to_peer_before, c - to_client_before);
-            if (d.0 >= payload && d.1 >= payload) || Instant::now() >= deadline {
-                break d;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if to_peer < payload || to_client < payload {
-            fail(format!(
-                "turnpike relayed {to_peer} bytes to peers and {to_client} to clients during the run; \
-                 the page sent and echoed {payload} bytes of messages"
-            ));
-        }
-
+        let checked = check_report(report, &name, &want_url).unwrap_or_else(|e| fail(e));
+        let allocations =
+            check_allocations(&server, &name, &checked.gathered).unwrap_or_else(|e| fail(e));
+        let (to_peer, to_client) =
+            check_counters(&ns, &server, before, checked.payload).unwrap_or_else(|e| fail(e));
         chromium.assert_running();
+
+        let [(l1, r1), (l2, r2)] = checked.pairs;
         summary.push(format!(
-            "{name}: via {want_url}: pc1 selected relay {} <-> relay {} (relayProtocol {}), \
-             pc2 selected relay {} <-> relay {}; {} allocations logged; \
-             {MESSAGES} messages echoed; turnpike relayed {to_peer} B to peers, {to_client} B to clients",
-            pairs[0].0,
-            pairs[0].1,
-            report["pc1"]["local"]["relayProtocol"],
-            pairs[1].0,
-            pairs[1].1,
-            logged.len()
+            "{name}: {want_url}: pc1 selected relay {l1} <-> relay {r1}, pc2 relay {l2} <-> relay {r2} \
+             (local relayProtocol {name}); turnpike logged {allocations} {name} allocations at those \
+             addresses and relayed {to_peer} B to peers, {to_client} B to clients for {} B of messages",
+            checked.payload
         ));
     }
     for s in &summary {
