@@ -74,6 +74,7 @@ addr = "0.0.0.0:3478"
 [relay]
 bind_ip = "192.0.2.10"
 public_ip = "203.0.113.10"
+bind_ip6 = "::"
 ports = "50000-50099"
 [auth]
 secrets = ["{SECRET}"]
@@ -97,7 +98,11 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn harness(extra: &str) -> H {
-    let cfg = base_config(extra);
+    harness_cfg(base_config(extra), 42)
+}
+
+/// A core for `cfg` with a fake relay binder and a manual clock.
+fn harness_cfg(cfg: Config, seed: u64) -> H {
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared::new(cfg.relay.ports));
     let creds = turnpike::io::credentials(&cfg).unwrap();
@@ -106,7 +111,7 @@ fn harness(extra: &str) -> H {
         creds: Arc::new(creds),
         shared: shared.clone(),
         counters: counters.clone(),
-        seed: 42,
+        seed,
         nonce_key: [9; 32],
         shard: 0,
     });
@@ -495,8 +500,8 @@ fn allocate_transport_checks() {
 fn address_family_440_and_ipv6_allocation() {
     let mut h = harness("");
     let ft = udp("198.51.100.7:40000");
-    // The test config has no bind_ip6... it does by default ("::"); a
-    // config without it refuses IPv6.
+    // The test config relays IPv6 too; a config without bind_ip6 refuses
+    // IPv6 allocations.
     let mut h6 = harness_no_v6();
     let s = h6.challenge(&ft, alice(), SignOptions::default());
     let mut req = Vec::new();
@@ -574,25 +579,7 @@ fn address_family_440_and_ipv6_allocation() {
 fn harness_no_v6() -> H {
     let mut cfg = base_config("");
     cfg.relay.bind_ip6 = None;
-    let counters = Arc::new(Counters::default());
-    let shared = Arc::new(Shared::new(cfg.relay.ports));
-    let server = Server::new(Setup {
-        cfg: Arc::new(CoreConfig::from_config(&cfg)),
-        creds: Arc::new(turnpike::io::credentials(&cfg).unwrap()),
-        shared: shared.clone(),
-        counters: counters.clone(),
-        seed: 7,
-        nonce_key: [9; 32],
-        shard: 0,
-    });
-    H {
-        server,
-        io: FakeIo::default(),
-        now: Now::new(Instant::now(), 1_800_000_000),
-        counters,
-        shared,
-        seq: 0,
-    }
+    harness_cfg(cfg, 7)
 }
 
 #[test]
@@ -1733,25 +1720,7 @@ fn thousands_of_allocations_expire_and_state_returns_to_empty() {
 fn harness_wide_range() -> H {
     let mut cfg = base_config("[policy]\nmax_allocations_per_user = 100000\n");
     cfg.relay.ports = "20000-29999".parse().unwrap();
-    let counters = Arc::new(Counters::default());
-    let shared = Arc::new(Shared::new(cfg.relay.ports));
-    let server = Server::new(Setup {
-        cfg: Arc::new(CoreConfig::from_config(&cfg)),
-        creds: Arc::new(turnpike::io::credentials(&cfg).unwrap()),
-        shared: shared.clone(),
-        counters: counters.clone(),
-        seed: 3,
-        nonce_key: [9; 32],
-        shard: 0,
-    });
-    H {
-        server,
-        io: FakeIo::default(),
-        now: Now::new(Instant::now(), 1_800_000_000),
-        counters,
-        shared,
-        seq: 0,
-    }
+    harness_cfg(cfg, 3)
 }
 
 #[test]

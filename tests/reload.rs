@@ -173,7 +173,8 @@ fn api_reload_rotates_the_secret_too() {
         let notes = api_reload(&server);
         assert_eq!(notes, serde_json::json!([]), "nothing needs a restart");
     });
-    assert!(server.stderr_text().contains("reloaded by API"));
+    // stderr is collected by another thread: wait for the line (bounded).
+    server.wait_for_line(&["reloaded by API"], std::time::Duration::from_secs(5));
 }
 
 #[test]

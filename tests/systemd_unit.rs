@@ -72,3 +72,56 @@ fn systemd_analyze_verify_accepts_the_unit() {
         "verify printed warnings about the unit:\n{stderr}"
     );
 }
+
+/// The server tells systemd it is ready once its listeners are bound
+/// (Type=notify), and that it is stopping on SIGTERM.
+#[test]
+fn sd_notify_ready_and_stopping() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n[auth]\nsecrets = [\"s\"]\n[http]\naddr = \"\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready comes after the listeners are bound: the listening line is
+    // already on stdout.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening udp 127.0.0.1:"), "{line}");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut seen = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        let stop = m == "STOPPING=1";
+        seen.push(m);
+        if stop {
+            break;
+        }
+    }
+    assert!(seen.contains(&"STOPPING=1".to_string()), "{seen:?}");
+    assert!(child.wait().unwrap().success());
+}

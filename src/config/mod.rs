@@ -134,6 +134,30 @@ impl Default for Http {
     }
 }
 
+/// An IP address, or "" for none (TOML has no null): `bind_ip6 = ""`
+/// turns IPv6 relaying off.
+fn optional_ip<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn default_ports() -> PortRange {
+    PortRange {
+        low: 49152,
+        high: 65535,
+    }
+}
+
+fn ip_or_empty<S: serde::Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match ip {
+        Some(ip) => s.collect_str(ip),
+        None => s.serialize_str(""),
+    }
+}
+
 fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -170,21 +194,44 @@ pub enum LogFormat {
 }
 
 /// `[relay]`: where relayed addresses live.
+///
+/// Without a `[relay]` section the server relays on every IPv4 and IPv6
+/// address (see [`Relay::default`]). Inside the section, an address that is
+/// omitted (or `""`) turns its family off: `bind_ip` omitted means no IPv4
+/// allocations (440), `bind_ip6` omitted no IPv6 ones.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Relay {
     /// IPv4 address relay sockets bind to; `None` means no IPv4 allocations.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "ip_or_empty",
+        deserialize_with = "optional_ip"
+    )]
     pub bind_ip: Option<IpAddr>,
     /// IPv6 address relay sockets bind to; `None` means no IPv6 allocations.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        serialize_with = "ip_or_empty",
+        deserialize_with = "optional_ip"
+    )]
     pub bind_ip6: Option<IpAddr>,
     /// Advertised in XOR-RELAYED-ADDRESS instead of `bind_ip` (1:1 NAT).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_ip"
+    )]
     pub public_ip: Option<IpAddr>,
     /// Advertised instead of `bind_ip6`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_ip"
+    )]
     pub public_ip6: Option<IpAddr>,
+    /// Relay port range, "LOW-HIGH" inclusive.
+    #[serde(default = "default_ports")]
     /// Relay port range, "LOW-HIGH" inclusive.
     pub ports: PortRange,
 }
@@ -615,6 +662,29 @@ mod tests {
             "t.toml",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn empty_string_turns_a_relay_family_off() {
+        let l = "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n";
+        let c = Config::parse(&format!("{l}[relay]\nbind_ip6 = \"\"\n"), "t.toml").unwrap();
+        assert_eq!(c.relay.bind_ip6, None);
+        assert_eq!(c.relay.bind_ip, None, "omitted inside [relay]: off");
+        let again = Config::parse(&c.to_toml(), "x").unwrap();
+        assert_eq!(again.relay, c.relay, "round trips through config check");
+        let c = Config::parse(
+            &format!("{l}[relay]\nbind_ip = \"0.0.0.0\"\nbind_ip6 = \"\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.relay.bind_ip.is_some());
+        assert_eq!(c.relay.bind_ip6, None);
+        let c = Config::parse(l, "t.toml").unwrap();
+        assert!(
+            c.relay.bind_ip.is_some() && c.relay.bind_ip6.is_some(),
+            "no [relay]: both families"
+        );
+        assert!(Config::parse(&format!("{l}[relay]\nbind_ip = \"nope\"\n"), "t.toml").is_err());
     }
 
     #[test]

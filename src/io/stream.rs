@@ -104,13 +104,14 @@ async fn run<S>(
         }
         let mut start = 0;
         let mut closing = false;
+        // One clock read for all the frames this read brought.
+        let now = super::clock::now();
         loop {
             match frame_len(&inbuf[start..]) {
                 Ok(Some(f)) => {
                     let frame = &inbuf[start..start + f.message_len];
                     start += f.len;
                     reply.clear();
-                    let now = super::clock::now();
                     let r = shard.core.borrow_mut().handle_client(
                         now,
                         ft,

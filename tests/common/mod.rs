@@ -86,6 +86,12 @@ impl TestServer {
     /// `listening ...` line per `[[listen]]` entry. Panics with the
     /// server's stderr if it exits or does not get there in time.
     pub fn start(config_toml: &str) -> TestServer {
+        Self::start_with_args(config_toml, &[])
+    }
+
+    /// [`TestServer::start`] with extra arguments before `serve` (global
+    /// options such as `--log-format json`).
+    pub fn start_with_args(config_toml: &str, args: &[&str]) -> TestServer {
         // The HTTP API defaults to 127.0.0.1:9641; tests run in parallel, so
         // a config that does not mention [http] gets it on port 0.
         let config_toml = &if config_toml.contains("[http]") {
@@ -101,6 +107,7 @@ impl TestServer {
         std::fs::write(&config_path, config_toml).expect("write config");
 
         let mut child = Command::new(turnpike_bin())
+            .args(args)
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -17,18 +17,17 @@
 //! Every wait is bounded; running out of time is a test failure.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike::wire::{ChannelData, Class, FrameKind, Message, frame_len};
 
 use super::{
-    IO_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, StdoutEvent, TestServer, TlsStream, new_tid,
-    parse_listening, tcp_connect, tls_connect, turnpike_bin, udp_client, wait_bounded,
+    IO_TIMEOUT, TestServer, TlsStream, new_tid, tcp_connect, tls_connect, udp_client, wait_bounded,
 };
 
 /// How long a condition polled with [`wait_until`] may take to hold.
@@ -914,91 +913,5 @@ impl TestServer {
                 );
             }
         }
-    }
-
-    /// [`TestServer::start`] with extra arguments before `serve` (global
-    /// options such as `--log-format json`).
-    pub fn start_with_args(config_toml: &str, args: &[&str]) -> TestServer {
-        let config_toml = &if config_toml.contains("[http]") {
-            config_toml.to_string()
-        } else {
-            format!("{config_toml}\n[http]\naddr = \"127.0.0.1:0\"\n")
-        };
-        let parsed = turnpike::config::Config::parse(config_toml, "test config")
-            .unwrap_or_else(|e| panic!("the test's own config is invalid: {e}"));
-        let expected = parsed.listen.len() + usize::from(parsed.http.addr.is_some());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config_path = dir.path().join("turnpike.toml");
-        std::fs::write(&config_path, config_toml).expect("write config");
-        let mut child = Command::new(turnpike_bin())
-            .args(args)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LIB_BACKTRACE", "0")
-            .spawn()
-            .expect("spawn turnpike");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_thread = {
-            let mut pipe = child.stderr.take().expect("stderr piped");
-            let buf = stderr.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                loop {
-                    match pipe.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
-                    }
-                }
-            })
-        };
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("stdout piped");
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    match line {
-                        Ok(l) => {
-                            let _ = tx.send(StdoutEvent::Line(l));
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let _ = tx.send(StdoutEvent::Eof);
-            });
-        }
-        let mut server = TestServer {
-            child: Some(child),
-            listeners: Vec::new(),
-            http: None,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-            config_path,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while server.listeners.len() + usize::from(server.http.is_some()) < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(StdoutEvent::Line(l)) => match parse_listening(&l) {
-                    Some(x) => server.listeners.push(x),
-                    None => match l.strip_prefix("listening http ").map(str::parse) {
-                        Some(Ok(a)) => server.http = Some(a),
-                        _ => panic!("unexpected stdout line from turnpike: {l:?}"),
-                    },
-                },
-                Ok(StdoutEvent::Eof) | Err(_) => {
-                    let status = server.wait_exit(STOP_TIMEOUT);
-                    panic!(
-                        "turnpike did not print its listeners (status {status}); stderr:\n{}",
-                        server.stderr_text()
-                    );
-                }
-            }
-        }
-        server
     }
 }
