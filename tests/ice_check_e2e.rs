@@ -695,7 +695,10 @@ fn ctrl_c_ends_the_run_with_a_report() {
     let s = server(UDP, "47700-47799", true);
     let url = udp_url(&s);
     // An offer whose answer never comes: it waits, until SIGINT.
-    let offer = spawn_side("offer", &url);
+    let mut offer = spawn_side("offer", &url);
+    // Held open until the end (Child::wait would close it, and stdin's
+    // end is a reason to stop too).
+    let _stdin = offer.child.stdin.take();
     offer
         .blob
         .recv_timeout(RUN_LIMIT)
