@@ -169,7 +169,7 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
                     let mut due = target.saturating_sub(originated);
                     let min = nconns.min(32) as u64;
                     if due >= min || (due > 0 && now - last_burst >= 1_000_000) {
-                        let cap = ((rate * 0.02) as u64).max(min);
+                        let cap = ((rate * 0.05) as u64).max(min);
                         if due > cap {
                             originated += due - cap;
                             due = cap;

@@ -139,6 +139,10 @@ pub struct RelayReport {
     pub server: Option<ServerUsage>,
     /// The generator's own CPU seconds (all threads) in the measured window.
     pub generator_cpu_s: f64,
+    /// Round trips the pacer skipped in the measured window because the
+    /// generator fell more than 50 ms behind its schedule (0 when it kept
+    /// up; then offered ≈ target).
+    pub generator_skipped: u64,
     pub totals: Totals,
     pub setup_s: f64,
     pub teardown_failures: usize,
@@ -204,6 +208,7 @@ struct Stats {
     relayed: u64,
     totals: Totals,
     hist: Histogram,
+    skipped: u64,
 }
 
 struct Worker {
@@ -341,10 +346,15 @@ impl Worker {
                         let mut due = target.saturating_sub(originated);
                         let min = senders.len().min(32) as u64;
                         if due >= min || (due > 0 && now - last_burst >= 1_000_000) {
-                            // Never more than 20 ms worth at once.
-                            let cap = ((rate * 0.02) as u64).max(min);
+                            // Never more than 50 ms worth at once: further
+                            // behind than that, the rest is skipped (and
+                            // reported) rather than sent as one burst.
+                            let cap = ((rate * 0.05) as u64).max(min);
                             if due > cap {
-                                originated += due - cap; // fell behind: skip
+                                if measured {
+                                    st.skipped += due - cap;
+                                }
+                                originated += due - cap;
                                 due = cap;
                             }
                             last_burst = now;
@@ -725,6 +735,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         stats.totals.send_drops += s.totals.send_drops;
         stats.totals.unknown += s.totals.unknown;
         stats.hist.merge(&s.hist);
+        stats.skipped += s.skipped;
         back.extend(global_index[t].iter().copied().zip(allocs));
     }
     let srv_end = o.server_pid.map(sys::sample).transpose();
@@ -787,6 +798,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         rtt_us: Percentiles::of_ns(&stats.hist),
         server,
         generator_cpu_s: gen1 - gen0,
+        generator_skipped: stats.skipped,
         totals: stats.totals,
         setup_s,
         teardown_failures,

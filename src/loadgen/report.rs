@@ -105,6 +105,16 @@ pub fn relay(r: &RelayReport) -> String {
             100.0 * r.generator_cpu_s / r.duration_s.max(1e-9)
         ),
     );
+    if r.generator_skipped > 0 {
+        row(
+            &mut o,
+            "generator fell behind: skipped",
+            format!(
+                "{} round trips (the generator, not the server, was short of CPU)",
+                r.generator_skipped
+            ),
+        );
+    }
     if r.totals.send_drops > 0 || r.totals.unknown > 0 {
         row(
             &mut o,
