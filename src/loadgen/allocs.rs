@@ -77,6 +77,7 @@ pub fn teardown(allocs: &mut [Alloc], concurrency: usize) -> (usize, usize, f64)
     let outs = setup::drive(
         allocs,
         &which,
+        None,
         |_, _| vec![Step::Refresh(0)],
         concurrency,
         setup::Timing::default(),
@@ -103,6 +104,7 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
     let outs = setup::drive(
         &mut allocs,
         &which,
+        Some(&o.target),
         |_, _| setup_steps(peer),
         o.concurrency,
         setup::Timing::default(),
@@ -207,6 +209,7 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
     let budget = Duration::from_secs(60) + Duration::from_millis(10 * o.allocations as u64);
     if let Err(e) = setup::drive_all(
         &mut allocs,
+        Some(&o.target),
         |_, _| setup_steps(peer),
         o.concurrency,
         "set-up",
@@ -229,6 +232,7 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
         if Instant::now() >= next_refresh && hold_start.elapsed() < o.hold {
             if let Err(e) = setup::drive_all(
                 &mut allocs,
+                None,
                 |_, _| {
                     vec![
                         Step::Refresh(600),

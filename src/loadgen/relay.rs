@@ -606,13 +606,17 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     }
     let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
     let budget = Duration::from_secs(30) + Duration::from_millis(5 * o.allocations as u64);
-    setup::drive_all(
+    if let Err(e) = setup::drive_all(
         &mut allocs,
+        Some(&o.target),
         |_, _| vec![Step::Allocate],
         64,
         "Allocate",
         budget,
-    )?;
+    ) {
+        super::allocs::teardown(&mut allocs, 64);
+        return Err(e);
+    }
     let relayed: Vec<SocketAddr> = allocs.iter().map(|a| a.relayed.unwrap()).collect();
     // Who talks to whom, and which thread owns each allocation.
     let peer_of = |i: usize| -> SocketAddr {
@@ -627,8 +631,9 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     };
     let peer_addrs: Vec<SocketAddr> = (0..allocs.len()).map(peer_of).collect();
     let method = o.method;
-    setup::drive_all(
+    if let Err(e) = setup::drive_all(
         &mut allocs,
+        None,
         |i, _| {
             let p = peer_addrs[i];
             let mut v = vec![Step::Permission(p)];
@@ -640,7 +645,10 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         64,
         "CreatePermission/ChannelBind",
         budget,
-    )?;
+    ) {
+        super::allocs::teardown(&mut allocs, 64);
+        return Err(e);
+    }
     let setup_s = setup_start.elapsed().as_secs_f64();
 
     // Hand the allocations to their threads.
@@ -745,6 +753,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     let deletes = setup::drive(
         &mut allocs,
         &everyone,
+        None,
         |_, _| vec![Step::Refresh(0)],
         64,
         setup::Timing::default(),

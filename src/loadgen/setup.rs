@@ -134,6 +134,7 @@ struct Active {
     rto: Duration,
     tx: u32,
     stale: u32,
+    reconnects: u32,
     started: Instant,
 }
 
@@ -143,10 +144,14 @@ pub type Outcome = std::result::Result<Duration, String>;
 
 /// Run `steps(i)` for each allocation index in `which`, keeping at most
 /// `concurrency` in flight. Returns one outcome per entry of `which`, in
-/// order. Nothing waits past `deadline`.
+/// order. Nothing waits past `deadline`. With `reconnect`, an Allocate
+/// answered 437 (the five-tuple still has an allocation, e.g. a reused
+/// ephemeral port whose earlier allocation was never deleted) is retried
+/// from a new socket, twice at most.
 pub fn drive(
     allocs: &mut [Alloc],
     which: &[usize],
+    reconnect: Option<&Target>,
     steps: impl Fn(usize, &Alloc) -> Vec<Step>,
     concurrency: usize,
     timing: Timing,
@@ -180,6 +185,7 @@ pub fn drive(
                 rto: timing.rto,
                 tx: 0,
                 stale: 0,
+                reconnects: 0,
                 started: now,
             };
             if act.steps.is_empty() {
@@ -292,6 +298,31 @@ pub fn drive(
                         verdict = Some(Err(why));
                         break;
                     }
+                    Progress::Reconnect(why) => {
+                        let fresh = match reconnect {
+                            Some(t) if act.reconnects < 2 => Conn::connect(t),
+                            _ => {
+                                verdict = Some(Err(why));
+                                break;
+                            }
+                        };
+                        ep.remove(a.conn.fd());
+                        match fresh {
+                            Ok(c) => {
+                                a.conn = c;
+                                a.session = None;
+                                a.relayed = None;
+                                ep.add(a.conn.fd(), s as u64)?;
+                                act.reconnects += 1;
+                                build(act, a, &mut rng);
+                                act.next_tx = Instant::now();
+                                act.tx = 0;
+                                act.rto = timing.rto;
+                            }
+                            Err(e) => verdict = Some(Err(format!("{why}; reconnecting: {e}"))),
+                        }
+                        break;
+                    }
                 }
             }
             if verdict.is_none() && a.conn.is_closed() {
@@ -322,6 +353,8 @@ enum Progress {
     Resend,
     Next,
     Fail(String),
+    /// Retry the Allocate from a new five-tuple.
+    Reconnect(String),
 }
 
 fn build(act: &mut Active, a: &Alloc, rng: &mut SmallRng) {
@@ -394,7 +427,11 @@ fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) ->
                     }
                 }
             }
-            Progress::Fail(format!("{}: {code} {reason}", step.name()))
+            let why = format!("{}: {code} {reason}", step.name());
+            if code == 437 && step == Step::Allocate {
+                return Progress::Reconnect(why);
+            }
+            Progress::Fail(why)
         }
         _ => Progress::Ignore,
     }
@@ -416,6 +453,7 @@ pub fn summarize(outcomes: &[Outcome]) -> (usize, Vec<String>) {
 /// any did not make it.
 pub fn drive_all(
     allocs: &mut [Alloc],
+    reconnect: Option<&Target>,
     steps: impl Fn(usize, &Alloc) -> Vec<Step>,
     concurrency: usize,
     what: &str,
@@ -426,6 +464,7 @@ pub fn drive_all(
     let outs = drive(
         allocs,
         &which,
+        reconnect,
         steps,
         concurrency,
         Timing::default(),
