@@ -223,7 +223,7 @@ load_maxrate() {
     out=$(lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
       --mode c2c --rate "$rate" --size 100 --duration "$STEP_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID")
     read -r loss skipped relayed < <(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["loss_pct"], r["generator_skipped"], r["relayed_per_s"])' <<<"$out")
-    steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); r=json.loads(sys.argv[2]); s.append({"rate": r["target_rate"], "loss_pct": r["loss_pct"], "skipped": r["generator_skipped"], "relayed_per_s": r["relayed_per_s"], "generator_cpu_pct": 100 * r["generator_cpu_s"] / r["duration_s"], "server_cpu_pct": (r.get("server") or {}).get("cpu_pct")}); print(json.dumps(s))' "$steps" "$out")
+    steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); r=json.loads(sys.argv[2]); s.append({"rate": r["target_rate"], "loss_pct": r["loss_pct"], "skipped": r["generator_skipped"], "relayed_per_s": r["relayed_per_s"], "generator_cpu_pct": 100 * r["generator_cpu_s"] / r["duration_s"], "kernel_udp_rcvbuf_errors": r.get("kernel_udp_rcvbuf_errors"), "server_cpu_pct": (r.get("server") or {}).get("cpu_pct")}); print(json.dumps(s))' "$steps" "$out")
     ok=$(python3 -c 'import sys; print(1 if float(sys.argv[1]) < 1.0 else 0)' "$loss")
     if [ "$ok" = 1 ]; then
       best=$(python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$best" "$relayed")

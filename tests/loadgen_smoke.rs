@@ -121,6 +121,10 @@ fn check_relay(r: &RelayReport, allocations: usize) {
     assert!(s.cpu_s >= 0.0 && s.window_s > 0.0);
     assert!(s.rss_end_bytes > 0);
     assert_eq!(s.units, r.relayed_msgs);
+    assert!(
+        r.kernel_udp_rcvbuf_errors.is_some(),
+        "/proc/net/snmp is readable on Linux"
+    );
 }
 
 #[test]

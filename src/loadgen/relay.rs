@@ -143,6 +143,11 @@ pub struct RelayReport {
     /// generator fell more than 50 ms behind its schedule (0 when it kept
     /// up; then offered ≈ target).
     pub generator_skipped: u64,
+    /// Datagrams the kernel dropped for a full socket receive buffer during
+    /// the measured window (UDP RcvbufErrors of /proc/net/snmp:
+    /// system-wide, so anything else running counts too). Where UDP loss
+    /// usually happens: a server (or generator) socket that overflowed.
+    pub kernel_udp_rcvbuf_errors: Option<u64>,
     pub totals: Totals,
     pub setup_s: f64,
     pub teardown_failures: usize,
@@ -720,10 +725,12 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     sleep_until(t_measure);
     let srv0 = o.server_pid.map(sys::sample).transpose();
     let gen0 = sys::self_cpu_s();
+    let drops0 = sys::udp_rcvbuf_errors();
     let w0 = clock.ns();
     sleep_until(t_stop);
     let srv1 = o.server_pid.map(sys::sample).transpose();
     let gen1 = sys::self_cpu_s();
+    let drops1 = sys::udp_rcvbuf_errors();
     let w1 = clock.ns();
     let mut stats = Stats::default();
     let mut back: Vec<(usize, Alloc)> = Vec::new();
@@ -808,6 +815,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         server,
         generator_cpu_s: gen1 - gen0,
         generator_skipped: stats.skipped,
+        kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
         totals: stats.totals,
         setup_s,
         teardown_failures,

@@ -115,6 +115,13 @@ pub fn relay(r: &RelayReport) -> String {
             ),
         );
     }
+    if let Some(d) = r.kernel_udp_rcvbuf_errors.filter(|d| *d > 0) {
+        row(
+            &mut o,
+            "kernel UDP receive-buffer drops",
+            format!("{d} (system-wide, measured window)"),
+        );
+    }
     if r.totals.send_drops > 0 || r.totals.unknown > 0 {
         row(
             &mut o,

@@ -168,6 +168,24 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
     })
 }
 
+/// The kernel's UDP RcvbufErrors counter (datagrams dropped because a
+/// socket's receive buffer was full), system-wide, from /proc/net/snmp.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    parse_snmp_udp(
+        &std::fs::read_to_string("/proc/net/snmp").ok()?,
+        "RcvbufErrors",
+    )
+}
+
+/// A field of the `Udp:` lines (header, then values) of /proc/net/snmp.
+pub fn parse_snmp_udp(snmp: &str, field: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names = udp.next()?;
+    let values = udp.next()?;
+    let i = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// This process's own CPU time (user + system, all threads) in seconds.
 pub fn self_cpu_s() -> f64 {
     // SAFETY: `ru` is valid for the call.
@@ -192,6 +210,14 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
         assert_eq!(parse_status_rss(s), Some(2048 * 1024));
         assert_eq!(parse_status_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn snmp_udp_field() {
+        let s = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 2 3 40 7 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(parse_snmp_udp(s, "RcvbufErrors"), Some(7));
+        assert_eq!(parse_snmp_udp(s, "InDatagrams"), Some(10));
+        assert_eq!(parse_snmp_udp(s, "Nope"), None);
     }
 
     #[test]
