@@ -16,11 +16,12 @@
 # slow drift of the machine cancels out:
 #   1. starts a fresh server on 127.0.0.1:PORT (UDP and TCP, no TLS):
 #      - coturn 4.6.1 (`turnserver`), TURN REST secret "S", realm "bench",
-#        relay ports 49152-65535 on 127.0.0.1, loopback peers allowed,
+#        relay ports 10000-32767 on 127.0.0.1, loopback peers allowed,
 #        --relay-threads = nproc, log to a file;
 #      - turnpike (target/release/turnpike, built if missing), the
 #        equivalent config: threads = nproc, the same secret, realm, relay
-#        IP and ports, 127.0.0.1/32 allowed as peer, no HTTP, log level warn;
+#        IP and ports (10000-32767 for both: below the ephemeral range, so
+#        no client socket takes a relay port), 127.0.0.1/32 allowed as peer, no HTTP, log level warn;
 #   2. runs the load, reading the server's CPU (utime+stime of
 #      /proc/PID/stat) and RSS (VmRSS) around the measured window;
 #   3. stops the server (SIGINT, then SIGKILL after 5 s).
@@ -95,6 +96,15 @@ else
   ROUNDS=${ROUNDS:-3}
   CPU_DUR=10; STEP_DUR=3; STEP_FACTOR=1.25; UC_N=2000; SETUP_N=5000; BIND_DUR=5
 fi
+# Relay ports: below the kernel's ephemeral range (32768-60999 by default),
+# so no client socket of the generator or of uclient can hold a port a
+# server wants (and EVEN-PORT/RESERVATION-TOKEN pairs stay free).
+RELAY_LOW=10000
+RELAY_HIGH=32767
+read -r eph_low _ </proc/sys/net/ipv4/ip_local_port_range
+if [ "$eph_low" -le "$RELAY_HIGH" ]; then
+  echo "warning: the ephemeral port range starts at $eph_low, inside the relay range $RELAY_LOW-$RELAY_HIGH" >&2
+fi
 STEP_START=50000
 STEP_MAX=1000000
 RELAY_ALLOCS=64
@@ -111,6 +121,7 @@ done
 WORK=$(mktemp -d /tmp/turnpike-compare.XXXXXX)
 SERVER_PID=""
 CLIENT_PID=""
+RUN=""
 
 cleanup() {
   local rc=$?
@@ -153,7 +164,7 @@ transport = "tcp"
 addr = "127.0.0.1:$PORT"
 [relay]
 bind_ip = "127.0.0.1"
-ports = "49152-65535"
+ports = "$RELAY_LOW-$RELAY_HIGH"
 [auth]
 secrets = ["$SECRET"]
 [policy]
@@ -168,7 +179,7 @@ TP_CMD=("$TP" --log-level warn serve --config "$WORK/turnpike.toml")
 CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=bench
   --listening-ip=127.0.0.1 "--listening-port=$PORT" --relay-ip=127.0.0.1
   --allow-loopback-peers --no-tls --no-dtls --no-cli
-  --min-port=49152 --max-port=65535 "--relay-threads=$CORES"
+  "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH" "--relay-threads=$CORES"
   --no-stdout-log --simple-log "--log-file=$WORK/coturn.log" --pidfile=/dev/null)
 
 start_server() { # $1 = turnpike|coturn
@@ -252,11 +263,11 @@ load_uclient() {
   local t0 t1 c0 c1 rc=0
   c0=$(cpu_ticks "$SERVER_PID"); t0=$(date +%s.%N)
   timeout -k 5 120 turnutils_uclient -y -m 50 -z 0 -n "$UC_N" -l 100 -W "$SECRET" -u bench -p "$PORT" 127.0.0.1 \
-    >"$WORK/uclient.txt" 2>&1 & CLIENT_PID=$!
+    >"$WORK/uclient.$RUN.txt" 2>&1 & CLIENT_PID=$!
   wait "$CLIENT_PID" || rc=$?
   CLIENT_PID=""
   t1=$(date +%s.%N); c1=$(cpu_ticks "$SERVER_PID")
-  python3 - "$WORK/uclient.txt" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" "$rc" <<'PY'
+  python3 - "$WORK/uclient.$RUN.txt" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" "$rc" <<'PY'
 import json, re, sys
 path, t0, t1, c0, c1, hz, rc = sys.argv[1:]
 text = open(path, errors="replace").read()
@@ -304,11 +315,13 @@ for load in "${LOADS[@]}"; do
     if [ $((r % 2)) = 1 ]; then order=(turnpike coturn); else order=(coturn turnpike); fi
     for srv in "${order[@]}"; do
       printf '  %-8s round %d %-8s ... ' "$load" "$r" "$srv" >&2
+      RUN="$srv.$r"
       start_server "$srv"
       if "load_$load" >"$WORK/$load.$srv.$r.json" 2>"$WORK/$load.$srv.$r.err"; then
         echo "ok ($(( $(date +%s) - START )) s)" >&2
       else
-        echo "FAILED: $(tail -1 "$WORK/$load.$srv.$r.err")" >&2
+        echo "FAILED: $(tail -1 "$WORK/$load.$srv.$r.err") (raw output: $load.$srv.$r.failed; --keep DIR keeps it)" >&2
+        mv "$WORK/$load.$srv.$r.json" "$WORK/$load.$srv.$r.failed"
         echo '{"failed": true}' >"$WORK/$load.$srv.$r.json"
       fi
       stop_server
@@ -455,7 +468,7 @@ sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary:
         "```",
         "turnserver --use-auth-secret --static-auth-secret=S --realm=bench --listening-ip=127.0.0.1 \\",
         f"  --listening-port={port} --relay-ip=127.0.0.1 --allow-loopback-peers --no-tls --no-dtls --no-cli \\",
-        f"  --min-port=49152 --max-port=65535 --relay-threads={cores} --no-stdout-log --simple-log --log-file=FILE",
+        f"  --min-port=10000 --max-port=32767 --relay-threads={cores} --no-stdout-log --simple-log --log-file=FILE",
         "turnpike --log-level warn serve --config turnpike.toml   # the same secret, realm, relay IP and ports",
         f"turnpike loadgen relay --secret S --allocations {allocs} --mode c2c --rate 50000 --size 100 --duration {cpu_dur} --warmup 1 --threads {gen_threads} --server-pid PID --json",
         f"turnpike loadgen relay ... --rate R --duration {step_dur}   # R = 50000, x{step_factor} per step, until loss >= 1%",
