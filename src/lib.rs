@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod http;
 pub mod ice;
 pub mod io;
+pub mod loadgen;
 pub mod sd_notify;
 pub mod sim;
 pub mod wire;

@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Datagrams per system call.
-pub(crate) const BATCH: usize = 32;
+pub const BATCH: usize = 32;
 
 /// Largest UDP payload over IPv4/IPv6 (65507 / 65527), rounded up.
-pub(crate) const MAX_DATAGRAM: usize = 65536;
+pub const MAX_DATAGRAM: usize = 65536;
 
 /// Receive buffers for one `recvmmsg`.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     head: usize,
     stride: usize,
     cap: usize,
@@ -67,7 +67,7 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 impl RecvBatch {
     /// `slots` of `cap` bytes each, with `head` bytes of headroom and
     /// `tail` of tailroom around every slot.
-    pub(crate) fn new(head: usize, cap: usize, tail: usize) -> Self {
+    pub fn new(head: usize, cap: usize, tail: usize) -> Self {
         let stride = head + cap + tail;
         RecvBatch {
             head,
@@ -86,7 +86,7 @@ impl RecvBatch {
     /// Read up to [`BATCH`] datagrams without blocking. `WouldBlock` when
     /// none is waiting. Datagrams larger than a slot (truncated) are
     /// skipped.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let base = self.buf.as_mut_ptr();
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
@@ -135,7 +135,7 @@ impl RecvBatch {
     }
 
     /// Datagrams read by the last `recv`.
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.n
     }
 
@@ -144,9 +144,7 @@ impl RecvBatch {
     /// its source; `None` for one that was truncated or came from a non-IP
     /// address. The slots are disjoint, so what the caller writes in one
     /// can be held while it works on the next.
-    pub(crate) fn slots_mut(
-        &mut self,
-    ) -> impl Iterator<Item = Option<(&mut [u8], usize, SocketAddr)>> {
+    pub fn slots_mut(&mut self) -> impl Iterator<Item = Option<(&mut [u8], usize, SocketAddr)>> {
         let n = self.n;
         self.buf
             .chunks_exact_mut(self.stride)
@@ -157,24 +155,39 @@ impl RecvBatch {
 }
 
 /// Datagrams queued for one socket, sent with one `sendmmsg`.
-pub(crate) struct SendBatch<'a> {
+pub struct SendBatch<'a> {
     items: [(&'a [u8], Option<SocketAddr>); BATCH],
     n: usize,
 }
 
+impl Default for SendBatch<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<'a> SendBatch<'a> {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         SendBatch {
             items: [(&[], None); BATCH],
             n: 0,
         }
     }
 
-    pub(crate) fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         self.n == BATCH
     }
 
-    pub(crate) fn push(&mut self, data: &'a [u8], to: SocketAddr) {
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn push(&mut self, data: &'a [u8], to: SocketAddr) {
         debug_assert!(!self.is_full());
         self.items[self.n] = (data, Some(to));
         self.n += 1;
@@ -182,7 +195,7 @@ impl<'a> SendBatch<'a> {
 
     /// Send everything queued. Returns how many datagrams the kernel did
     /// not take (a full socket buffer: the rest is dropped, as UDP may).
-    pub(crate) fn flush(&mut self, fd: RawFd) -> usize {
+    pub fn flush(&mut self, fd: RawFd) -> usize {
         let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
         let mut iov: [libc::iovec; BATCH] = zeroed();
         let mut hdrs: [libc::mmsghdr; BATCH] = zeroed();

@@ -7,7 +7,7 @@
 //! the shards, and a shard never shares state with another on the packet
 //! path.
 
-mod batch;
+pub mod batch;
 pub mod clock;
 mod control;
 mod relay;

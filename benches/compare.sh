@@ -1,0 +1,500 @@
+#!/usr/bin/env bash
+# benches/compare.sh — turnpike vs coturn, same machine, same loads.
+#
+# Usage:
+#   benches/compare.sh            # full run: 3 rounds, ~10-15 minutes
+#   benches/compare.sh --quick    # smoke run: 1 round, short loads, <= 3 minutes
+#   options: --rounds N   --port P (default 3478)   --out FILE (default
+#            benches/RESULTS.md)   --keep DIR (keep raw JSON and server logs)
+#            --no-write (print the table, leave RESULTS.md alone)
+#            --gen-threads N (load generator threads for the relay loads,
+#            default 1: on 2 cores the generator shares the CPUs with the
+#            server, and one thread offers ~400k msg/s)
+#
+# What it does, for every load below and every round, alternating the order
+# (round 1: turnpike then coturn, round 2: coturn then turnpike, ...) so
+# slow drift of the machine cancels out:
+#   1. starts a fresh server on 127.0.0.1:PORT (UDP and TCP, no TLS):
+#      - coturn 4.6.1 (`turnserver`), TURN REST secret "S", realm "bench",
+#        relay ports 10000-32767 on 127.0.0.1, loopback peers allowed,
+#        --relay-threads = nproc, log to a file;
+#      - turnpike (target/release/turnpike, built if missing), the
+#        equivalent config: threads = nproc, the same secret, realm, relay
+#        IP and ports (10000-32767 for both: below the ephemeral range, so
+#        no client socket takes a relay port), 127.0.0.1/32 allowed as peer, no HTTP, log level warn;
+#   2. runs the load, reading the server's CPU (utime+stime of
+#      /proc/PID/stat) and RSS (VmRSS) around the measured window;
+#   3. stops the server (SIGINT, then SIGKILL after 5 s).
+# The loads:
+#   cpu50k   `turnpike loadgen relay --mode c2c --rate 50000 --size 100`
+#            (64 allocations = 32 A/B pairs, ChannelData): server CPU per
+#            relayed message, relayed msg/s, loss, RTT p50/p99.
+#   maxrate  the same, stepping the offered rate up (x1.25 from 50k msg/s;
+#            x1.5 with --quick) until loss >= 1 % or the generator relays
+#            less than 90 % of what it was asked (it cannot keep up): the
+#            highest relayed msg/s with loss < 1 %.
+#   uclient  coturn's own client: `turnutils_uclient -y -m 50 -z 0 -n N -l 100 -u bench
+#            -W S` (50 client-to-client sessions, N messages each, as fast as
+#            it goes; its rate is its own, it cannot be paced precisely):
+#            elapsed wall time (its ~5 s of staggered connects included),
+#            messages received, server CPU per received message.
+#   setup    `turnpike loadgen allocations --count N --concurrency 32`:
+#            Allocate (with its 401) + CreatePermission + ChannelBind, per s.
+#   binding  `turnpike loadgen binding` closed loop (4 sockets x 16 in
+#            flight): Binding requests answered per second, CPU per request.
+#   idle1k / idle10k  `turnpike loadgen idle --allocations N`: server RSS
+#            with N idle allocations (each one permission + one channel) and
+#            (RSS with − RSS before) / N.
+# The markdown table (median of the rounds, ratio turnpike/coturn, the exact
+# commands, date, machine, versions) replaces the "## turnpike vs coturn"
+# section of RESULTS.md; other sections are kept.
+#
+# Definitions (also in `turnpike loadgen relay --help` output): a relayed
+# message is one payload that crossed the server from one endpoint to the
+# other; a c2c round trip (A->B, B echoes to A) is two relayed messages. In
+# c2c each relayed message costs the server two hops (client->relay socket
+# ->partner's relay socket->partner client), as with uclient -y.
+#
+# Everything runs on 127.0.0.1. Every server and client this script starts
+# is killed on exit, failure or Ctrl-C. Needs: coturn (turnserver,
+# turnutils_uclient), python3, ss, a Rust toolchain if the release binary is
+# missing. Run it as a user that may raise RLIMIT_NOFILE to >= 10200 for
+# the 10k idle load (root here), on an otherwise quiet machine.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=0
+ROUNDS=""
+PORT=3478
+OUT="$ROOT/benches/RESULTS.md"
+KEEP=""
+WRITE=1
+GEN_THREADS=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --port) PORT="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --keep) KEEP="$2"; shift ;;
+    --no-write) WRITE=0 ;;
+    --gen-threads) GEN_THREADS="$2"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+CORES=$(nproc)
+SECRET=S
+if [ "$QUICK" = 1 ]; then
+  ROUNDS=${ROUNDS:-1}
+  CPU_DUR=3; STEP_DUR=2; STEP_FACTOR=1.5; UC_N=500; SETUP_N=1000; BIND_DUR=2
+else
+  ROUNDS=${ROUNDS:-3}
+  CPU_DUR=10; STEP_DUR=3; STEP_FACTOR=1.25; UC_N=2000; SETUP_N=5000; BIND_DUR=5
+fi
+# Relay ports: below the kernel's ephemeral range (32768-60999 by default),
+# so no client socket of the generator or of uclient can hold a port a
+# server wants (and EVEN-PORT/RESERVATION-TOKEN pairs stay free).
+RELAY_LOW=10000
+RELAY_HIGH=32767
+read -r eph_low _ </proc/sys/net/ipv4/ip_local_port_range
+if [ "$eph_low" -le "$RELAY_HIGH" ]; then
+  echo "warning: the ephemeral port range starts at $eph_low, inside the relay range $RELAY_LOW-$RELAY_HIGH" >&2
+fi
+STEP_START=50000
+STEP_MAX=1000000
+RELAY_ALLOCS=64
+
+TP="$ROOT/target/release/turnpike"
+if [ ! -x "$TP" ]; then
+  echo "building target/release/turnpike ..." >&2
+  cargo build --release --quiet
+fi
+for t in turnserver turnutils_uclient python3 ss; do
+  command -v "$t" >/dev/null || { echo "error: $t not found (apt-get install coturn python3 iproute2)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/turnpike-compare.XXXXXX)
+SERVER_PID=""
+CLIENT_PID=""
+RUN=""
+
+cleanup() {
+  local rc=$?
+  for p in $CLIENT_PID $SERVER_PID; do
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "raw results kept in $KEEP" >&2
+  fi
+  rm -rf "$WORK"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" -lt 10200 ]; then
+  echo "warning: RLIMIT_NOFILE is $(ulimit -n): the 10k idle load needs ~10100 fds in the generator and in the server" >&2
+fi
+
+port_busy() {
+  ss -Hlun "sport = :$PORT" | grep -q . || ss -Hltn "sport = :$PORT" | grep -q .
+}
+
+if port_busy; then
+  echo "error: 127.0.0.1:$PORT is in use; pick another with --port" >&2
+  exit 1
+fi
+
+cat > "$WORK/turnpike.toml" <<EOF
+[server]
+threads = $CORES
+realm = "bench"
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:$PORT"
+[[listen]]
+transport = "tcp"
+addr = "127.0.0.1:$PORT"
+[relay]
+bind_ip = "127.0.0.1"
+ports = "$RELAY_LOW-$RELAY_HIGH"
+[auth]
+secrets = ["$SECRET"]
+[policy]
+allow_peers = ["127.0.0.1/32"]
+max_allocations = 100000
+max_allocations_per_user = 100000
+[http]
+addr = ""
+EOF
+
+TP_CMD=("$TP" --log-level warn serve --config "$WORK/turnpike.toml")
+CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=bench
+  --listening-ip=127.0.0.1 "--listening-port=$PORT" --relay-ip=127.0.0.1
+  --allow-loopback-peers --no-tls --no-dtls --no-cli
+  "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH" "--relay-threads=$CORES"
+  --no-stdout-log --simple-log "--log-file=$WORK/coturn.log" --pidfile=/dev/null)
+
+start_server() { # $1 = turnpike|coturn
+  local i
+  case "$1" in
+    turnpike) "${TP_CMD[@]}" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
+    coturn) "${CT_CMD[@]}" >>"$WORK/coturn.out" 2>&1 & ;;
+  esac
+  SERVER_PID=$!
+  for i in $(seq 100); do
+    if port_busy; then sleep 0.2; return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "error: $1 exited at start; see logs (--keep DIR)" >&2; tail -5 "$WORK/$1".* >&2 || true; exit 1; }
+    sleep 0.1
+  done
+  echo "error: $1 did not listen on $PORT within 10 s" >&2
+  exit 1
+}
+
+stop_server() {
+  local i
+  [ -n "$SERVER_PID" ] || return 0
+  kill -INT "$SERVER_PID" 2>/dev/null || true
+  for i in $(seq 50); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  # Let the ports and the last relay sockets go before the next start.
+  for i in $(seq 50); do port_busy || break; sleep 0.1; done
+}
+
+cpu_ticks() { # utime+stime of $1 in clock ticks
+  sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+lg() { # loadgen with a hard time limit; stdout = JSON
+  timeout -k 5 "$1" "$TP" loadgen "${@:2}" --json
+}
+
+# --- the loads: each writes one JSON object to stdout -------------------
+
+load_cpu50k() {
+  lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
+    --mode c2c --rate 50000 --size 100 --duration "$CPU_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID"
+}
+
+load_maxrate() {
+  local rate=$STEP_START best=0 out ok kept_up=1 loss skipped relayed steps="[]"
+  while :; do
+    out=$(lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
+      --mode c2c --rate "$rate" --size 100 --duration "$STEP_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID")
+    read -r loss skipped relayed < <(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["loss_pct"], r["generator_skipped"], r["relayed_per_s"])' <<<"$out")
+    steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); r=json.loads(sys.argv[2]); s.append({"rate": r["target_rate"], "loss_pct": r["loss_pct"], "skipped": r["generator_skipped"], "relayed_per_s": r["relayed_per_s"], "generator_cpu_pct": 100 * r["generator_cpu_s"] / r["duration_s"], "kernel_udp_rcvbuf_errors": r.get("kernel_udp_rcvbuf_errors"), "server_cpu_pct": (r.get("server") or {}).get("cpu_pct")}); print(json.dumps(s))' "$steps" "$out")
+    ok=$(python3 -c 'import sys; print(1 if float(sys.argv[1]) < 1.0 else 0)' "$loss")
+    if [ "$ok" = 1 ]; then
+      best=$(python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$best" "$relayed")
+    fi
+    # Go on while nothing is lost and the generator offered what it was
+    # asked (a short scheduling stall on a busy machine skips a little; a
+    # generator that cannot keep up offers much less).
+    kept_up=$(python3 -c 'import sys; print(1 if float(sys.argv[1]) >= 0.9 * float(sys.argv[2]) else 0)' "$relayed" "$rate")
+    if [ "$ok" != 1 ] || [ "$kept_up" != 1 ]; then break; fi
+    rate=$(python3 -c 'import sys; print(int(float(sys.argv[1]) * float(sys.argv[2])))' "$rate" "$STEP_FACTOR")
+    [ "$rate" -le "$STEP_MAX" ] || break
+  done
+  local why=loss
+  if [ "$ok" = 1 ] && [ "$kept_up" != 1 ]; then
+    why=generator
+  elif [ "$ok" = 1 ]; then
+    why="rate cap $STEP_MAX"
+  elif [ "$skipped" != 0 ]; then
+    why="loss (generator behind too)"
+  fi
+  python3 -c 'import json,sys; print(json.dumps({"max_relayed_per_s": float(sys.argv[1]), "limited_by": sys.argv[2], "steps": json.loads(sys.argv[3])}))' \
+    "$best" "$why" "$steps"
+}
+
+load_uclient() {
+  local t0 t1 c0 c1 rc=0
+  c0=$(cpu_ticks "$SERVER_PID"); t0=$(date +%s.%N)
+  timeout -k 5 120 turnutils_uclient -y -m 50 -z 0 -n "$UC_N" -l 100 -W "$SECRET" -u bench -p "$PORT" 127.0.0.1 \
+    >"$WORK/uclient.$RUN.txt" 2>&1 & CLIENT_PID=$!
+  wait "$CLIENT_PID" || rc=$?
+  CLIENT_PID=""
+  t1=$(date +%s.%N); c1=$(cpu_ticks "$SERVER_PID")
+  python3 - "$WORK/uclient.$RUN.txt" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" "$rc" <<'PY'
+import json, re, sys
+path, t0, t1, c0, c1, hz, rc = sys.argv[1:]
+text = open(path, errors="replace").read()
+def num(pat):
+    m = re.findall(pat, text)
+    return float(m[-1]) if m else None
+elapsed = float(t1) - float(t0)
+recv = num(r"tot_recv_msgs=(\d+)")
+sent = num(r"tot_send_msgs=(\d+)")
+cpu = (int(c1) - int(c0)) / int(hz)
+print(json.dumps({
+    "exit": int(rc), "elapsed_s": elapsed, "sent": sent, "received": recv,
+    "lost_pct": num(r"Total lost packets \d+ \(([\d.]+)%\)"),
+    "rtt_avg_ms": num(r"Average round trip delay ([\d.]+) ms"),
+    "transmit_time_s": num(r"Total transmit time is (\d+)"),
+    "received_per_s": recv / elapsed if recv else None,
+    "server_cpu_s": cpu,
+    "server_cpu_us_per_msg": cpu * 1e6 / recv if recv else None,
+}))
+sys.exit(0 if int(rc) == 0 and recv else 1)
+PY
+}
+
+load_setup() {
+  lg 300 allocations --server "127.0.0.1:$PORT" --secret "$SECRET" --count "$SETUP_N" --concurrency 32 --server-pid "$SERVER_PID"
+}
+
+load_binding() {
+  lg 120 binding --server "127.0.0.1:$PORT" --duration "$BIND_DUR" --warmup 1 --sockets 4 --window 16 --server-pid "$SERVER_PID"
+}
+
+load_idle1k() {
+  lg 300 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 1000 --server-pid "$SERVER_PID"
+}
+
+load_idle10k() {
+  lg 600 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 10000 --server-pid "$SERVER_PID"
+}
+
+LOADS=(cpu50k maxrate uclient setup binding idle1k idle10k)
+START=$(date +%s)
+echo "turnpike vs coturn: ${#LOADS[@]} loads x $ROUNDS round(s) x 2 servers$([ "$QUICK" = 1 ] && echo ' (quick)')" >&2
+for load in "${LOADS[@]}"; do
+  for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order=(turnpike coturn); else order=(coturn turnpike); fi
+    for srv in "${order[@]}"; do
+      printf '  %-8s round %d %-8s ... ' "$load" "$r" "$srv" >&2
+      RUN="$srv.$r"
+      start_server "$srv"
+      if "load_$load" >"$WORK/$load.$srv.$r.json" 2>"$WORK/$load.$srv.$r.err"; then
+        echo "ok ($(( $(date +%s) - START )) s)" >&2
+      else
+        echo "FAILED: $(tail -1 "$WORK/$load.$srv.$r.err") (raw output: $load.$srv.$r.failed; --keep DIR keeps it)" >&2
+        mv "$WORK/$load.$srv.$r.json" "$WORK/$load.$srv.$r.failed"
+        echo '{"failed": true}' >"$WORK/$load.$srv.$r.json"
+      fi
+      stop_server
+    done
+  done
+done
+ELAPSED=$(( $(date +%s) - START ))
+
+MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+KERNEL=$(uname -r)
+OS=$(. /etc/os-release && echo "$PRETTY_NAME")
+TPV=$("$TP" --version)
+CTV="coturn $(turnserver --version 2>/dev/null | head -1)"
+RUSTV=$(rustc --version 2>/dev/null || echo "rustc ?")
+GITREV=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+python3 - "$WORK" "$ROUNDS" "$QUICK" "$OUT" "$WRITE" "$ELAPSED" "$CORES" "$MODEL" "$KERNEL" "$OS" \
+  "$TPV" "$CTV" "$RUSTV" "$GITREV" "$LOAD_BEFORE" "$PORT" "$CPU_DUR" "$STEP_DUR" "$STEP_FACTOR" \
+  "$UC_N" "$SETUP_N" "$BIND_DUR" "$RELAY_ALLOCS" "$GEN_THREADS" <<'PY'
+import datetime, json, os, statistics, sys
+(work, rounds, quick, out, write, elapsed, cores, model, kernel, osname, tpv, ctv, rustv,
+ gitrev, loadavg, port, cpu_dur, step_dur, step_factor, uc_n, setup_n, bind_dur, allocs, gen_threads) = sys.argv[1:]
+rounds = int(rounds); quick = quick == "1"
+
+def runs(load, srv):
+    v = []
+    for r in range(1, rounds + 1):
+        try:
+            v.append(json.load(open(f"{work}/{load}.{srv}.{r}.json")))
+        except Exception:
+            v.append({"failed": True})
+    return v
+
+def get(d, path):
+    for k in path.split("."):
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+MB = 1024 * 1024
+rows = [
+    # label, load, json path, scale, format, better ("lower"/"higher")
+    ("Server CPU per relayed msg at 50k msg/s offered, 100 B, c2c (µs)", "cpu50k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Server CPU at 50k msg/s (% of one core)", "cpu50k", "server.cpu_pct", 1, "{:.0f}", "lower"),
+    ("Relayed msg/s at 50k offered", "cpu50k", "relayed_per_s", 1, "{:.0f}", "higher"),
+    ("Loss at 50k msg/s (%)", "cpu50k", "loss_pct", 1, "{:.3f}", "lower"),
+    ("RTT p50 at 50k msg/s (µs)", "cpu50k", "rtt_us.p50_us", 1, "{:.0f}", "lower"),
+    ("RTT p99 at 50k msg/s (µs)", "cpu50k", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("Max relayed msg/s with loss < 1% (loadgen, stepped)", "maxrate", "max_relayed_per_s", 1, "{:.0f}", "higher"),
+    ("turnutils_uclient -y -m 50 -z 0: wall time incl. connects (s)", "uclient", "elapsed_s", 1, "{:.1f}", "lower"),
+    ("turnutils_uclient -y: messages received", "uclient", "received", 1, "{:.0f}", "higher"),
+    ("turnutils_uclient -y: server CPU per received msg (µs)", "uclient", "server_cpu_us_per_msg", 1, "{:.2f}", "lower"),
+    ("turnutils_uclient -y: lost (%)", "uclient", "lost_pct", 1, "{:.2f}", "lower"),
+    ("Allocation set-ups/s (Allocate+401, CreatePermission, ChannelBind; 32 concurrent)", "setup", "setups_per_s", 1, "{:.0f}", "higher"),
+    ("Set-up latency p50 / p99 (µs)", "setup", ("setup_latency_us.p50_us", "setup_latency_us.p99_us"), 1, "{:.0f}", "lower"),
+    ("Server CPU per set-up (µs)", "setup", "server.cpu_us_per_unit", 1, "{:.0f}", "lower"),
+    ("Binding requests/s answered (closed loop, 4 sockets × 16)", "binding", "answered_per_s", 1, "{:.0f}", "higher"),
+    ("Server CPU per Binding request (µs)", "binding", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Binding RTT p99 (µs)", "binding", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("RSS idle, before allocations (MiB)", "idle1k", "rss_before_bytes", 1 / MB, "{:.1f}", "lower"),
+    ("RSS with 1k idle allocations (MiB)", "idle1k", "rss_with_allocations_bytes", 1 / MB, "{:.1f}", "lower"),
+    ("RSS with 10k idle allocations (MiB)", "idle10k", "rss_with_allocations_bytes", 1 / MB, "{:.1f}", "lower"),
+    ("User-space bytes per allocation (1k)", "idle1k", "bytes_per_allocation", 1, "{:.0f}", "lower"),
+    ("User-space bytes per allocation (10k)", "idle10k", "bytes_per_allocation", 1, "{:.0f}", "lower"),
+]
+
+def med(load, srv, path, scale):
+    vals = [get(r, path) for r in runs(load, srv)]
+    vals = [v * scale for v in vals if isinstance(v, (int, float))]
+    return (statistics.median(vals) if vals else None), vals
+
+lines = []
+lines.append("| Metric | turnpike | coturn 4.6.1 | turnpike / coturn | better |")
+lines.append("| --- | ---: | ---: | ---: | --- |")
+detail = []
+for label, load, path, scale, fmt, better in rows:
+    paths = path if isinstance(path, tuple) else (path,)
+    cells, ratios = {}, []
+    for srv in ("turnpike", "coturn"):
+        parts = []
+        for p in paths:
+            m, vals = med(load, srv, p, scale)
+            parts.append("n/a" if m is None else fmt.format(m))
+            detail.append((label if len(paths) == 1 else f"{label} [{p.split('.')[-1]}]", srv,
+                           ", ".join(fmt.format(v) for v in vals) or "n/a"))
+        cells[srv] = " / ".join(parts)
+    for p in paths:
+        a, _ = med(load, "turnpike", p, scale)
+        b, _ = med(load, "coturn", p, scale)
+        ratios.append("n/a" if a is None or not b else f"{a / b:.2f}")
+    lines.append(f"| {label} | {cells['turnpike']} | {cells['coturn']} | {' / '.join(ratios)} | {better} |")
+
+# Where the max-rate search stopped.
+notes = []
+for srv in ("turnpike", "coturn"):
+    lim = [get(r, "limited_by") for r in runs("maxrate", srv)]
+    notes.append(f"{srv}: stopped by {', '.join(str(x) for x in lim)}")
+skipped = []
+for srv in ("turnpike", "coturn"):
+    for r in runs("cpu50k", srv):
+        if (get(r, "generator_skipped") or 0) > 0:
+            skipped.append(srv)
+failed = sorted({f"{l}/{s}" for l in ("cpu50k","maxrate","uclient","setup","binding","idle1k","idle10k")
+                 for s in ("turnpike","coturn") for r in runs(l, s) if r.get("failed")})
+
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+title = "## turnpike vs coturn"
+sec = [title, ""]
+if quick:
+    sec += ["**Quick smoke run (`--quick`: 1 round, short loads) on a shared, noisy machine: "
+            "the numbers show the tooling works, not how the servers compare. "
+            "Run `benches/compare.sh` on a quiet machine for real numbers.**", ""]
+sec += [f"Median of {rounds} round(s) per server, rounds alternating the order "
+        "(turnpike first in odd rounds, coturn first in even ones); every run on a freshly "
+        "started server; everything on 127.0.0.1.", ""]
+sec += lines
+sec += ["",
+        "Definitions: a *relayed message* is one 100-byte payload that crossed the server from one "
+        "client to the other. In the c2c loads allocations come in pairs A/B, each permitted and "
+        "channel-bound to the other's relayed address; A sends, B echoes, so one round trip = 2 "
+        "relayed messages, and each relayed message is two server hops (client → A's relay socket → "
+        "B's relay socket → B), as in `turnutils_uclient -y`. *Offered* = messages the generator sent "
+        "into the server. *Loss* = round trips not back within 1 s. Server CPU = utime+stime from "
+        "/proc/PID/stat over the measured window (10 ms ticks) divided by the relayed messages / "
+        "answered requests / set-ups. RSS = VmRSS; bytes per allocation = (RSS with N − RSS before) / N "
+        "(user-space memory: kernel socket buffers are not in RSS).", ""]
+sec += [f"- max-rate search: {'; '.join(notes)} (\"loss\" = the next step lost >= 1 %; \"generator\" = "
+        "the load generator offered < 90 % of the step's rate, so the figure is a lower bound for that server; on a 2-core "
+        "machine generator and server share the CPUs, so past ~1 core of server load the two compete)."]
+if skipped:
+    sec += [f"- the generator fell behind in the 50k run for: {', '.join(sorted(set(skipped)))}."]
+if failed:
+    sec += [f"- FAILED runs (excluded from medians): {', '.join(failed)}."]
+sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary: {loadavg}.",
+        f"- Machine: {cores} cores, `lscpu` model \"{model}\", {osname}, kernel {kernel}.",
+        f"- Versions: {tpv} (git {gitrev}, release profile), {ctv or 'coturn ?'}, {rustv}.",
+        "- Servers: turnpike `threads = " + cores + "`, log level warn, HTTP off; coturn `--relay-threads=" + cores +
+        "`, log to a file (coturn logs every session; turnpike at warn logs none).",
+        "",
+        "Commands (PORT " + port + ", PID = the server's pid):",
+        "",
+        "```",
+        "turnserver --use-auth-secret --static-auth-secret=S --realm=bench --listening-ip=127.0.0.1 \\",
+        f"  --listening-port={port} --relay-ip=127.0.0.1 --allow-loopback-peers --no-tls --no-dtls --no-cli \\",
+        f"  --min-port=10000 --max-port=32767 --relay-threads={cores} --no-stdout-log --simple-log --log-file=FILE",
+        "turnpike --log-level warn serve --config turnpike.toml   # the same secret, realm, relay IP and ports",
+        f"turnpike loadgen relay --secret S --allocations {allocs} --mode c2c --rate 50000 --size 100 --duration {cpu_dur} --warmup 1 --threads {gen_threads} --server-pid PID --json",
+        f"turnpike loadgen relay ... --rate R --duration {step_dur}   # R = 50000, x{step_factor} per step, until loss >= 1%",
+        f"turnutils_uclient -y -m 50 -z 0 -n {uc_n} -l 100 -W S -u bench -p {port} 127.0.0.1",
+        f"turnpike loadgen allocations --secret S --count {setup_n} --concurrency 32 --server-pid PID --json",
+        f"turnpike loadgen binding --duration {bind_dur} --warmup 1 --sockets 4 --window 16 --server-pid PID --json",
+        "turnpike loadgen idle --secret S --allocations 1000|10000 --server-pid PID --json",
+        "```",
+        "",
+        "<details><summary>Every round</summary>",
+        "",
+        "| Metric | server | rounds |",
+        "| --- | --- | --- |"]
+sec += [f"| {l} | {s} | {v} |" for l, s, v in detail]
+sec += ["", "</details>", ""]
+section = "\n".join(sec)
+print(section)
+if write == "1":
+    text = open(out).read() if os.path.exists(out) else "# Benchmark results\n"
+    lines_ = text.split("\n")
+    try:
+        i = lines_.index(title)
+        j = next((k for k in range(i + 1, len(lines_)) if lines_[k].startswith("## ")), len(lines_))
+        new = lines_[:i] + section.rstrip("\n").split("\n") + [""] + lines_[j:]
+    except ValueError:
+        new = text.rstrip("\n").split("\n") + [""] + section.rstrip("\n").split("\n") + [""]
+    open(out, "w").write("\n".join(new).rstrip("\n") + "\n")
+    print(f"(written to {out})", file=sys.stderr)
+PY

@@ -1,0 +1,98 @@
+//! `turnpike loadgen`: load generators for a STUN/TURN server (this one or
+//! any other, e.g. coturn), built so that the generator is not the
+//! bottleneck: batched `sendmmsg`/`recvmmsg`, epoll, paced sending per
+//! thread, and no allocation on the data path.
+//!
+//! * [`relay`]: data through allocations (client-to-client pairs or an
+//!   echo peer), offered vs relayed messages per second, loss, RTT
+//!   percentiles, and the server's CPU per relayed message.
+//! * [`allocations`]: set-ups per second (Allocate with its 401 round
+//!   trip, CreatePermission, ChannelBind), then deletes.
+//! * [`binding`]: STUN Binding requests per second and RTT.
+//! * [`idle`]: server memory per idle allocation.
+//!
+//! Every wait has a timeout and every run is bounded in time and count.
+
+mod allocs;
+mod binding;
+mod conn;
+mod hist;
+mod ledger;
+mod relay;
+pub mod report;
+mod setup;
+pub mod sys;
+
+pub use allocs::{AllocationsOpts, AllocationsReport, IdleOpts, IdleReport, allocations, idle};
+pub use binding::{BindingOpts, BindingReport, binding};
+pub use conn::{Target, tls_config};
+pub use hist::{Histogram, Percentiles};
+pub use relay::{DataMethod, Mode, RelayOpts, RelayReport, RoundTrips, Totals, relay};
+pub use setup::Auth;
+
+use serde::{Deserialize, Serialize};
+
+/// A load generator error: one line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The server's resource use over a measured window, from /proc/PID.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerUsage {
+    pub pid: u32,
+    /// utime + stime over the window.
+    pub cpu_s: f64,
+    pub window_s: f64,
+    /// cpu_s / window_s × 100 (100 = one core busy).
+    pub cpu_pct: f64,
+    /// What the CPU is divided by (relayed messages, answered requests,
+    /// set-ups).
+    pub units: u64,
+    /// cpu_s / units, in microseconds.
+    pub cpu_us_per_unit: Option<f64>,
+    pub rss_start_bytes: u64,
+    pub rss_end_bytes: u64,
+}
+
+impl ServerUsage {
+    pub fn new(
+        pid: u32,
+        a: sys::ProcSample,
+        b: sys::ProcSample,
+        window_s: f64,
+        units: u64,
+        rss_end: u64,
+    ) -> Self {
+        let cpu_s = (b.cpu_s - a.cpu_s).max(0.0);
+        ServerUsage {
+            pid,
+            cpu_s,
+            window_s,
+            cpu_pct: if window_s > 0.0 {
+                100.0 * cpu_s / window_s
+            } else {
+                0.0
+            },
+            units,
+            cpu_us_per_unit: (units > 0).then(|| cpu_s * 1e6 / units as f64),
+            rss_start_bytes: a.rss,
+            rss_end_bytes: rss_end,
+        }
+    }
+}

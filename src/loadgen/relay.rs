@@ -1,0 +1,824 @@
+//! `loadgen relay`: data through allocations, paced or closed-loop, with
+//! round-trip times and loss.
+//!
+//! Two modes:
+//! * **c2c**: allocations in pairs A/B, each permitted (and channel-bound)
+//!   to the other's relayed address. A sends; B echoes what it gets back to
+//!   A. Each message crosses the server twice per round trip: A→B, then
+//!   B→A.
+//! * **echo**: every allocation is permitted (and channel-bound) to a UDP
+//!   "peer" socket the generator runs (one per thread), which sends every
+//!   datagram straight back (batched). Client→peer, then peer→client.
+//!
+//! Either way one round trip is **two relayed messages**, and a relayed
+//! message is one payload that entered the server from one side and left
+//! it on the other, counted when it arrives (at B or the peer, and back at
+//! A or the client).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::conn::Target;
+use super::hist::{Histogram, Percentiles};
+use super::ledger::{Answer, Ledger};
+use super::setup::{self, Alloc, Auth, Step};
+use super::sys::{self, Epoll};
+use super::{Error, Result, ServerUsage};
+use crate::client;
+use crate::io::batch::{RecvBatch, SendBatch};
+use crate::wire::{ChannelData, Class, Message, Method, TransactionId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    C2c,
+    Echo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataMethod {
+    Channel,
+    Send,
+}
+
+/// Limits: beyond them the run is refused rather than attempted.
+pub const MAX_ALLOCATIONS: usize = 20_000;
+pub const MAX_RATE: f64 = 2_000_000.0;
+pub const MAX_THREADS: usize = 16;
+/// Warm-up plus duration: kept under the 300 s permission lifetime, so no
+/// refresh is needed while the data flows.
+pub const MAX_RUN: Duration = Duration::from_secs(240);
+pub const MIN_SIZE: usize = HEADER;
+pub const MAX_SIZE: usize = 8192;
+
+const CHANNEL: u16 = 0x4000;
+const MAGIC: [u8; 4] = *b"TPlg";
+/// Payload header: magic, flow, seq (top bit: measured), send time.
+const HEADER: usize = 24;
+const MEASURED: u64 = 1 << 63;
+
+#[derive(Clone)]
+pub struct RelayOpts {
+    pub target: Target,
+    pub auth: Auth,
+    pub allocations: usize,
+    pub mode: Mode,
+    pub method: DataMethod,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Offered relayed messages per second, in total; `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Closed loop: round trips outstanding per sending allocation.
+    pub window: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// A message not back within this is lost.
+    pub timeout: Duration,
+    pub server_pid: Option<u32>,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct RoundTrips {
+    /// Started in the measured window.
+    pub sent: u64,
+    /// Back within the timeout.
+    pub completed: u64,
+    /// Back, but after the timeout (counted lost).
+    pub late: u64,
+    /// sent − completed.
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Data messages the client sockets handed to the kernel, all phases.
+    pub client_sent: u64,
+    /// Data messages the client sockets received, all phases.
+    pub client_received: u64,
+    /// Datagrams the echo peers received (echo mode), all phases.
+    pub peer_received: u64,
+    /// Datagrams the kernel would not take (socket buffer full).
+    pub send_drops: u64,
+    /// Received data that was not ours or did not parse.
+    pub unknown: u64,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct RelayReport {
+    pub command: String,
+    pub mode: String,
+    pub method: String,
+    pub transport: String,
+    pub allocations: usize,
+    pub sending_allocations: usize,
+    pub size: usize,
+    pub threads: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    /// Asked for (`--rate`), relayed messages per second; null: closed loop.
+    pub target_rate: Option<f64>,
+    pub window: Option<usize>,
+    /// Messages the generator sent towards the relay in the measured
+    /// window: round trips started plus echoes sent for them.
+    pub offered_msgs: u64,
+    pub offered_per_s: f64,
+    /// Messages of measured round trips that crossed the server (arrived at
+    /// B / the peer, and back at A / the client).
+    pub relayed_msgs: u64,
+    pub relayed_per_s: f64,
+    pub round_trips: RoundTrips,
+    /// Round trips lost, percent of round trips sent.
+    pub loss_pct: f64,
+    pub rtt_us: Percentiles,
+    pub server: Option<ServerUsage>,
+    /// The generator's own CPU seconds (all threads) in the measured window.
+    pub generator_cpu_s: f64,
+    /// Round trips the pacer skipped in the measured window because the
+    /// generator fell more than 50 ms behind its schedule (0 when it kept
+    /// up; then offered ≈ target).
+    pub generator_skipped: u64,
+    /// Datagrams the kernel dropped for a full socket receive buffer during
+    /// the measured window (UDP RcvbufErrors of /proc/net/snmp:
+    /// system-wide, so anything else running counts too). Where UDP loss
+    /// usually happens: a server (or generator) socket that overflowed.
+    pub kernel_udp_rcvbuf_errors: Option<u64>,
+    pub totals: Totals,
+    pub setup_s: f64,
+    pub teardown_failures: usize,
+    pub definitions: String,
+}
+
+const DEFINITIONS: &str = "one round trip = 2 relayed messages (c2c: A->B via the server, B echoes B->A; echo: client->peer, peer->client). offered = round trips started + echoes sent in the measured window; relayed = messages of those round trips that arrived on the far side; loss = round trips not back within the timeout; server CPU per relayed message = server utime+stime over the measured window / relayed";
+
+impl RelayOpts {
+    fn check(&self) -> Result<()> {
+        if self.allocations == 0 || self.allocations > MAX_ALLOCATIONS {
+            return Err(Error(format!(
+                "--allocations must be 1..={MAX_ALLOCATIONS}"
+            )));
+        }
+        if self.mode == Mode::C2c && self.allocations % 2 != 0 {
+            return Err(Error(
+                "--mode c2c needs an even --allocations (pairs)".into(),
+            ));
+        }
+        if let Some(r) = self.rate {
+            if !(1.0..=MAX_RATE).contains(&r) {
+                return Err(Error(format!("--rate must be 1..={MAX_RATE}")));
+            }
+        } else if self.window == 0 || self.window > 1024 {
+            return Err(Error("--window must be 1..=1024".into()));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(Error(format!("--threads must be 1..={MAX_THREADS}")));
+        }
+        if self.size < MIN_SIZE || self.size > MAX_SIZE {
+            return Err(Error(format!("--size must be {MIN_SIZE}..={MAX_SIZE}")));
+        }
+        if self.duration.is_zero() || self.duration + self.warmup > MAX_RUN {
+            return Err(Error(format!(
+                "--duration must be positive and --warmup + --duration at most {}s",
+                MAX_RUN.as_secs()
+            )));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(10) {
+            return Err(Error("--timeout must be 1 ms..=10 s".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What a worker knows about one allocation.
+struct Flow {
+    /// Index into the worker's allocations.
+    alloc: usize,
+    /// Global id carried in the payload.
+    id: u32,
+    sends: bool,
+    /// Where its data goes: the partner's relayed address or the peer.
+    peer: SocketAddr,
+    outstanding: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    rt: RoundTrips,
+    offered: u64,
+    relayed: u64,
+    totals: Totals,
+    hist: Histogram,
+    skipped: u64,
+}
+
+struct Worker {
+    allocs: Vec<Alloc>,
+    flows: Vec<Flow>,
+    peer: Option<UdpSocket>,
+    opts: Arc<RelayOpts>,
+    /// Originated round trips per second for this worker (paced).
+    rate: Option<f64>,
+}
+
+struct Clock {
+    epoch: Instant,
+}
+
+impl Clock {
+    fn ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+fn payload(buf: &mut Vec<u8>, size: usize, flow: u32, seq: u64, now_ns: u64) {
+    let start = buf.len();
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&flow.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&now_ns.to_le_bytes());
+    buf.resize(start + size, 0xa5);
+}
+
+/// (flow, seq with flag) of a payload of ours.
+fn parse_payload(p: &[u8]) -> Option<(u32, u64)> {
+    if p.len() < HEADER || p[..4] != MAGIC {
+        return None;
+    }
+    let flow = u32::from_le_bytes(p[4..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(p[8..16].try_into().ok()?);
+    Some((flow, seq))
+}
+
+/// Wrap `data` for the server: ChannelData, or a Send indication.
+fn wrap(out: &mut Vec<u8>, method: DataMethod, stream: bool, peer: SocketAddr, data: &[u8]) {
+    match method {
+        DataMethod::Channel => ChannelData::encode(CHANNEL, data, stream, out),
+        DataMethod::Send => {
+            let mut t = [0u8; 12];
+            t[..8].copy_from_slice(&data[8..16]);
+            t[8..].copy_from_slice(&data[4..8]);
+            client::send_indication(out, TransactionId(t), peer, data);
+        }
+    }
+}
+
+/// The application data in a message from the server: ChannelData or a
+/// Data indication.
+fn unwrap(m: &[u8]) -> Option<&[u8]> {
+    match m.first()? >> 6 {
+        0b01 => ChannelData::parse(m).ok().map(|c| c.data),
+        0b00 => {
+            let msg = Message::parse(m).ok()?;
+            (msg.method() == Method::DATA && msg.class() == Class::Indication)
+                .then(|| msg.data())
+                .flatten()
+        }
+        _ => None,
+    }
+}
+
+const PEER_TOKEN: u64 = u64::MAX;
+
+impl Worker {
+    fn run(
+        mut self,
+        clock: &Clock,
+        t_start: u64,
+        t_measure: u64,
+        t_stop: u64,
+    ) -> (Stats, Vec<Alloc>) {
+        let o = self.opts.clone();
+        let timeout_ns = o.timeout.as_nanos() as u64;
+        let stream = o.target.is_stream();
+        let mut st = Stats::default();
+        let senders: Vec<usize> = (0..self.flows.len())
+            .filter(|&f| self.flows[f].sends)
+            .collect();
+        let cap = match self.rate {
+            Some(r) => (r * (o.timeout.as_secs_f64() + 0.5)) as usize + 4096,
+            None => senders.len() * o.window * 2 + 4096,
+        };
+        let mut ledger = Ledger::new(cap);
+        let mut ep = match Epoll::new(1024) {
+            Ok(e) => e,
+            Err(_) => return (st, self.allocs),
+        };
+        for (i, f) in self.flows.iter().enumerate() {
+            let _ = ep.add(self.allocs[f.alloc].conn.fd(), i as u64);
+        }
+        if let Some(p) = &self.peer {
+            let _ = ep.add(p.as_raw_fd(), PEER_TOKEN);
+        }
+        let mut rb = RecvBatch::new(0, MAX_SIZE + 64, 0);
+        let mut arena: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(256);
+        let mut echo: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut echo_spans: Vec<(usize, usize)> = Vec::with_capacity(64);
+        let mut originated: u64 = 0;
+        let mut rr = 0usize;
+        let mut last_burst = 0u64;
+        let mut want_out: Vec<bool> = vec![false; self.flows.len()];
+        // Wait for the common start.
+        while clock.ns() < t_start {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let hard_stop = t_stop + timeout_ns + 100_000_000;
+        loop {
+            let now = clock.ns();
+            let sending = now < t_stop;
+            if !sending && (ledger.in_flight() == 0 || now >= t_stop + timeout_ns)
+                || now >= hard_stop
+            {
+                break;
+            }
+            // Expire what is overdue (frees closed-loop windows).
+            ledger.expire(now, timeout_ns, |e| {
+                if let Some(f) = self.flows.get_mut(e.flow as usize) {
+                    f.outstanding = f.outstanding.saturating_sub(1);
+                }
+            });
+            // Originate.
+            if sending && !senders.is_empty() {
+                let measured = now >= t_measure;
+                match self.rate {
+                    Some(rate) => {
+                        let target = ((now - t_start) as f64 * rate / 1e9) as u64;
+                        let mut due = target.saturating_sub(originated);
+                        let min = senders.len().min(32) as u64;
+                        if due >= min || (due > 0 && now - last_burst >= 1_000_000) {
+                            // Never more than 50 ms worth at once: further
+                            // behind than that, the rest is skipped (and
+                            // reported) rather than sent as one burst.
+                            let cap = ((rate * 0.05) as u64).max(min);
+                            if due > cap {
+                                if measured {
+                                    st.skipped += due - cap;
+                                }
+                                originated += due - cap;
+                                due = cap;
+                            }
+                            last_burst = now;
+                            let per = due / senders.len() as u64;
+                            let extra = (due % senders.len() as u64) as usize;
+                            for k in 0..senders.len() {
+                                let idx = (rr + k) % senders.len();
+                                let n = per + u64::from(k < extra);
+                                if n > 0 {
+                                    self.originate(
+                                        senders[idx],
+                                        n,
+                                        measured,
+                                        now,
+                                        stream,
+                                        &mut ledger,
+                                        &mut arena,
+                                        &mut spans,
+                                        &mut st,
+                                    );
+                                }
+                            }
+                            rr = (rr + extra) % senders.len();
+                            originated += due;
+                        }
+                    }
+                    None => {
+                        for &fi in &senders {
+                            let free = o.window.saturating_sub(self.flows[fi].outstanding);
+                            if free > 0 {
+                                self.originate(
+                                    fi,
+                                    free as u64,
+                                    measured,
+                                    now,
+                                    stream,
+                                    &mut ledger,
+                                    &mut arena,
+                                    &mut spans,
+                                    &mut st,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            // Wait for input.
+            let wait = if sending {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(5)
+            };
+            let ready: Vec<u64> = match ep.wait(wait) {
+                Ok(it) => it.collect(),
+                Err(_) => break,
+            };
+            for tok in ready {
+                if tok == PEER_TOKEN {
+                    self.peer_echo(&mut rb, &mut st);
+                    continue;
+                }
+                let fi = tok as usize;
+                let now = clock.ns();
+                let (alloc, id, sends, peer) = {
+                    let f = &self.flows[fi];
+                    (f.alloc, f.id, f.sends, f.peer)
+                };
+                let conn = &mut self.allocs[alloc].conn;
+                if stream {
+                    if let Ok(pending) = conn.flush() {
+                        if pending != want_out[fi] {
+                            want_out[fi] = pending;
+                            let _ = ep.modify(conn.fd(), fi as u64, pending);
+                        }
+                    }
+                }
+                echo.clear();
+                echo_spans.clear();
+                let method = o.method;
+                let mut completions: u64 = 0;
+                conn.recv(&mut rb, 2, |m| {
+                    st.totals.client_received += 1;
+                    let Some(data) = unwrap(m) else {
+                        st.totals.unknown += 1;
+                        return;
+                    };
+                    let Some((flow, seqf)) = parse_payload(data) else {
+                        st.totals.unknown += 1;
+                        return;
+                    };
+                    let measured_msg = seqf & MEASURED != 0;
+                    if sends {
+                        // Back at the originator.
+                        if flow != id {
+                            st.totals.unknown += 1;
+                            return;
+                        }
+                        if measured_msg {
+                            st.relayed += 1;
+                        }
+                        match ledger.answer(seqf & !MEASURED, now, timeout_ns) {
+                            Answer::OnTime {
+                                rtt_ns, measured, ..
+                            } => {
+                                completions += 1;
+                                if measured {
+                                    st.rt.completed += 1;
+                                    st.hist.record(rtt_ns);
+                                }
+                            }
+                            Answer::Late => {
+                                if measured_msg {
+                                    st.rt.late += 1;
+                                }
+                            }
+                            Answer::Unknown => st.totals.unknown += 1,
+                        }
+                    } else {
+                        // B: count the forward leg, echo it to A.
+                        if measured_msg {
+                            st.relayed += 1;
+                            st.offered += 1;
+                        }
+                        let s = echo.len();
+                        wrap(&mut echo, method, stream, peer, data);
+                        echo_spans.push((s, echo.len()));
+                    }
+                });
+                if completions > 0 {
+                    let f = &mut self.flows[fi];
+                    f.outstanding = f.outstanding.saturating_sub(completions as usize);
+                }
+                if !echo_spans.is_empty() {
+                    let n = echo_spans.len() as u64;
+                    let dropped = conn.send_many(echo_spans.iter().map(|&(s, e)| &echo[s..e]));
+                    st.totals.client_sent += n - dropped as u64;
+                    st.totals.send_drops += dropped as u64;
+                }
+                if conn.is_closed() {
+                    let _ = ep.modify(conn.fd(), fi as u64, false);
+                    ep.remove(conn.fd());
+                }
+            }
+        }
+        // Whatever is still out is lost.
+        ledger.expire(u64::MAX, 0, |_| {});
+        st.rt.lost = st.rt.sent.saturating_sub(st.rt.completed);
+        (st, self.allocs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn originate(
+        &mut self,
+        fi: usize,
+        n: u64,
+        measured: bool,
+        now: u64,
+        stream: bool,
+        ledger: &mut Ledger,
+        arena: &mut Vec<u8>,
+        spans: &mut Vec<(usize, usize)>,
+        st: &mut Stats,
+    ) {
+        let o = &self.opts;
+        let f = &mut self.flows[fi];
+        arena.clear();
+        spans.clear();
+        let mut data = Vec::with_capacity(o.size);
+        for _ in 0..n {
+            let (seq, forced) = ledger.push(fi as u32, measured, now);
+            if forced.is_some() {
+                f.outstanding = f.outstanding.saturating_sub(1);
+            }
+            let seqf = if measured { seq | MEASURED } else { seq };
+            data.clear();
+            payload(&mut data, o.size, f.id, seqf, now);
+            let s = arena.len();
+            wrap(arena, o.method, stream, f.peer, &data);
+            spans.push((s, arena.len()));
+        }
+        f.outstanding += n as usize;
+        if measured {
+            st.rt.sent += n;
+            st.offered += n;
+        }
+        let conn = &mut self.allocs[f.alloc].conn;
+        let dropped = conn.send_many(spans.iter().map(|&(s, e)| &arena[s..e])) as u64;
+        st.totals.client_sent += n - dropped;
+        st.totals.send_drops += dropped;
+    }
+
+    fn peer_echo(&mut self, rb: &mut RecvBatch, st: &mut Stats) {
+        let Some(p) = &self.peer else { return };
+        let fd = p.as_raw_fd();
+        for _ in 0..4 {
+            let got = match rb.recv(fd) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let mut sb = SendBatch::new();
+            for (slot, len, from) in rb.slots_mut().flatten() {
+                let slot: &[u8] = slot;
+                st.totals.peer_received += 1;
+                match parse_payload(&slot[..len]) {
+                    Some((_, seqf)) if seqf & MEASURED != 0 => {
+                        st.relayed += 1;
+                        st.offered += 1;
+                    }
+                    Some(_) => {}
+                    None => st.totals.unknown += 1,
+                }
+                sb.push(&slot[..len], from);
+            }
+            let dropped = sb.flush(fd);
+            st.totals.send_drops += dropped as u64;
+            if got < crate::io::batch::BATCH {
+                return;
+            }
+        }
+    }
+}
+
+/// Run the relay load and report.
+pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
+    opts.check()?;
+    sys::raise_nofile();
+    let o = Arc::new(opts);
+    let threads = o.threads.min(match o.mode {
+        Mode::C2c => o.allocations / 2,
+        Mode::Echo => o.allocations,
+    });
+    let setup_start = Instant::now();
+    // Echo peers, one per thread.
+    let mut peers: Vec<UdpSocket> = Vec::new();
+    if o.mode == Mode::Echo {
+        let ip = if o.target.server.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        for _ in 0..threads {
+            let s = UdpSocket::bind(ip)?;
+            let r = socket2::SockRef::from(&s);
+            let _ = r.set_recv_buffer_size(4 << 20);
+            let _ = r.set_send_buffer_size(4 << 20);
+            s.set_nonblocking(true)?;
+            peers.push(s);
+        }
+    }
+    let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
+    let budget = Duration::from_secs(30) + Duration::from_millis(5 * o.allocations as u64);
+    if let Err(e) = setup::drive_all(
+        &mut allocs,
+        Some(&o.target),
+        |_, _| vec![Step::Allocate],
+        64,
+        "Allocate",
+        budget,
+    ) {
+        super::allocs::teardown(&mut allocs, 64);
+        return Err(e);
+    }
+    let relayed: Vec<SocketAddr> = allocs.iter().map(|a| a.relayed.unwrap()).collect();
+    // Who talks to whom, and which thread owns each allocation.
+    let peer_of = |i: usize| -> SocketAddr {
+        match o.mode {
+            Mode::C2c => relayed[i ^ 1],
+            Mode::Echo => peers[i % threads].local_addr().expect("bound"),
+        }
+    };
+    let thread_of = |i: usize| match o.mode {
+        Mode::C2c => (i / 2) % threads,
+        Mode::Echo => i % threads,
+    };
+    let peer_addrs: Vec<SocketAddr> = (0..allocs.len()).map(peer_of).collect();
+    let method = o.method;
+    if let Err(e) = setup::drive_all(
+        &mut allocs,
+        None,
+        |i, _| {
+            let p = peer_addrs[i];
+            let mut v = vec![Step::Permission(p)];
+            if method == DataMethod::Channel {
+                v.push(Step::Channel(CHANNEL, p));
+            }
+            v
+        },
+        64,
+        "CreatePermission/ChannelBind",
+        budget,
+    ) {
+        super::allocs::teardown(&mut allocs, 64);
+        return Err(e);
+    }
+    let setup_s = setup_start.elapsed().as_secs_f64();
+
+    // Hand the allocations to their threads.
+    let mut workers: Vec<Worker> = (0..threads)
+        .map(|_| Worker {
+            allocs: Vec::new(),
+            flows: Vec::new(),
+            peer: None,
+            opts: o.clone(),
+            rate: None,
+        })
+        .collect();
+    for (t, p) in peers.into_iter().enumerate() {
+        workers[t].peer = Some(p);
+    }
+    let mut global_index: Vec<Vec<usize>> = vec![Vec::new(); threads];
+    for (i, a) in allocs.into_iter().enumerate() {
+        let t = thread_of(i);
+        let w = &mut workers[t];
+        let sends = match o.mode {
+            Mode::C2c => i % 2 == 0,
+            Mode::Echo => true,
+        };
+        w.flows.push(Flow {
+            alloc: w.allocs.len(),
+            id: w.flows.len() as u32,
+            sends,
+            peer: peer_addrs[i],
+            outstanding: 0,
+        });
+        w.allocs.push(a);
+        global_index[t].push(i);
+    }
+    let sending_allocations: usize = workers
+        .iter()
+        .map(|w| w.flows.iter().filter(|f| f.sends).count())
+        .sum();
+    if let Some(rate) = o.rate {
+        // `rate` counts relayed messages: two per round trip.
+        let per_flow = rate / 2.0 / sending_allocations as f64;
+        for w in &mut workers {
+            let n = w.flows.iter().filter(|f| f.sends).count();
+            w.rate = Some(per_flow * n as f64);
+        }
+    }
+
+    let clock = Arc::new(Clock {
+        epoch: Instant::now(),
+    });
+    let t_start = 50_000_000u64;
+    let t_measure = t_start + o.warmup.as_nanos() as u64;
+    let t_stop = t_measure + o.duration.as_nanos() as u64;
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|w| {
+            let c = clock.clone();
+            std::thread::Builder::new()
+                .name("loadgen".into())
+                .spawn(move || w.run(&c, t_start, t_measure, t_stop))
+        })
+        .collect::<std::io::Result<_>>()?;
+    // Sample the server and ourselves at the window's edges.
+    let sleep_until = |t: u64| {
+        let now = clock.ns();
+        if t > now {
+            std::thread::sleep(Duration::from_nanos(t - now));
+        }
+    };
+    sleep_until(t_measure);
+    let srv0 = o.server_pid.map(sys::sample).transpose();
+    let gen0 = sys::self_cpu_s();
+    let drops0 = sys::udp_rcvbuf_errors();
+    let w0 = clock.ns();
+    sleep_until(t_stop);
+    let srv1 = o.server_pid.map(sys::sample).transpose();
+    let gen1 = sys::self_cpu_s();
+    let drops1 = sys::udp_rcvbuf_errors();
+    let w1 = clock.ns();
+    let mut stats = Stats::default();
+    let mut back: Vec<(usize, Alloc)> = Vec::new();
+    for (t, h) in handles.into_iter().enumerate() {
+        let (s, allocs) = h
+            .join()
+            .map_err(|_| Error("a load thread panicked".into()))?;
+        stats.rt.sent += s.rt.sent;
+        stats.rt.completed += s.rt.completed;
+        stats.rt.late += s.rt.late;
+        stats.rt.lost += s.rt.lost;
+        stats.offered += s.offered;
+        stats.relayed += s.relayed;
+        stats.totals.client_sent += s.totals.client_sent;
+        stats.totals.client_received += s.totals.client_received;
+        stats.totals.peer_received += s.totals.peer_received;
+        stats.totals.send_drops += s.totals.send_drops;
+        stats.totals.unknown += s.totals.unknown;
+        stats.hist.merge(&s.hist);
+        stats.skipped += s.skipped;
+        back.extend(global_index[t].iter().copied().zip(allocs));
+    }
+    let srv_end = o.server_pid.map(sys::sample).transpose();
+    back.sort_by_key(|(i, _)| *i);
+    let mut allocs: Vec<Alloc> = back.into_iter().map(|(_, a)| a).collect();
+    let everyone: Vec<usize> = (0..allocs.len()).collect();
+    let deletes = setup::drive(
+        &mut allocs,
+        &everyone,
+        None,
+        |_, _| vec![Step::Refresh(0)],
+        64,
+        setup::Timing::default(),
+        Instant::now() + Duration::from_secs(20),
+    )?;
+    let teardown_failures = deletes.iter().filter(|d| d.is_err()).count();
+
+    let window_s = (w1 - w0) as f64 / 1e9;
+    let dur = o.duration.as_secs_f64();
+    let server = match (srv0, srv1, srv_end) {
+        (Ok(Some(a)), Ok(Some(b)), Ok(Some(e))) => Some(ServerUsage::new(
+            o.server_pid.unwrap_or(0),
+            a,
+            b,
+            window_s,
+            stats.relayed,
+            e.rss,
+        )),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return Err(Error(format!(
+                "reading /proc of --server-pid {}: {e}",
+                o.server_pid.unwrap_or(0)
+            )));
+        }
+        _ => None,
+    };
+    let rt = stats.rt.clone();
+    Ok(RelayReport {
+        command: "relay".into(),
+        mode: format!("{:?}", o.mode).to_lowercase(),
+        method: format!("{:?}", o.method).to_lowercase(),
+        transport: o.target.transport.as_str().into(),
+        allocations: o.allocations,
+        sending_allocations,
+        size: o.size,
+        threads,
+        duration_s: dur,
+        warmup_s: o.warmup.as_secs_f64(),
+        target_rate: o.rate,
+        window: o.rate.is_none().then_some(o.window),
+        offered_msgs: stats.offered,
+        offered_per_s: stats.offered as f64 / dur,
+        relayed_msgs: stats.relayed,
+        relayed_per_s: stats.relayed as f64 / dur,
+        loss_pct: if rt.sent == 0 {
+            0.0
+        } else {
+            100.0 * rt.lost as f64 / rt.sent as f64
+        },
+        round_trips: rt,
+        rtt_us: Percentiles::of_ns(&stats.hist),
+        server,
+        generator_cpu_s: gen1 - gen0,
+        generator_skipped: stats.skipped,
+        kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
+        totals: stats.totals,
+        setup_s,
+        teardown_failures,
+        definitions: DEFINITIONS.into(),
+    })
+}
