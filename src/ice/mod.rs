@@ -3,7 +3,6 @@
 
 pub mod agent;
 pub mod candidate;
-pub mod cli;
 pub mod driver;
 pub mod turn;
 

@@ -22,11 +22,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 
-use super::agent::{Failure, PairReport};
-use super::driver::{Driver, Exchange, Hosts, Observer, Options, Outcome, Side};
-use super::{Agent, AgentConfig, Description, Event, Kind, PathKind, Report, Timing, TurnServer};
-use crate::client::Credentials;
-use crate::config::Transport;
+use turnpike::client::Credentials;
+use turnpike::config::Transport;
+use turnpike::ice::agent::{Failure, PairReport};
+use turnpike::ice::driver::{Driver, Exchange, Hosts, Observer, Options, Outcome, Side};
+use turnpike::ice::{
+    Agent, AgentConfig, Description, Event, Kind, PathKind, Report, Timing, TurnServer,
+};
 
 /// How the two agents meet.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,7 +382,7 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 /// TLS client settings: `--ca FILE` only, `--insecure`, or the system's
 /// roots.
 fn tls_config(ca: Option<&PathBuf>, insecure: bool) -> Result<Arc<rustls::ClientConfig>> {
-    let provider = crate::io::tls::provider();
+    let provider = turnpike::io::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let cfg = if insecure {
@@ -530,7 +532,7 @@ fn plan(a: &IceCheckArgs) -> Result<Plan> {
     let creds = match (&a.user, &a.password, &a.secret, fetched) {
         (Some(u), Some(p), _, _) => Some(Credentials::new(u.clone(), p.clone())),
         (_, _, Some(s), _) => {
-            crate::credentials::check_user(&a.rest_user)
+            turnpike::credentials::check_user(&a.rest_user)
                 .map_err(|e| anyhow!("--rest-user: {e}"))?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -591,7 +593,7 @@ fn plan(a: &IceCheckArgs) -> Result<Plan> {
     } else {
         // Never used; no need to read the system's roots.
         Arc::new(
-            rustls::ClientConfig::builder_with_provider(crate::io::tls::provider())
+            rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth(),
@@ -735,7 +737,7 @@ impl Progress {
     }
 }
 
-fn cand_text(c: &super::agent::CandidateInfo) -> String {
+fn cand_text(c: &turnpike::ice::agent::CandidateInfo) -> String {
     match c.via {
         Some(v) => format!("{}/{v} {}", c.kind, c.addr),
         None => format!("{}/udp {}", c.kind, c.addr),
