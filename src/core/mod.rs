@@ -25,6 +25,7 @@ mod binding;
 pub mod counters;
 pub mod policy;
 pub mod shared;
+mod slots;
 mod timers;
 mod turn;
 
@@ -311,7 +312,7 @@ pub struct Server {
     shared: Arc<Shared>,
     auth: Authenticator,
     rng: StdRng,
-    slots: Vec<Option<Allocation>>,
+    slots: slots::Slots<Allocation>,
     generations: Vec<u32>,
     free: Vec<u32>,
     by_ft: FastMap<FiveTuple, u32>,
@@ -328,7 +329,7 @@ impl Server {
             counters: s.counters,
             shared: s.shared,
             rng: StdRng::seed_from_u64(s.seed),
-            slots: Vec::new(),
+            slots: slots::Slots::default(),
             generations: Vec::new(),
             free: Vec::new(),
             by_ft: FastMap::default(),

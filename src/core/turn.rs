@@ -277,7 +277,7 @@ impl Server {
             return fail(self, out, 486, "Allocation Quota Reached");
         }
         let slot = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
+            self.slots.push_empty();
             self.generations.push(0);
             (self.slots.len() - 1) as u32
         });

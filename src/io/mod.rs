@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod clock;
 mod control;
+mod poller;
 mod relay;
 mod setup;
 mod shard;

@@ -1,6 +1,7 @@
 //! Relay sockets: one UDP socket per allocation, bound when the core asks
-//! (through [`RelayIo`]) and read by a small task that hands each datagram
-//! to the core and sends the result to the client.
+//! (through [`RelayIo`]), kept in the shard's epoll set
+//! ([`super::poller`]) and read by one task per shard that hands each
+//! datagram to the core and sends the result to the client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,24 +11,18 @@ use std::sync::Mutex;
 use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use super::batch::{BATCH, SendBatch};
+use super::poller::EVENTS;
 use super::shard::Shard;
 use crate::config::Transport;
 use crate::core::{DropReason, PeerOutput, RelayId, RelayIo};
 
-/// A bound relay socket and the task reading it.
+/// A bound relay socket: a plain non-blocking std socket (no tokio
+/// registration, no task of its own). Dropping it closes the socket, which
+/// also takes it out of the shard's epoll set.
 pub(crate) struct RelaySocket {
-    pub sock: Rc<UdpSocket>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RelaySocket {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    pub sock: std::net::UdpSocket,
 }
 
 /// Relay ports bound ahead for reservations (EVEN-PORT with the R bit),
@@ -65,14 +60,13 @@ impl RelayIo for ShellIo<'_> {
             }
             None => bind_udp(addr, dont_fragment)?,
         };
-        let sock = Rc::new(UdpSocket::from_std(std_sock)?);
-        let task = tokio::task::spawn_local(read_loop(self.shard.clone(), relay, sock.clone()));
+        self.shard.poller.add(std_sock.as_raw_fd(), relay.0)?;
         let mut relays = self.shard.relays.borrow_mut();
         let i = relay.0 as usize;
         if relays.len() <= i {
             relays.resize_with(i + 1, || None);
         }
-        relays[i] = Some(RelaySocket { sock, task });
+        relays[i] = Some(RelaySocket { sock: std_sock });
         Ok(())
     }
 
@@ -146,80 +140,97 @@ fn set_df(s: &Socket, v6: bool) -> std::io::Result<()> {
     }
 }
 
-/// Read datagrams from peers until the allocation goes (the task is
-/// aborted) or the socket fails, up to [`BATCH`] per system call. The
-/// shard's receive batch is borrowed only between awaits, so a thousand
-/// idle relays cost no buffers. What goes to UDP clients leaves in one
-/// `sendmmsg` per listener socket; the ChannelData or Data indication
-/// header was written in place in front of each payload.
-async fn read_loop(shard: Rc<Shard>, relay: RelayId, sock: Rc<UdpSocket>) {
-    let fd = sock.as_raw_fd();
+/// The shard's relay reader: wait for readable relays (one `epoll_wait`
+/// reports up to [`EVENTS`]), drain each. Runs until the shard stops.
+pub(crate) async fn relay_loop(shard: Rc<Shard>) {
+    let mut ready = [0u32; EVENTS];
     loop {
-        if sock.readable().await.is_err() {
-            return;
+        let n = match shard.poller.wait(&mut ready).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "relay poller failed");
+                return;
+            }
+        };
+        for &id in &ready[..n] {
+            drain(&shard, RelayId(id));
         }
-        for _ in 0..BATCHES_PER_WAKE {
-            let mut rx = shard.rx.borrow_mut();
-            match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ICMP errors can surface here; nothing to do for them.
-                Err(_) => continue,
-            }
-            let full = rx.count() == BATCH;
-            let now = super::clock::now().mono;
-            let udp = shard.udp.borrow();
-            // One batch per listener socket (the first few; more are sent
-            // one by one), on the stack: no allocation per batch.
-            let mut batches: [SendBatch<'_>; BATCHED_LISTENERS] =
-                std::array::from_fn(|_| SendBatch::new());
-            let mut core = shard.core.borrow_mut();
-            for slot in rx.slots_mut() {
-                let Some((buf, len, peer)) = slot else {
-                    shard.counters.dropped(DropReason::TooLarge);
-                    continue;
-                };
-                let PeerOutput::ToClient { ft, data } =
-                    core.handle_peer(now, relay, peer, buf, len)
-                else {
-                    continue;
-                };
-                if ft.transport != Transport::Udp {
-                    if !shard.send_to_client(&ft, data) {
-                        shard.counters.dropped(DropReason::SendBufferFull);
-                    }
-                    continue;
-                }
-                let Some(i) = udp.iter().position(|(a, _)| *a == ft.server) else {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Read one relay's datagrams, up to [`BATCH`] per system call and
+/// [`BATCHES_PER_WAKE`] calls (level-triggered epoll reports a relay left
+/// with data again). What goes to UDP clients leaves in one `sendmmsg` per
+/// listener socket; the ChannelData or Data indication header was written
+/// in place in front of each payload.
+fn drain(shard: &Rc<Shard>, relay: RelayId) {
+    // The socket may have gone (allocation ended) since the kernel said it
+    // was readable.
+    let fd = match shard.relays.borrow().get(relay.0 as usize) {
+        Some(Some(r)) => r.sock.as_raw_fd(),
+        _ => return,
+    };
+    for _ in 0..BATCHES_PER_WAKE {
+        let mut rx = shard.rx.borrow_mut();
+        match rx.recv(fd) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // ICMP errors can surface here; nothing to do for them.
+            Err(_) => return,
+        }
+        let full = rx.count() == BATCH;
+        let now = super::clock::now().mono;
+        let udp = shard.udp.borrow();
+        // One batch per listener socket (the first few; more are sent one
+        // by one), on the stack: no allocation per batch.
+        let mut batches: [SendBatch<'_>; BATCHED_LISTENERS] =
+            std::array::from_fn(|_| SendBatch::new());
+        let mut core = shard.core.borrow_mut();
+        for slot in rx.slots_mut() {
+            let Some((buf, len, peer)) = slot else {
+                shard.counters.dropped(DropReason::TooLarge);
+                continue;
+            };
+            let PeerOutput::ToClient { ft, data } = core.handle_peer(now, relay, peer, buf, len)
+            else {
+                continue;
+            };
+            if ft.transport != Transport::Udp {
+                if !shard.send_to_client(&ft, data) {
                     shard.counters.dropped(DropReason::SendBufferFull);
-                    continue;
-                };
-                if i >= BATCHED_LISTENERS {
-                    if super::socket::send_to_now(&udp[i].1, data, ft.client).is_err() {
-                        shard.counters.dropped(DropReason::SendBufferFull);
-                    }
-                    continue;
                 }
-                if batches[i].is_full() {
-                    let lost = batches[i].flush(udp[i].1.as_raw_fd());
-                    shard
-                        .counters
-                        .dropped_n(DropReason::SendBufferFull, lost as u64);
-                }
-                batches[i].push(data, ft.client);
+                continue;
             }
-            drop(core);
-            for (b, (_, s)) in batches.iter_mut().zip(udp.iter()) {
-                let lost = b.flush(s.as_raw_fd());
+            let Some(i) = udp.iter().position(|(a, _)| *a == ft.server) else {
+                shard.counters.dropped(DropReason::SendBufferFull);
+                continue;
+            };
+            if i >= BATCHED_LISTENERS {
+                if super::socket::send_to_now(&udp[i].1, data, ft.client).is_err() {
+                    shard.counters.dropped(DropReason::SendBufferFull);
+                }
+                continue;
+            }
+            if batches[i].is_full() {
+                let lost = batches[i].flush(udp[i].1.as_raw_fd());
                 shard
                     .counters
                     .dropped_n(DropReason::SendBufferFull, lost as u64);
             }
-            if !full {
-                break;
-            }
+            batches[i].push(data, ft.client);
         }
-        tokio::task::yield_now().await;
+        drop(core);
+        for (b, (_, s)) in batches.iter_mut().zip(udp.iter()) {
+            let lost = b.flush(s.as_raw_fd());
+            shard
+                .counters
+                .dropped_n(DropReason::SendBufferFull, lost as u64);
+        }
+        if !full {
+            return;
+        }
     }
 }
 

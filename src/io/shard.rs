@@ -62,6 +62,8 @@ pub(crate) struct Shard {
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
     /// Reserved relay ports bound ahead (shared by all shards).
     pub held: Arc<HeldPorts>,
+    /// The epoll set of this shard's relay sockets.
+    pub poller: super::poller::Poller,
 }
 
 impl Shard {
@@ -84,10 +86,11 @@ impl Shard {
         }
     }
 
-    /// Send from an allocation's relay socket to a peer.
+    /// Send from an allocation's relay socket to a peer (a plain
+    /// non-blocking send: the kernel takes it or the datagram is dropped).
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
         match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => super::socket::send_to_now(&r.sock, data, peer).is_ok(),
+            Some(Some(r)) => r.sock.send_to(data, peer).is_ok(),
             _ => false,
         }
     }
@@ -174,7 +177,15 @@ pub(crate) fn run(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        let poller = match super::poller::Poller::new() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot create the relay epoll set");
+                return;
+            }
+        };
         let shard = Rc::new(Shard {
+            poller,
             counters: setup.counters.clone(),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
@@ -187,6 +198,7 @@ pub(crate) fn run(
             conns: RefCell::new(HashMap::new()),
             held,
         });
+        tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
             let sock = match UdpSocket::from_std(s.into()) {
                 Ok(s) => Rc::new(s),
