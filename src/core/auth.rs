@@ -17,6 +17,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::allocation::KeyBytes;
 use crate::config::{self, UserCredential};
 use crate::wire::{IntegrityKey, Message, PasswordAlgorithm, long_term_key, userhash};
 
@@ -174,7 +175,10 @@ impl Authed<'_> {
 pub struct Authenticator {
     creds: std::sync::Arc<Credentials>,
     nonce_key: Hmac<Sha256>,
-    cache: HashMap<(String, PasswordAlgorithm), IntegrityKey>,
+    /// Derived keys by username, as bytes (the HMAC states are rebuilt per
+    /// use: a few compression rounds, against a key derivation — HMAC of
+    /// the secret plus MD5/SHA-256 — saved; and a tenth of the memory).
+    cache: HashMap<(String, PasswordAlgorithm), KeyBytes>,
 }
 
 impl Authenticator {
@@ -303,8 +307,8 @@ impl Authenticator {
             }
         }
         let cache_key = (username.to_string(), alg);
-        if let Some(key) = self.cache.get(&cache_key) {
-            if verify(key) {
+        if let Some(key) = self.cache.get(&cache_key).map(KeyBytes::key) {
+            if verify(&key) {
                 // REST usernames expire even when their key is cached.
                 if let Some((exp, _)) = parse_rest_username(&username) {
                     if exp < wall && !self.creds.users.contains_key(username.as_ref()) {
@@ -313,7 +317,7 @@ impl Authenticator {
                 }
                 return Ok(Authed {
                     username,
-                    key: key.clone(),
+                    key,
                     sha256,
                     password_algorithm: alg,
                 });
@@ -323,7 +327,7 @@ impl Authenticator {
         if self.cache.len() >= KEY_CACHE_MAX {
             self.cache.clear();
         }
-        self.cache.insert(cache_key, key.clone());
+        self.cache.insert(cache_key, KeyBytes::of(&key));
         Ok(Authed {
             username,
             key,
