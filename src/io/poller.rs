@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 /// Ready relays taken per `epoll_wait`.
 pub(crate) const EVENTS: usize = 64;
@@ -56,8 +56,16 @@ impl Poller {
         }
     }
 
-    /// Wait until some relays are readable; returns their ids in `out`.
-    pub(crate) async fn wait(&self, out: &mut [u32; EVENTS]) -> io::Result<usize> {
+    /// Wait until some relays are readable; returns how many ids were put
+    /// in `out`, and the readiness guard: once the caller has drained every
+    /// one of them (and there were fewer than [`EVENTS`]), it calls
+    /// `clear_ready` on it, saving the `epoll_wait` that would only answer
+    /// "none". A datagram arriving meanwhile is new readiness tokio keeps
+    /// (clearing only removes what this guard saw).
+    pub(crate) async fn wait(
+        &self,
+        out: &mut [u32; EVENTS],
+    ) -> io::Result<(usize, AsyncFdReadyGuard<'_, OwnedFd>)> {
         let mut events: [libc::epoll_event; EVENTS] =
             // SAFETY: epoll_event is plain data; zero is a valid value.
             unsafe { std::mem::zeroed() };
@@ -87,7 +95,7 @@ impl Poller {
             for (o, e) in out.iter_mut().zip(&events[..n]) {
                 *o = e.u64 as u32;
             }
-            return Ok(n);
+            return Ok((n, guard));
         }
     }
 }

@@ -145,16 +145,21 @@ fn set_df(s: &Socket, v6: bool) -> std::io::Result<()> {
 pub(crate) async fn relay_loop(shard: Rc<Shard>) {
     let mut ready = [0u32; EVENTS];
     loop {
-        let n = match shard.poller.wait(&mut ready).await {
-            Ok(n) => n,
+        let (n, mut guard) = match shard.poller.wait(&mut ready).await {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "relay poller failed");
                 return;
             }
         };
+        let mut left = false;
         for &id in &ready[..n] {
-            drain(&shard, RelayId(id));
+            left |= drain(&shard, RelayId(id));
         }
+        if n < EVENTS && !left {
+            guard.clear_ready();
+        }
+        drop(guard);
         tokio::task::yield_now().await;
     }
 }
@@ -163,22 +168,23 @@ pub(crate) async fn relay_loop(shard: Rc<Shard>) {
 /// [`BATCHES_PER_WAKE`] calls (level-triggered epoll reports a relay left
 /// with data again). What goes to UDP clients leaves in one `sendmmsg` per
 /// listener socket; the ChannelData or Data indication header was written
-/// in place in front of each payload.
-fn drain(shard: &Rc<Shard>, relay: RelayId) {
+/// in place in front of each payload. Returns whether the budget ran out
+/// with data possibly left.
+fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
     // The socket may have gone (allocation ended) since the kernel said it
     // was readable.
     let fd = match shard.relays.borrow().get(relay.0 as usize) {
         Some(Some(r)) => r.sock.as_raw_fd(),
-        _ => return,
+        _ => return false,
     };
     for _ in 0..BATCHES_PER_WAKE {
         let mut rx = shard.rx.borrow_mut();
         match rx.recv(fd) {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // ICMP errors can surface here; nothing to do for them.
-            Err(_) => return,
+            Err(_) => return false,
         }
         let full = rx.count() == BATCH;
         let now = super::clock::now().mono;
@@ -208,7 +214,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) {
                 continue;
             };
             if i >= BATCHED_LISTENERS {
-                if super::socket::send_to_now(&udp[i].1, data, ft.client).is_err() {
+                if udp[i].1.get_ref().send_to(data, ft.client).is_err() {
                     shard.counters.dropped(DropReason::SendBufferFull);
                 }
                 continue;
@@ -229,9 +235,10 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) {
                 .dropped_n(DropReason::SendBufferFull, lost as u64);
         }
         if !full {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Batches a relay handles before yielding to the shard's other tasks.

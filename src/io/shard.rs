@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::relay::{HeldPorts, RelaySocket, ShellIo};
@@ -58,7 +57,7 @@ pub(crate) struct Shard {
     /// Receive batch for relay sockets, with headroom for in-place
     /// ChannelData / Data indication headers.
     pub rx: RefCell<super::batch::RecvBatch>,
-    pub udp: RefCell<Vec<(SocketAddr, Rc<UdpSocket>)>>,
+    pub udp: RefCell<Vec<(SocketAddr, Rc<super::udp::Listener>)>>,
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
     /// Reserved relay ports bound ahead (shared by all shards).
     pub held: Arc<HeldPorts>,
@@ -77,7 +76,7 @@ impl Shard {
                 let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
                     return false;
                 };
-                super::socket::send_to_now(sock, data, ft.client).is_ok()
+                sock.get_ref().send_to(data, ft.client).is_ok()
             }
             Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
                 Some(c) => c.push(data),
@@ -200,7 +199,15 @@ pub(crate) fn run(
         });
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
-            let sock = match UdpSocket::from_std(s.into()) {
+            let std_sock: std::net::UdpSocket = s.into();
+            // SAFETY: the AsyncFd owns the socket for its whole life.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    std_sock,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            let sock = match registered.map_err(|e| e.into_parts().1) {
                 Ok(s) => Rc::new(s),
                 Err(e) => {
                     tracing::error!(shard = id, %addr, error = %e, "cannot register UDP socket");

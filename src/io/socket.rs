@@ -67,23 +67,3 @@ pub fn bind_group(addr: SocketAddr, kind: Kind, count: usize) -> io::Result<Vec<
     }
     Ok(out)
 }
-
-/// Send one datagram now: a plain non-blocking `sendto(2)` on the socket.
-///
-/// tokio's `try_send_to` does not try the send until the runtime's reactor
-/// has reported the socket writable: while the readiness it caches is
-/// empty it answers WouldBlock without a syscall. A relay socket bound
-/// during the Allocate has no such report yet, so the first datagrams it
-/// relayed were dropped (always when the Send came in the same batch as
-/// the Allocate, and often even a few client round trips later); a socket
-/// whose buffer filled once stays "not writable" until the next reactor
-/// report, even after the kernel drained it. The server never waits for
-/// writability on UDP (a datagram that does not fit is dropped and
-/// counted), so asking the kernel directly is what the callers mean.
-pub(crate) fn send_to_now(
-    sock: &tokio::net::UdpSocket,
-    data: &[u8],
-    to: SocketAddr,
-) -> io::Result<usize> {
-    socket2::SockRef::from(sock).send_to(data, &to.into())
-}

@@ -4,87 +4,158 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use super::batch::{BATCH, MAX_DATAGRAM, RecvBatch};
+use super::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch};
 use super::relay::ShellIo;
 use super::shard::Shard;
 use crate::config::Transport;
-use crate::core::{ClientOutput, DropReason, FiveTuple};
+use crate::core::{ClientOutput, DropReason, FiveTuple, RelayId};
 
 /// Batches handled before yielding to the shard's other tasks.
 const BATCHES_PER_WAKE: usize = 8;
 
-/// Receive datagrams in batches (one `recvmmsg` for up to [`BATCH`]), hand
-/// each to the core, send what it says. The clock is read once per batch.
-/// A send that does not fit the socket buffer is dropped and counted (UDP
-/// gives no guarantee anyway; clients retransmit requests).
+/// A listener socket: a plain non-blocking std socket whose readiness
+/// tokio reports (through `AsyncFd`, so the task can say "drained" itself
+/// and save the `recvmmsg` that would only answer EAGAIN). Sends go
+/// straight to the kernel (`send_to` / `sendmmsg` on the fd): tokio's own
+/// `try_send_to` answers WouldBlock without trying until its reactor has
+/// seen the socket writable, which dropped the first datagrams of fresh
+/// sockets; a UDP send never needs to wait.
+pub(crate) type Listener = AsyncFd<std::net::UdpSocket>;
+
+/// Receive datagrams in batches (one `recvmmsg` for up to [`BATCH`]) and
+/// hand each to the core; the clock is read once per batch. Replies of a
+/// batch leave together in one `sendmmsg`; relayed data leaves from each
+/// allocation's relay socket, consecutive datagrams for the same relay in
+/// one `sendmmsg`. A send that does not fit a socket buffer is dropped and
+/// counted (UDP gives no guarantee anyway; clients retransmit requests).
 pub(crate) async fn serve(
     shard: Rc<Shard>,
-    sock: Rc<UdpSocket>,
+    sock: Rc<Listener>,
     local: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rx = RecvBatch::new(0, MAX_DATAGRAM, 0);
-    let mut out = Vec::with_capacity(1500);
+    // Replies of one batch, back to back; their ranges and destinations.
+    let mut replies: Vec<u8> = Vec::with_capacity(BATCH * 128);
+    let mut reply_at: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH);
     let fd = sock.as_raw_fd();
     loop {
-        tokio::select! {
-            r = sock.readable() => if r.is_err() { return },
+        let mut guard = tokio::select! {
+            r = sock.readable() => match r {
+                Ok(g) => g,
+                Err(_) => return,
+            },
             _ = shutdown.changed() => return,
-        }
+        };
         for _ in 0..BATCHES_PER_WAKE {
-            match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+            match rx.recv(fd) {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
                 Err(_) => continue,
             }
+            let full = rx.count() == BATCH;
             let now = super::clock::now();
-            let mut core = shard.core.borrow_mut();
-            for slot in rx.slots_mut() {
-                let Some((buf, len, from)) = slot else {
-                    shard.counters.dropped(DropReason::TooLarge);
-                    continue;
-                };
-                let ft = FiveTuple {
-                    client: from,
-                    server: local,
-                    transport: Transport::Udp,
-                };
-                out.clear();
-                let r = core.handle_client(
-                    now,
-                    &ft,
-                    &buf[..len],
-                    &mut out,
-                    &mut ShellIo { shard: &shard },
-                );
-                let sent = match r {
-                    ClientOutput::None => true,
-                    ClientOutput::Reply => {
-                        // A request may have created or ended an
-                        // allocation: log it before the client hears.
-                        super::shard::log_events(&mut core);
-                        super::socket::send_to_now(&sock, &out, from).is_ok()
+            replies.clear();
+            reply_at.clear();
+            // Relayed data waiting for its relay socket: (relay, peer, data).
+            let mut to_peer: [(RelayId, SocketAddr, &[u8]); BATCH] =
+                [(RelayId(0), local, &[]); BATCH];
+            let mut n_peer = 0;
+            {
+                let mut core = shard.core.borrow_mut();
+                for slot in rx.slots_mut() {
+                    let Some((buf, len, from)) = slot else {
+                        shard.counters.dropped(DropReason::TooLarge);
+                        continue;
+                    };
+                    let ft = FiveTuple {
+                        client: from,
+                        server: local,
+                        transport: Transport::Udp,
+                    };
+                    let start = replies.len();
+                    let buf: &[u8] = buf;
+                    match core.handle_client(
+                        now,
+                        &ft,
+                        &buf[..len],
+                        &mut replies,
+                        &mut ShellIo { shard: &shard },
+                    ) {
+                        ClientOutput::Reply => {
+                            // A request may have created or ended an
+                            // allocation: log it before the client hears.
+                            super::shard::log_events(&mut core);
+                            reply_at.push((start, replies.len(), from));
+                        }
+                        ClientOutput::ToPeer { relay, peer, data } => {
+                            replies.truncate(start);
+                            to_peer[n_peer] = (relay, peer, data);
+                            n_peer += 1;
+                        }
+                        ClientOutput::None => replies.truncate(start),
                     }
-                    ClientOutput::ToPeer { relay, peer, data } => {
-                        shard.send_to_peer(relay, peer, data)
-                    }
-                };
-                if !sent {
-                    shard.counters.dropped(DropReason::SendBufferFull);
                 }
             }
-            drop(core);
-            // Log allocation starts and ends as they happen: the core keeps
-            // a bounded queue.
-            shard.drain_events();
-            if rx.count() < BATCH {
+            send_to_peers(&shard, &to_peer[..n_peer]);
+            if !reply_at.is_empty() {
+                let mut b = SendBatch::new();
+                for &(s, e, to) in &reply_at {
+                    b.push(&replies[s..e], to);
+                }
+                let lost = b.flush(fd);
+                shard
+                    .counters
+                    .dropped_n(DropReason::SendBufferFull, lost as u64);
+            }
+            if !full {
+                // Drained: tokio reports the next datagram as new
+                // readiness (it keeps one that raced this clear).
+                guard.clear_ready();
                 break;
             }
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// Send relayed data from the relay sockets: one `sendmmsg` per run of
+/// consecutive datagrams for the same relay (a client's burst), a plain
+/// send for a lone one.
+fn send_to_peers(shard: &Shard, out: &[(RelayId, SocketAddr, &[u8])]) {
+    let relays = shard.relays.borrow();
+    let mut i = 0;
+    while i < out.len() {
+        let relay = out[i].0;
+        let mut j = i + 1;
+        while j < out.len() && out[j].0 == relay {
+            j += 1;
+        }
+        let Some(Some(r)) = relays.get(relay.0 as usize) else {
+            shard
+                .counters
+                .dropped_n(DropReason::SendBufferFull, (j - i) as u64);
+            i = j;
+            continue;
+        };
+        let lost = if j - i == 1 {
+            usize::from(r.sock.send_to(out[i].2, out[i].1).is_err())
+        } else {
+            let mut b = SendBatch::new();
+            for &(_, peer, data) in &out[i..j] {
+                b.push(data, peer);
+            }
+            b.flush(r.sock.as_raw_fd())
+        };
+        shard
+            .counters
+            .dropped_n(DropReason::SendBufferFull, lost as u64);
+        i = j;
     }
 }
