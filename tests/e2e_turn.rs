@@ -647,3 +647,76 @@ fn peer_datagram_too_big_for_a_data_indication() {
         }
     }
 }
+
+/// Two clients of one shard relaying to each other (each one's peer is
+/// the other's relayed address): the server hands the data from one relay
+/// to the other without the kernel, and what the clients see is exactly
+/// what a round trip through the relay sockets gives — the sender's
+/// relayed address as the peer, Send → Data indication and ChannelData →
+/// ChannelData, permission required on the receiving side.
+#[test]
+fn relay_to_relay_on_one_shard() {
+    let server = TestServer::start(
+        r#"
+[server]
+realm = "e2e.turnpike.test"
+threads = 1
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+[[listen]]
+transport = "tcp"
+addr = "127.0.0.1:0"
+[relay]
+bind_ip = "127.0.0.1"
+ports = "44900-44999"
+[auth]
+secrets = ["e2e-first-secret"]
+[policy]
+allow_peers = ["127.0.0.1/32"]
+"#,
+    );
+    let mut a = TurnClient::udp(server.addr(Transport::Udp, false));
+    let mut b = TurnClient::tcp(server.addr(Transport::Tcp, false));
+    let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+    let ra = a.allocate(&rest("a"), &AllocateOptions::default()).relayed;
+    let rb = b.allocate(&rest("b"), &AllocateOptions::default()).relayed;
+    let rc = c.allocate(&rest("c"), &AllocateOptions::default()).relayed;
+    a.create_permission(&[rb, rc]).unwrap();
+    b.create_permission(&[ra]).unwrap();
+    // Send indication in, Data indication out, from A's relayed address.
+    a.send_indication(rb, b"over the top");
+    assert_eq!(b.recv_data(), (ra, b"over the top".to_vec()));
+    b.send_indication(ra, b"and back");
+    assert_eq!(a.recv_data(), (rb, b"and back".to_vec()));
+    // Channels both ways: ChannelData in, ChannelData out (padded on TCP).
+    a.channel_bind(0x4000, rb).unwrap();
+    b.channel_bind(0x4001, ra).unwrap();
+    for size in SIZES {
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        a.send_channel_data(0x4000, &payload);
+        let (ch, got, wire) = b.recv_channel();
+        assert_eq!((ch, &got), (0x4001, &payload), "size {size}");
+        assert!(is_padded(size, wire), "TCP ChannelData is padded");
+        b.send_channel_data(0x4001, &payload);
+        let (ch, got, _) = a.recv_channel();
+        assert_eq!((ch, got), (0x4000, payload));
+    }
+    // C gave A no permission: A's data for C is dropped. C's own probe,
+    // sent after, is the first thing C gets back.
+    a.send_indication(rc, b"not for you");
+    c.create_permission(&[rc]).unwrap();
+    let mut probe = TurnClient::udp(server.addr(Transport::Udp, false));
+    let rp = probe
+        .allocate(&rest("p"), &AllocateOptions::default())
+        .relayed;
+    c.create_permission(&[rp]).unwrap();
+    probe.create_permission(&[rc]).unwrap();
+    probe.send_indication(rc, b"probe");
+    assert_eq!(c.recv_data(), (rp, b"probe".to_vec()));
+    // Everything above between two relays went the local way: 2 Send
+    // indications, 2 × 7 ChannelData, A's one for C (dropped by C's missing
+    // permission, still handed over) and the probe.
+    let m = common::ops::scrape(server.http_addr());
+    assert_eq!(m.value("turnpike_relayed_local_total", &[]), 18.0);
+}

@@ -170,6 +170,10 @@ pub struct Counters {
     /// Peer → client.
     pub relayed_packets_in: Counter,
     pub relayed_bytes_in: Counter,
+    /// Datagrams the shell handed from one of its relays to another
+    /// without the kernel (both clients on this server and shard); also
+    /// counted in both directions above.
+    pub relayed_local: Counter,
     /// TCP (0) and TLS (1) client connections open (kept by the shell).
     connections: [Gauge; 2],
 }

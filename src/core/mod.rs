@@ -113,6 +113,12 @@ pub trait RelayIo {
     fn release_hold(&mut self, addr: SocketAddr) {
         let _ = addr;
     }
+    /// The allocation on `relay` is live and tells peers `advertised` (its
+    /// XOR-RELAYED-ADDRESS). A shell may use this to hand data between two
+    /// of its own relays without a round trip through the kernel.
+    fn relayed(&mut self, relay: RelayId, advertised: SocketAddr) {
+        let _ = (relay, advertised);
+    }
 }
 
 /// What the shell must do after [`Server::handle_client`].

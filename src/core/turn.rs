@@ -395,6 +395,7 @@ impl Server {
         };
         self.slots[slot as usize] = Some(a);
         self.by_ft.insert(*ft, slot);
+        io.relayed(relay_id, advertised);
         self.timers
             .push(expires, Due::Allocation { slot, generation });
         self.counters.allocations_created.inc();

@@ -196,32 +196,44 @@ impl<'a> SendBatch<'a> {
     /// Send everything queued. Returns how many datagrams the kernel did
     /// not take (a full socket buffer: the rest is dropped, as UDP may).
     pub fn flush(&mut self, fd: RawFd) -> usize {
-        let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
-        let mut iov: [libc::iovec; BATCH] = zeroed();
-        let mut hdrs: [libc::mmsghdr; BATCH] = zeroed();
+        // Only the first n entries are filled and passed to the kernel: no
+        // clearing of the whole arrays (a few KiB) per call.
+        let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
+        let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
+            [const { MaybeUninit::uninit() }; BATCH];
         let n = self.n;
         for i in 0..n {
             let (data, to) = self.items[i];
             let sa = socket2::SockAddr::from(to.expect("pushed with an address"));
+            let name = names[i].as_mut_ptr();
             // SAFETY: copying `sa.len()` bytes of a valid sockaddr into a
-            // sockaddr_storage, which is large enough for any address.
+            // sockaddr_storage, which is large enough for any address; the
+            // kernel reads only `msg_namelen` bytes of it.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     sa.as_ptr().cast::<u8>(),
-                    (&mut names[i] as *mut libc::sockaddr_storage).cast::<u8>(),
+                    name.cast::<u8>(),
                     sa.len() as usize,
                 );
             }
-            iov[i] = libc::iovec {
+            let v = iov[i].write(libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
-            };
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = sa.len();
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
+            });
+            let mut h: libc::mmsghdr = zeroed();
+            h.msg_hdr.msg_name = name.cast();
+            h.msg_hdr.msg_namelen = sa.len();
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            hdrs[i].write(h);
         }
+        // The first n headers are initialised; mmsghdr is plain data.
+        let hdrs: &mut [libc::mmsghdr] =
+            // SAFETY: entries 0..n were written above, and MaybeUninit<T>
+            // has T's layout.
+            unsafe { std::slice::from_raw_parts_mut(hdrs.as_mut_ptr().cast::<libc::mmsghdr>(), n) };
         let mut sent = 0;
         let mut failed = 0;
         while sent < n {

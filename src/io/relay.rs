@@ -23,6 +23,8 @@ use crate::core::{DropReason, PeerOutput, RelayId, RelayIo};
 /// also takes it out of the shard's epoll set.
 pub(crate) struct RelaySocket {
     pub sock: std::net::UdpSocket,
+    /// What peers are told (XOR-RELAYED-ADDRESS), once the core says.
+    pub advertised: Option<SocketAddr>,
 }
 
 /// Relay ports bound ahead for reservations (EVEN-PORT with the R bit),
@@ -66,13 +68,26 @@ impl RelayIo for ShellIo<'_> {
         if relays.len() <= i {
             relays.resize_with(i + 1, || None);
         }
-        relays[i] = Some(RelaySocket { sock: std_sock });
+        relays[i] = Some(RelaySocket {
+            sock: std_sock,
+            advertised: None,
+        });
         Ok(())
     }
 
     fn close(&mut self, relay: RelayId) {
         if let Some(slot) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
+            if let Some(a) = slot.as_ref().and_then(|r| r.advertised) {
+                self.shard.local.borrow_mut().remove(&a);
+            }
             *slot = None;
+        }
+    }
+
+    fn relayed(&mut self, relay: RelayId, advertised: SocketAddr) {
+        if let Some(Some(r)) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
+            r.advertised = Some(advertised);
+            self.shard.local.borrow_mut().insert(advertised, relay);
         }
     }
 

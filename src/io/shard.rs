@@ -63,6 +63,12 @@ pub(crate) struct Shard {
     pub held: Arc<HeldPorts>,
     /// The epoll set of this shard's relay sockets.
     pub poller: super::poller::Poller,
+    /// This shard's relays by the address peers know them at: data from one
+    /// of our relays to another of ours skips the kernel (see
+    /// [`Shard::send_to_peer`]).
+    pub local: RefCell<HashMap<SocketAddr, crate::core::RelayId, foldhash::fast::RandomState>>,
+    /// Scratch buffer (with headroom) for such local deliveries.
+    pub scratch: RefCell<Vec<u8>>,
 }
 
 impl Shard {
@@ -87,11 +93,75 @@ impl Shard {
 
     /// Send from an allocation's relay socket to a peer (a plain
     /// non-blocking send: the kernel takes it or the datagram is dropped).
+    /// When the peer is another relay of this shard — two clients of this
+    /// server talking relay to relay, the usual case for WebRTC through
+    /// one TURN server — the datagram is handed to it directly, as if it
+    /// had arrived on its socket from this relay's address: permission,
+    /// bandwidth and counters apply exactly as for one through the kernel,
+    /// minus a send, a receive and a wake-up.
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
-        match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.sock.send_to(data, peer).is_ok(),
-            _ => false,
+        let relays = self.relays.borrow();
+        let Some(Some(r)) = relays.get(relay.0 as usize) else {
+            return false;
+        };
+        if let (Some(from), Some(&to)) = (r.advertised, self.local.borrow().get(&peer)) {
+            drop(relays);
+            return self.deliver_local(to, from, data);
         }
+        r.sock.send_to(data, peer).is_ok()
+    }
+
+    /// A datagram from `from` (one of our relays) for our relay `to`.
+    fn deliver_local(&self, to: crate::core::RelayId, from: SocketAddr, data: &[u8]) -> bool {
+        let now = super::clock::now().mono;
+        self.deliver_local_with(&mut self.core.borrow_mut(), now, to, from, data)
+    }
+
+    /// [`Shard::deliver_local`] with the core already borrowed.
+    pub fn deliver_local_with(
+        &self,
+        core: &mut Server,
+        now: std::time::Instant,
+        to: crate::core::RelayId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        self.counters.relayed_local.inc();
+        let mut scratch = self.scratch.borrow_mut();
+        let len = data.len();
+        if len > super::batch::MAX_DATAGRAM {
+            return false;
+        }
+        scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(data);
+        let out = core.handle_peer(
+            now,
+            to,
+            from,
+            &mut scratch[..PEER_HEADROOM + len + PEER_TAILROOM],
+            len,
+        );
+        match out {
+            crate::core::PeerOutput::ToClient { ft, data } => self.send_to_client(&ft, data),
+            // Dropped by the core (no permission, bandwidth): counted there.
+            crate::core::PeerOutput::None => true,
+        }
+    }
+
+    /// If `peer` is one of this shard's relays and `relay` has told peers
+    /// its address, where to deliver locally: (to, from).
+    pub fn local_route(
+        &self,
+        relay: crate::core::RelayId,
+        peer: SocketAddr,
+    ) -> Option<(crate::core::RelayId, SocketAddr)> {
+        let to = *self.local.borrow().get(&peer)?;
+        let from = self
+            .relays
+            .borrow()
+            .get(relay.0 as usize)?
+            .as_ref()?
+            .advertised?;
+        Some((to, from))
     }
 
     /// Log allocation events the core queued (see [`log_events`]).
@@ -185,6 +255,13 @@ pub(crate) fn run(
         };
         let shard = Rc::new(Shard {
             poller,
+            local: RefCell::new(HashMap::default()),
+            scratch: RefCell::new(vec![
+                0u8;
+                PEER_HEADROOM
+                    + super::batch::MAX_DATAGRAM
+                    + PEER_TAILROOM
+            ]),
             counters: setup.counters.clone(),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),

@@ -96,8 +96,17 @@ pub(crate) async fn serve(
                         }
                         ClientOutput::ToPeer { relay, peer, data } => {
                             replies.truncate(start);
-                            to_peer[n_peer] = (relay, peer, data);
-                            n_peer += 1;
+                            if let Some((to, from)) = shard.local_route(relay, peer) {
+                                // To another relay of this shard: handed
+                                // over now, in arrival order with the
+                                // batch's requests.
+                                if !shard.deliver_local_with(&mut core, now.mono, to, from, data) {
+                                    shard.counters.dropped(DropReason::SendBufferFull);
+                                }
+                            } else {
+                                to_peer[n_peer] = (relay, peer, data);
+                                n_peer += 1;
+                            }
                         }
                         ClientOutput::None => replies.truncate(start),
                     }
