@@ -29,6 +29,9 @@
 #   cpu50k   `turnpike loadgen relay --mode c2c --rate 50000 --size 100`
 #            (64 allocations = 32 A/B pairs, ChannelData): server CPU per
 #            relayed message, relayed msg/s, loss, RTT p50/p99.
+#   cpu50k1t the same with both servers on one thread (turnpike
+#            `threads = 1`, coturn `--relay-threads=1`): every A/B pair on
+#            one shard, as opposed to half the pairs straddling two shards.
 #   maxrate  the same, stepping the offered rate up (x1.25 from 50k msg/s;
 #            x1.5 with --quick) until loss >= 1 % or the generator relays
 #            less than 90 % of what it was asked (it cannot keep up): the
@@ -154,7 +157,7 @@ fi
 
 cat > "$WORK/turnpike.toml" <<EOF
 [server]
-threads = $CORES
+threads = THREADS
 realm = "bench"
 [[listen]]
 transport = "udp"
@@ -175,18 +178,20 @@ max_allocations_per_user = 100000
 addr = ""
 EOF
 
-TP_CMD=("$TP" --log-level warn serve --config "$WORK/turnpike.toml")
+sed "s/^threads = THREADS/threads = $CORES/" "$WORK/turnpike.toml" >"$WORK/turnpike.$CORES.toml"
+sed "s/^threads = THREADS/threads = 1/" "$WORK/turnpike.toml" >"$WORK/turnpike.1.toml"
+TP_CMD=("$TP" --log-level warn serve --config)
 CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=bench
   --listening-ip=127.0.0.1 "--listening-port=$PORT" --relay-ip=127.0.0.1
   --allow-loopback-peers --no-tls --no-dtls --no-cli
-  "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH" "--relay-threads=$CORES"
+  "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH"
   --no-stdout-log --simple-log "--log-file=$WORK/coturn.log" --pidfile=/dev/null)
 
-start_server() { # $1 = turnpike|coturn
+start_server() { # $1 = turnpike|coturn, $2 = threads
   local i
   case "$1" in
-    turnpike) "${TP_CMD[@]}" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
-    coturn) "${CT_CMD[@]}" >>"$WORK/coturn.out" 2>&1 & ;;
+    turnpike) "${TP_CMD[@]}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
+    coturn) "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
   esac
   SERVER_PID=$!
   for i in $(seq 100); do
@@ -226,6 +231,10 @@ lg() { # loadgen with a hard time limit; stdout = JSON
 load_cpu50k() {
   lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
     --mode c2c --rate 50000 --size 100 --duration "$CPU_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID"
+}
+
+load_cpu50k1t() {
+  load_cpu50k
 }
 
 load_maxrate() {
@@ -307,7 +316,7 @@ load_idle10k() {
   lg 600 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 10000 --server-pid "$SERVER_PID"
 }
 
-LOADS=(cpu50k maxrate uclient setup binding idle1k idle10k)
+LOADS=(cpu50k cpu50k1t maxrate uclient setup binding idle1k idle10k)
 START=$(date +%s)
 echo "turnpike vs coturn: ${#LOADS[@]} loads x $ROUNDS round(s) x 2 servers$([ "$QUICK" = 1 ] && echo ' (quick)')" >&2
 for load in "${LOADS[@]}"; do
@@ -316,7 +325,9 @@ for load in "${LOADS[@]}"; do
     for srv in "${order[@]}"; do
       printf '  %-8s round %d %-8s ... ' "$load" "$r" "$srv" >&2
       RUN="$srv.$r"
-      start_server "$srv"
+      threads=$CORES
+      [ "$load" != cpu50k1t ] || threads=1
+      start_server "$srv" "$threads"
       if "load_$load" >"$WORK/$load.$srv.$r.json" 2>"$WORK/$load.$srv.$r.err"; then
         echo "ok ($(( $(date +%s) - START )) s)" >&2
       else
@@ -372,6 +383,9 @@ rows = [
     ("Loss at 50k msg/s (%)", "cpu50k", "loss_pct", 1, "{:.3f}", "lower"),
     ("RTT p50 at 50k msg/s (µs)", "cpu50k", "rtt_us.p50_us", 1, "{:.0f}", "lower"),
     ("RTT p99 at 50k msg/s (µs)", "cpu50k", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("One thread each: server CPU per relayed msg at 50k msg/s (µs)", "cpu50k1t", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("One thread each: loss at 50k msg/s (%)", "cpu50k1t", "loss_pct", 1, "{:.3f}", "lower"),
+    ("One thread each: RTT p99 at 50k msg/s (µs)", "cpu50k1t", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
     ("Max relayed msg/s with loss < 1% (loadgen, stepped)", "maxrate", "max_relayed_per_s", 1, "{:.0f}", "higher"),
     ("turnutils_uclient -y -m 50 -z 0: wall time incl. connects (s)", "uclient", "elapsed_s", 1, "{:.1f}", "lower"),
     ("turnutils_uclient -y: messages received", "uclient", "received", 1, "{:.0f}", "higher"),
@@ -426,7 +440,7 @@ for srv in ("turnpike", "coturn"):
     for r in runs("cpu50k", srv):
         if (get(r, "generator_skipped") or 0) > 0:
             skipped.append(srv)
-failed = sorted({f"{l}/{s}" for l in ("cpu50k","maxrate","uclient","setup","binding","idle1k","idle10k")
+failed = sorted({f"{l}/{s}" for l in ("cpu50k","cpu50k1t","maxrate","uclient","setup","binding","idle1k","idle10k")
                  for s in ("turnpike","coturn") for r in runs(l, s) if r.get("failed")})
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -461,7 +475,8 @@ sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary:
         f"- Machine: {cores} cores, `lscpu` model \"{model}\", {osname}, kernel {kernel}.",
         f"- Versions: {tpv} (git {gitrev}, release profile), {ctv or 'coturn ?'}, {rustv}.",
         "- Servers: turnpike `threads = " + cores + "`, log level warn, HTTP off; coturn `--relay-threads=" + cores +
-        "`, log to a file (coturn logs every session; turnpike at warn logs none).",
+        "`, log to a file (coturn logs every session; turnpike at warn logs none); "
+        "the \"one thread each\" rows: turnpike `threads = 1`, coturn `--relay-threads=1`.",
         "",
         "Commands (PORT " + port + ", PID = the server's pid):",
         "",
