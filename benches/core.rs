@@ -2,6 +2,14 @@
 //! peer), and a peer's datagram in (→ ChannelData for the client, written
 //! in place). Measured with 10 and 10,000 allocations to show the cost
 //! does not grow with the table. Run: `cargo bench --bench core`.
+//!
+//! Two access patterns per table size:
+//! - `N_allocations`: packets for 10 busy allocations (stride over the
+//!   first 10) in a table of N: what the lookups cost as the table grows.
+//! - `N_allocations_all_busy`: every packet for another of the N
+//!   allocations (stride 7919 over all of them): at 10,000 the state
+//!   touched per packet no longer fits the CPU caches, so this one also
+//!   measures cache misses, not the algorithm.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -56,13 +64,18 @@ fn setup(n: usize) -> Setup {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("core_hot_path");
-    for n in [10usize, 10_000] {
+    for (n, busy) in [(10usize, 10usize), (10_000, 10), (10_000, 10_000)] {
         let mut s = setup(n);
+        let label = if busy == n && n > 10 {
+            format!("{n}_allocations_all_busy")
+        } else {
+            format!("{n}_allocations")
+        };
         let mut out = Vec::with_capacity(1500);
         let mut i = 0usize;
-        g.bench_function(format!("client_channel_data_in/{n}_allocations"), |b| {
+        g.bench_function(format!("client_channel_data_in/{label}"), |b| {
             b.iter(|| {
-                let (ft, cd) = &s.clients[i % n];
+                let (ft, cd) = &s.clients[i % busy];
                 i = i.wrapping_add(7919);
                 out.clear();
                 let r = s
@@ -76,9 +89,9 @@ fn bench(c: &mut Criterion) {
         let mut buf = vec![0u8; PEER_HEADROOM + 100 + PEER_TAILROOM];
         let mut j = 0usize;
         let mono = s.sim.now.mono;
-        g.bench_function(format!("peer_datagram_in/{n}_allocations"), |b| {
+        g.bench_function(format!("peer_datagram_in/{label}"), |b| {
             b.iter(|| {
-                let (relay, peer) = s.relays[j % n];
+                let (relay, peer) = s.relays[j % busy];
                 j = j.wrapping_add(7919);
                 let r = s.sim.server.handle_peer(mono, relay, peer, &mut buf, 100);
                 assert!(matches!(r, PeerOutput::ToClient { .. }));
