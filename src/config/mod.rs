@@ -350,6 +350,11 @@ pub struct Server {
     /// Worker threads (shards), each with its own sockets and server core.
     /// 0 means one per CPU.
     pub threads: usize,
+    /// Send runs of same-size UDP datagrams for one destination as one
+    /// GSO send (`UDP_SEGMENT`). On by default; off is for measuring, or
+    /// for a kernel that misbehaves (one that refuses it is detected and
+    /// GSO switched off by itself).
+    pub udp_gso: bool,
     /// The host name clients use, put in the `uris` of minted credentials.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_host: Option<String>,
@@ -361,6 +366,7 @@ impl Default for Server {
             realm: "turnpike".into(),
             software: concat!("turnpike ", env!("CARGO_PKG_VERSION")).into(),
             threads: 0,
+            udp_gso: true,
             public_host: None,
         }
     }

@@ -11,6 +11,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -195,19 +196,83 @@ impl<'a> SendBatch<'a> {
 
     /// Send everything queued. Returns how many datagrams the kernel did
     /// not take (a full socket buffer: the rest is dropped, as UDP may).
+    ///
+    /// Datagrams for the same destination leave as one UDP GSO send
+    /// (`UDP_SEGMENT`, Linux 4.18+) when they have the same size (the last
+    /// of a run may be shorter): the kernel builds the headers and routes
+    /// once for the run instead of once per datagram. Order is kept per
+    /// destination (all UDP promises); datagrams for different
+    /// destinations may leave in another order than they were queued. If
+    /// the kernel refuses GSO, it is switched off for the process and the
+    /// run is sent datagram by datagram.
     pub fn flush(&mut self, fd: RawFd) -> usize {
-        // Only the first n entries are filled and passed to the kernel: no
+        let n = self.n;
+        self.n = 0;
+        if n == 0 {
+            return 0;
+        }
+        // Group by destination, stable (insertion sort: n <= 32).
+        let mut order = [0u8; BATCH];
+        for (i, o) in order.iter_mut().enumerate().take(n) {
+            *o = i as u8;
+        }
+        if gso_enabled() {
+            for i in 1..n {
+                let mut j = i;
+                while j > 0 && self.items[order[j - 1] as usize].1 > self.items[order[j] as usize].1
+                {
+                    order.swap(j - 1, j);
+                    j -= 1;
+                }
+            }
+        }
+        // Only the entries used are filled and passed to the kernel: no
         // clearing of the whole arrays (a few KiB) per call.
         let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
-        let n = self.n;
-        for i in 0..n {
-            let (data, to) = self.items[i];
-            let sa = socket2::SockAddr::from(to.expect("pushed with an address"));
-            let name = names[i].as_mut_ptr();
+        let mut cmsgs = [[0u64; 4]; BATCH];
+        // Datagrams carried by each header.
+        let mut carried = [0u8; BATCH];
+        let mut m = 0; // headers
+        let mut k = 0; // datagrams placed
+        while k < n {
+            let first = order[k] as usize;
+            let (data, to) = self.items[first];
+            let to = to.expect("pushed with an address");
+            let seg = data.len();
+            // The run: same destination, same size, the last one may be
+            // shorter; at most GSO_MAX_SEGMENTS and 64 KiB in all.
+            let mut run = 1;
+            let mut total = seg;
+            if gso_enabled() && seg > 0 {
+                while k + run < n && run < GSO_MAX_SEGMENTS {
+                    let (d, t) = self.items[order[k + run] as usize];
+                    if t != Some(to)
+                        || d.len() > seg
+                        || d.is_empty()
+                        || total + d.len() > GSO_MAX_BYTES
+                    {
+                        break;
+                    }
+                    total += d.len();
+                    run += 1;
+                    if d.len() < seg {
+                        break;
+                    }
+                }
+            }
+            for r in 0..run {
+                let (d, _) = self.items[order[k + r] as usize];
+                iov[k + r].write(libc::iovec {
+                    iov_base: d.as_ptr() as *mut libc::c_void,
+                    iov_len: d.len(),
+                });
+            }
+            let sa = socket2::SockAddr::from(to);
+            let name = names[m].as_mut_ptr();
             // SAFETY: copying `sa.len()` bytes of a valid sockaddr into a
             // sockaddr_storage, which is large enough for any address; the
             // kernel reads only `msg_namelen` bytes of it.
@@ -218,32 +283,33 @@ impl<'a> SendBatch<'a> {
                     sa.len() as usize,
                 );
             }
-            let v = iov[i].write(libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            });
             let mut h: libc::mmsghdr = zeroed();
             h.msg_hdr.msg_name = name.cast();
             h.msg_hdr.msg_namelen = sa.len();
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-            hdrs[i].write(h);
+            h.msg_hdr.msg_iov = iov[k].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = run as _;
+            if run > 1 {
+                set_segment_cmsg(&mut cmsgs[m], seg as u16, &mut h.msg_hdr);
+            }
+            hdrs[m].write(h);
+            carried[m] = run as u8;
+            m += 1;
+            k += run;
         }
-        // The first n headers are initialised; mmsghdr is plain data.
         let hdrs: &mut [libc::mmsghdr] =
-            // SAFETY: entries 0..n were written above, and MaybeUninit<T>
+            // SAFETY: entries 0..m were written above, and MaybeUninit<T>
             // has T's layout.
-            unsafe { std::slice::from_raw_parts_mut(hdrs.as_mut_ptr().cast::<libc::mmsghdr>(), n) };
-        let mut sent = 0;
-        let mut failed = 0;
-        while sent < n {
+            unsafe { std::slice::from_raw_parts_mut(hdrs.as_mut_ptr().cast::<libc::mmsghdr>(), m) };
+        let mut sent = 0; // headers
+        let mut lost = 0; // datagrams
+        while sent < m {
             // SAFETY: the headers point at the queued slices (alive for 'a)
-            // and the local name/iovec arrays, for the call's duration.
+            // and the local name/iovec/cmsg arrays, for the call's duration.
             let r = unsafe {
                 libc::sendmmsg(
                     fd,
                     hdrs[sent..].as_mut_ptr(),
-                    (n - sent) as libc::c_uint,
+                    (m - sent) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -251,18 +317,148 @@ impl<'a> SendBatch<'a> {
                 sent += r as usize;
                 continue;
             }
-            match io::Error::last_os_error().kind() {
+            let err = io::Error::last_os_error();
+            match err.kind() {
                 io::ErrorKind::Interrupted => {}
                 // Socket buffer full: drop the rest.
                 io::ErrorKind::WouldBlock => break,
+                _ if carried[sent] > 1
+                    && matches!(
+                        err.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    // No GSO here (old kernel, a device without
+                    // checksum offload): off for good, this run one by one.
+                    GSO_OFF.store(true, Ordering::Relaxed);
+                    let h = &hdrs[sent].msg_hdr;
+                    for i in 0..h.msg_iovlen {
+                        // SAFETY: msg_iov points at msg_iovlen iovecs
+                        // written above.
+                        let v = unsafe { &*h.msg_iov.add(i) };
+                        // SAFETY: a plain sendto of one iovec's bytes to
+                        // the header's address.
+                        let r = unsafe {
+                            libc::sendto(
+                                fd,
+                                v.iov_base,
+                                v.iov_len,
+                                libc::MSG_DONTWAIT,
+                                h.msg_name.cast(),
+                                h.msg_namelen,
+                            )
+                        };
+                        if r < 0 {
+                            lost += 1;
+                        }
+                    }
+                    sent += 1;
+                }
                 // One bad destination must not drop the others: skip it.
                 _ => {
-                    failed += 1;
+                    lost += carried[sent] as usize;
                     sent += 1;
                 }
             }
         }
-        self.n = 0;
-        failed + (n - sent)
+        lost + carried[sent..m].iter().map(|&c| c as usize).sum::<usize>()
+    }
+}
+
+/// Most datagrams the kernel takes in one GSO send (UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes of payload in one GSO send (an IP packet's limit, headers
+/// included, is 65535).
+const GSO_MAX_BYTES: usize = 65_000;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+
+static GSO_OFF: AtomicBool = AtomicBool::new(false);
+
+fn gso_enabled() -> bool {
+    !GSO_OFF.load(Ordering::Relaxed)
+}
+
+/// Switch GSO on or off for this process (`[server] udp_gso`).
+pub fn set_gso(on: bool) {
+    GSO_OFF.store(!on, Ordering::Relaxed);
+}
+
+/// Write a `UDP_SEGMENT` control message (segment size `seg`) into `buf`
+/// and point `h` at it.
+fn set_segment_cmsg(buf: &mut [u64; 4], seg: u16, h: &mut libc::msghdr) {
+    // SAFETY: CMSG_SPACE(2) = 24 bytes fit the 32-byte, 8-aligned buffer;
+    // CMSG_FIRSTHDR of a msghdr whose control points at it is its start.
+    unsafe {
+        h.msg_control = buf.as_mut_ptr().cast();
+        h.msg_controllen = libc::CMSG_SPACE(2) as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    fn recv_all(s: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        (0..n)
+            .map(|_| {
+                let (len, _) = s.recv_from(&mut buf).expect("datagram");
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    /// Runs for one destination (same size, a shorter last one, a longer
+    /// one that must start a new run) interleaved with another
+    /// destination: every datagram arrives whole, once, in order per
+    /// destination, whether GSO is on or off.
+    #[test]
+    fn flush_keeps_datagrams_and_per_destination_order() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (ta, tb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let sizes_a = [100usize, 100, 100, 60, 100, 200, 200, 1];
+        let sizes_b = [100usize, 100, 300];
+        let data_a: Vec<Vec<u8>> = sizes_a
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as u8; n])
+            .collect();
+        let data_b: Vec<Vec<u8>> = sizes_b
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![0x80 | i as u8; n])
+            .collect();
+        let mut batch = SendBatch::new();
+        // Interleaved: a0 b0 a1 a2 b1 a3 ... as a listener's replies are.
+        let (mut ia, mut ib) = (0, 0);
+        while ia < data_a.len() || ib < data_b.len() {
+            for _ in 0..2 {
+                if ia < data_a.len() {
+                    batch.push(&data_a[ia], ta);
+                    ia += 1;
+                }
+            }
+            if ib < data_b.len() {
+                batch.push(&data_b[ib], tb);
+                ib += 1;
+            }
+        }
+        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        // The runs went out as GSO sends (a refusal would switch it off).
+        assert!(gso_enabled(), "the kernel refused UDP_SEGMENT");
+        assert_eq!(recv_all(&a, data_a.len()), data_a);
+        assert_eq!(recv_all(&b, data_b.len()), data_b);
     }
 }

@@ -139,6 +139,9 @@ impl ServerHandle {
         if started.server.threads != new.server.threads {
             notes.push("server.threads: takes effect after a restart".to_string());
         }
+        if started.server.udp_gso != new.server.udp_gso {
+            notes.push("server.udp_gso: takes effect after a restart".to_string());
+        }
         if started.log.format != new.log.format {
             notes.push(
                 "log.format: takes effect after a restart (--log-format overrides it)".to_string(),

@@ -183,6 +183,7 @@ pub fn shard_count(cfg: &Config) -> usize {
 /// warning on hosts without IPv6, so the default works everywhere.
 pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let shards = shard_count(cfg);
+    batch::set_gso(cfg.server.udp_gso);
     let core_cfg = Arc::new(setup::core_config(cfg));
     let creds = Arc::new(credentials(cfg)?);
     check_relay_addresses(cfg)?;
