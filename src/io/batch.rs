@@ -11,7 +11,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -199,12 +199,14 @@ impl<'a> SendBatch<'a> {
     ///
     /// Datagrams for the same destination leave as one UDP GSO send
     /// (`UDP_SEGMENT`, Linux 4.18+) when they have the same size (the last
-    /// of a run may be shorter): the kernel builds the headers and routes
-    /// once for the run instead of once per datagram. Order is kept per
+    /// of a run may be shorter) of at most 1452 bytes (so a segment fits a
+    /// 1500-byte MTU): the kernel builds the headers and routes once for
+    /// the run instead of once per datagram. Order is kept per
     /// destination (all UDP promises); datagrams for different
     /// destinations may leave in another order than they were queued. If
-    /// the kernel refuses GSO, it is switched off for the process and the
-    /// run is sent datagram by datagram.
+    /// the kernel refuses a run, it is sent datagram by datagram, and GSO
+    /// is switched off for the process (or, when the size was the
+    /// problem — a route with a smaller MTU — runs are kept below it).
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let n = self.n;
         self.n = 0;
@@ -247,7 +249,7 @@ impl<'a> SendBatch<'a> {
             // shorter; at most GSO_MAX_SEGMENTS and 64 KiB in all.
             let mut run = 1;
             let mut total = seg;
-            if gso_enabled() && seg > 0 {
+            if gso_enabled() && seg > 0 && seg <= GSO_MAX_SEGMENT.load(Ordering::Relaxed) {
                 while k + run < n && run < GSO_MAX_SEGMENTS {
                     let (d, t) = self.items[order[k + run] as usize];
                     if t != Some(to)
@@ -328,10 +330,20 @@ impl<'a> SendBatch<'a> {
                         Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
                     ) =>
                 {
-                    // No GSO here (old kernel, a device without
-                    // checksum offload): off for good, this run one by one.
-                    GSO_OFF.store(true, Ordering::Relaxed);
                     let h = &hdrs[sent].msg_hdr;
+                    // SAFETY: msg_iov points at msg_iovlen >= 2 iovecs.
+                    let seg = unsafe { (*h.msg_iov).iov_len };
+                    if err.raw_os_error() == Some(libc::EINVAL) && seg > GSO_MIN_SEGMENT {
+                        // Segments larger than the route's MTU allows
+                        // (the kernel does not fragment GSO sends): no
+                        // runs of this size or more from now on.
+                        GSO_MAX_SEGMENT.fetch_min(seg - 1, Ordering::Relaxed);
+                    } else {
+                        // No GSO here (old kernel, a device without
+                        // checksum offload): off for good.
+                        GSO_OFF.store(true, Ordering::Relaxed);
+                    }
+                    // This run one datagram at a time.
                     for i in 0..h.msg_iovlen {
                         // SAFETY: msg_iov points at msg_iovlen iovecs
                         // written above.
@@ -374,6 +386,13 @@ const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 
 static GSO_OFF: AtomicBool = AtomicBool::new(false);
+/// Largest segment sent with GSO: lowered when the kernel refuses a size
+/// (a segment must fit the route's MTU). Starts at what a 1500-byte
+/// Ethernet MTU carries over IPv6 (1500 − 40 − 8).
+static GSO_MAX_SEGMENT: AtomicUsize = AtomicUsize::new(1452);
+/// Below this, a refusal is not about the MTU (IPv4's minimum reassembly
+/// size): GSO goes off instead.
+const GSO_MIN_SEGMENT: usize = 548;
 
 fn gso_enabled() -> bool {
     !GSO_OFF.load(Ordering::Relaxed)
@@ -460,5 +479,27 @@ mod tests {
         assert!(gso_enabled(), "the kernel refused UDP_SEGMENT");
         assert_eq!(recv_all(&a, data_a.len()), data_a);
         assert_eq!(recv_all(&b, data_b.len()), data_b);
+    }
+
+    /// Datagrams above the GSO segment cap (here 2000 bytes over loopback)
+    /// leave one by one and arrive whole.
+    #[test]
+    fn datagrams_above_the_segment_cap_arrive_whole() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ta = a.local_addr().unwrap();
+        let data: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 2000]).collect();
+        let mut batch = SendBatch::new();
+        for d in &data {
+            batch.push(d, ta);
+        }
+        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        let mut buf = [0u8; 4096];
+        a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        for d in &data {
+            let (len, _) = a.recv_from(&mut buf).expect("datagram");
+            assert_eq!(&buf[..len], &d[..]);
+        }
     }
 }
