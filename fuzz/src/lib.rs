@@ -1,13 +1,15 @@
-//! The checks the fuzz targets make. They mirror the probes of
-//! `tests/fuzz_smoke.rs` (the deterministic, `cargo test` version of this
-//! fuzzing): no panic, and whatever parses is self-consistent.
+//! The checks the fuzz targets make: no panic, and whatever parses is
+//! self-consistent. `tests/fuzz_smoke.rs` (the deterministic, `cargo test`
+//! version of this fuzzing) includes this very file, so both check the
+//! same things.
 
 use turnpike::wire::{
     ChannelData, Frame, FrameKind, HEADER_LEN, IntegrityError, IntegrityKey, Message, ParseError,
     attr, frame_len, is_valid_channel, pad4,
 };
 
-const FUZZ_KEY: &[u8] = b"fuzz-key";
+/// The key integrity is checked with (a wrong one for almost every input).
+pub const FUZZ_KEY: &[u8] = b"fuzz-key";
 
 /// `Message::parse` and everything reachable from a parsed message. Never
 /// panics; if parsing succeeds the message is self-consistent.
