@@ -382,13 +382,12 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 /// TLS client settings: `--ca FILE` only, `--insecure`, or the system's
 /// roots.
 fn tls_config(ca: Option<&PathBuf>, insecure: bool) -> Result<Arc<rustls::ClientConfig>> {
-    let provider = turnpike::io::tls::provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
         .with_safe_default_protocol_versions()?;
     let cfg = if insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_custom_certificate_verifier(turnpike::io::tls::accept_any_certificate())
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
@@ -415,56 +414,6 @@ fn tls_config(ca: Option<&PathBuf>, insecure: bool) -> Result<Arc<rustls::Client
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(cfg))
-}
-
-/// `--insecure`: any certificate, but the handshake signatures are still
-/// checked (so the session is at least with the holder of that key).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 fn parse_host(s: &str) -> Result<SocketAddr> {

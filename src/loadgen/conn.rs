@@ -68,13 +68,12 @@ pub fn tls_config(
     ca: Option<&std::path::Path>,
     insecure: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = crate::io::tls::provider();
-    let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let b = rustls::ClientConfig::builder_with_provider(crate::io::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let cfg = if insecure {
         b.dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+            .with_custom_certificate_verifier(crate::io::tls::accept_any_certificate())
             .with_no_client_auth()
     } else {
         let Some(ca) = ca else {
@@ -92,56 +91,6 @@ pub fn tls_config(
         b.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(cfg))
-}
-
-/// `--insecure`: a verifier that accepts any certificate (signatures are
-/// still checked, so the handshake itself is real).
-#[derive(Debug)]
-struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 fn set_bufs(s: SockRef<'_>) {
