@@ -24,24 +24,35 @@ pub struct MemIo {
     /// Ports that fail to bind (held by "another process").
     pub busy: HashSet<u16>,
     pub closed: Vec<RelayId>,
+    /// The DONT-FRAGMENT wish of every bind, in order.
+    pub df: Vec<bool>,
 }
 
+/// Panics when the core breaks the `RelayIo` contract (a relay id bound
+/// twice, an unbound one closed): every test on the sim checks it.
 impl RelayIo for MemIo {
     fn bind(
         &mut self,
         relay: RelayId,
         addr: SocketAddr,
-        _dont_fragment: bool,
+        dont_fragment: bool,
     ) -> std::io::Result<()> {
         if self.busy.contains(&addr.port()) {
             return Err(std::io::ErrorKind::AddrInUse.into());
         }
-        self.bound.insert(relay, addr);
+        assert!(
+            self.bound.insert(relay, addr).is_none(),
+            "relay id reused while bound"
+        );
+        self.df.push(dont_fragment);
         Ok(())
     }
 
     fn close(&mut self, relay: RelayId) {
-        self.bound.remove(&relay);
+        assert!(
+            self.bound.remove(&relay).is_some(),
+            "closing an unbound relay"
+        );
         self.closed.push(relay);
     }
 }

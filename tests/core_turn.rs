@@ -1,7 +1,6 @@
 //! Deterministic tests of the sans-IO TURN core: a manual clock, a seeded
 //! RNG, a fake relay-socket binder. No sockets, no sleeps.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +9,9 @@ use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions}
 use turnpike::config::{Config, Transport};
 use turnpike::core::{
     AuthFailureReason, ClientOutput, CoreConfig, Counters, DropReason, EndReason, FiveTuple, Now,
-    PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId, RelayIo, Server, Setup, Shared,
+    PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId, Server, Setup, Shared,
 };
+use turnpike::sim::MemIo;
 use turnpike::wire::{
     ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
@@ -19,43 +19,9 @@ use turnpike::wire::{
 const SECRET: &str = "s3cret";
 const SECRET2: &str = "n3w-s3cret";
 
-#[derive(Default)]
-struct FakeIo {
-    bound: HashMap<RelayId, SocketAddr>,
-    busy: HashSet<u16>,
-    closed: Vec<RelayId>,
-    df: Vec<bool>,
-}
-
-impl RelayIo for FakeIo {
-    fn bind(
-        &mut self,
-        relay: RelayId,
-        addr: SocketAddr,
-        dont_fragment: bool,
-    ) -> std::io::Result<()> {
-        if self.busy.contains(&addr.port()) {
-            return Err(std::io::ErrorKind::AddrInUse.into());
-        }
-        assert!(
-            self.bound.insert(relay, addr).is_none(),
-            "relay id reused while bound"
-        );
-        self.df.push(dont_fragment);
-        Ok(())
-    }
-    fn close(&mut self, relay: RelayId) {
-        assert!(
-            self.bound.remove(&relay).is_some(),
-            "closing an unbound relay"
-        );
-        self.closed.push(relay);
-    }
-}
-
 struct H {
     server: Server,
-    io: FakeIo,
+    io: MemIo,
     now: Now,
     counters: Arc<Counters>,
     shared: Arc<Shared>,
@@ -117,7 +83,7 @@ fn harness_cfg(cfg: Config, seed: u64) -> H {
     });
     H {
         server,
-        io: FakeIo::default(),
+        io: MemIo::default(),
         now: Now::new(Instant::now(), 1_800_000_000),
         counters,
         shared,
