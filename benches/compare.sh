@@ -10,6 +10,8 @@
 #            --gen-threads N (load generator threads for the relay loads,
 #            default 1: on 2 cores the generator shares the CPUs with the
 #            server, and one thread offers ~400k msg/s)
+#            --loads L1,L2 (run only these loads, e.g. cpu50k,cpu50k1t; with
+#            --no-write for a quick look, since the table then has gaps)
 #
 # What it does, for every load below and every round, alternating the order
 # (round 1: turnpike then coturn, round 2: coturn then turnpike, ...) so
@@ -75,6 +77,7 @@ OUT="$ROOT/benches/RESULTS.md"
 KEEP=""
 WRITE=1
 GEN_THREADS=1
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -84,6 +87,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP="$2"; shift ;;
     --no-write) WRITE=0 ;;
     --gen-threads) GEN_THREADS="$2"; shift ;;
+    --loads) ONLY="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -317,6 +321,12 @@ load_idle10k() {
 }
 
 LOADS=(cpu50k cpu50k1t maxrate uclient setup binding idle1k idle10k)
+if [ -n "$ONLY" ]; then
+  IFS=, read -r -a LOADS <<<"$ONLY"
+  for load in "${LOADS[@]}"; do
+    declare -F "load_$load" >/dev/null || { echo "error: unknown load $load" >&2; exit 2; }
+  done
+fi
 START=$(date +%s)
 echo "turnpike vs coturn: ${#LOADS[@]} loads x $ROUNDS round(s) x 2 servers$([ "$QUICK" = 1 ] && echo ' (quick)')" >&2
 for load in "${LOADS[@]}"; do

@@ -82,8 +82,14 @@ pub struct SimServer {
 impl SimServer {
     /// A core for `cfg` (validated), seeded deterministically.
     pub fn new(cfg: &Config, seed: u64) -> Self {
+        Self::shard(cfg, seed, Arc::new(Shared::new(cfg.relay.ports)), 0)
+    }
+
+    /// Another shard of the same server: a core with its own counters and
+    /// relays, sharing `shared` (ports, quotas, relay directory) with the
+    /// others. Give each shard its own number; set their `now` equal.
+    pub fn shard(cfg: &Config, seed: u64, shared: Arc<Shared>, shard: u16) -> Self {
         let counters = Arc::new(Counters::default());
-        let shared = Arc::new(Shared::new(cfg.relay.ports));
         let creds = crate::core::Credentials::new(
             &cfg.server.realm,
             cfg.auth.secrets.clone(),
@@ -97,7 +103,7 @@ impl SimServer {
             counters: counters.clone(),
             seed,
             nonce_key: [seed as u8; 32],
-            shard: 0,
+            shard,
         });
         SimServer {
             server,

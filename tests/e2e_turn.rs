@@ -684,24 +684,7 @@ allow_peers = ["127.0.0.1/32"]
     let rc = c.allocate(&rest("c"), &AllocateOptions::default()).relayed;
     a.create_permission(&[rb, rc]).unwrap();
     b.create_permission(&[ra]).unwrap();
-    // Send indication in, Data indication out, from A's relayed address.
-    a.send_indication(rb, b"over the top");
-    assert_eq!(b.recv_data(), (ra, b"over the top".to_vec()));
-    b.send_indication(ra, b"and back");
-    assert_eq!(a.recv_data(), (rb, b"and back".to_vec()));
-    // Channels both ways: ChannelData in, ChannelData out (padded on TCP).
-    a.channel_bind(0x4000, rb).unwrap();
-    b.channel_bind(0x4001, ra).unwrap();
-    for size in SIZES {
-        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-        a.send_channel_data(0x4000, &payload);
-        let (ch, got, wire) = b.recv_channel();
-        assert_eq!((ch, &got), (0x4001, &payload), "size {size}");
-        assert!(is_padded(size, wire), "TCP ChannelData is padded");
-        b.send_channel_data(0x4001, &payload);
-        let (ch, got, _) = a.recv_channel();
-        assert_eq!((ch, got), (0x4000, payload));
-    }
+    exchange(&mut a, ra, &mut b, rb, 0x4000, 0x4001);
     // C gave A no permission: A's data for C is dropped. C's own probe,
     // sent after, is the first thing C gets back.
     a.send_indication(rc, b"not for you");
@@ -719,4 +702,161 @@ allow_peers = ["127.0.0.1/32"]
     // permission, still handed over) and the probe.
     let m = common::ops::scrape(server.http_addr());
     assert_eq!(m.value("turnpike_relayed_local_total", &[]), 18.0);
+}
+
+/// Relay between A and B, each one's peer the other's relayed address
+/// (permissions already given): Send → Data indication from the sender's
+/// relayed address, both ways, then channels `cha` (A's) and `chb` (B's)
+/// both ways with every size in [`SIZES`], ChannelData padded over
+/// TCP/TLS. Returns the datagrams relayed: 2 + 2 × SIZES.
+fn exchange(
+    a: &mut TurnClient,
+    ra: SocketAddr,
+    b: &mut TurnClient,
+    rb: SocketAddr,
+    cha: u16,
+    chb: u16,
+) -> usize {
+    // Send indication in, Data indication out, from A's relayed address.
+    a.send_indication(rb, b"over the top");
+    assert_eq!(b.recv_data(), (ra, b"over the top".to_vec()));
+    b.send_indication(ra, b"and back");
+    assert_eq!(a.recv_data(), (rb, b"and back".to_vec()));
+    // Channels both ways: ChannelData in, ChannelData out (padded on TCP).
+    a.channel_bind(cha, rb).unwrap();
+    b.channel_bind(chb, ra).unwrap();
+    for size in SIZES {
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        a.send_channel_data(cha, &payload);
+        let (ch, got, wire) = b.recv_channel();
+        assert_eq!((ch, &got), (chb, &payload), "size {size}");
+        if b.transport() != Transport::Udp {
+            assert!(is_padded(size, wire), "TCP ChannelData is padded");
+        }
+        b.send_channel_data(chb, &payload);
+        let (ch, got, wire) = a.recv_channel();
+        assert_eq!((ch, &got), (cha, &payload), "size {size}");
+        if a.transport() != Transport::Udp {
+            assert!(is_padded(size, wire), "TCP ChannelData is padded");
+        }
+    }
+    2 + 2 * SIZES.len()
+}
+
+/// Two shards: the kernel spreads UDP clients over them by a hash of their
+/// address. Between a client of each shard, the sending shard sends
+/// straight to the receiving client from its own socket of the listener
+/// (the relay directory): the clients see exactly what one shard gives
+/// them, the receiver's permission still decides, and the metrics count
+/// each such datagram as cross-shard; between two clients of one shard,
+/// as local.
+#[test]
+fn relay_to_relay_across_shards() {
+    const KEY: &str = "e2e-admin-key";
+    let server = TestServer::start(&format!(
+        r#"
+[server]
+realm = "e2e.turnpike.test"
+threads = 2
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+[[listen]]
+transport = "tcp"
+addr = "127.0.0.1:0"
+[relay]
+bind_ip = "127.0.0.1"
+ports = "44850-44899"
+[auth]
+secrets = ["e2e-first-secret"]
+[policy]
+allow_peers = ["127.0.0.1/32"]
+[http]
+addr = "127.0.0.1:0"
+api_keys = ["{KEY}"]
+"#
+    ));
+    let h = server.http_addr();
+    // Allocate until one shard has a client and the other two; each new
+    // client lands on either.
+    // The shard of a client's allocation: the admin API's id carries it.
+    let shard_of = |c: &TurnClient| -> usize {
+        let sessions = common::ops::get_auth(h, "/api/v1/sessions", KEY).json();
+        let me = c.local_addr().to_string();
+        let id: u64 = sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["client"] == me.as_str())
+            .expect("own session listed")["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (id >> 48) as usize
+    };
+    let mut on: [Vec<(TurnClient, SocketAddr)>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..40 {
+        let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
+        let r = c
+            .allocate(&rest(&format!("u{i}")), &AllocateOptions::default())
+            .relayed;
+        let shard = shard_of(&c);
+        on[shard].push((c, r));
+        if on.iter().all(|v| !v.is_empty()) && on.iter().any(|v| v.len() >= 3) {
+            break;
+        }
+    }
+    assert!(
+        on.iter().all(|v| !v.is_empty()) && on.iter().any(|v| v.len() >= 3),
+        "40 clients did not spread over both shards: {} and {}",
+        on[0].len(),
+        on[1].len()
+    );
+    let big = usize::from(on[1].len() >= 3);
+    let (mut a, ra) = on[big].pop().unwrap();
+    let (mut c, rc) = on[big].pop().unwrap();
+    let (mut b, rb) = on[1 - big].pop().unwrap();
+    // Across: A's data reaches B only once B permits A.
+    a.create_permission(&[rb]).unwrap();
+    a.send_indication(rb, b"before B permits A");
+    let no_permission = || {
+        common::ops::scrape(h).value_or_zero(
+            "turnpike_dropped_packets_total",
+            &[("reason", "no_permission")],
+        )
+    };
+    common::ops::wait_until("the refused datagram counted", LOG_TIMEOUT, || {
+        (no_permission() == 1.0).then_some(())
+    });
+    b.create_permission(&[ra]).unwrap();
+    let across = exchange(&mut a, ra, &mut b, rb, 0x4000, 0x4001);
+    // Within one shard: A and C.
+    a.create_permission(&[rc]).unwrap();
+    c.create_permission(&[ra]).unwrap();
+    let within = exchange(&mut a, ra, &mut c, rc, 0x4002, 0x4003);
+    // A TCP client D on the other shard than B: what D sends B goes
+    // straight to B from D's connection task; what B sends D goes through
+    // the kernel (a stream client is reachable only through its own
+    // shard).
+    let (mut d, rd) = (0..40)
+        .find_map(|i| {
+            let mut d = TurnClient::tcp(server.addr(Transport::Tcp, false));
+            let r = d
+                .allocate(&rest(&format!("d{i}")), &AllocateOptions::default())
+                .relayed;
+            (shard_of(&d) == big).then_some((d, r))
+        })
+        .expect("a TCP client on the other shard than B");
+    d.create_permission(&[rb]).unwrap();
+    b.create_permission(&[rd]).unwrap();
+    let from_d = exchange(&mut d, rd, &mut b, rb, 0x4004, 0x4005) / 2;
+    let m = common::ops::scrape(h);
+    assert_eq!(
+        m.value("turnpike_relayed_cross_shard_total", &[]),
+        (across + 1 + from_d) as f64,
+        "every datagram from A to B and back (the refused one too), and from D to B"
+    );
+    assert_eq!(m.value("turnpike_relayed_local_total", &[]), within as f64);
+    assert_eq!(no_permission(), 1.0);
 }

@@ -81,6 +81,22 @@ impl Channel {
     }
 }
 
+/// Whether `ip` has a live permission in `perms` (RFC 8656 §9: the port
+/// is not part of a permission).
+#[inline]
+pub fn permitted(perms: &[Permission], ip: IpAddr, now: Instant) -> bool {
+    perms.iter().any(|p| p.ip == ip && now < p.expires)
+}
+
+/// The active channel of `chans` bound to `peer`, if any.
+#[inline]
+pub fn channel_by_peer(chans: &[Channel], peer: SocketAddr, now: Instant) -> Option<&Channel> {
+    chans
+        .iter()
+        .find(|c| c.peer == peer)
+        .filter(|c| c.active(now))
+}
+
 /// What a sweep changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -104,6 +120,11 @@ impl TokenBucket {
             tokens: rate_bytes,
             last: now,
         }
+    }
+
+    /// Whether the bucket never refuses (rate 0).
+    pub fn unlimited(&self) -> bool {
+        self.rate == 0
     }
 
     /// Take `n` bytes; false (and nothing taken) if the bucket is short.
@@ -178,9 +199,7 @@ impl Allocation {
     /// not part of a permission).
     #[inline]
     pub fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions
-            .iter()
-            .any(|p| p.ip == ip && now < p.expires)
+        permitted(&self.permissions, ip, now)
     }
 
     /// Install or refresh a permission. Returns whether a new entry was
@@ -206,10 +225,7 @@ impl Allocation {
     /// The active channel bound to this peer, if any.
     #[inline]
     pub fn channel_by_peer(&self, peer: SocketAddr, now: Instant) -> Option<&Channel> {
-        self.channels
-            .iter()
-            .find(|c| c.peer == peer)
-            .filter(|c| c.active(now))
+        channel_by_peer(&self.channels, peer, now)
     }
 
     /// Earliest instant something in this allocation needs attention:

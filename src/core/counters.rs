@@ -174,6 +174,10 @@ pub struct Counters {
     /// without the kernel (both clients on this server and shard); also
     /// counted in both directions above.
     pub relayed_local: Counter,
+    /// Datagrams from one of this shard's relays to another shard's relay
+    /// sent straight to that relay's client (see [`super::directory`]);
+    /// also counted in both directions above.
+    pub relayed_cross_shard: Counter,
     /// TCP (0) and TLS (1) client connections open (kept by the shell).
     connections: [Gauge; 2],
 }

@@ -23,6 +23,7 @@ pub mod allocation;
 pub mod auth;
 mod binding;
 pub mod counters;
+pub mod directory;
 pub mod policy;
 pub mod shared;
 mod slots;
@@ -222,6 +223,10 @@ pub struct CoreConfig {
     /// Not used by the core: tells the shell to mask client addresses in
     /// its logs (kept here so a reload changes it with the rest).
     pub redact_client_ips: bool,
+    /// Publish allocations with UDP clients in the relay directory so
+    /// other shards deliver to them directly ([`directory`]); pointless
+    /// with one shard, so the shell turns it off then.
+    pub publish_relays: bool,
 }
 
 impl CoreConfig {
@@ -251,6 +256,7 @@ impl CoreConfig {
             draining: false,
             alternate_servers: Vec::new(),
             redact_client_ips: c.log.redact_client_ips,
+            publish_relays: true,
         }
     }
 }
@@ -507,17 +513,70 @@ impl Server {
         }
         a.traffic.packets_in += 1;
         a.traffic.bytes_in += len as u64;
+        let ft = a.ft;
+        let range = self.frame_for_client(ft, channel, peer, buf, len);
+        PeerOutput::ToClient {
+            ft,
+            data: &buf[range],
+        }
+    }
+
+    /// [`Server::handle_peer`] for an allocation of any shard published in
+    /// the relay directory ([`directory`]): a datagram from one of our
+    /// relays (`peer`, its advertised address) for the relay of `view`,
+    /// framed for `view`'s UDP client in place in `buf` (same layout as
+    /// for `handle_peer`). The same rules apply as on the owner's path
+    /// (RFC 8656 §9 permission, §12.6 channel or Data indication);
+    /// published allocations have no bandwidth cap. Returns the client's
+    /// five-tuple and where the message lies in `buf`.
+    pub fn handle_peer_published(
+        &mut self,
+        now: Instant,
+        view: &directory::RelayView,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<(FiveTuple, std::ops::Range<usize>)> {
+        if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM {
+            self.counters.dropped(DropReason::Malformed);
+            return None;
+        }
+        if !view.permitted(peer, now) {
+            self.counters.dropped(DropReason::NoPermission);
+            return None;
+        }
+        let channel = view.channel_by_peer(peer, now);
+        if channel.is_none() && !data_indication_fits(len, peer) {
+            self.counters.dropped(DropReason::TooLarge);
+            return None;
+        }
+        view.traffic.add(len);
+        let range = self.frame_for_client(view.client, channel, peer, buf, len);
+        Some((view.client, range))
+    }
+
+    /// Count a datagram from `peer` for the client of `ft` and write its
+    /// framing around the payload at `buf[PEER_HEADROOM..][..len]`: a
+    /// ChannelData header (padded over TCP/TLS, RFC 8656 §12.5) when
+    /// `channel`, else a Data indication (§11.6). Returns the message's
+    /// range in `buf`.
+    fn frame_for_client(
+        &mut self,
+        ft: FiveTuple,
+        channel: Option<u16>,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> std::ops::Range<usize> {
         self.counters.relayed_packets_in.inc();
         self.counters.relayed_bytes_in.add(len as u64);
-        let ft = a.ft;
-        let stream = ft.transport.is_stream();
-        let range = match channel {
+        match channel {
             Some(number) => {
                 let start = PEER_HEADROOM - CHANNEL_DATA_HEADER_LEN;
                 buf[start..PEER_HEADROOM]
                     .copy_from_slice(&crate::wire::ChannelData::header(number, len));
                 let mut end = PEER_HEADROOM + len;
-                if stream {
+                if ft.transport.is_stream() {
                     // RFC 8656 §12.5: padded to four bytes over TCP/TLS.
                     let padded = PEER_HEADROOM + crate::wire::pad4(len);
                     buf[end..padded].fill(0);
@@ -529,10 +588,6 @@ impl Server {
                 let tid = crate::wire::TransactionId::random(&mut self.rng);
                 crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer, tid)
             }
-        };
-        PeerOutput::ToClient {
-            ft,
-            data: &buf[range],
         }
     }
 
@@ -604,7 +659,10 @@ impl Server {
                     .filter(|c| c.active(now))
                     .map(|c| (c.number, c.peer))
                     .collect(),
-                traffic: a.traffic,
+                traffic: match self.shared.directory.get_own(a.advertised, a.id) {
+                    Some(v) => v.traffic.added_to(a.traffic),
+                    None => a.traffic,
+                },
             })
             .collect()
     }
@@ -640,6 +698,11 @@ impl Server {
         self.by_ft.remove(&a.ft);
         self.free.push(slot);
         io.close(RelayId(slot));
+        // Out of the directory before the port can go to anyone else.
+        let traffic = match self.shared.directory.withdraw(a.advertised) {
+            Some(v) if v.id == a.id => v.traffic.added_to(a.traffic),
+            _ => a.traffic,
+        };
         self.shared.pool(a.relay.is_ipv6()).release(a.relay.port());
         self.shared.release(&a.quota_user);
         self.counters.ended(why);
@@ -659,7 +722,34 @@ impl Server {
             username: a.username.into(),
             reason: why,
             duration: now.saturating_duration_since(a.created),
-            traffic: a.traffic,
+            traffic,
+        });
+    }
+
+    /// Publish the allocation in `slot` in the relay directory (or replace
+    /// its view) when other shards may deliver to it directly: a UDP
+    /// client and no bandwidth cap. Called after every request that may
+    /// have changed it; see [`directory`].
+    fn publish(&self, slot: u32) {
+        let Some(Some(a)) = self.slots.get(slot as usize) else {
+            return;
+        };
+        if !self.cfg.publish_relays || a.ft.transport != Transport::Udp || !a.bucket.unlimited() {
+            return;
+        }
+        let dir = &self.shared.directory;
+        let traffic = dir
+            .get_own(a.advertised, a.id)
+            .map(|v| v.traffic.clone())
+            .unwrap_or_default();
+        dir.publish(directory::RelayView {
+            id: a.id,
+            advertised: a.advertised,
+            client: a.ft,
+            expires: a.expires,
+            permissions: a.permissions.clone(),
+            channels: a.channels.clone(),
+            traffic,
         });
     }
 

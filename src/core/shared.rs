@@ -1,7 +1,8 @@
 //! State shared by every shard's core: relay port pools, EVEN-PORT
-//! reservations and allocation quotas. Only Allocate, deletion and expiry
-//! touch it (never the per-packet path). The port pools are lock-free
-//! bitmaps; the quota and reservation maps take a short mutex.
+//! reservations, allocation quotas and the relay directory. Only requests,
+//! deletion and expiry change it; the per-packet path only reads the
+//! directory (lock-free). The port pools are lock-free bitmaps; the quota
+//! and reservation maps take a short mutex.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -125,6 +126,8 @@ pub struct Shared {
     reservations: Mutex<HashMap<u64, Reservation>>,
     total: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
+    /// Allocations with UDP clients, for direct delivery across shards.
+    pub directory: super::directory::Directory,
 }
 
 /// Why an allocation could not be counted against the quotas.
@@ -142,6 +145,7 @@ impl Shared {
             reservations: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
+            directory: super::directory::Directory::new(ports),
         }
     }
 

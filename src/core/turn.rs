@@ -113,6 +113,7 @@ impl Server {
         if let Some(Some(a)) = self.slots.get_mut(slot as usize) {
             a.last_response = Some((tid, out[start..].to_vec()));
         }
+        self.publish(slot);
         ClientOutput::Reply
     }
 
@@ -396,6 +397,7 @@ impl Server {
         self.slots[slot as usize] = Some(a);
         self.by_ft.insert(*ft, slot);
         io.relayed(relay_id, advertised);
+        self.publish(slot);
         self.timers
             .push(expires, Due::Allocation { slot, generation });
         self.counters.allocations_created.inc();

@@ -92,6 +92,8 @@ fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {
     counter!("turnpike_relayed_bytes_total", "direction" => "to_client")
         .absolute(sum(s, |c| c.relayed_bytes_in.get()));
     counter!("turnpike_relayed_local_total").absolute(sum(s, |c| c.relayed_local.get()));
+    counter!("turnpike_relayed_cross_shard_total")
+        .absolute(sum(s, |c| c.relayed_cross_shard.get()));
     for r in DropReason::ALL {
         counter!("turnpike_dropped_packets_total", "reason" => r.name())
             .absolute(sum(s, |c| c.dropped_count(*r)));

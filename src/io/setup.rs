@@ -10,6 +10,7 @@ use crate::core::{CoreConfig, Credentials};
 /// host's primary address, alternate servers resolved to addresses.
 pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
     let mut c = CoreConfig::from_config(cfg);
+    c.publish_relays = super::shard_count(cfg) > 1;
     for fam in [&mut c.relay4, &mut c.relay6].into_iter().flatten() {
         if fam.advertised.is_unspecified() {
             fam.advertised = primary_address(fam.bind.is_ipv6());

@@ -69,6 +69,23 @@ pub(crate) struct Shard {
     pub local: RefCell<HashMap<SocketAddr, crate::core::RelayId, foldhash::fast::RandomState>>,
     /// Scratch buffer (with headroom) for such local deliveries.
     pub scratch: RefCell<Vec<u8>>,
+    /// The shards' shared state: the relay directory is read here.
+    pub shared: Arc<crate::core::Shared>,
+    /// Output buffer for direct deliveries outside a batch.
+    pub direct: RefCell<Vec<u8>>,
+}
+
+/// What [`Shard::direct_route`] did.
+pub(crate) enum Direct {
+    /// `peer` is not a published relay of another shard: use the kernel.
+    NotPublished,
+    /// The core dropped it (no permission, ...): counted there.
+    Dropped,
+    /// The message for the client of `ft` is at `range` in the buffer.
+    Framed {
+        ft: FiveTuple,
+        range: std::ops::Range<usize>,
+    },
 }
 
 impl Shard {
@@ -108,7 +125,64 @@ impl Shard {
             drop(relays);
             return self.deliver_local(to, from, data);
         }
+        if self.shared.directory.get(peer).is_some() {
+            drop(relays);
+            let now = super::clock::now().mono;
+            let mut out = self.direct.borrow_mut();
+            out.clear();
+            let mut core = self.core.borrow_mut();
+            return match self.direct_route(&mut core, now, relay, peer, data, &mut out) {
+                Direct::Framed { ft, range } => self.send_to_client(&ft, &out[range]),
+                Direct::Dropped => true,
+                Direct::NotPublished => {
+                    let relays = self.relays.borrow();
+                    matches!(relays.get(relay.0 as usize), Some(Some(r)) if r.sock.send_to(data, peer).is_ok())
+                }
+            };
+        }
         r.sock.send_to(data, peer).is_ok()
+    }
+
+    /// When `peer` is another shard's relay whose client is on UDP
+    /// (published in the relay directory, see [`crate::core::directory`]):
+    /// frame `data`, sent by our `relay`, for that client, appended to
+    /// `out`. The caller sends it from our own socket of the client's
+    /// listener: same five-tuple for the client, no trip through the
+    /// kernel to the other shard's relay socket and no wake-up of it.
+    pub fn direct_route(
+        &self,
+        core: &mut Server,
+        now: std::time::Instant,
+        relay: crate::core::RelayId,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Direct {
+        let Some(view) = self.shared.directory.get(peer) else {
+            return Direct::NotPublished;
+        };
+        let from = match self.relays.borrow().get(relay.0 as usize) {
+            Some(Some(r)) => r.advertised,
+            _ => None,
+        };
+        let Some(from) = from else {
+            return Direct::NotPublished;
+        };
+        let len = data.len();
+        let base = out.len();
+        out.resize(base + PEER_HEADROOM + len + PEER_TAILROOM, 0);
+        out[base + PEER_HEADROOM..][..len].copy_from_slice(data);
+        self.counters.relayed_cross_shard.inc();
+        match core.handle_peer_published(now, &view, from, &mut out[base..], len) {
+            Some((ft, r)) => Direct::Framed {
+                ft,
+                range: base + r.start..base + r.end,
+            },
+            None => {
+                out.truncate(base);
+                Direct::Dropped
+            }
+        }
     }
 
     /// A datagram from `from` (one of our relays) for our relay `to`.
@@ -263,6 +337,10 @@ pub(crate) fn run(
                     + PEER_TAILROOM
             ]),
             counters: setup.counters.clone(),
+            shared: setup.shared.clone(),
+            direct: RefCell::new(Vec::with_capacity(
+                PEER_HEADROOM + super::batch::MAX_DATAGRAM + PEER_TAILROOM,
+            )),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
             rx: RefCell::new(super::batch::RecvBatch::new(

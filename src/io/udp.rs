@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch};
 use super::relay::ShellIo;
-use super::shard::Shard;
+use super::shard::{Direct, Shard};
 use crate::config::Transport;
 use crate::core::{ClientOutput, DropReason, FiveTuple, RelayId};
 
@@ -103,9 +103,33 @@ pub(crate) async fn serve(
                                 if !shard.deliver_local_with(&mut core, now.mono, to, from, data) {
                                     shard.counters.dropped(DropReason::SendBufferFull);
                                 }
-                            } else {
-                                to_peer[n_peer] = (relay, peer, data);
-                                n_peer += 1;
+                                continue;
+                            }
+                            match shard.direct_route(
+                                &mut core,
+                                now.mono,
+                                relay,
+                                peer,
+                                data,
+                                &mut replies,
+                            ) {
+                                // To another shard's relay of a UDP client:
+                                // sent to that client with this batch's
+                                // replies when it uses this listener.
+                                Direct::Framed { ft, range } if ft.server == local => {
+                                    reply_at.push((range.start, range.end, ft.client));
+                                }
+                                Direct::Framed { ft, range } => {
+                                    if !shard.send_to_client(&ft, &replies[range]) {
+                                        shard.counters.dropped(DropReason::SendBufferFull);
+                                    }
+                                    replies.truncate(start);
+                                }
+                                Direct::Dropped => {}
+                                Direct::NotPublished => {
+                                    to_peer[n_peer] = (relay, peer, data);
+                                    n_peer += 1;
+                                }
                             }
                         }
                         ClientOutput::None => replies.truncate(start),
