@@ -371,8 +371,12 @@ rounds = int(rounds); quick = quick == "1"
 def runs(load, srv):
     v = []
     for r in range(1, rounds + 1):
+        path = f"{work}/{load}.{srv}.{r}.json"
+        if not os.path.exists(path):
+            v.append({"not_run": True})  # left out with --loads
+            continue
         try:
-            v.append(json.load(open(f"{work}/{load}.{srv}.{r}.json")))
+            v.append(json.load(open(path)))
         except Exception:
             v.append({"failed": True})
     return v
@@ -443,8 +447,9 @@ for label, load, path, scale, fmt, better in rows:
 # Where the max-rate search stopped.
 notes = []
 for srv in ("turnpike", "coturn"):
-    lim = [get(r, "limited_by") for r in runs("maxrate", srv)]
-    notes.append(f"{srv}: stopped by {', '.join(str(x) for x in lim)}")
+    lim = [get(r, "limited_by") for r in runs("maxrate", srv) if not r.get("not_run")]
+    if lim:
+        notes.append(f"{srv}: stopped by {', '.join(str(x) for x in lim)}")
 skipped = []
 for srv in ("turnpike", "coturn"):
     for r in runs("cpu50k", srv):
@@ -468,15 +473,17 @@ sec += ["",
         "Definitions: a *relayed message* is one 100-byte payload that crossed the server from one "
         "client to the other. In the c2c loads allocations come in pairs A/B, each permitted and "
         "channel-bound to the other's relayed address; A sends, B echoes, so one round trip = 2 "
-        "relayed messages, and each relayed message is two server hops (client → A's relay socket → "
-        "B's relay socket → B), as in `turnutils_uclient -y`. *Offered* = messages the generator sent "
+        "relayed messages, and each relayed message is two server hops (client → A's relay → "
+        "B's relay → B), as in `turnutils_uclient -y` (turnpike skips the kernel between two of its own "
+        "relays, within a shard and across shards; coturn sends such datagrams through the kernel). *Offered* = messages the generator sent "
         "into the server. *Loss* = round trips not back within 1 s. Server CPU = utime+stime from "
         "/proc/PID/stat over the measured window (10 ms ticks) divided by the relayed messages / "
         "answered requests / set-ups. RSS = VmRSS; bytes per allocation = (RSS with N − RSS before) / N "
         "(user-space memory: kernel socket buffers are not in RSS).", ""]
-sec += [f"- max-rate search: {'; '.join(notes)} (\"loss\" = the next step lost >= 1 %; \"generator\" = "
-        "the load generator offered < 90 % of the step's rate, so the figure is a lower bound for that server; on a 2-core "
-        "machine generator and server share the CPUs, so past ~1 core of server load the two compete)."]
+if notes:
+    sec += [f"- max-rate search: {'; '.join(notes)} (\"loss\" = the next step lost >= 1 %; \"generator\" = "
+            "the load generator offered < 90 % of the step's rate, so the figure is a lower bound for that server; on a 2-core "
+            "machine generator and server share the CPUs, so past ~1 core of server load the two compete)."]
 if skipped:
     sec += [f"- the generator fell behind in the 50k run for: {', '.join(sorted(set(skipped)))}."]
 if failed:

@@ -63,6 +63,11 @@ fn relaying_allocates_nothing() {
             .unwrap();
         sim.channel_bind(&ft, &s, 0x4000 + i, peer).unwrap();
         sim.create_permission(&ft, &s, &[data_peer]).unwrap();
+        // Data from a relay of "another shard" publishes it in the relay
+        // directory, as the server does.
+        let other_relay: SocketAddr = "192.0.2.1:10000".parse().unwrap();
+        sim.create_permission(&ft, &s, &[other_relay]).unwrap();
+        sim.peer_datagram(relay, other_relay, b"publish").unwrap();
         let mut cd = Vec::new();
         ChannelData::encode(0x4000 + i, &[7; 100], false, &mut cd);
         let mut send = Vec::new();

@@ -192,6 +192,9 @@ pub struct Allocation {
     pub last_response: Option<(TransactionId, Vec<u8>)>,
     /// Admin-visible id (stable for the allocation's life).
     pub id: u64,
+    /// In the relay directory (from its first relay-to-relay datagram on;
+    /// see [`super::directory`]).
+    pub published: bool,
 }
 
 impl Allocation {

@@ -13,13 +13,17 @@
 //! allocations without a bandwidth cap are published (the token bucket is
 //! the owner's alone), so capped allocations keep the kernel path.
 //!
-//! The owner republishes a snapshot after every request that changes the
-//! allocation (Allocate, Refresh, CreatePermission, ChannelBind) and
-//! withdraws it before the relay port goes back to the pool, so a slot
-//! only ever holds the view of the allocation owning that port. Readers
-//! check expiry times against their own clock, so expiries need no
-//! republishing. Reads are lock-free (`arc-swap`); writes happen only on
-//! requests, never per packet.
+//! An allocation is published when it first receives permitted data from
+//! an address of our relays (that first datagram came through the kernel),
+//! so idle allocations and those talking only to outside peers cost
+//! nothing here (~400 bytes each for those published). From then on the
+//! owner republishes a snapshot after every request that may change it
+//! (Refresh, CreatePermission, ChannelBind) and withdraws it before the
+//! relay port goes back to the pool, so a slot only ever holds the view of
+//! the allocation owning that port. Readers check expiry times against
+//! their own clock, so expiries need no republishing. Reads are lock-free
+//! (`arc-swap`); writes happen on requests and once per allocation on its
+//! first relay-to-relay datagram, never otherwise per packet.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

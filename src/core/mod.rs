@@ -514,6 +514,11 @@ impl Server {
         a.traffic.packets_in += 1;
         a.traffic.bytes_in += len as u64;
         let ft = a.ft;
+        if !a.published && self.is_relay_address(peer) {
+            // Relay-to-relay traffic from another shard: publish, so its
+            // next datagrams come straight to the client.
+            self.publish(relay.0, true);
+        }
         let range = self.frame_for_client(ft, channel, peer, buf, len);
         PeerOutput::ToClient {
             ft,
@@ -553,6 +558,22 @@ impl Server {
         view.traffic.add(len);
         let range = self.frame_for_client(view.client, channel, peer, buf, len);
         Some((view.client, range))
+    }
+
+    /// Whether `addr` may be one of this server's relays: a relay IP (bound
+    /// or advertised) and a port of the relay range.
+    fn is_relay_address(&self, addr: SocketAddr) -> bool {
+        let fam = if addr.is_ipv4() {
+            &self.cfg.relay4
+        } else {
+            &self.cfg.relay6
+        };
+        fam.is_some_and(|f| addr.ip() == f.bind || addr.ip() == f.advertised)
+            && self
+                .shared
+                .pool(addr.is_ipv6())
+                .range()
+                .contains(addr.port())
     }
 
     /// Count a datagram from `peer` for the client of `ft` and write its
@@ -726,17 +747,24 @@ impl Server {
         });
     }
 
-    /// Publish the allocation in `slot` in the relay directory (or replace
-    /// its view) when other shards may deliver to it directly: a UDP
-    /// client and no bandwidth cap. Called after every request that may
-    /// have changed it; see [`directory`].
-    fn publish(&self, slot: u32) {
-        let Some(Some(a)) = self.slots.get(slot as usize) else {
+    /// Publish the allocation in `slot` in the relay directory, or replace
+    /// its view, when other shards may deliver to it directly: a UDP
+    /// client and no bandwidth cap. With `first`, this is the allocation's
+    /// first relay-to-relay datagram (see [`Server::handle_peer`]); without,
+    /// only an allocation already published is republished (after every
+    /// request that may have changed it). See [`directory`].
+    fn publish(&mut self, slot: u32, first: bool) {
+        let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
             return;
         };
-        if !self.cfg.publish_relays || a.ft.transport != Transport::Udp || !a.bucket.unlimited() {
+        if !(a.published || first)
+            || !self.cfg.publish_relays
+            || a.ft.transport != Transport::Udp
+            || !a.bucket.unlimited()
+        {
             return;
         }
+        a.published = true;
         let dir = &self.shared.directory;
         let traffic = dir
             .get_own(a.advertised, a.id)

@@ -113,7 +113,7 @@ impl Server {
         if let Some(Some(a)) = self.slots.get_mut(slot as usize) {
             a.last_response = Some((tid, out[start..].to_vec()));
         }
-        self.publish(slot);
+        self.publish(slot, false);
         ClientOutput::Reply
     }
 
@@ -393,11 +393,11 @@ impl Server {
             traffic: Traffic::default(),
             last_response: Some((msg.transaction_id(), out[start..].to_vec())),
             id,
+            published: false,
         };
         self.slots[slot as usize] = Some(a);
         self.by_ft.insert(*ft, slot);
         io.relayed(relay_id, advertised);
-        self.publish(slot);
         self.timers
             .push(expires, Due::Allocation { slot, generation });
         self.counters.allocations_created.inc();

@@ -115,7 +115,8 @@ impl Shard {
     /// one TURN server — the datagram is handed to it directly, as if it
     /// had arrived on its socket from this relay's address: permission,
     /// bandwidth and counters apply exactly as for one through the kernel,
-    /// minus a send, a receive and a wake-up.
+    /// minus a send, a receive and a wake-up. When the peer is a published
+    /// relay of another shard, see [`Shard::direct_route`].
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
         let relays = self.relays.borrow();
         let Some(Some(r)) = relays.get(relay.0 as usize) else {
@@ -125,6 +126,7 @@ impl Shard {
             drop(relays);
             return self.deliver_local(to, from, data);
         }
+        // The lookup first: a clock read only for relay-to-relay data.
         if self.shared.directory.get(peer).is_some() {
             drop(relays);
             let now = super::clock::now().mono;
@@ -158,6 +160,10 @@ impl Shard {
         data: &[u8],
         out: &mut Vec<u8>,
     ) -> Direct {
+        if !core.config().publish_relays {
+            // One shard: nothing is published, skip the lookup.
+            return Direct::NotPublished;
+        }
         let Some(view) = self.shared.directory.get(peer) else {
             return Direct::NotPublished;
         };
