@@ -648,19 +648,14 @@ fn peer_datagram_too_big_for_a_data_indication() {
     }
 }
 
-/// Two clients of one shard relaying to each other (each one's peer is
-/// the other's relayed address): the server hands the data from one relay
-/// to the other without the kernel, and what the clients see is exactly
-/// what a round trip through the relay sockets gives — the sender's
-/// relayed address as the peer, Send → Data indication and ChannelData →
-/// ChannelData, permission required on the receiving side.
-#[test]
-fn relay_to_relay_on_one_shard() {
-    let server = TestServer::start(
+/// A server on UDP and TCP with `threads` shards, relay ports `ports` on
+/// 127.0.0.1 and 127.0.0.1 allowed as a peer (its own relays), plus `extra`.
+fn relay_to_relay_config(threads: usize, ports: &str, extra: &str) -> String {
+    format!(
         r#"
 [server]
-realm = "e2e.turnpike.test"
-threads = 1
+realm = "{REALM}"
+threads = {threads}
 [[listen]]
 transport = "udp"
 addr = "127.0.0.1:0"
@@ -669,13 +664,24 @@ transport = "tcp"
 addr = "127.0.0.1:0"
 [relay]
 bind_ip = "127.0.0.1"
-ports = "44900-44999"
+ports = "{ports}"
 [auth]
-secrets = ["e2e-first-secret"]
+secrets = ["{SECRET}"]
 [policy]
 allow_peers = ["127.0.0.1/32"]
-"#,
-    );
+{extra}"#
+    )
+}
+
+/// Two clients of one shard relaying to each other (each one's peer is
+/// the other's relayed address): the server hands the data from one relay
+/// to the other without the kernel, and what the clients see is exactly
+/// what a round trip through the relay sockets gives — the sender's
+/// relayed address as the peer, Send → Data indication and ChannelData →
+/// ChannelData, permission required on the receiving side.
+#[test]
+fn relay_to_relay_on_one_shard() {
+    let server = TestServer::start(&relay_to_relay_config(1, "44900-44999", ""));
     let mut a = TurnClient::udp(server.addr(Transport::Udp, false));
     let mut b = TurnClient::tcp(server.addr(Transport::Tcp, false));
     let mut c = TurnClient::udp(server.addr(Transport::Udp, false));
@@ -754,28 +760,10 @@ fn exchange(
 #[test]
 fn relay_to_relay_across_shards() {
     const KEY: &str = "e2e-admin-key";
-    let server = TestServer::start(&format!(
-        r#"
-[server]
-realm = "e2e.turnpike.test"
-threads = 2
-[[listen]]
-transport = "udp"
-addr = "127.0.0.1:0"
-[[listen]]
-transport = "tcp"
-addr = "127.0.0.1:0"
-[relay]
-bind_ip = "127.0.0.1"
-ports = "44850-44899"
-[auth]
-secrets = ["e2e-first-secret"]
-[policy]
-allow_peers = ["127.0.0.1/32"]
-[http]
-addr = "127.0.0.1:0"
-api_keys = ["{KEY}"]
-"#
+    let server = TestServer::start(&relay_to_relay_config(
+        2,
+        "44850-44899",
+        &format!("[http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{KEY}\"]\n"),
     ));
     let h = server.http_addr();
     // Allocate until one shard has a client and the other two; each new
