@@ -118,31 +118,26 @@ impl Shard {
     /// minus a send, a receive and a wake-up. When the peer is a published
     /// relay of another shard, see [`Shard::direct_route`].
     pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
-        let relays = self.relays.borrow();
-        let Some(Some(r)) = relays.get(relay.0 as usize) else {
-            return false;
+        let advertised = match self.relays.borrow().get(relay.0 as usize) {
+            Some(Some(r)) => r.advertised,
+            _ => return false,
         };
-        if let (Some(from), Some(&to)) = (r.advertised, self.local.borrow().get(&peer)) {
-            drop(relays);
+        if let (Some(from), Some(&to)) = (advertised, self.local.borrow().get(&peer)) {
             return self.deliver_local(to, from, data);
         }
         // The lookup first: a clock read only for relay-to-relay data.
         if self.shared.directory.get(peer).is_some() {
-            drop(relays);
             let now = super::clock::now().mono;
             let mut out = self.direct.borrow_mut();
             out.clear();
             let mut core = self.core.borrow_mut();
-            return match self.direct_route(&mut core, now, relay, peer, data, &mut out) {
-                Direct::Framed { ft, range } => self.send_to_client(&ft, &out[range]),
-                Direct::Dropped => true,
-                Direct::NotPublished => {
-                    let relays = self.relays.borrow();
-                    matches!(relays.get(relay.0 as usize), Some(Some(r)) if r.sock.send_to(data, peer).is_ok())
-                }
-            };
+            match self.direct_route(&mut core, now, relay, peer, data, &mut out) {
+                Direct::Framed { ft, range } => return self.send_to_client(&ft, &out[range]),
+                Direct::Dropped => return true,
+                Direct::NotPublished => {} // through the kernel, below
+            }
         }
-        r.sock.send_to(data, peer).is_ok()
+        matches!(self.relays.borrow().get(relay.0 as usize), Some(Some(r)) if r.sock.send_to(data, peer).is_ok())
     }
 
     /// When `peer` is another shard's relay whose client is on UDP
