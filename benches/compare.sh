@@ -47,6 +47,13 @@
 #            Allocate (with its 401) + CreatePermission + ChannelBind, per s.
 #   binding  `turnpike loadgen binding` closed loop (4 sockets x 16 in
 #            flight): Binding requests answered per second, CPU per request.
+#            Generator and server share every core, so the rate measures
+#            server + generator CPU per request, not the server alone.
+#   binding1c the same with one core each: the server (turnpike
+#            `threads = 1`, coturn `--relay-threads=1`) pinned to CPU 1 with
+#            `taskset -c 1`, the generator to CPU 0 with `taskset -c 0`, as
+#            one would put a load generator on a machine of its own. Needs
+#            2 cores or more.
 #   idle1k / idle10k  `turnpike loadgen idle --allocations N`: server RSS
 #            with N idle allocations (each one permission + one channel) and
 #            (RSS with − RSS before) / N.
@@ -121,7 +128,7 @@ if [ ! -x "$TP" ]; then
   echo "building target/release/turnpike ..." >&2
   cargo build --release --quiet
 fi
-for t in turnserver turnutils_uclient python3 ss; do
+for t in turnserver turnutils_uclient python3 ss taskset; do
   command -v "$t" >/dev/null || { echo "error: $t not found (apt-get install coturn python3 iproute2)" >&2; exit 1; }
 done
 
@@ -191,11 +198,13 @@ CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=benc
   "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH"
   --no-stdout-log --simple-log "--log-file=$WORK/coturn.log" --pidfile=/dev/null)
 
-start_server() { # $1 = turnpike|coturn, $2 = threads
-  local i
+start_server() { # $1 = turnpike|coturn, $2 = threads, $3 = CPU list to pin it to (optional)
+  local i pin=()
+  # taskset execs the server, so $! is the server's pid.
+  [ -z "${3:-}" ] || pin=(taskset -c "$3")
   case "$1" in
-    turnpike) "${TP_CMD[@]}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
-    coturn) "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
+    turnpike) ${pin[@]+"${pin[@]}"} "${TP_CMD[@]}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
+    coturn) ${pin[@]+"${pin[@]}"} "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
   esac
   SERVER_PID=$!
   for i in $(seq 100); do
@@ -226,8 +235,10 @@ cpu_ticks() { # utime+stime of $1 in clock ticks
   sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
 
-lg() { # loadgen with a hard time limit; stdout = JSON
-  timeout -k 5 "$1" "$TP" loadgen "${@:2}" --json
+lg() { # loadgen with a hard time limit; stdout = JSON; LG_CPU set: pinned to that CPU
+  local pin=()
+  [ -z "${LG_CPU:-}" ] || pin=(taskset -c "$LG_CPU")
+  timeout -k 5 "$1" ${pin[@]+"${pin[@]}"} "$TP" loadgen "${@:2}" --json
 }
 
 # --- the loads: each writes one JSON object to stdout -------------------
@@ -312,6 +323,12 @@ load_binding() {
   lg 120 binding --server "127.0.0.1:$PORT" --duration "$BIND_DUR" --warmup 1 --sockets 4 --window 16 --server-pid "$SERVER_PID"
 }
 
+load_binding1c() {
+  [ "$CORES" -ge 2 ] || { echo "binding1c needs 2 cores (this machine has $CORES)" >&2; return 1; }
+  local LG_CPU=0 # seen by lg (bash scoping is dynamic)
+  load_binding
+}
+
 load_idle1k() {
   lg 300 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 1000 --server-pid "$SERVER_PID"
 }
@@ -320,7 +337,7 @@ load_idle10k() {
   lg 600 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 10000 --server-pid "$SERVER_PID"
 }
 
-LOADS=(cpu50k cpu50k1t maxrate uclient setup binding idle1k idle10k)
+LOADS=(cpu50k cpu50k1t maxrate uclient setup binding binding1c idle1k idle10k)
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a LOADS <<<"$ONLY"
   for load in "${LOADS[@]}"; do
@@ -336,8 +353,12 @@ for load in "${LOADS[@]}"; do
       printf '  %-8s round %d %-8s ... ' "$load" "$r" "$srv" >&2
       RUN="$srv.$r"
       threads=$CORES
-      [ "$load" != cpu50k1t ] || threads=1
-      start_server "$srv" "$threads"
+      pin=""
+      case "$load" in
+        cpu50k1t) threads=1 ;;
+        binding1c) threads=1; pin=1 ;; # the server on CPU 1, the generator on CPU 0
+      esac
+      start_server "$srv" "$threads" "$pin"
       if "load_$load" >"$WORK/$load.$srv.$r.json" 2>"$WORK/$load.$srv.$r.err"; then
         echo "ok ($(( $(date +%s) - START )) s)" >&2
       else
@@ -411,6 +432,9 @@ rows = [
     ("Binding requests/s answered (closed loop, 4 sockets × 16)", "binding", "answered_per_s", 1, "{:.0f}", "higher"),
     ("Server CPU per Binding request (µs)", "binding", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
     ("Binding RTT p99 (µs)", "binding", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("One core each (server on CPU 1, generator on CPU 0): Binding requests/s answered", "binding1c", "answered_per_s", 1, "{:.0f}", "higher"),
+    ("One core each: server CPU per Binding request (µs)", "binding1c", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("One core each: Binding RTT p99 (µs)", "binding1c", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
     ("RSS idle, before allocations (MiB)", "idle1k", "rss_before_bytes", 1 / MB, "{:.1f}", "lower"),
     ("RSS with 1k idle allocations (MiB)", "idle1k", "rss_with_allocations_bytes", 1 / MB, "{:.1f}", "lower"),
     ("RSS with 10k idle allocations (MiB)", "idle10k", "rss_with_allocations_bytes", 1 / MB, "{:.1f}", "lower"),
@@ -455,7 +479,7 @@ for srv in ("turnpike", "coturn"):
     for r in runs("cpu50k", srv):
         if (get(r, "generator_skipped") or 0) > 0:
             skipped.append(srv)
-failed = sorted({f"{l}/{s}" for l in ("cpu50k","cpu50k1t","maxrate","uclient","setup","binding","idle1k","idle10k")
+failed = sorted({f"{l}/{s}" for l in ("cpu50k","cpu50k1t","maxrate","uclient","setup","binding","binding1c","idle1k","idle10k")
                  for s in ("turnpike","coturn") for r in runs(l, s) if r.get("failed")})
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -493,7 +517,9 @@ sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary:
         f"- Versions: {tpv} (git {gitrev}, release profile), {ctv or 'coturn ?'}, {rustv}.",
         "- Servers: turnpike `threads = " + cores + "`, log level warn, HTTP off; coturn `--relay-threads=" + cores +
         "`, log to a file (coturn logs every session; turnpike at warn logs none); "
-        "the \"one thread each\" rows: turnpike `threads = 1`, coturn `--relay-threads=1`.",
+        "the \"one thread each\" rows: turnpike `threads = 1`, coturn `--relay-threads=1`; "
+        "the \"one core each\" rows: the same one-thread servers started under `taskset -c 1`, "
+        "the generator under `taskset -c 0` (in the other rows generator and server share every core).",
         "",
         "Commands (PORT " + port + ", PID = the server's pid):",
         "",
@@ -507,6 +533,7 @@ sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary:
         f"turnutils_uclient -y -m 50 -z 0 -n {uc_n} -l 100 -W S -u bench -p {port} 127.0.0.1",
         f"turnpike loadgen allocations --secret S --count {setup_n} --concurrency 32 --server-pid PID --json",
         f"turnpike loadgen binding --duration {bind_dur} --warmup 1 --sockets 4 --window 16 --server-pid PID --json",
+        f"taskset -c 0 turnpike loadgen binding ...   # one core each: the server started as `taskset -c 1 SERVER` with one thread",
         "turnpike loadgen idle --secret S --allocations 1000|10000 --server-pid PID --json",
         "```",
         "",
