@@ -236,8 +236,9 @@ impl<'a> SendBatch<'a> {
         let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] =
             [const { MaybeUninit::uninit() }; BATCH];
         let mut cmsgs = [[0u64; 4]; BATCH];
-        // Datagrams carried by each header.
+        // Datagrams carried by each header, and its destination.
         let mut carried = [0u8; BATCH];
+        let mut dest: [MaybeUninit<SocketAddr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         let mut m = 0; // headers
         let mut k = 0; // datagrams placed
         while k < n {
@@ -295,6 +296,7 @@ impl<'a> SendBatch<'a> {
             }
             hdrs[m].write(h);
             carried[m] = run as u8;
+            dest[m].write(to);
             m += 1;
             k += run;
         }
@@ -327,17 +329,17 @@ impl<'a> SendBatch<'a> {
                 _ if carried[sent] > 1
                     && matches!(
                         err.raw_os_error(),
-                        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOPROTOOPT)
                     ) =>
                 {
                     let h = &hdrs[sent].msg_hdr;
                     // SAFETY: msg_iov points at msg_iovlen >= 2 iovecs.
                     let seg = unsafe { (*h.msg_iov).iov_len };
-                    if err.raw_os_error() == Some(libc::EINVAL) && seg > GSO_MIN_SEGMENT {
-                        // Segments larger than the route's MTU allows
-                        // (the kernel does not fragment GSO sends): no
-                        // runs of this size or more from now on.
-                        GSO_MAX_SEGMENT.fetch_min(seg - 1, Ordering::Relaxed);
+                    // SAFETY: written with header `sent` above.
+                    let to = unsafe { dest[sent].assume_init() };
+                    let too_big = matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE));
+                    if too_big && seg > GSO_MIN_SEGMENT {
+                        refused_segment(seg, to);
                     } else {
                         // No GSO here (old kernel, a device without
                         // checksum offload): off for good.
@@ -394,8 +396,70 @@ static GSO_MAX_SEGMENT: AtomicUsize = AtomicUsize::new(1452);
 /// size): GSO goes off instead.
 const GSO_MIN_SEGMENT: usize = 548;
 
-fn gso_enabled() -> bool {
+/// Whether runs still leave as GSO sends (a refusal other than the size
+/// switches it off for the process).
+pub fn gso_enabled() -> bool {
     !GSO_OFF.load(Ordering::Relaxed)
+}
+
+/// The largest segment size GSO sends use now.
+pub fn gso_max_segment() -> usize {
+    GSO_MAX_SEGMENT.load(Ordering::Relaxed)
+}
+
+/// The kernel refused a GSO run of `seg`-byte segments to `to` with
+/// EMSGSIZE (EINVAL on older kernels). It does not fragment GSO sends, so
+/// each segment plus its IP and UDP headers must fit the route's MTU. Ask the route
+/// what fits (one probe, on the rare refusal) and keep runs below it:
+/// - the route carries less than `seg`: the cap drops to what it carries
+///   (GSO goes off if that is under [`GSO_MIN_SEGMENT`]);
+/// - the route carries `seg`: the refusal was about something else, so GSO
+///   goes off;
+/// - no answer: the cap drops to `seg - 1`.
+fn refused_segment(seg: usize, to: SocketAddr) {
+    match route_payload(to) {
+        Some(fits) if fits >= seg || fits < GSO_MIN_SEGMENT => {
+            GSO_OFF.store(true, Ordering::Relaxed);
+        }
+        Some(fits) => {
+            GSO_MAX_SEGMENT.fetch_min(fits, Ordering::Relaxed);
+        }
+        None => {
+            GSO_MAX_SEGMENT.fetch_min(seg - 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The largest UDP payload one unfragmented packet to `to` carries: the
+/// route's MTU (`IP_MTU` / `IPV6_MTU` of a socket connected to `to`) less
+/// the IP and UDP headers.
+fn route_payload(to: SocketAddr) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(to).ok()?;
+    let (level, opt, headers) = match to {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU, 20 + 8),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU, 40 + 8),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an open socket, an int-sized out value and its length.
+    let r = unsafe {
+        libc::getsockopt(
+            probe.as_raw_fd(),
+            level,
+            opt,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0)
+        .then(|| (mtu as usize).checked_sub(headers))
+        .flatten()
 }
 
 /// Switch GSO on or off for this process (`[server] udp_gso`).
