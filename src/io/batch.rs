@@ -205,8 +205,11 @@ impl<'a> SendBatch<'a> {
     /// destination (all UDP promises); datagrams for different
     /// destinations may leave in another order than they were queued. If
     /// the kernel refuses a run, it is sent datagram by datagram, and GSO
-    /// is switched off for the process (or, when the size was the
-    /// problem — a route with a smaller MTU — runs are kept below it).
+    /// is switched off for the process. When the size was the problem (a
+    /// route with a smaller MTU), runs are kept below that route's limit
+    /// instead. The limit is per process, not per route: after one
+    /// small-MTU destination, larger datagrams to every destination leave
+    /// one by one. They are still delivered, only batched less.
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let n = self.n;
         self.n = 0;
