@@ -411,9 +411,10 @@ pub fn gso_max_segment() -> usize {
 }
 
 /// The kernel refused a GSO run of `seg`-byte segments to `to` with
-/// EMSGSIZE (EINVAL on older kernels). It does not fragment GSO sends, so
-/// each segment plus its IP and UDP headers must fit the route's MTU. Ask the route
-/// what fits (one probe, on the rare refusal) and keep runs below it:
+/// EMSGSIZE (EINVAL on older kernels). It does not fragment GSO sends,
+/// so each segment plus its IP and UDP headers must fit the route's MTU.
+/// Ask the route what fits (one probe, on the rare refusal) and keep runs
+/// below it:
 /// - the route carries less than `seg`: the cap drops to what it carries
 ///   (GSO goes off if that is under [`GSO_MIN_SEGMENT`]);
 /// - the route carries `seg`: the refusal was about something else, so GSO
