@@ -1,6 +1,7 @@
 //! UDP GSO on a route with a small MTU (`io::batch::SendBatch::flush`).
 //! The kernel does not fragment GSO sends: it refuses a run whose segment
-//! plus headers exceeds the route's MTU (EINVAL). The batch must then
+//! plus headers exceeds the route's MTU (EMSGSIZE; EINVAL on older
+//! kernels). The batch must then
 //! deliver the run one datagram at a time, learn the route's limit, and
 //! keep GSO for runs that fit.
 //!
