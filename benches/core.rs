@@ -12,14 +12,22 @@
 //!   touched per packet no longer fits the CPU caches, so this one also
 //!   measures cache misses, not the algorithm.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a benchmark: it reads the clock, and unwrap is its assertion"
+)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use turnpike::client::{AllocateOptions, Credentials};
-use turnpike::core::{ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId};
-use turnpike::sim::{SimServer, sim_config, udp};
-use turnpike::wire::ChannelData;
+use turnpike_proto::client::{AllocateOptions, Credentials};
+use turnpike_proto::core::{
+    ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId,
+};
+use turnpike_proto::sim::{SimServer, sim_config, udp};
+use turnpike_proto::wire::ChannelData;
 
 struct Setup {
     sim: SimServer,

@@ -18,6 +18,12 @@
 //!
 //! Run: `cargo bench --bench wire`
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a benchmark: it reads the clock, and unwrap is its assertion"
+)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 
@@ -30,7 +36,7 @@ use stun::message::{BINDING_SUCCESS, Message as StunMessage, Setter};
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     Class, IntegrityKey, Message, MessageBuilder, MessageType, Method, PasswordAlgorithm,
     TransactionId, attr, long_term_key,
 };

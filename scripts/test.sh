@@ -52,4 +52,4 @@ fi
 # Many allocations in the soak test need file descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

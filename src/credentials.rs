@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::config::{Config, Transport};
-use crate::core::auth::rest_password;
+use turnpike_proto::core::auth::rest_password;
 
 /// The JSON both the API and the CLI print.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,31 +1,37 @@
-//! turnpike: a STUN/TURN NAT-traversal server.
+//! turnpike: a STUN/TURN NAT-traversal server, and the tools around it.
 //!
-//! The crate is layered so that protocol logic never touches a socket or a
-//! clock (see `ARCHITECTURE.md`):
+//! The workspace has three crates (see `ARCHITECTURE.md`):
 //!
 //! ```text
-//!   config ──► io (tokio shell: listeners, shards, relay sockets)
-//!                │  bytes + now
-//!                ▼
-//!              core (sans-IO: binding, allocations, auth, timers)
-//!                │  borrowed parse / build
-//!                ▼
-//!              wire (STUN + ChannelData codec, no state)
+//!   turnpike (this crate)   the tokio shell, HTTP, config, the binary,
+//!     │       │             ice-check's driver, the load generator
+//!     │       ▼
+//!     │     turnpike-sys    every unsafe line: recvmmsg/sendmmsg/GSO,
+//!     │                     epoll, socket options, netns, /proc
+//!     ▼
+//!   turnpike-proto          wire codec, sans-IO core, TURN client,
+//!                           ICE agent: no I/O, no clock, no unsafe
 //! ```
 //!
-//! * [`wire`]: zero-copy STUN/TURN codec (RFC 8489, RFC 8656).
-//! * [`core`]: the server state machine; every call takes `now`.
-//! * [`io`]: the tokio shell that owns sockets and drives the core.
-//! * [`config`]: the TOML configuration and its validation.
+//! This crate's modules:
+//! * [`io`]: the server shell: one shard per core, each a current-thread
+//!   runtime owning its core, its listener sockets and its relay sockets;
+//!   it reads the clock, performs what the core decides, and nothing else.
+//! * [`http`]: the credentials API, metrics, health and admin.
+//! * [`config`]: the TOML configuration, its validation, and its mapping
+//!   onto the core's types.
+//! * [`credentials`], [`sd_notify`], [`tls`], [`clock`]: small services
+//!   of the shell.
+//! * [`ice`]: the tokio driver of `turnpike ice-check` (the agent itself is
+//!   `turnpike_proto::ice`); [`loadgen`]: `turnpike loadgen`. Tools use the
+//!   protocol and sys crates, never the server shell.
 
-pub mod client;
+pub mod clock;
 pub mod config;
-pub mod core;
 pub mod credentials;
 pub mod http;
 pub mod ice;
 pub mod io;
 pub mod loadgen;
 pub mod sd_notify;
-pub mod sim;
-pub mod wire;
+pub mod tls;

@@ -217,7 +217,7 @@ fn credentials(a: CredentialsArgs) -> Result<()> {
     }
     let listeners: Vec<_> = cfg.listen.iter().map(|l| (l.transport, l.addr)).collect();
     let (stun, uris) = turnpike::credentials::uris(&cfg, &listeners);
-    let now = turnpike::io::clock::now().unix;
+    let now = turnpike::clock::now().unix;
     let minted = turnpike::credentials::mint(&secret, &a.user, ttl, now, stun, uris);
     println!("{}", serde_json::to_string_pretty(&minted)?);
     Ok(())
@@ -248,7 +248,7 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
         Signals::install()?
     };
     let handle = Arc::new(turnpike::io::start(&cfg).with_context(|| name.clone())?);
-    let start_unix = turnpike::io::clock::now().unix;
+    let start_unix = turnpike::clock::now().unix;
     let (ops_tx, ops_rx) = mpsc::unbounded_channel();
     let state = Arc::new(AppState::new(
         handle.clone(),
@@ -355,7 +355,7 @@ impl Control {
                     if left == 0 {
                         return "drained";
                     }
-                    if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    if drain_until.is_some_and(|d| tokio::time::Instant::from_std(turnpike::clock::instant()) >= d) {
                         tracing::warn!(allocations = left, "drain deadline passed");
                         return "drain deadline";
                     }
@@ -376,7 +376,7 @@ impl Control {
             deadline_s = self.drain_deadline.as_secs(),
             "draining: new allocations are turned away, live ones keep relaying"
         );
-        tokio::time::Instant::now() + self.drain_deadline
+        tokio::time::Instant::from_std(turnpike::clock::instant()) + self.drain_deadline
     }
 
     /// Re-read the config file and apply it; on any error the running
@@ -426,7 +426,7 @@ fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundLis
         .map(|l| (l.transport, l.addr))
         .collect();
     let (_, uris) = turnpike::credentials::uris(&cfg, &ls);
-    let now = turnpike::io::clock::now().unix;
+    let now = turnpike::clock::now().unix;
     let m = turnpike::credentials::mint(secret, "turnpike", 24 * 3600, now, None, uris);
     tracing::warn!("no [auth] configured: generated a TURN REST secret for this run only");
     println!("secret {secret}");

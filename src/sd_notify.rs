@@ -5,9 +5,15 @@ use std::time::Duration;
 
 /// Send `state` (e.g. "READY=1") to systemd. Returns whether it was sent.
 pub fn notify(state: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return false;
-    };
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(path) => notify_to(&path, state),
+        None => false,
+    }
+}
+
+/// Send `state` to the notify socket `path` (a filesystem path, or an
+/// abstract name after `@`).
+pub fn notify_to(path: &std::ffi::OsStr, state: &str) -> bool {
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
         return false;
     };
@@ -18,7 +24,7 @@ pub fn notify(state: &str) -> bool {
         std::os::unix::net::SocketAddr::from_abstract_name(name)
             .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
-        sock.send_to(state.as_bytes(), &path)
+        sock.send_to(state.as_bytes(), path)
     };
     sent.is_ok()
 }
@@ -46,15 +52,13 @@ mod tests {
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        // SAFETY of set_var: this test is the only one touching these
-        // variables in this process (the lib test binary).
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        assert!(notify("READY=1"));
+        assert!(notify_to(path.as_os_str(), "READY=1"));
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        assert!(!notify("READY=1"));
+        // Nobody listening there any more: not sent.
+        drop(rx);
+        assert!(!notify_to(path.as_os_str(), "READY=1"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,6 +15,12 @@
 //! closed = the server closes the stream without sending a byte; a
 //! malformed input must never get a reply at all (no amplification).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::fmt;
@@ -24,7 +30,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use common::*;
 use hmac::Mac;
-use turnpike::wire::{
+use turnpike_proto::wire::{
     Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr, fingerprint_of,
 };
 
@@ -502,13 +508,13 @@ fn stream_cases() -> Vec<Case> {
     let mut unpadded = channel_data(0x4001, b"hello", false);
     unpadded.extend_from_slice(&good);
     let max = big_request(65_532 - 4);
-    assert_eq!(max.len(), turnpike::wire::MAX_FRAME);
+    assert_eq!(max.len(), turnpike_proto::wire::MAX_FRAME);
     // The largest frame with FINGERPRINT: the FINGERPRINT attribute sits
     // at offset 65 544, past what a 16-bit offset can hold.
     let max_fp = request(|b| {
         b.attr(0xC0DE, &vec![0x5A; 65_532 - 4 - 8]).fingerprint();
     });
-    assert_eq!(max_fp.len(), turnpike::wire::MAX_FRAME);
+    assert_eq!(max_fp.len(), turnpike_proto::wire::MAX_FRAME);
     let mut huge_header = header_with_len(65_532, &[0u8; 80]);
     huge_header.truncate(100);
     let mut good_then_garbage = good.clone();

@@ -40,12 +40,18 @@
 //! (scripts/test.sh installs Debian's `chromium`); as root, a missing
 //! Chromium is a failure.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -262,9 +268,9 @@ impl Drop for Chromium {
             // The browser leads its own process group (process_group(0)),
             // so this reaches its renderer, GPU and utility processes too.
             if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: kill(2) on the process group of a child we spawned
-                // and have not reaped, so the group id is still ours.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                // The process group of a child we spawned and have not
+                // reaped, so the group id is still ours.
+                let _ = turnpike_sys::process::kill(-pgid, libc::SIGKILL);
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -514,8 +520,7 @@ impl Drop for PageServer {
         self.stop.store(true, Ordering::SeqCst);
         // shutdown(2) on a listening socket wakes a blocked accept(2)
         // with EINVAL on Linux; the accept loop then sees `stop`.
-        // SAFETY: shutdown on a socket fd we own.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

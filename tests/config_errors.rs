@@ -2,6 +2,12 @@
 //! listening, and stderr names the file, the key and a fix. `config check`
 //! prints an effective config that parses again, and `--version` works.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::{TcpListener, UdpSocket};

@@ -5,15 +5,22 @@
 //! shard X for it is framed by X for Y's client exactly as Y itself would
 //! frame it, under Y's permissions and channels, until Y deletes it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use turnpike::client::{self, AllocateOptions, Credentials, Session};
-use turnpike::config::{Config, Transport};
-use turnpike::core::{DropReason, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Shared};
-use turnpike::sim::{SimServer, sim_config, udp};
-use turnpike::wire::{ChannelData, Message, Method};
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session};
+use turnpike_proto::core::Transport;
+use turnpike_proto::core::{DropReason, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Shared};
+use turnpike_proto::sim::SimConfig as Config;
+use turnpike_proto::sim::{SimServer, sim_config, udp};
+use turnpike_proto::wire::{ChannelData, Message, Method};
 
 const RELAY_IP: &str = "198.51.100.7";
 const SERVER: &str = "198.51.100.7:3478";
@@ -25,14 +32,14 @@ fn addr(s: &str) -> SocketAddr {
 fn config(extra: &str) -> Config {
     let mut c = sim_config(RELAY_IP, "s3cret", &["198.51.100.0/24"]);
     if extra.contains("max_bitrate") {
-        c.policy.max_bitrate = 800_000;
+        c.core.max_bytes_per_sec = 800_000 / 8;
     }
     c
 }
 
 /// Two shards of one server.
 fn shards(cfg: &Config) -> (SimServer, SimServer) {
-    let shared = Arc::new(Shared::new(cfg.relay.ports));
+    let shared = Arc::new(Shared::new(cfg.ports));
     let x = SimServer::shard(cfg, 1, shared.clone(), 0);
     let mut y = SimServer::shard(cfg, 2, shared, 1);
     y.now = x.now;
@@ -70,7 +77,7 @@ fn direct(
 }
 
 /// The relay id of the allocation at `relayed` on `s`.
-fn relay_of(s: &SimServer, relayed: SocketAddr) -> turnpike::core::RelayId {
+fn relay_of(s: &SimServer, relayed: SocketAddr) -> turnpike_proto::core::RelayId {
     *s.io
         .bound
         .iter()
@@ -260,7 +267,7 @@ fn relay_traffic(
 #[test]
 fn a_reused_port_shows_only_its_new_owner() {
     let mut cfg = config("");
-    cfg.relay.ports = "40000-40000".parse().unwrap();
+    cfg.ports = "40000-40000".parse().unwrap();
     let (mut x, mut y) = shards(&cfg);
     let fb = udp(addr("203.0.113.2:6000"), addr(SERVER));
     let (sb, rb) = alloc(&mut y, &fb);

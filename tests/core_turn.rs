@@ -1,18 +1,24 @@
 //! Deterministic tests of the sans-IO TURN core: a manual clock, a seeded
 //! RNG, a fake relay-socket binder. No sockets, no sleeps.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike::config::{Config, Transport};
-use turnpike::core::{
-    AuthFailureReason, ClientOutput, CoreConfig, Counters, DropReason, EndReason, FiveTuple, Now,
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::core::{
+    AuthFailureReason, ClientOutput, Counters, DropReason, EndReason, FiveTuple, Now,
     PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId, Server, Setup, Shared,
 };
-use turnpike::sim::MemIo;
-use turnpike::wire::{
+use turnpike_proto::sim::MemIo;
+use turnpike_proto::wire::{
     ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
 
@@ -48,8 +54,8 @@ users = {{ alice = "wonderland", bob = {{ key = "0x{bob_key}" }} }}
 nonce_lifetime = "2h"
 {extra}
 "#,
-        bob_key = hex(turnpike::wire::long_term_key(
-            turnpike::wire::PasswordAlgorithm::Md5,
+        bob_key = hex(turnpike_proto::wire::long_term_key(
+            turnpike_proto::wire::PasswordAlgorithm::Md5,
             "bob",
             "example.org",
             "builder"
@@ -73,7 +79,7 @@ fn harness_cfg(cfg: Config, seed: u64) -> H {
     let shared = Arc::new(Shared::new(cfg.relay.ports));
     let creds = turnpike::io::credentials(&cfg).unwrap();
     let server = Server::new(Setup {
-        cfg: Arc::new(CoreConfig::from_config(&cfg)),
+        cfg: Arc::new(turnpike::config::to_core(&cfg)),
         creds: Arc::new(creds),
         shared: shared.clone(),
         counters: counters.clone(),
@@ -1463,7 +1469,7 @@ fn userhash_identifies_a_static_user() {
     b.requested_transport(17)
         .attr(
             attr::USERHASH,
-            &turnpike::wire::userhash("alice", "example.org"),
+            &turnpike_proto::wire::userhash("alice", "example.org"),
         )
         .text(attr::REALM, "example.org")
         .text(attr::NONCE, &s.nonce)
@@ -1612,10 +1618,10 @@ fn events_report_allocation_life() {
     assert_eq!(h.refresh(&ft, &s, Some(0)).0, 200);
     let created = h.server.poll_event().unwrap();
     assert!(
-        matches!(created, turnpike::core::Event::AllocationCreated { ref username, .. } if username == "alice")
+        matches!(created, turnpike_proto::core::Event::AllocationCreated { ref username, .. } if username == "alice")
     );
     match h.server.poll_event().unwrap() {
-        turnpike::core::Event::AllocationEnded {
+        turnpike_proto::core::Event::AllocationEnded {
             reason,
             duration,
             traffic,

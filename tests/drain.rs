@@ -6,14 +6,20 @@
 //!
 //! Relay ports 46500-46999.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::time::Duration;
 
 use common::ops::*;
 use common::*;
-use turnpike::client::{AllocateOptions, Credentials};
-use turnpike::wire::Message;
+use turnpike_proto::client::{AllocateOptions, Credentials};
+use turnpike_proto::wire::Message;
 
 const SECRET: &str = "drain-secret";
 const KEY: &str = "drain-admin-key";

@@ -2,6 +2,12 @@
 //! over UDP, TCP and TLS on IPv4 and IPv6 loopback, and stops cleanly on
 //! SIGTERM and SIGINT.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::SocketAddr;

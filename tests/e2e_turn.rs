@@ -6,6 +6,12 @@
 //! Relay ports: this file owns 44000-44999; each test takes its own
 //! slice of it so parallel tests never compete for a port.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -13,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::turn::{Allocated, Peer, TurnClient, error_code, is_padded, wait_port_closed};
 use common::*;
-use turnpike::client::{AllocateOptions, Credentials};
 use turnpike::config::PortRange;
-use turnpike::wire::{Class, Message, Method, attr};
+use turnpike_proto::client::{AllocateOptions, Credentials};
+use turnpike_proto::wire::{Class, Message, Method, attr};
 
 const SECRET: &str = "e2e-first-secret";
 const SECRET2: &str = "e2e-second-secret";
@@ -488,7 +494,7 @@ fn allocate_retransmission_and_second_allocate() {
         );
         // A new Allocate (new transaction) on the same five-tuple: 437.
         let mut req = Vec::new();
-        turnpike::client::allocate(&mut req, new_tid(), &opts(false), c.session.as_ref());
+        turnpike_proto::client::allocate(&mut req, new_tid(), &opts(false), c.session.as_ref());
         let resp = c.transact(&req);
         let msg = Message::parse(&resp).unwrap();
         assert_eq!(

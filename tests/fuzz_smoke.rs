@@ -13,12 +13,18 @@
 //! The seed is fixed (override with PROPTEST_RNG_SEED) and case counts are
 //! bounded (override with PROPTEST_CASES).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     ChannelData, Class, HEADER_LEN, IntegrityKey, Message, MessageBuilder, MessageType, Method,
     TransactionId, attr, fingerprint_of, frame_len, pad4,
 };
@@ -78,6 +84,10 @@ fn attributes_after_integrity_past_offset_65535_are_ignored() {
 
 // --- probes: the very checks the cargo-fuzz targets in fuzz/ make -------------
 
+#[allow(
+    unreachable_pub,
+    reason = "the fuzz crate's public probes, included as a module"
+)]
 #[path = "../fuzz/src/lib.rs"]
 mod probes;
 use probes::{FUZZ_KEY, probe_channel_data, probe_message, probe_stream};

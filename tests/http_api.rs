@@ -6,12 +6,18 @@
 //!
 //! Relay ports 45000-45399 (tests/ops_logs.rs has 45400-45499).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use common::ops::*;
 use common::*;
 use std::time::Duration;
-use turnpike::client::Credentials;
+use turnpike_proto::client::Credentials;
 
 const SECRET: &str = "api-test-secret";
 const API_KEY: &str = "api-key-0123456789";
@@ -111,7 +117,7 @@ fn api_credentials_allocate_over_udp_and_tcp() {
     );
     assert_eq!(
         m.password,
-        turnpike::core::auth::rest_password(SECRET, &m.username),
+        turnpike_proto::core::auth::rest_password(SECRET, &m.username),
         "password is base64(HMAC-SHA1(secret, username))"
     );
 

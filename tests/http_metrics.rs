@@ -3,6 +3,12 @@
 //!
 //! Relay ports 45500-45999.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -10,7 +16,7 @@ use std::net::SocketAddr;
 
 use common::ops::*;
 use common::*;
-use turnpike::client::{self, Credentials};
+use turnpike_proto::client::{self, Credentials};
 
 const SECRET: &str = "metrics-secret";
 const USER: &str = "metrics-user";
@@ -565,8 +571,8 @@ allow_peers = ["::1/128"]
     let s = u.challenge(creds());
     let resp = u.allocate_signed(
         &s,
-        &turnpike::client::AllocateOptions {
-            family: Some(turnpike::wire::attr::FAMILY_IPV6),
+        &turnpike_proto::client::AllocateOptions {
+            family: Some(turnpike_proto::wire::attr::FAMILY_IPV6),
             ..Default::default()
         },
     );

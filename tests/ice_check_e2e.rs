@@ -6,6 +6,12 @@
 //!
 //! Relay ports: 47000-47999, a hundred per test.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -704,8 +710,8 @@ fn ctrl_c_ends_the_run_with_a_report() {
         .recv_timeout(RUN_LIMIT)
         .expect("the offer prints its description once gathered");
     let pid = libc::pid_t::try_from(offer.child.id()).unwrap();
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    // Our own child, not yet reaped.
+    turnpike_sys::process::kill(pid, libc::SIGINT).unwrap();
     let status = wait_bounded(offer.child, RUN_LIMIT).expect("ice-check ends on SIGINT");
     let rest = offer.rest.join().unwrap();
     let err = offer.err.join().unwrap();

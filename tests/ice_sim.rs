@@ -2,17 +2,25 @@
 //! in memory on a manual clock, with a NAT model between them. No sockets,
 //! no sleeps: time jumps to the next deadline or packet.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use turnpike::client::Credentials;
 use turnpike::config::Transport;
-use turnpike::core::{ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId};
-use turnpike::ice::agent::PairReport;
-use turnpike::ice::{Agent, AgentConfig, PathKind, Report, SocketId, Timing, TurnServer};
-use turnpike::sim::{SimServer, sim_config};
+use turnpike_proto::client::Credentials;
+use turnpike_proto::core::{
+    ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId,
+};
+use turnpike_proto::ice::agent::PairReport;
+use turnpike_proto::ice::{Agent, AgentConfig, PathKind, Report, SocketId, Timing, TurnServer};
+use turnpike_proto::sim::{SimServer, sim_config};
 
 const SECRET: &str = "sim-secret";
 
@@ -147,7 +155,7 @@ struct Net {
     /// Give this site the other's description this much later than the
     /// other gets its (signalling is not instant).
     delay_remote: Option<(usize, Duration)>,
-    pending_remote: Option<(Instant, usize, turnpike::ice::Description)>,
+    pending_remote: Option<(Instant, usize, turnpike_proto::ice::Description)>,
     /// Every transmission an agent made: (time, site, socket, to).
     log: Vec<(Instant, usize, SocketId, SocketAddr)>,
 }
@@ -363,7 +371,7 @@ impl Net {
     fn server_input(&mut self, ft: FiveTuple, data: &[u8]) {
         let mut out = Vec::new();
         self.server.now = self.server.now.plus(Duration::ZERO);
-        let now = turnpike::core::Now::new(self.now, self.server.now.unix);
+        let now = turnpike_proto::core::Now::new(self.now, self.server.now.unix);
         let r = self
             .server
             .server
@@ -493,7 +501,7 @@ impl Net {
                 }
             }
             if self.server.server.poll_timeout().is_some_and(|t| t <= now) {
-                let n = turnpike::core::Now::new(now, self.server.now.unix);
+                let n = turnpike_proto::core::Now::new(now, self.server.now.unix);
                 self.server.server.handle_timeout(n, &mut self.server.io);
             }
         }
@@ -800,12 +808,15 @@ fn checks_retransmit_with_rto_backoff_then_time_out() {
         .pairs
         .iter()
         .find(|p| {
-            p.remote.kind == turnpike::ice::Kind::Srflx
-                && p.checked_from.kind == turnpike::ice::Kind::Host
+            p.remote.kind == turnpike_proto::ice::Kind::Srflx
+                && p.checked_from.kind == turnpike_proto::ice::Kind::Host
         })
         .expect("a host → srflx pair");
     assert_eq!(srflx.state, "failed");
-    assert_eq!(srflx.failure, Some(turnpike::ice::agent::Failure::Timeout));
+    assert_eq!(
+        srflx.failure,
+        Some(turnpike_proto::ice::agent::Failure::Timeout)
+    );
     let times: Vec<Instant> = net
         .log
         .iter()
@@ -855,7 +866,7 @@ fn wrong_turn_credentials_are_reported_as_401() {
         r.gathering_failures
             .iter()
             .any(|g| g.what.starts_with("relay via udp")
-                && g.failure == turnpike::ice::agent::Failure::Error(401)),
+                && g.failure == turnpike_proto::ice::agent::Failure::Error(401)),
         "{:?}",
         r.gathering_failures
     );
@@ -863,7 +874,7 @@ fn wrong_turn_credentials_are_reported_as_401() {
         !r.path_works(PathKind::Relay)
             || r.pairs
                 .iter()
-                .all(|p| p.local.kind != turnpike::ice::Kind::Relay)
+                .all(|p| p.local.kind != turnpike_proto::ice::Kind::Relay)
     );
 }
 
@@ -892,7 +903,7 @@ fn pair_done_is_reported_once_and_nomination_keeps_success() {
     for i in 0..2 {
         let mut done: HashMap<usize, usize> = HashMap::new();
         while let Some(e) = net.sites[i].agent.poll_event() {
-            if let turnpike::ice::Event::PairDone { pair } = e {
+            if let turnpike_proto::ice::Event::PairDone { pair } = e {
                 *done.entry(pair).or_default() += 1;
             }
         }
@@ -1002,7 +1013,7 @@ fn signalled_candidate_replaces_the_peer_reflexive_one() {
     assert!(
         a.pairs
             .iter()
-            .any(|p| p.remote.kind == turnpike::ice::Kind::Host
+            .any(|p| p.remote.kind == turnpike_proto::ice::Kind::Host
                 && p.remote.addr == addr("10.1.0.3:5000")),
         "{}",
         dump(&a)
@@ -1010,7 +1021,7 @@ fn signalled_candidate_replaces_the_peer_reflexive_one() {
     assert!(
         a.pairs
             .iter()
-            .all(|p| p.remote.kind != turnpike::ice::Kind::Prflx),
+            .all(|p| p.remote.kind != turnpike_proto::ice::Kind::Prflx),
         "{}",
         dump(&a)
     );
@@ -1048,7 +1059,7 @@ fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
         for p in r
             .pairs
             .iter()
-            .filter(|p| p.remote.kind == turnpike::ice::Kind::Prflx)
+            .filter(|p| p.remote.kind == turnpike_proto::ice::Kind::Prflx)
         {
             *per_remote.entry(p.remote.addr).or_default() += 1;
         }

@@ -7,6 +7,12 @@
 //! those comprehension-required attributes with 420, and the tool then
 //! waits forever for an answer on its second socket.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::IpAddr;

@@ -13,6 +13,12 @@
 //! The tools are part of the test environment: when they are missing the
 //! tests fail (they never skip).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

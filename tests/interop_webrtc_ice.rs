@@ -19,6 +19,12 @@
 //! host. Everything else is the crate's default (including the 2 s
 //! minimum wait before a relay pair is nominated).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::future::Future;

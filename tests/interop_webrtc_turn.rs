@@ -13,6 +13,12 @@
 //! crate's warnings and errors (failed ChannelBind, failed refresh, ...):
 //! there must be none.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::future::Future;

@@ -4,6 +4,12 @@
 //! generator says crossed it. Nothing here asserts a rate or a latency
 //! bound (the machine may be busy); the time limits only catch hangs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -25,6 +25,12 @@
 //! Root only: without root (or iproute2/nftables) each test prints a loud
 //! SKIPPED banner and asserts nothing. CI runs as root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::cell::RefCell;

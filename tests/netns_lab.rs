@@ -5,6 +5,12 @@
 //! Root only: without root (or iproute2/nftables) each test prints a loud
 //! SKIPPED banner and asserts nothing. CI runs as root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -15,7 +21,7 @@ use common::netns::{
     Lab, Nat, PUBLIC_GATEWAY, RULE_FULL_CONE, RULE_TCP_ONLY, RULE_UNSOLICITED, Site, netns_path,
 };
 use common::{IO_TIMEOUT, START_TIMEOUT, binding_request, new_tid, turnpike_bin, udp_roundtrip};
-use turnpike::wire::Message;
+use turnpike_proto::wire::Message;
 
 const MARKER: &[u8] = b"marker";
 
@@ -245,9 +251,11 @@ fn lab_teardown_runs_on_panic_and_kills_children() {
         assert!(!netns_path(ns).exists(), "namespace {ns} survived the lab");
     }
     let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) with signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(pid, 0) };
-    let err = std::io::Error::last_os_error();
+    // Signal 0 only checks for existence.
+    let (rc, err) = match turnpike_sys::process::kill(pid, 0) {
+        Ok(()) => (0, std::io::Error::from_raw_os_error(0)),
+        Err(e) => (-1, e),
+    };
     assert!(
         rc == -1 && err.raw_os_error() == Some(libc::ESRCH),
         "turnpike (pid {pid}) survived the lab: kill(pid, 0) = {rc} ({err})"

@@ -20,6 +20,12 @@
 //! Root only: without root (or iproute2/nftables) each test prints a loud
 //! SKIPPED banner and asserts nothing. CI runs as root.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -29,8 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::netns::{Internet, Lab, Nat, PUBLIC_GATEWAY, RULE_UNSOLICITED, Site, TwoNats};
 use common::{IO_TIMEOUT, Transport, new_tid, run_bounded};
-use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use turnpike::wire::{ChannelData, Class, FrameKind, Message, Method, TransactionId, frame_len};
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::wire::{
+    ChannelData, Class, FrameKind, Message, Method, TransactionId, frame_len,
+};
 
 const SECRET: &str = "netns-lab-secret";
 const RELAY_PORTS: std::ops::RangeInclusive<u16> = 50000..=50999;

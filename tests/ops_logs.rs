@@ -5,12 +5,18 @@
 //!
 //! Relay ports 45400-45499 (the top of tests/http_api.rs's range).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use common::ops::*;
 use common::*;
 use serde_json::Value;
-use turnpike::client::Credentials;
+use turnpike_proto::client::Credentials;
 
 const SECRET: &str = "logs-secret";
 const KEY: &str = "logs-admin-key";

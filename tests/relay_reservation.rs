@@ -13,13 +13,19 @@
 //! Each test holds UDP ports inside a small relay range, the way other
 //! processes would.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 
 use common::*;
-use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use turnpike::wire::{Class, Message};
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::wire::{Class, Message};
 
 /// Relay ranges of this file: 42800-42999 and 43500-43999, each test
 /// with its own part (the tests run in parallel). A test takes the first

@@ -4,13 +4,19 @@
 //!
 //! Relay ports 46000-46499.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::sync::Arc;
 
 use common::ops::*;
 use common::*;
-use turnpike::client::Credentials;
+use turnpike_proto::client::Credentials;
 
 const OLD: &str = "old-secret-1";
 const NEW: &str = "new-secret-2";
@@ -130,7 +136,7 @@ fn check_rotation(server: &TestServer, reload: &dyn Fn(usize)) {
     let m = Minted::parse(&r.json());
     assert_eq!(
         m.password,
-        turnpike::core::auth::rest_password(NEW, &m.username)
+        turnpike_proto::core::auth::rest_password(NEW, &m.username)
     );
     assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
 
@@ -254,7 +260,7 @@ fn trust_both(a: &TestCert, b: &TestCert) -> Arc<rustls::ClientConfig> {
     roots.add(a.cert_der.clone()).unwrap();
     roots.add(b.cert_der.clone()).unwrap();
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
+        rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
@@ -452,7 +458,7 @@ fn api_mints_with_the_secret_the_server_verifies_until_a_reload() {
     let m = mint();
     assert_eq!(
         m.password,
-        turnpike::core::auth::rest_password(OLD, &m.username),
+        turnpike_proto::core::auth::rest_password(OLD, &m.username),
         "not reloaded yet: minted with the secret in force"
     );
     assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
@@ -461,7 +467,7 @@ fn api_mints_with_the_secret_the_server_verifies_until_a_reload() {
     let m = mint();
     assert_eq!(
         m.password,
-        turnpike::core::auth::rest_password(NEW, &m.username)
+        turnpike_proto::core::auth::rest_password(NEW, &m.username)
     );
     assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
     assert_eq!(TurnClient::udp(udp).allocate(rest(OLD, "old")), Err(401));

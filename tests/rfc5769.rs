@@ -12,9 +12,15 @@
 //! MESSAGE-INTEGRITY and FINGERPRINT, so re-encoding those vectors uses
 //! `MessageBuilder::padding_byte(0x20)`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::SocketAddr;
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     Class, IntegrityError, IntegrityKey, Message, MessageBuilder, MessageType, Method,
     PasswordAlgorithm, TransactionId, attr, long_term_key,
 };

@@ -22,6 +22,12 @@
 //! ports a client socket happens to hold are skipped by the server's bind
 //! retry).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -30,9 +36,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::turn::{Peer, TurnClient, wait_port_closed};
 use common::*;
-use turnpike::client::{AllocateOptions, Credentials};
 use turnpike::config::PortRange;
-use turnpike::wire::{Class, Message};
+use turnpike_proto::client::{AllocateOptions, Credentials};
+use turnpike_proto::wire::{Class, Message};
 
 const PORTS: &str = "32000-33999";
 
@@ -71,21 +77,13 @@ const FD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Raise this process's soft RLIMIT_NOFILE to the hard limit (the server
 /// child inherits it) and return (soft before, soft now).
 fn raise_fd_limit() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    let before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: as above.
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-        assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let (before, hard) =
+        turnpike_sys::process::nofile_limit().unwrap_or_else(|e| panic!("getrlimit: {e}"));
+    if before < hard {
+        turnpike_sys::process::set_nofile_limit(hard, hard)
+            .unwrap_or_else(|e| panic!("setrlimit: {e}"));
     }
-    (before, lim.rlim_cur)
+    (before, hard.max(before))
 }
 
 /// Open file descriptors of a process.
@@ -535,7 +533,7 @@ max_allocations_per_user = 10000
         .enumerate()
         .map(|(i, c)| {
             c.allocate_request(&AllocateOptions {
-                family: (i % 2 == 1).then_some(turnpike::wire::attr::FAMILY_IPV6),
+                family: (i % 2 == 1).then_some(turnpike_proto::wire::attr::FAMILY_IPV6),
                 ..AllocateOptions::default()
             })
         })

@@ -1,6 +1,12 @@
 //! systemd/turnpike.service: `systemd-analyze verify` accepts it, and it
 //! carries the settings operations rely on.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::process::Command;
 
 const UNIT: &str = include_str!("../systemd/turnpike.service");
@@ -111,8 +117,7 @@ fn sd_notify_ready_and_stopping() {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("listening udp 127.0.0.1:"), "{line}");
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    turnpike_sys::process::kill(child.id() as i32, libc::SIGTERM).unwrap();
     let mut seen = Vec::new();
     while let Ok(n) = sock.recv(&mut buf) {
         let m = String::from_utf8_lossy(&buf[..n]).to_string();

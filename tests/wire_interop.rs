@@ -17,6 +17,12 @@
 //! Case counts are bounded (override with PROPTEST_CASES) and the seed is
 //! fixed (override with PROPTEST_RNG_SEED), so runs are reproducible.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -45,7 +51,7 @@ use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::{PROTO_UDP, Protocol};
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     ChannelData, Class, FrameKind, IntegrityError, IntegrityKey, Message, MessageBuilder,
     MessageType, Method, TransactionId, attr, frame_len,
 };
@@ -765,7 +771,7 @@ proptest! {
 /// property tests: long-term credentials, both directions.
 #[test]
 fn allocate_request_long_term_both_ways() {
-    use turnpike::wire::{PasswordAlgorithm, long_term_key};
+    use turnpike_proto::wire::{PasswordAlgorithm, long_term_key};
     let key = long_term_key(PasswordAlgorithm::Md5, "alice", "example.org", "s3cret");
     let stun_key = MessageIntegrity::new_long_term_integrity(
         "alice".into(),

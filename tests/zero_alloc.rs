@@ -7,66 +7,28 @@
 //! first call could initialise something lazily, the path is run once
 //! before counting.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     ChannelData, Class, FrameKind, IntegrityKey, Message, MessageBuilder, MessageType, Method,
     PasswordAlgorithm, TransactionId, attr, frame_len, long_term_key,
 };
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn bump() {
-    // `try_with`: the allocator may run while this thread's locals are
-    // being torn down.
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the
-// counter is a const-initialised thread-local `Cell`, which never
-// allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: turnpike_sys::alloc::CountingAlloc = turnpike_sys::alloc::CountingAlloc;
 
 /// Heap allocations made by this thread while running `f`.
 fn allocations<R>(f: impl FnOnce() -> R) -> u64 {
-    let before = ALLOCS.with(Cell::get);
-    let r = f();
-    let after = ALLOCS.with(Cell::get);
+    let (n, r) = turnpike_sys::alloc::allocations(f);
     black_box(r);
-    after - before
+    n
 }
 
 const TID: TransactionId = TransactionId::new([0x5a; 12]);

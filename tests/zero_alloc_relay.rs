@@ -3,43 +3,23 @@
 //! indication back), datagrams from another shard's relay through the relay
 //! directory, counted with a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
+)]
+
 use std::net::SocketAddr;
 
-use turnpike::client::{self, AllocateOptions, Credentials};
-use turnpike::core::{ClientOutput, PEER_HEADROOM, PEER_TAILROOM, PeerOutput};
-use turnpike::sim::{SimServer, sim_config, udp};
-use turnpike::wire::{ChannelData, TransactionId};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use turnpike_proto::client::{self, AllocateOptions, Credentials};
+use turnpike_proto::core::{ClientOutput, PEER_HEADROOM, PEER_TAILROOM, PeerOutput};
+use turnpike_proto::sim::{SimServer, sim_config, udp};
+use turnpike_proto::wire::{ChannelData, TransactionId};
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: turnpike_sys::alloc::CountingAlloc = turnpike_sys::alloc::CountingAlloc;
 
-fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    let before = ALLOCS.with(Cell::get);
-    let r = f();
-    (ALLOCS.with(Cell::get) - before, r)
-}
+use turnpike_sys::alloc::allocations;
 
 #[test]
 fn relaying_allocates_nothing() {

@@ -3,7 +3,7 @@
 //! version of this fuzzing) includes this very file, so both check the
 //! same things.
 
-use turnpike::wire::{
+use turnpike_proto::wire::{
     ChannelData, Frame, FrameKind, HEADER_LEN, IntegrityError, IntegrityKey, Message, ParseError,
     attr, frame_len, is_valid_channel, pad4,
 };

@@ -22,17 +22,17 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 
-use turnpike::client::Credentials;
 use turnpike::config::Transport;
-use turnpike::ice::agent::{Failure, PairReport};
 use turnpike::ice::driver::{Driver, Exchange, Hosts, Observer, Options, Outcome, Side};
-use turnpike::ice::{
+use turnpike_proto::client::Credentials;
+use turnpike_proto::ice::agent::{Failure, PairReport};
+use turnpike_proto::ice::{
     Agent, AgentConfig, Description, Event, Kind, PathKind, Report, Timing, TurnServer,
 };
 
 /// How the two agents meet.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Run agent A (controlling): print this side's description on
     /// stdout, read the answer's from stdin.
     Offer,
@@ -51,7 +51,7 @@ pub enum Mode {
   turnpike ice-check --credentials-url https://turn.example.org:9641/api/v1/credentials --api-key K
   turnpike ice-check offer --server turn:turn.example.org --secret S    # machine 1
   turnpike ice-check answer --server turn:turn.example.org --secret S   # machine 2")]
-pub struct IceCheckArgs {
+pub(crate) struct IceCheckArgs {
     /// offer or answer: run one agent and swap descriptions with another
     /// ice-check through stdout/stdin (offer runs agent A, answer agent
     /// B). Without it, both agents run here.
@@ -130,7 +130,7 @@ pub struct IceCheckArgs {
 
 /// A parsed `turn:`/`turns:` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerUrl {
+pub(crate) struct ServerUrl {
     pub host: String,
     pub port: u16,
     pub transport: Transport,
@@ -139,7 +139,7 @@ pub struct ServerUrl {
 impl ServerUrl {
     /// `turn:HOST[:PORT][?transport=udp|tcp]`, `turns:HOST[:PORT][?transport=tcp]`
     /// (RFC 7065); HOST may be `[v6]`.
-    pub fn parse(s: &str) -> Result<ServerUrl, String> {
+    pub(crate) fn parse(s: &str) -> Result<ServerUrl, String> {
         let bad = |why: &str| format!("`{s}`: {why}");
         let (tls, rest) = if let Some(r) = s.strip_prefix("turns:") {
             (true, r)
@@ -191,7 +191,7 @@ impl ServerUrl {
     }
 
     /// The canonical URL.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -382,12 +382,12 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 /// TLS client settings: `--ca FILE` only, `--insecure`, or the system's
 /// roots.
 fn tls_config(ca: Option<&PathBuf>, insecure: bool) -> Result<Arc<rustls::ClientConfig>> {
-    let builder = rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
         .with_safe_default_protocol_versions()?;
     let cfg = if insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(turnpike::io::tls::accept_any_certificate())
+            .with_custom_certificate_verifier(turnpike::tls::accept_any_certificate())
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
@@ -483,9 +483,7 @@ fn plan(a: &IceCheckArgs) -> Result<Plan> {
         (_, _, Some(s), _) => {
             turnpike::credentials::check_user(&a.rest_user)
                 .map_err(|e| anyhow!("--rest-user: {e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = turnpike::clock::now().unix;
             Some(Credentials::rest(s, &a.rest_user, now + 3600))
         }
         (_, _, _, Some(f)) => Some(f.creds),
@@ -542,7 +540,7 @@ fn plan(a: &IceCheckArgs) -> Result<Plan> {
     } else {
         // Never used; no need to read the system's roots.
         Arc::new(
-            rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
+            rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth(),
@@ -593,7 +591,7 @@ fn plan(a: &IceCheckArgs) -> Result<Plan> {
 
 /// The answer to "does this kind of path work?", for scripts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub host: bool,
     pub srflx: bool,
     pub relay: bool,
@@ -604,7 +602,7 @@ impl Verdict {
     /// A kind works when every agent that ran has a succeeded pair of it
     /// (in one process both sides must agree; in offer/answer mode this
     /// side's view is what there is).
-    pub fn of(reports: &[Report], expect: &[PathKind]) -> Verdict {
+    pub(crate) fn of(reports: &[Report], expect: &[PathKind]) -> Verdict {
         let works = |k: PathKind| !reports.is_empty() && reports.iter().all(|r| r.path_works(k));
         let (host, srflx, relay) = (
             works(PathKind::Host),
@@ -624,7 +622,7 @@ impl Verdict {
         }
     }
 
-    pub fn works(&self, k: PathKind) -> bool {
+    pub(crate) fn works(&self, k: PathKind) -> bool {
         match k {
             PathKind::Host => self.host,
             PathKind::Srflx => self.srflx,
@@ -686,7 +684,7 @@ impl Progress {
     }
 }
 
-fn cand_text(c: &turnpike::ice::agent::CandidateInfo) -> String {
+fn cand_text(c: &turnpike_proto::ice::agent::CandidateInfo) -> String {
     match c.via {
         Some(v) => format!("{}/{v} {}", c.kind, c.addr),
         None => format!("{}/udp {}", c.kind, c.addr),
@@ -850,7 +848,7 @@ fn columns(rows: &[Vec<String>]) -> String {
 const KINDS: [PathKind; 3] = [PathKind::Host, PathKind::Srflx, PathKind::Relay];
 
 /// The human-readable result.
-pub fn render_table(
+pub(crate) fn render_table(
     names: &[&str],
     outcome: &Outcome,
     verdict: &Verdict,
@@ -1026,7 +1024,7 @@ pub fn render_table(
 }
 
 /// What was run, for the JSON document.
-pub struct RunInfo<'a> {
+pub(crate) struct RunInfo<'a> {
     pub mode: Option<Mode>,
     pub servers: &'a [ServerUrl],
     pub turn: &'a [TurnServer],
@@ -1040,7 +1038,7 @@ pub struct RunInfo<'a> {
 /// are only ever added. Agents are `a` (controlling) and `b`
 /// (controlled); offer mode has only `a`, answer mode only `b`.
 #[derive(Serialize)]
-pub struct JsonDoc<'a> {
+pub(crate) struct JsonDoc<'a> {
     pub version: u32,
     /// local, offer or answer.
     pub mode: &'static str,
@@ -1059,14 +1057,14 @@ pub struct JsonDoc<'a> {
 }
 
 #[derive(Serialize)]
-pub struct JsonServer {
+pub(crate) struct JsonServer {
     pub url: String,
     pub addr: SocketAddr,
     pub transport: Transport,
 }
 
 #[derive(Serialize)]
-pub struct JsonAgent<'a> {
+pub(crate) struct JsonAgent<'a> {
     pub netns: Option<&'a str>,
     /// The agent finished its checks and measurements in time.
     pub finished: bool,
@@ -1075,7 +1073,11 @@ pub struct JsonAgent<'a> {
     pub report: &'a Report,
 }
 
-pub fn render_json<'a>(run: &RunInfo<'a>, outcome: &'a Outcome, verdict: &Verdict) -> JsonDoc<'a> {
+pub(crate) fn render_json<'a>(
+    run: &RunInfo<'a>,
+    outcome: &'a Outcome,
+    verdict: &Verdict,
+) -> JsonDoc<'a> {
     let agents = outcome
         .reports
         .iter()
@@ -1142,7 +1144,7 @@ fn read_remote() -> tokio::sync::mpsc::Receiver<Result<Description, String>> {
 }
 
 /// `turnpike ice-check`.
-pub fn main(args: IceCheckArgs) -> ExitCode {
+pub(crate) fn main(args: IceCheckArgs) -> ExitCode {
     match run(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -1162,7 +1164,7 @@ fn run(a: IceCheckArgs) -> Result<bool> {
     let netns: Vec<Option<String>> = plan.sides.iter().map(|s| s.netns.clone()).collect();
     let tty = std::io::stderr().is_terminal();
     let mut progress = Progress {
-        start: Instant::now(),
+        start: turnpike::clock::instant(),
         tty,
         names: plan.names.clone(),
         spin: 0,

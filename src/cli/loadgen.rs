@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
-pub enum LoadgenCommand {
+pub(crate) enum LoadgenCommand {
     /// Relay data through allocations and measure offered vs relayed
     /// messages per second, loss and RTT (one round trip = 2 relayed
     /// messages).
@@ -24,7 +24,7 @@ pub enum LoadgenCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// The server's address.
     #[arg(long, default_value = "127.0.0.1:3478")]
     server: std::net::SocketAddr,
@@ -43,14 +43,14 @@ pub struct TargetArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum TransportArg {
+pub(crate) enum TransportArg {
     Udp,
     Tcp,
     Tls,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct AuthArgs {
+pub(crate) struct AuthArgs {
     /// TURN REST shared secret (a credential per allocation, user "lgN").
     #[arg(long, conflicts_with_all = ["user", "password"], required_unless_present = "user")]
     secret: Option<String>,
@@ -62,7 +62,7 @@ pub struct AuthArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct RelayArgs {
+pub(crate) struct RelayArgs {
     #[command(flatten)]
     target: TargetArgs,
     #[command(flatten)]
@@ -104,19 +104,19 @@ pub struct RelayArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     C2c,
     Echo,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum MethodArg {
+pub(crate) enum MethodArg {
     Channel,
     Send,
 }
 
 #[derive(Args, Debug)]
-pub struct AllocationsArgs {
+pub(crate) struct AllocationsArgs {
     #[command(flatten)]
     target: TargetArgs,
     #[command(flatten)]
@@ -131,7 +131,7 @@ pub struct AllocationsArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BindingArgs {
+pub(crate) struct BindingArgs {
     #[command(flatten)]
     target: TargetArgs,
     #[arg(long, default_value_t = 10.0)]
@@ -154,7 +154,7 @@ pub struct BindingArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct IdleArgs {
+pub(crate) struct IdleArgs {
     #[command(flatten)]
     target: TargetArgs,
     #[command(flatten)]
@@ -226,7 +226,7 @@ fn emit<T: serde::Serialize>(json: bool, r: &T, human: impl Fn(&T) -> String) ->
 }
 
 /// Run one load generator and print its report.
-pub fn run(cmd: LoadgenCommand) -> Result<()> {
+pub(crate) fn run(cmd: LoadgenCommand) -> Result<()> {
     use turnpike::loadgen::{self as lg, report};
     match cmd {
         LoadgenCommand::Relay(a) => {

@@ -1,5 +1,5 @@
 //! Subcommands of the binary that are clients, not the server:
 //! `ice-check` and `loadgen`.
 
-pub mod ice_check;
-pub mod loadgen;
+pub(crate) mod ice_check;
+pub(crate) mod loadgen;

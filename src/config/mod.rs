@@ -2,15 +2,18 @@
 //! with errors that name the file, the key and the fix.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod core;
 mod units;
 mod validate;
 
+pub use self::core::{static_users, to_core};
+
+pub use turnpike_proto::core::Transport;
 pub use units::{PortRange, Span};
 
 /// The configuration `serve` uses when no `--config` is given: STUN/TURN
@@ -35,36 +38,6 @@ addr = "0.0.0.0:3478"
 transport = "tcp"
 addr = "[::]:3478"
 "#;
-
-/// Client transports, RFC 8656 §3.1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-
-    /// TCP and TLS carry STUN framed on a byte stream (RFC 8656 §12.5).
-    pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,60 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// An inclusive port range written "LOW-HIGH".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub low: u16,
-    pub high: u16,
-}
-
-impl PortRange {
-    pub fn len(&self) -> usize {
-        usize::from(self.high - self.low) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn contains(&self, p: u16) -> bool {
-        (self.low..=self.high).contains(&p)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.low, self.high)
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid port range `{s}`, expected \"LOW-HIGH\" such as \"49152-65535\"");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let low: u16 = a.trim().parse().map_err(|_| bad())?;
-        let high: u16 = b.trim().parse().map_err(|_| bad())?;
-        if low == 0 || low > high {
-            return Err(format!("invalid port range `{s}`: need 1 <= LOW <= HIGH"));
-        }
-        Ok(PortRange { low, high })
-    }
-}
-
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use turnpike_proto::core::PortRange;
 
 /// A duration written "30s", "5m", "1h", "2d" or as plain seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -127,7 +127,7 @@ impl Config {
             (&p.deny_peers, "deny_peers"),
         ] {
             for (i, c) in list.iter().enumerate() {
-                if let Err(e) = c.parse::<crate::core::policy::Cidr>() {
+                if let Err(e) = c.parse::<turnpike_proto::core::policy::Cidr>() {
                     return Err(ConfigError::invalid(
                         file,
                         format!("policy.{name}[{i}]"),

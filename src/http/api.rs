@@ -78,7 +78,7 @@ fn admin_ok(state: &AppState, headers: &HeaderMap, params: &HashMap<String, Stri
 
 /// `GET /api/v1/credentials?username=NAME[&ttl=SECONDS]`, and the TURN REST
 /// draft form `?service=turn&username=NAME&key=KEY`.
-pub async fn credentials(
+pub(super) async fn credentials(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(p): Params,
@@ -123,7 +123,7 @@ pub async fn credentials(
         .map(|l| (l.transport, l.addr))
         .collect();
     let (stun, uris) = credentials::uris(&cfg, &listeners);
-    let now = crate::io::clock::now().unix;
+    let now = crate::clock::now().unix;
     let minted = credentials::mint(secret, user, ttl, now, stun, uris);
     let mut r = Json(minted).into_response();
     r.headers_mut()
@@ -131,7 +131,7 @@ pub async fn credentials(
     r
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         state.handle.counters(),
         state.start_unix,
@@ -147,11 +147,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-pub async fn healthz() -> Response {
+pub(super) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -168,7 +168,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub async fn sessions(
+pub(super) async fn sessions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(p): Params,
@@ -204,7 +204,7 @@ pub async fn sessions(
     Json(json!({"sessions": list})).into_response()
 }
 
-pub async fn delete_session(
+pub(super) async fn delete_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -223,7 +223,7 @@ pub async fn delete_session(
     }
 }
 
-pub async fn drain(
+pub(super) async fn drain(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(p): Params,
@@ -239,7 +239,7 @@ pub async fn drain(
         .into_response()
 }
 
-pub async fn reload(
+pub(super) async fn reload(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(p): Params,
@@ -275,7 +275,7 @@ pub async fn reload(
 /// configuration on every request, so a reload changes it like the keys
 /// and the TTL; an allowed origin is echoed back (for "*" too, which
 /// browsers treat the same).
-pub fn cors(state: Arc<AppState>) -> CorsLayer {
+pub(super) fn cors(state: Arc<AppState>) -> CorsLayer {
     CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])

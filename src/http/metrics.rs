@@ -8,8 +8,8 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::config::Transport;
-use crate::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
-use crate::core::{AuthFailureReason, Counters, DropReason, EndReason};
+use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
+use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason};
 
 pub struct Metrics {
     recorder: PrometheusRecorder,

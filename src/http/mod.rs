@@ -144,7 +144,7 @@ pub enum HttpError {
         error: std::io::Error,
     },
     #[error("http.cert/http.key: {0}. Fix: point them at a PEM certificate chain and its key")]
-    Tls(#[from] crate::io::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Bind the HTTP listener (so errors surface at start) and return its
@@ -166,8 +166,8 @@ pub async fn bind(
     let app = router(state);
     let task = match (&cfg.http.cert, &cfg.http.key) {
         (Some(c), Some(k)) => {
-            let cert = Arc::new(crate::io::tls::ReloadableCert::load(c, k)?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(crate::io::tls::server_config(cert));
+            let cert = Arc::new(crate::tls::ReloadableCert::load(c, k)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert));
             let l = TlsListener { tcp, acceptor };
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {

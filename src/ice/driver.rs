@@ -33,9 +33,9 @@ use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Agent, AgentConfig, Description, Event, Report, SocketId, Transmit};
-use crate::config::Transport;
-use crate::wire::frame_len;
+use turnpike_proto::core::Transport;
+use turnpike_proto::ice::{Agent, AgentConfig, Description, Event, Report, SocketId, Transmit};
+use turnpike_proto::wire::frame_len;
 
 /// Which host candidates an agent gets.
 #[derive(Clone, Debug)]
@@ -212,7 +212,7 @@ impl Driver {
         let mut readers = Vec::new();
         let mut streams = Vec::new();
         let mut ios = Vec::new();
-        let now = Instant::now();
+        let now = crate::clock::instant();
         for (s, side) in sides.into_iter().enumerate() {
             let servers: Vec<(SocketAddr, Transport)> = side
                 .config
@@ -220,7 +220,10 @@ impl Driver {
                 .iter()
                 .map(|t| (t.addr, t.transport))
                 .collect();
-            let want_relay = side.config.only.is_none_or(|o| o == super::PathKind::Relay);
+            let want_relay = side
+                .config
+                .only
+                .is_none_or(|o| o == turnpike_proto::ice::PathKind::Relay);
             let hosts_spec = side.hosts.clone();
             let made = in_netns(side.netns.as_deref(), move || {
                 make_sockets(&hosts_spec, &servers, want_relay)
@@ -380,7 +383,7 @@ impl Driver {
     ) -> Outcome {
         let mut stop = std::pin::pin!(stop);
         let mut interrupted = false;
-        let start = Instant::now();
+        let start = crate::clock::instant();
         let mut deadline = start + self.opts.deadline;
         let mut exchanged = false;
         let mut published = false;
@@ -390,7 +393,7 @@ impl Driver {
         let tick_every = obs.tick_every();
         let mut next_tick = start;
         loop {
-            let now = Instant::now();
+            let now = crate::clock::instant();
             self.flush(now);
             self.drain_events(obs);
             if self.sides.iter().all(|s| s.agent.gathering_done()) {
@@ -457,7 +460,7 @@ impl Driver {
                     break;
                 }
                 Some(inp) = self.inputs.recv() => {
-                    let now = Instant::now();
+                    let now = crate::clock::instant();
                     match inp {
                         Input::Packet { side, socket, from, data } => {
                             self.sides[side].agent.handle_packet(now, socket, from, &data);
@@ -468,7 +471,7 @@ impl Driver {
                     }
                 }
                 d = async { incoming.expect("guarded").recv().await }, if incoming.is_some() => {
-                    let now = Instant::now();
+                    let now = crate::clock::instant();
                     match d {
                         Some(Ok(d)) => {
                             remote_received = true;
@@ -490,7 +493,7 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
+                    let now = crate::clock::instant();
                     for s in &mut self.sides {
                         if s.agent.poll_timeout().is_some_and(|t| t <= now) {
                             s.agent.handle_timeout(now);
@@ -499,7 +502,7 @@ impl Driver {
                 }
             }
         }
-        let now = Instant::now();
+        let now = crate::clock::instant();
         self.drain_events(obs);
         let reports = self.sides.iter().map(|s| s.agent.report()).collect();
         let finished = self.sides.iter().map(|s| s.agent.is_done()).collect();
@@ -695,20 +698,18 @@ where
     enter_netns_thread(name, f)
 }
 
-#[cfg(target_os = "linux")]
 fn enter_netns_thread<T, F>(name: &str, f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    use std::os::fd::AsRawFd;
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("network namespace `{name}`: not a name"),
         ));
     }
-    let path = std::path::Path::new("/var/run/netns").join(name);
+    let path = turnpike_sys::netns::path(name);
     let file = std::fs::File::open(&path).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -721,31 +722,17 @@ where
     })?;
     let name = name.to_string();
     std::thread::spawn(move || {
-        // SAFETY: setns(2) on a file descriptor we own, for this thread
-        // only (CLONE_NEWNET is per thread).
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
+        // CLONE_NEWNET is per thread: only this thread enters.
+        turnpike_sys::netns::enter(&file).map_err(|e| {
+            io::Error::new(
                 e.kind(),
                 format!("entering network namespace {name}: {e} (needs root)"),
-            ));
-        }
+            )
+        })?;
         f()
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?
-}
-
-#[cfg(not(target_os = "linux"))]
-fn enter_netns_thread<T, F>(_name: &str, _f: F) -> io::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "network namespaces are a Linux feature",
-    ))
 }
 
 fn unspecified(v6: bool) -> IpAddr {
@@ -810,48 +797,23 @@ fn make_sockets(
 /// link-local ones left out; loopback ones only if `loopback` or if there
 /// is no other.
 pub fn interface_addrs(loopback: bool) -> io::Result<Vec<IpAddr>> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut found = Vec::new();
     let mut lo = Vec::new();
-    let mut p = ifap;
-    while !p.is_null() {
-        // SAFETY: p is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*p };
-        p = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_UP as libc::c_uint == 0 {
-            continue;
-        }
-        // SAFETY: ifa_addr points to a sockaddr of the family it names.
-        let ip = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => continue,
-            }
-        };
-        if let IpAddr::V6(v6) = ip {
+    for a in turnpike_sys::iface::addresses()? {
+        if let IpAddr::V6(v6) = a.ip {
             if v6.segments()[0] & 0xffc0 == 0xfe80 {
                 continue;
             }
         }
-        let is_lo = ifa.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0 || ip.is_loopback();
-        let list = if is_lo { &mut lo } else { &mut found };
-        if !list.contains(&ip) {
-            list.push(ip);
+        let list = if a.loopback || a.ip.is_loopback() {
+            &mut lo
+        } else {
+            &mut found
+        };
+        if !list.contains(&a.ip) {
+            list.push(a.ip);
         }
     }
-    // SAFETY: the list getifaddrs allocated, freed once.
-    unsafe { libc::freeifaddrs(ifap) };
     if loopback || found.is_empty() {
         found.extend(lo);
     }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{ServerHandle, setup, tls};
+use super::{ServerHandle, setup};
 use crate::config::Config;
-use crate::core::{CoreConfig, Credentials, SessionInfo};
+use crate::tls;
+use turnpike_proto::core::{CoreConfig, Credentials, SessionInfo};
 
 /// A request to one shard.
 pub(crate) enum Control {

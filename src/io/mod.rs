@@ -7,8 +7,6 @@
 //! the shards, and a shard never shares state with another on the packet
 //! path.
 
-pub mod batch;
-pub mod clock;
 mod control;
 mod poller;
 mod relay;
@@ -16,7 +14,6 @@ mod setup;
 mod shard;
 mod socket;
 mod stream;
-pub mod tls;
 mod udp;
 
 pub use control::ReloadError;
@@ -31,8 +28,9 @@ use rand::TryRngCore;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, Transport};
-use crate::core::{CoreConfig, Counters, Credentials, Setup, Shared};
+use crate::tls;
 use control::Control;
+use turnpike_proto::core::{CoreConfig, Counters, Credentials, Setup, Shared};
 
 /// A listener as bound (with the real port when the config said 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,7 +155,7 @@ impl ServerHandle {
 /// the IPv4 /24 or IPv6 /48 it is in, without the port. Lines of one
 /// network still correlate; the host is not recorded.
 pub fn redact(a: SocketAddr) -> String {
-    match crate::core::canonical(a).ip() {
+    match turnpike_proto::core::canonical(a).ip() {
         std::net::IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.0/24", o[0], o[1], o[2])
@@ -183,13 +181,16 @@ pub fn shard_count(cfg: &Config) -> usize {
 /// warning on hosts without IPv6, so the default works everywhere.
 pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let shards = shard_count(cfg);
-    batch::set_gso(cfg.server.udp_gso);
     let core_cfg = Arc::new(setup::core_config(cfg));
     let creds = Arc::new(credentials(cfg)?);
     check_relay_addresses(cfg)?;
     warn_if_own_address_refused(&core_cfg);
-    let mut per_shard: Vec<shard::Sockets> =
-        (0..shards).map(|_| shard::Sockets::default()).collect();
+    let mut per_shard: Vec<shard::Sockets> = (0..shards)
+        .map(|_| shard::Sockets {
+            gso: cfg.server.udp_gso,
+            ..Default::default()
+        })
+        .collect();
     let mut listeners = Vec::new();
     let mut certs = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {

@@ -12,17 +12,19 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::batch::{BATCH, SendBatch};
 use super::poller::EVENTS;
 use super::shard::Shard;
 use crate::config::Transport;
-use crate::core::{DropReason, PeerOutput, RelayId, RelayIo};
+use turnpike_proto::core::{DropReason, PeerOutput, RelayId, RelayIo};
+use turnpike_sys::batch::{BATCH, SendBatch, UdpSocketState};
 
 /// A bound relay socket: a plain non-blocking std socket (no tokio
 /// registration, no task of its own). Dropping it closes the socket, which
 /// also takes it out of the shard's epoll set.
 pub(crate) struct RelaySocket {
     pub sock: std::net::UdpSocket,
+    /// What this socket learnt about GSO sends.
+    pub gso: UdpSocketState,
     /// What peers are told (XOR-RELAYED-ADDRESS), once the core says.
     pub advertised: Option<SocketAddr>,
 }
@@ -56,7 +58,7 @@ impl RelayIo for ShellIo<'_> {
         let std_sock = match held {
             Some(s) => {
                 if dont_fragment {
-                    set_df(&socket2::SockRef::from(&s), addr.is_ipv6())?;
+                    turnpike_sys::sockopt::set_dont_fragment(&s, addr.is_ipv6())?;
                 }
                 s
             }
@@ -70,6 +72,7 @@ impl RelayIo for ShellIo<'_> {
         }
         relays[i] = Some(RelaySocket {
             sock: std_sock,
+            gso: UdpSocketState::new(self.shard.gso),
             advertised: None,
         });
         Ok(())
@@ -117,42 +120,10 @@ fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<std::net::
     }
     s.set_nonblocking(true)?;
     if dont_fragment {
-        set_df(&s, addr.is_ipv6())?;
+        turnpike_sys::sockopt::set_dont_fragment(&s, addr.is_ipv6())?;
     }
     s.bind(&addr.into())?;
     Ok(s.into())
-}
-
-fn set_df(s: &Socket, v6: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (level, opt, val) = if v6 {
-        (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DO,
-        )
-    } else {
-        (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        )
-    };
-    // SAFETY: setsockopt with a valid fd, an int option and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            opt,
-            (&val as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// The shard's relay reader: wait for readable relays (one `epoll_wait`
@@ -202,7 +173,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
             Err(_) => return false,
         }
         let full = rx.count() == BATCH;
-        let now = super::clock::now().mono;
+        let now = crate::clock::now().mono;
         let udp = shard.udp.borrow();
         // One batch per listener socket (the first few; more are sent one
         // by one), on the stack: no allocation per batch.
@@ -229,13 +200,13 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
                 continue;
             };
             if i >= BATCHED_LISTENERS {
-                if udp[i].1.get_ref().send_to(data, ft.client).is_err() {
+                if udp[i].1.io.get_ref().send_to(data, ft.client).is_err() {
                     shard.counters.dropped(DropReason::SendBufferFull);
                 }
                 continue;
             }
             if batches[i].is_full() {
-                let lost = batches[i].flush(udp[i].1.as_raw_fd());
+                let lost = batches[i].flush(udp[i].1.io.as_raw_fd(), &udp[i].1.gso);
                 shard
                     .counters
                     .dropped_n(DropReason::SendBufferFull, lost as u64);
@@ -244,7 +215,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
         }
         drop(core);
         for (b, (_, s)) in batches.iter_mut().zip(udp.iter()) {
-            let lost = b.flush(s.as_raw_fd());
+            let lost = b.flush(s.io.as_raw_fd(), &s.gso);
             shard
                 .counters
                 .dropped_n(DropReason::SendBufferFull, lost as u64);

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 
 use super::StartError;
 use crate::config::Config;
-use crate::core::{CoreConfig, Credentials};
+use turnpike_proto::core::{CoreConfig, Credentials};
 
 /// The core's configuration: wildcard relay addresses resolved to the
 /// host's primary address, alternate servers resolved to addresses.
 pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
-    let mut c = CoreConfig::from_config(cfg);
+    let mut c = crate::config::to_core(cfg);
     c.publish_relays = super::shard_count(cfg) > 1;
     for fam in [&mut c.relay4, &mut c.relay6].into_iter().flatten() {
         if fam.advertised.is_unspecified() {
@@ -48,7 +48,7 @@ pub fn credentials(cfg: &Config) -> Result<Credentials, StartError> {
     Ok(Credentials::new(
         &cfg.server.realm,
         secrets,
-        &cfg.auth.users,
+        &crate::config::static_users(cfg),
         cfg.auth.nonce_lifetime.0.as_secs(),
     ))
 }

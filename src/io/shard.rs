@@ -15,13 +15,17 @@ use tokio::sync::{mpsc, watch};
 use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
-use crate::core::{Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup};
+use turnpike_proto::core::{
+    Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup,
+};
 
 /// The sockets handed to one shard.
 #[derive(Default)]
 pub(crate) struct Sockets {
-    udp: Vec<(socket2::Socket, SocketAddr)>,
-    stream: Vec<(
+    /// Whether UDP sockets start with GSO on (`[server] udp_gso`).
+    pub gso: bool,
+    pub(super) udp: Vec<(socket2::Socket, SocketAddr)>,
+    pub(super) stream: Vec<(
         socket2::Socket,
         SocketAddr,
         Option<Arc<rustls::ServerConfig>>,
@@ -56,7 +60,7 @@ pub(crate) struct Shard {
     pub relays: RefCell<Vec<Option<RelaySocket>>>,
     /// Receive batch for relay sockets, with headroom for in-place
     /// ChannelData / Data indication headers.
-    pub rx: RefCell<super::batch::RecvBatch>,
+    pub rx: RefCell<turnpike_sys::batch::RecvBatch>,
     pub udp: RefCell<Vec<(SocketAddr, Rc<super::udp::Listener>)>>,
     pub conns: RefCell<HashMap<FiveTuple, Rc<ConnOut>>>,
     /// Reserved relay ports bound ahead (shared by all shards).
@@ -66,13 +70,16 @@ pub(crate) struct Shard {
     /// This shard's relays by the address peers know them at: data from one
     /// of our relays to another of ours skips the kernel (see
     /// [`Shard::send_to_peer`]).
-    pub local: RefCell<HashMap<SocketAddr, crate::core::RelayId, foldhash::fast::RandomState>>,
+    pub local:
+        RefCell<HashMap<SocketAddr, turnpike_proto::core::RelayId, foldhash::fast::RandomState>>,
     /// Scratch buffer (with headroom) for such local deliveries.
     pub scratch: RefCell<Vec<u8>>,
     /// The shards' shared state: the relay directory is read here.
-    pub shared: Arc<crate::core::Shared>,
+    pub shared: Arc<turnpike_proto::core::Shared>,
     /// Output buffer for direct deliveries outside a batch.
     pub direct: RefCell<Vec<u8>>,
+    /// Whether relay sockets start with GSO on (`[server] udp_gso`).
+    pub gso: bool,
 }
 
 /// What [`Shard::direct_route`] did.
@@ -92,14 +99,14 @@ impl Shard {
     /// Send bytes to a client on its five-tuple: a datagram from the
     /// listener socket it used, or into its connection's output buffer.
     /// False when it could not be queued (counted by the caller).
-    pub fn send_to_client(&self, ft: &FiveTuple, data: &[u8]) -> bool {
+    pub(super) fn send_to_client(&self, ft: &FiveTuple, data: &[u8]) -> bool {
         match ft.transport {
             Transport::Udp => {
                 let udp = self.udp.borrow();
                 let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
                     return false;
                 };
-                sock.get_ref().send_to(data, ft.client).is_ok()
+                sock.io.get_ref().send_to(data, ft.client).is_ok()
             }
             Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
                 Some(c) => c.push(data),
@@ -117,7 +124,12 @@ impl Shard {
     /// bandwidth and counters apply exactly as for one through the kernel,
     /// minus a send, a receive and a wake-up. When the peer is a published
     /// relay of another shard, see [`Shard::direct_route`].
-    pub fn send_to_peer(&self, relay: crate::core::RelayId, peer: SocketAddr, data: &[u8]) -> bool {
+    pub(super) fn send_to_peer(
+        &self,
+        relay: turnpike_proto::core::RelayId,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let advertised = match self.relays.borrow().get(relay.0 as usize) {
             Some(Some(r)) => r.advertised,
             _ => return false,
@@ -127,7 +139,7 @@ impl Shard {
         }
         // The lookup first: a clock read only for relay-to-relay data.
         if self.shared.directory.get(peer).is_some() {
-            let now = super::clock::now().mono;
+            let now = crate::clock::now().mono;
             let mut out = self.direct.borrow_mut();
             out.clear();
             let mut core = self.core.borrow_mut();
@@ -141,16 +153,16 @@ impl Shard {
     }
 
     /// When `peer` is another shard's relay whose client is on UDP
-    /// (published in the relay directory, see [`crate::core::directory`]):
+    /// (published in the relay directory, see [`turnpike_proto::core::directory`]):
     /// frame `data`, sent by our `relay`, for that client, appended to
     /// `out`. The caller sends it from our own socket of the client's
     /// listener: same five-tuple for the client, no trip through the
     /// kernel to the other shard's relay socket and no wake-up of it.
-    pub fn direct_route(
+    pub(super) fn direct_route(
         &self,
         core: &mut Server,
         now: std::time::Instant,
-        relay: crate::core::RelayId,
+        relay: turnpike_proto::core::RelayId,
         peer: SocketAddr,
         data: &[u8],
         out: &mut Vec<u8>,
@@ -187,24 +199,29 @@ impl Shard {
     }
 
     /// A datagram from `from` (one of our relays) for our relay `to`.
-    fn deliver_local(&self, to: crate::core::RelayId, from: SocketAddr, data: &[u8]) -> bool {
-        let now = super::clock::now().mono;
+    fn deliver_local(
+        &self,
+        to: turnpike_proto::core::RelayId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let now = crate::clock::now().mono;
         self.deliver_local_with(&mut self.core.borrow_mut(), now, to, from, data)
     }
 
     /// [`Shard::deliver_local`] with the core already borrowed.
-    pub fn deliver_local_with(
+    pub(super) fn deliver_local_with(
         &self,
         core: &mut Server,
         now: std::time::Instant,
-        to: crate::core::RelayId,
+        to: turnpike_proto::core::RelayId,
         from: SocketAddr,
         data: &[u8],
     ) -> bool {
         self.counters.relayed_local.inc();
         let mut scratch = self.scratch.borrow_mut();
         let len = data.len();
-        if len > super::batch::MAX_DATAGRAM {
+        if len > turnpike_sys::batch::MAX_DATAGRAM {
             return false;
         }
         scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(data);
@@ -216,19 +233,21 @@ impl Shard {
             len,
         );
         match out {
-            crate::core::PeerOutput::ToClient { ft, data } => self.send_to_client(&ft, data),
+            turnpike_proto::core::PeerOutput::ToClient { ft, data } => {
+                self.send_to_client(&ft, data)
+            }
             // Dropped by the core (no permission, bandwidth): counted there.
-            crate::core::PeerOutput::None => true,
+            turnpike_proto::core::PeerOutput::None => true,
         }
     }
 
     /// If `peer` is one of this shard's relays and `relay` has told peers
     /// its address, where to deliver locally: (to, from).
-    pub fn local_route(
+    pub(super) fn local_route(
         &self,
-        relay: crate::core::RelayId,
+        relay: turnpike_proto::core::RelayId,
         peer: SocketAddr,
-    ) -> Option<(crate::core::RelayId, SocketAddr)> {
+    ) -> Option<(turnpike_proto::core::RelayId, SocketAddr)> {
         let to = *self.local.borrow().get(&peer)?;
         let from = self
             .relays
@@ -240,7 +259,7 @@ impl Shard {
     }
 
     /// Log allocation events the core queued (see [`log_events`]).
-    pub fn drain_events(&self) {
+    pub(super) fn drain_events(&self) {
         log_events(&mut self.core.borrow_mut());
     }
 }
@@ -334,37 +353,34 @@ pub(crate) fn run(
             scratch: RefCell::new(vec![
                 0u8;
                 PEER_HEADROOM
-                    + super::batch::MAX_DATAGRAM
+                    + turnpike_sys::batch::MAX_DATAGRAM
                     + PEER_TAILROOM
             ]),
             counters: setup.counters.clone(),
             shared: setup.shared.clone(),
             direct: RefCell::new(Vec::with_capacity(
-                PEER_HEADROOM + super::batch::MAX_DATAGRAM + PEER_TAILROOM,
+                PEER_HEADROOM + turnpike_sys::batch::MAX_DATAGRAM + PEER_TAILROOM,
             )),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
-            rx: RefCell::new(super::batch::RecvBatch::new(
+            rx: RefCell::new(turnpike_sys::batch::RecvBatch::new(
                 PEER_HEADROOM,
-                super::batch::MAX_DATAGRAM,
+                turnpike_sys::batch::MAX_DATAGRAM,
                 PEER_TAILROOM,
             )),
             udp: RefCell::new(Vec::new()),
             conns: RefCell::new(HashMap::new()),
             held,
+            gso: sockets.gso,
         });
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
             let std_sock: std::net::UdpSocket = s.into();
-            // SAFETY: the AsyncFd owns the socket for its whole life.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    std_sock,
-                    tokio::io::Interest::READABLE,
-                )
-            };
-            let sock = match registered.map_err(|e| e.into_parts().1) {
-                Ok(s) => Rc::new(s),
+            let sock = match turnpike_sys::tokio::register_readable(std_sock) {
+                Ok(io) => Rc::new(super::udp::Listener {
+                    io,
+                    gso: turnpike_sys::batch::UdpSocketState::new(sockets.gso),
+                }),
                 Err(e) => {
                     tracing::error!(shard = id, %addr, error = %e, "cannot register UDP socket");
                     continue;
@@ -397,7 +413,7 @@ pub(crate) fn run(
         timer_loop(&shard, shutdown, control).await;
         // Shutting down: end every allocation so its log line is written
         // and its relay socket closed.
-        let now = super::clock::now();
+        let now = crate::clock::now();
         shard
             .core
             .borrow_mut()
@@ -417,7 +433,7 @@ async fn timer_loop(
 ) {
     loop {
         let next = shard.core.borrow().poll_timeout();
-        let now = tokio::time::Instant::now();
+        let now = tokio::time::Instant::from_std(crate::clock::instant());
         let wake = match next {
             Some(t) => tokio::time::Instant::from_std(t).min(now + MAX_TIMER_SLEEP),
             None => now + MAX_TIMER_SLEEP,
@@ -431,7 +447,7 @@ async fn timer_loop(
             }
             r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
         }
-        let now = super::clock::now();
+        let now = crate::clock::now();
         shard
             .core
             .borrow_mut()
@@ -442,7 +458,7 @@ async fn timer_loop(
 
 fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
     use super::control::Control;
-    let now = super::clock::now();
+    let now = crate::clock::now();
     let mut core = shard.core.borrow_mut();
     match c {
         Control::Config(cfg) => core.set_config(cfg),

@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Which kind of socket to bind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     Udp,
     Tcp,
 }
@@ -40,7 +40,7 @@ fn new_socket(addr: SocketAddr, kind: Kind) -> io::Result<Socket> {
 /// holds is refused first (a plain bind without SO_REUSEPORT would fail),
 /// so two servers cannot silently split one port's traffic. Port 0 binds
 /// the first socket and the rest join the port it got.
-pub fn bind_group(addr: SocketAddr, kind: Kind, count: usize) -> io::Result<Vec<Socket>> {
+pub(super) fn bind_group(addr: SocketAddr, kind: Kind, count: usize) -> io::Result<Vec<Socket>> {
     if addr.port() != 0 {
         let probe = new_socket(addr, kind)?;
         probe.bind(&addr.into())?;

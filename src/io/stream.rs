@@ -9,8 +9,8 @@ use tokio::sync::{Notify, watch};
 
 use super::relay::ShellIo;
 use super::shard::Shard;
-use crate::core::{ClientOutput, DropReason, FiveTuple};
-use crate::wire::frame_len;
+use turnpike_proto::core::{ClientOutput, DropReason, FiveTuple};
+use turnpike_proto::wire::frame_len;
 
 /// Bytes a connection may have queued for the client before relayed data
 /// is dropped (a slow reader must not grow the server's memory).
@@ -24,7 +24,7 @@ pub(crate) struct ConnOut {
 
 impl ConnOut {
     /// Queue bytes for the client; false (nothing queued) when full.
-    pub fn push(&self, data: &[u8]) -> bool {
+    pub(super) fn push(&self, data: &[u8]) -> bool {
         let mut b = self.buf.borrow_mut();
         if b.len() + data.len() > MAX_PENDING {
             return false;
@@ -59,7 +59,7 @@ pub(crate) async fn serve<S>(
     run(&shard, stream, &ft, &out, shutdown).await;
     shard.conns.borrow_mut().remove(&ft);
     shard.counters.connections_open(ft.transport).add(-1);
-    let now = super::clock::now();
+    let now = crate::clock::now();
     shard
         .core
         .borrow_mut()
@@ -105,7 +105,7 @@ async fn run<S>(
         let mut start = 0;
         let mut closing = false;
         // One clock read for all the frames this read brought.
-        let now = super::clock::now();
+        let now = crate::clock::now();
         loop {
             match frame_len(&inbuf[start..]) {
                 Ok(Some(f)) => {
@@ -177,9 +177,11 @@ fn needed(buf: &[u8]) -> Option<usize> {
         return None;
     }
     let n = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    Some(if buf[0] >> 6 == 0 {
-        20 + n
-    } else {
-        4 + crate::wire::pad4(n)
-    })
+    Some(
+        if turnpike_proto::wire::classify(buf[0]) == Some(turnpike_proto::wire::FrameKind::Stun) {
+            20 + n
+        } else {
+            4 + turnpike_proto::wire::pad4(n)
+        },
+    )
 }

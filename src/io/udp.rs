@@ -7,11 +7,11 @@ use std::rc::Rc;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use super::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch};
 use super::relay::ShellIo;
 use super::shard::{Direct, Shard};
 use crate::config::Transport;
-use crate::core::{ClientOutput, DropReason, FiveTuple, RelayId};
+use turnpike_proto::core::{ClientOutput, DropReason, FiveTuple, RelayId};
+use turnpike_sys::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch, UdpSocketState};
 
 /// Batches handled before yielding to the shard's other tasks.
 const BATCHES_PER_WAKE: usize = 8;
@@ -23,7 +23,11 @@ const BATCHES_PER_WAKE: usize = 8;
 /// `try_send_to` answers WouldBlock without trying until its reactor has
 /// seen the socket writable, which dropped the first datagrams of fresh
 /// sockets; a UDP send never needs to wait.
-pub(crate) type Listener = AsyncFd<std::net::UdpSocket>;
+pub(crate) struct Listener {
+    pub(crate) io: AsyncFd<std::net::UdpSocket>,
+    /// What this socket learnt about GSO sends.
+    pub(crate) gso: UdpSocketState,
+}
 
 /// Receive datagrams in batches (one `recvmmsg` for up to [`BATCH`]) and
 /// hand each to the core; the clock is read once per batch. Replies of a
@@ -41,10 +45,10 @@ pub(crate) async fn serve(
     // Replies of one batch, back to back; their ranges and destinations.
     let mut replies: Vec<u8> = Vec::with_capacity(BATCH * 128);
     let mut reply_at: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH);
-    let fd = sock.as_raw_fd();
+    let fd = sock.io.as_raw_fd();
     loop {
         let mut guard = tokio::select! {
-            r = sock.readable() => match r {
+            r = sock.io.readable() => match r {
                 Ok(g) => g,
                 Err(_) => return,
             },
@@ -60,7 +64,7 @@ pub(crate) async fn serve(
                 Err(_) => continue,
             }
             let full = rx.count() == BATCH;
-            let now = super::clock::now();
+            let now = crate::clock::now();
             replies.clear();
             reply_at.clear();
             // Relayed data waiting for its relay socket: (relay, peer, data).
@@ -142,7 +146,7 @@ pub(crate) async fn serve(
                 for &(s, e, to) in &reply_at {
                     b.push(&replies[s..e], to);
                 }
-                let lost = b.flush(fd);
+                let lost = b.flush(fd, &sock.gso);
                 shard
                     .counters
                     .dropped_n(DropReason::SendBufferFull, lost as u64);
@@ -184,7 +188,7 @@ fn send_to_peers(shard: &Shard, out: &[(RelayId, SocketAddr, &[u8])]) {
             for &(_, peer, data) in &out[i..j] {
                 b.push(data, peer);
             }
-            b.flush(r.sock.as_raw_fd())
+            b.flush(r.sock.as_raw_fd(), &r.gso)
         };
         shard
             .counters

@@ -2,17 +2,16 @@
 //! allocation).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::conn::Target;
 use super::hist::{Histogram, Percentiles};
 use super::setup::{self, Alloc, Auth, Step};
-use super::sys;
 use super::{Error, Result, ServerUsage};
 
-pub const MAX_COUNT: usize = 20_000;
+pub(super) const MAX_COUNT: usize = 20_000;
 const CHANNEL: u16 = 0x4000;
 
 #[derive(Clone)]
@@ -69,11 +68,11 @@ fn setup_steps(peer: SocketAddr) -> Vec<Step> {
 }
 
 /// Delete (Refresh 0) every allocation that got one; failures counted.
-pub fn teardown(allocs: &mut [Alloc], concurrency: usize) -> (usize, usize, f64) {
+pub(super) fn teardown(allocs: &mut [Alloc], concurrency: usize) -> (usize, usize, f64) {
     let which: Vec<usize> = (0..allocs.len())
         .filter(|&i| allocs[i].session.is_some() && allocs[i].relayed.is_some())
         .collect();
-    let t = Instant::now();
+    let t = crate::clock::instant();
     let outs = setup::drive(
         allocs,
         &which,
@@ -81,7 +80,9 @@ pub fn teardown(allocs: &mut [Alloc], concurrency: usize) -> (usize, usize, f64)
         |_, _| vec![Step::Refresh(0)],
         concurrency,
         setup::Timing::default(),
-        Instant::now() + Duration::from_secs(30) + Duration::from_millis(2 * which.len() as u64),
+        crate::clock::instant()
+            + Duration::from_secs(30)
+            + Duration::from_millis(2 * which.len() as u64),
     )
     .unwrap_or_default();
     let ok = outs.iter().filter(|o| o.is_ok()).count();
@@ -95,12 +96,12 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
     if o.concurrency == 0 || o.concurrency > 4096 {
         return Err(Error("--concurrency must be 1..=4096".into()));
     }
-    sys::raise_nofile();
+    turnpike_sys::process::raise_nofile();
     let (_peer_sock, peer) = dummy_peer(&o.target)?;
     let mut allocs = setup::connect_all(&o.target, o.count, &o.auth)?;
     let which: Vec<usize> = (0..allocs.len()).collect();
-    let srv0 = o.server_pid.map(sys::sample).transpose()?;
-    let t0 = Instant::now();
+    let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
+    let t0 = crate::clock::instant();
     let outs = setup::drive(
         &mut allocs,
         &which,
@@ -111,7 +112,7 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
         t0 + Duration::from_secs(60) + Duration::from_millis(10 * o.count as u64),
     )?;
     let elapsed = t0.elapsed().as_secs_f64();
-    let srv1 = o.server_pid.map(sys::sample).transpose()?;
+    let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
     let (ok, errors) = setup::summarize(&outs);
     let mut h = Histogram::new();
     for d in outs.iter().flatten() {
@@ -191,7 +192,7 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
     if o.hold > Duration::from_secs(24 * 3600) {
         return Err(Error("--hold must be at most 24 h".into()));
     }
-    let fd_limit = sys::raise_nofile();
+    let fd_limit = turnpike_sys::process::raise_nofile();
     if (o.allocations as u64) + 64 > fd_limit {
         return Err(Error(format!(
             "{} allocations need {} client sockets (one five-tuple each) but RLIMIT_NOFILE allows {fd_limit}: raise the hard limit (ulimit -Hn) or ask for fewer",
@@ -201,10 +202,13 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
     }
     let (_peer_sock, peer) = dummy_peer(&o.target)?;
     let rss = |pid: Option<u32>| -> Result<Option<u64>> {
-        Ok(pid.map(sys::sample).transpose()?.map(|s| s.rss))
+        Ok(pid
+            .map(turnpike_sys::procfs::sample)
+            .transpose()?
+            .map(|s| s.rss))
     };
     let before = rss(o.server_pid)?;
-    let t0 = Instant::now();
+    let t0 = crate::clock::instant();
     let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
     let budget = Duration::from_secs(60) + Duration::from_millis(10 * o.allocations as u64);
     if let Err(e) = setup::drive_all(
@@ -222,14 +226,14 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
     std::thread::sleep(o.settle);
     let with = rss(o.server_pid)?;
     // Hold, refreshing allocation, permission and channel as needed.
-    let hold_start = Instant::now();
+    let hold_start = crate::clock::instant();
     let mut rounds = 0;
     let mut next_refresh = hold_start + REFRESH_EVERY;
     while hold_start.elapsed() < o.hold {
         let left = o.hold.saturating_sub(hold_start.elapsed());
-        let until_refresh = next_refresh.saturating_duration_since(Instant::now());
+        let until_refresh = next_refresh.saturating_duration_since(crate::clock::instant());
         std::thread::sleep(left.min(until_refresh).min(Duration::from_secs(1)));
-        if Instant::now() >= next_refresh && hold_start.elapsed() < o.hold {
+        if crate::clock::instant() >= next_refresh && hold_start.elapsed() < o.hold {
             if let Err(e) = setup::drive_all(
                 &mut allocs,
                 None,
@@ -248,7 +252,7 @@ pub fn idle(o: IdleOpts) -> Result<IdleReport> {
                 return Err(e);
             }
             rounds += 1;
-            next_refresh = Instant::now() + REFRESH_EVERY;
+            next_refresh = crate::clock::instant() + REFRESH_EVERY;
         }
     }
     let hold_s = hold_start.elapsed().as_secs_f64();

@@ -2,19 +2,19 @@
 //! window of requests outstanding per socket), every answer checked
 //! (success class, our transaction, XOR-MAPPED-ADDRESS = our address).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::conn::{Conn, Target};
 use super::hist::{Histogram, Percentiles};
 use super::ledger::{Answer, Ledger};
-use super::sys::{self, Epoll};
 use super::{Error, Result, ServerUsage};
-use crate::io::batch::RecvBatch;
-use crate::wire::{Class, Message, Method, TransactionId};
+use turnpike_proto::wire::{Class, Message, Method, TransactionId};
+use turnpike_sys::batch::RecvBatch;
+use turnpike_sys::epoll::{Epoll, Interest};
 
-pub const MAX_SOCKETS: usize = 1024;
+pub(super) const MAX_SOCKETS: usize = 1024;
 
 #[derive(Clone)]
 pub struct BindingOpts {
@@ -66,7 +66,7 @@ fn tid(seq: u64) -> TransactionId {
 }
 
 fn seq_of(t: &TransactionId) -> Option<u64> {
-    (t.0[8..] == *b"TPlg").then(|| u64::from_le_bytes(t.0[..8].try_into().unwrap()))
+    (t.0[8..] == *b"TPlg").then(|| u64::from_le_bytes(t.0[..8].try_into().expect("8 bytes")))
 }
 
 pub fn binding(o: BindingOpts) -> Result<BindingReport> {
@@ -86,7 +86,7 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
     if o.duration.is_zero() || o.duration + o.warmup > Duration::from_secs(3600) {
         return Err(Error("--duration must be 1 s..=1 h (with --warmup)".into()));
     }
-    sys::raise_nofile();
+    turnpike_sys::process::raise_nofile();
     let mut conns = Vec::with_capacity(o.sockets);
     for _ in 0..o.sockets {
         conns.push(Conn::connect(&o.target)?);
@@ -99,7 +99,7 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
     let mut ledger = Ledger::new(cap + 4096);
     let mut ep = Epoll::new(1024)?;
     for (i, c) in conns.iter().enumerate() {
-        ep.add(c.fd(), i as u64)?;
+        ep.add(c.fd(), i as u64, Interest::Read)?;
     }
     let mut outstanding = vec![0usize; conns.len()];
     let mut rb = RecvBatch::new(0, 2048, 0);
@@ -107,7 +107,7 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
     let (mut sent, mut answered, mut late, mut bad, mut drops) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut arena: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut spans: Vec<(usize, usize)> = Vec::new();
-    let epoch = Instant::now();
+    let epoch = crate::clock::instant();
     let ns = || epoch.elapsed().as_nanos() as u64;
     let t_measure = o.warmup.as_nanos() as u64;
     let t_stop = t_measure + o.duration.as_nanos() as u64;
@@ -120,15 +120,15 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
     loop {
         let now = ns();
         if !measuring && now >= t_measure && w0 == 0 {
-            srv0 = o.server_pid.map(sys::sample).transpose()?;
-            gen0 = sys::self_cpu_s();
+            srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
+            gen0 = turnpike_sys::procfs::self_cpu_s();
             w0 = now.max(1);
             measuring = true;
         }
         let sending = now < t_stop;
         if !sending && measuring {
-            srv1 = o.server_pid.map(sys::sample).transpose()?;
-            gen1 = sys::self_cpu_s();
+            srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
+            gen1 = turnpike_sys::procfs::self_cpu_s();
             w1 = now;
             measuring = false;
         }
@@ -150,7 +150,7 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
                         outstanding[ci] = outstanding[ci].saturating_sub(1);
                     }
                     let s = arena.len();
-                    crate::client::binding(
+                    turnpike_proto::client::binding(
                         &mut arena,
                         tid(if measured { seq | MEASURED } else { seq }),
                         true,
@@ -237,8 +237,8 @@ pub fn binding(o: BindingOpts) -> Result<BindingReport> {
         }
     }
     if w1 == 0 {
-        srv1 = o.server_pid.map(sys::sample).transpose()?;
-        gen1 = sys::self_cpu_s();
+        srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
+        gen1 = turnpike_sys::procfs::self_cpu_s();
         w1 = ns();
     }
     let window_s = (w1.saturating_sub(w0)) as f64 / 1e9;

@@ -7,13 +7,13 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::config::Transport;
-use crate::io::batch::{BATCH, RecvBatch, SendBatch};
-use crate::wire::frame_len;
+use turnpike_proto::wire::frame_len;
+use turnpike_sys::batch::{BATCH, RecvBatch, SendBatch, UdpSocketState};
 
 /// Where and how to reach the server.
 #[derive(Clone)]
@@ -48,12 +48,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const STREAM_BUF: usize = 1 << 20;
 
 enum Sock {
-    Udp(UdpSocket),
+    Udp(UdpSocket, UdpSocketState),
     Tcp(TcpStream),
     Tls(TcpStream, Box<rustls::ClientConnection>),
 }
 
-pub struct Conn {
+pub(super) struct Conn {
     sock: Sock,
     pub local: SocketAddr,
     server: SocketAddr,
@@ -68,12 +68,12 @@ pub fn tls_config(
     ca: Option<&std::path::Path>,
     insecure: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let b = rustls::ClientConfig::builder_with_provider(crate::io::tls::provider())
+    let b = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let cfg = if insecure {
         b.dangerous()
-            .with_custom_certificate_verifier(crate::io::tls::accept_any_certificate())
+            .with_custom_certificate_verifier(crate::tls::accept_any_certificate())
             .with_no_client_auth()
     } else {
         let Some(ca) = ca else {
@@ -101,7 +101,7 @@ fn set_bufs(s: SockRef<'_>) {
 impl Conn {
     /// Open a new five-tuple to the server (TLS: handshake included), left
     /// non-blocking.
-    pub fn connect(t: &Target) -> io::Result<Conn> {
+    pub(super) fn connect(t: &Target) -> io::Result<Conn> {
         let sock = match t.transport {
             Transport::Udp => {
                 let domain = Domain::for_address(t.server);
@@ -109,7 +109,7 @@ impl Conn {
                 set_bufs(SockRef::from(&s));
                 s.connect(&t.server.into())?;
                 s.set_nonblocking(true)?;
-                Sock::Udp(s.into())
+                Sock::Udp(s.into(), UdpSocketState::new(true))
             }
             Transport::Tcp | Transport::Tls => {
                 let tcp = TcpStream::connect_timeout(&t.server, CONNECT_TIMEOUT)?;
@@ -130,7 +130,7 @@ impl Conn {
             }
         };
         let local = match &sock {
-            Sock::Udp(s) => s.local_addr()?,
+            Sock::Udp(s, _) => s.local_addr()?,
             Sock::Tcp(s) | Sock::Tls(s, _) => s.local_addr()?,
         };
         Ok(Conn {
@@ -143,28 +143,28 @@ impl Conn {
         })
     }
 
-    pub fn fd(&self) -> RawFd {
+    pub(super) fn fd(&self) -> RawFd {
         match &self.sock {
-            Sock::Udp(s) => s.as_raw_fd(),
+            Sock::Udp(s, _) => s.as_raw_fd(),
             Sock::Tcp(s) | Sock::Tls(s, _) => s.as_raw_fd(),
         }
     }
 
-    pub fn is_stream(&self) -> bool {
-        !matches!(self.sock, Sock::Udp(_))
+    pub(super) fn is_stream(&self) -> bool {
+        !matches!(self.sock, Sock::Udp(..))
     }
 
     /// Whether the server closed a stream (or it failed).
-    pub fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.closed
     }
 
     /// Send one message. UDP: one datagram (an error if the kernel would
     /// not take it). Streams: queued and written as far as the socket
     /// takes it now.
-    pub fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+    pub(super) fn send(&mut self, msg: &[u8]) -> io::Result<()> {
         match &mut self.sock {
-            Sock::Udp(s) => s.send(msg).map(|_| ()),
+            Sock::Udp(s, _) => s.send(msg).map(|_| ()),
             _ => {
                 self.queue(msg);
                 self.flush().map(|_| ())
@@ -174,20 +174,20 @@ impl Conn {
 
     /// Send several messages: one `sendmmsg` per 32 over UDP, one write over
     /// a stream. Returns how many were dropped (UDP: socket buffer full).
-    pub fn send_many<'a>(&mut self, msgs: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    pub(super) fn send_many<'a>(&mut self, msgs: impl IntoIterator<Item = &'a [u8]>) -> usize {
         match &mut self.sock {
-            Sock::Udp(s) => {
+            Sock::Udp(s, gso) => {
                 let fd = s.as_raw_fd();
                 let mut dropped = 0;
                 let mut b = SendBatch::new();
                 for m in msgs {
                     b.push(m, self.server);
                     if b.is_full() {
-                        dropped += b.flush(fd);
+                        dropped += b.flush(fd, gso);
                     }
                 }
                 if !b.is_empty() {
-                    dropped += b.flush(fd);
+                    dropped += b.flush(fd, gso);
                 }
                 dropped
             }
@@ -207,7 +207,7 @@ impl Conn {
 
     fn queue(&mut self, msg: &[u8]) {
         match &mut self.sock {
-            Sock::Udp(_) => unreachable!("UDP sends directly"),
+            Sock::Udp(..) => unreachable!("UDP sends directly"),
             Sock::Tcp(_) => self.wbuf.extend_from_slice(msg),
             Sock::Tls(_, tls) => {
                 // rustls buffers plaintext without limit by default.
@@ -218,9 +218,9 @@ impl Conn {
 
     /// Write what a stream has queued, as far as the socket takes it.
     /// `Ok(true)` when bytes are still waiting (watch for writability).
-    pub fn flush(&mut self) -> io::Result<bool> {
+    pub(super) fn flush(&mut self) -> io::Result<bool> {
         let r = match &mut self.sock {
-            Sock::Udp(_) => Ok(false),
+            Sock::Udp(..) => Ok(false),
             Sock::Tcp(s) => {
                 let mut done = 0;
                 let mut res = Ok(());
@@ -271,7 +271,7 @@ impl Conn {
     /// message. UDP reads at most `max_batches` × 32 datagrams through
     /// `rb`; a stream reads until it would block. Returns the number of
     /// messages. A stream that closed or sent garbage is marked closed.
-    pub fn recv(
+    pub(super) fn recv(
         &mut self,
         rb: &mut RecvBatch,
         max_batches: usize,
@@ -279,7 +279,7 @@ impl Conn {
     ) -> usize {
         let mut n = 0;
         match &mut self.sock {
-            Sock::Udp(s) => {
+            Sock::Udp(s, _) => {
                 let fd = s.as_raw_fd();
                 for _ in 0..max_batches.max(1) {
                     let got = match rb.recv(fd) {
@@ -390,9 +390,9 @@ fn handshake(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     tcp.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     tcp.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let deadline = crate::clock::instant() + CONNECT_TIMEOUT;
     while tls.is_handshaking() {
-        if Instant::now() >= deadline {
+        if crate::clock::instant() >= deadline {
             return Err(io::ErrorKind::TimedOut.into());
         }
         tls.complete_io(tcp)?;

@@ -23,7 +23,7 @@ enum State {
 
 /// What an answer turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(super) enum Answer {
     /// First answer within the timeout: round-trip time, flow, measured.
     OnTime {
         rtt_ns: u64,
@@ -38,12 +38,12 @@ pub enum Answer {
 
 /// A message given up on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expired {
+pub(super) struct Expired {
     pub flow: u32,
     pub measured: bool,
 }
 
-pub struct Ledger {
+pub(super) struct Ledger {
     ring: Vec<Entry>,
     mask: u64,
     next: u64,
@@ -54,7 +54,7 @@ pub struct Ledger {
 impl Ledger {
     /// Room for at least `capacity` messages in flight (rounded up to a
     /// power of two, at least 1024).
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         let cap = capacity.clamp(1024, 1 << 24).next_power_of_two();
         Ledger {
             ring: vec![Entry::default(); cap],
@@ -66,13 +66,18 @@ impl Ledger {
     }
 
     /// Messages sent and neither answered nor expired yet.
-    pub fn in_flight(&self) -> u64 {
+    pub(super) fn in_flight(&self) -> u64 {
         self.pending
     }
 
     /// Record a message sent now; returns its sequence number. When the
     /// ring is full the oldest message is expired first and returned too.
-    pub fn push(&mut self, flow: u32, measured: bool, now_ns: u64) -> (u64, Option<Expired>) {
+    pub(super) fn push(
+        &mut self,
+        flow: u32,
+        measured: bool,
+        now_ns: u64,
+    ) -> (u64, Option<Expired>) {
         let mut forced = None;
         if self.next - self.oldest > self.mask {
             let e = &mut self.ring[(self.oldest & self.mask) as usize];
@@ -100,7 +105,7 @@ impl Ledger {
     }
 
     /// An answer for `seq` arrived at `now_ns`.
-    pub fn answer(&mut self, seq: u64, now_ns: u64, timeout_ns: u64) -> Answer {
+    pub(super) fn answer(&mut self, seq: u64, now_ns: u64, timeout_ns: u64) -> Answer {
         if seq >= self.next {
             return Answer::Unknown;
         }
@@ -137,7 +142,7 @@ impl Ledger {
     /// Give up on everything sent before `now_ns - timeout_ns` (all of it
     /// when `timeout_ns` is 0 and `now_ns` is u64::MAX) and not answered;
     /// `f` is called once per message given up on.
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64, mut f: impl FnMut(Expired)) {
+    pub(super) fn expire(&mut self, now_ns: u64, timeout_ns: u64, mut f: impl FnMut(Expired)) {
         let cutoff = now_ns.saturating_sub(timeout_ns);
         while self.oldest < self.next {
             let e = &mut self.ring[(self.oldest & self.mask) as usize];

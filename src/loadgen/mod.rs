@@ -21,7 +21,6 @@ mod ledger;
 mod relay;
 pub mod report;
 mod setup;
-pub mod sys;
 
 pub use allocs::{AllocationsOpts, AllocationsReport, IdleOpts, IdleReport, allocations, idle};
 pub use binding::{BindingOpts, BindingReport, binding};
@@ -73,8 +72,8 @@ pub struct ServerUsage {
 impl ServerUsage {
     pub fn new(
         pid: u32,
-        a: sys::ProcSample,
-        b: sys::ProcSample,
+        a: turnpike_sys::procfs::ProcSample,
+        b: turnpike_sys::procfs::ProcSample,
         window_s: f64,
         units: u64,
         rss_end: u64,

@@ -26,11 +26,11 @@ use super::conn::Target;
 use super::hist::{Histogram, Percentiles};
 use super::ledger::{Answer, Ledger};
 use super::setup::{self, Alloc, Auth, Step};
-use super::sys::{self, Epoll};
 use super::{Error, Result, ServerUsage};
-use crate::client;
-use crate::io::batch::{RecvBatch, SendBatch};
-use crate::wire::{ChannelData, Class, Message, Method, TransactionId};
+use turnpike_proto::client;
+use turnpike_proto::wire::{ChannelData, Class, FrameKind, Message, Method, TransactionId};
+use turnpike_sys::batch::{RecvBatch, SendBatch};
+use turnpike_sys::epoll::{Epoll, Interest};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,14 +47,14 @@ pub enum DataMethod {
 }
 
 /// Limits: beyond them the run is refused rather than attempted.
-pub const MAX_ALLOCATIONS: usize = 20_000;
-pub const MAX_RATE: f64 = 2_000_000.0;
-pub const MAX_THREADS: usize = 16;
+pub(super) const MAX_ALLOCATIONS: usize = 20_000;
+pub(super) const MAX_RATE: f64 = 2_000_000.0;
+pub(super) const MAX_THREADS: usize = 16;
 /// Warm-up plus duration: kept under the 300 s permission lifetime, so no
 /// refresh is needed while the data flows.
-pub const MAX_RUN: Duration = Duration::from_secs(240);
-pub const MIN_SIZE: usize = HEADER;
-pub const MAX_SIZE: usize = 8192;
+pub(super) const MAX_RUN: Duration = Duration::from_secs(240);
+pub(super) const MIN_SIZE: usize = HEADER;
+pub(super) const MAX_SIZE: usize = 8192;
 
 const CHANNEL: u16 = 0x4000;
 const MAGIC: [u8; 4] = *b"TPlg";
@@ -163,7 +163,7 @@ impl RelayOpts {
                 "--allocations must be 1..={MAX_ALLOCATIONS}"
             )));
         }
-        if self.mode == Mode::C2c && self.allocations % 2 != 0 {
+        if self.mode == Mode::C2c && !self.allocations.is_multiple_of(2) {
             return Err(Error(
                 "--mode c2c needs an even --allocations (pairs)".into(),
             ));
@@ -220,6 +220,8 @@ struct Worker {
     allocs: Vec<Alloc>,
     flows: Vec<Flow>,
     peer: Option<UdpSocket>,
+    /// GSO state of the echo peer's socket.
+    peer_gso: turnpike_sys::batch::UdpSocketState,
     opts: Arc<RelayOpts>,
     /// Originated round trips per second for this worker (paced).
     rate: Option<f64>,
@@ -270,15 +272,14 @@ fn wrap(out: &mut Vec<u8>, method: DataMethod, stream: bool, peer: SocketAddr, d
 /// The application data in a message from the server: ChannelData or a
 /// Data indication.
 fn unwrap(m: &[u8]) -> Option<&[u8]> {
-    match m.first()? >> 6 {
-        0b01 => ChannelData::parse(m).ok().map(|c| c.data),
-        0b00 => {
+    match turnpike_proto::wire::classify_bytes(m)? {
+        FrameKind::ChannelData => ChannelData::parse(m).ok().map(|c| c.data),
+        FrameKind::Stun => {
             let msg = Message::parse(m).ok()?;
             (msg.method() == Method::DATA && msg.class() == Class::Indication)
                 .then(|| msg.data())
                 .flatten()
         }
-        _ => None,
     }
 }
 
@@ -309,10 +310,10 @@ impl Worker {
             Err(_) => return (st, self.allocs),
         };
         for (i, f) in self.flows.iter().enumerate() {
-            let _ = ep.add(self.allocs[f.alloc].conn.fd(), i as u64);
+            let _ = ep.add(self.allocs[f.alloc].conn.fd(), i as u64, Interest::Read);
         }
         if let Some(p) = &self.peer {
-            let _ = ep.add(p.as_raw_fd(), PEER_TOKEN);
+            let _ = ep.add(p.as_raw_fd(), PEER_TOKEN, Interest::Read);
         }
         let mut rb = RecvBatch::new(0, MAX_SIZE + 64, 0);
         let mut arena: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -432,7 +433,12 @@ impl Worker {
                     if let Ok(pending) = conn.flush() {
                         if pending != want_out[fi] {
                             want_out[fi] = pending;
-                            let _ = ep.modify(conn.fd(), fi as u64, pending);
+                            let interest = if pending {
+                                Interest::ReadWrite
+                            } else {
+                                Interest::Read
+                            };
+                            let _ = ep.modify(conn.fd(), fi as u64, interest);
                         }
                     }
                 }
@@ -499,7 +505,7 @@ impl Worker {
                     st.totals.send_drops += dropped as u64;
                 }
                 if conn.is_closed() {
-                    let _ = ep.modify(conn.fd(), fi as u64, false);
+                    let _ = ep.modify(conn.fd(), fi as u64, Interest::Read);
                     ep.remove(conn.fd());
                 }
             }
@@ -573,9 +579,9 @@ impl Worker {
                 }
                 sb.push(&slot[..len], from);
             }
-            let dropped = sb.flush(fd);
+            let dropped = sb.flush(fd, &self.peer_gso);
             st.totals.send_drops += dropped as u64;
-            if got < crate::io::batch::BATCH {
+            if got < turnpike_sys::batch::BATCH {
                 return;
             }
         }
@@ -585,13 +591,13 @@ impl Worker {
 /// Run the relay load and report.
 pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     opts.check()?;
-    sys::raise_nofile();
+    turnpike_sys::process::raise_nofile();
     let o = Arc::new(opts);
     let threads = o.threads.min(match o.mode {
         Mode::C2c => o.allocations / 2,
         Mode::Echo => o.allocations,
     });
-    let setup_start = Instant::now();
+    let setup_start = crate::clock::instant();
     // Echo peers, one per thread.
     let mut peers: Vec<UdpSocket> = Vec::new();
     if o.mode == Mode::Echo {
@@ -622,7 +628,10 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         super::allocs::teardown(&mut allocs, 64);
         return Err(e);
     }
-    let relayed: Vec<SocketAddr> = allocs.iter().map(|a| a.relayed.unwrap()).collect();
+    let relayed: Vec<SocketAddr> = allocs
+        .iter()
+        .map(|a| a.relayed.expect("every allocation succeeded"))
+        .collect();
     // Who talks to whom, and which thread owns each allocation.
     let peer_of = |i: usize| -> SocketAddr {
         match o.mode {
@@ -662,6 +671,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
             allocs: Vec::new(),
             flows: Vec::new(),
             peer: None,
+            peer_gso: turnpike_sys::batch::UdpSocketState::new(true),
             opts: o.clone(),
             rate: None,
         })
@@ -701,7 +711,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     }
 
     let clock = Arc::new(Clock {
-        epoch: Instant::now(),
+        epoch: crate::clock::instant(),
     });
     let t_start = 50_000_000u64;
     let t_measure = t_start + o.warmup.as_nanos() as u64;
@@ -723,14 +733,14 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         }
     };
     sleep_until(t_measure);
-    let srv0 = o.server_pid.map(sys::sample).transpose();
-    let gen0 = sys::self_cpu_s();
-    let drops0 = sys::udp_rcvbuf_errors();
+    let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let gen0 = turnpike_sys::procfs::self_cpu_s();
+    let drops0 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w0 = clock.ns();
     sleep_until(t_stop);
-    let srv1 = o.server_pid.map(sys::sample).transpose();
-    let gen1 = sys::self_cpu_s();
-    let drops1 = sys::udp_rcvbuf_errors();
+    let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let gen1 = turnpike_sys::procfs::self_cpu_s();
+    let drops1 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w1 = clock.ns();
     let mut stats = Stats::default();
     let mut back: Vec<(usize, Alloc)> = Vec::new();
@@ -753,7 +763,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         stats.skipped += s.skipped;
         back.extend(global_index[t].iter().copied().zip(allocs));
     }
-    let srv_end = o.server_pid.map(sys::sample).transpose();
+    let srv_end = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
     back.sort_by_key(|(i, _)| *i);
     let mut allocs: Vec<Alloc> = back.into_iter().map(|(_, a)| a).collect();
     let everyone: Vec<usize> = (0..allocs.len()).collect();
@@ -764,7 +774,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         |_, _| vec![Step::Refresh(0)],
         64,
         setup::Timing::default(),
-        Instant::now() + Duration::from_secs(20),
+        crate::clock::instant() + Duration::from_secs(20),
     )?;
     let teardown_failures = deletes.iter().filter(|d| d.is_err()).count();
 

@@ -12,11 +12,12 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use super::conn::{Conn, Target};
-use super::sys::{Epoll, is_fd_exhaustion};
 use super::{Error, Result};
-use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use crate::io::batch::RecvBatch;
-use crate::wire::{Class, Message, Method, TransactionId};
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::wire::{Class, Message, Method, TransactionId};
+use turnpike_sys::batch::RecvBatch;
+use turnpike_sys::epoll::{Epoll, Interest};
+use turnpike_sys::process::is_fd_exhaustion;
 
 /// How the generator authenticates.
 #[derive(Clone, Debug)]
@@ -32,7 +33,7 @@ impl Auth {
     pub fn credentials(&self, i: usize) -> Credentials {
         match self {
             Auth::Rest { secret } => {
-                let expiry = crate::io::clock::now().unix + 24 * 3600;
+                let expiry = crate::clock::now().unix + 24 * 3600;
                 Credentials::rest(secret, &format!("lg{i}"), expiry)
             }
             Auth::Static { user, password } => Credentials::new(user.clone(), password.clone()),
@@ -41,7 +42,7 @@ impl Auth {
 }
 
 /// One allocation as the generator knows it.
-pub struct Alloc {
+pub(super) struct Alloc {
     pub conn: Conn,
     pub creds: Credentials,
     pub session: Option<Session>,
@@ -50,7 +51,7 @@ pub struct Alloc {
 
 /// A control request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(super) enum Step {
     Allocate,
     Permission(SocketAddr),
     Channel(u16, SocketAddr),
@@ -80,7 +81,7 @@ impl Step {
 
 /// Retransmission and timeout policy.
 #[derive(Clone, Copy, Debug)]
-pub struct Timing {
+pub(super) struct Timing {
     /// First UDP retransmission timeout (doubles).
     pub rto: Duration,
     /// Transmissions of one request over UDP.
@@ -101,14 +102,14 @@ impl Default for Timing {
 
 /// Open `n` five-tuples. Running out of file descriptors is reported as
 /// such, with the limit.
-pub fn connect_all(target: &Target, n: usize, auth: &Auth) -> Result<Vec<Alloc>> {
+pub(super) fn connect_all(target: &Target, n: usize, auth: &Auth) -> Result<Vec<Alloc>> {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         let conn = Conn::connect(target).map_err(|e| {
             if is_fd_exhaustion(&e) {
                 Error(format!(
                     "out of file descriptors after {i} client sockets (RLIMIT_NOFILE soft limit {}; each allocation needs its own five-tuple, so one socket): {e}",
-                    super::sys::raise_nofile()
+                    turnpike_sys::process::raise_nofile()
                 ))
             } else {
                 Error(format!("connecting client socket {i} to {}: {e}", target.server))
@@ -140,7 +141,7 @@ struct Active {
 
 /// The outcome of one allocation's steps: the time from its first request
 /// to its last response, or why it failed.
-pub type Outcome = std::result::Result<Duration, String>;
+pub(super) type Outcome = std::result::Result<Duration, String>;
 
 /// Run `steps(i)` for each allocation index in `which`, keeping at most
 /// `concurrency` in flight. Returns one outcome per entry of `which`, in
@@ -148,7 +149,7 @@ pub type Outcome = std::result::Result<Duration, String>;
 /// answered 437 (the five-tuple still has an allocation, e.g. a reused
 /// ephemeral port whose earlier allocation was never deleted) is retried
 /// from a new socket, twice at most.
-pub fn drive(
+pub(super) fn drive(
     allocs: &mut [Alloc],
     which: &[usize],
     reconnect: Option<&Target>,
@@ -170,11 +171,11 @@ pub fn drive(
     loop {
         // Start new ones.
         while next < which.len() && !free.is_empty() {
-            let s = free.pop().unwrap();
+            let s = free.pop().expect("checked non-empty");
             let i = which[next];
             let a = &mut allocs[i];
             let st = steps(i, a);
-            let now = Instant::now();
+            let now = crate::clock::instant();
             let mut act = Active {
                 alloc: i,
                 steps: st,
@@ -195,7 +196,7 @@ pub fn drive(
                 continue;
             }
             build(&mut act, a, &mut rng);
-            ep.add(a.conn.fd(), s as u64)?;
+            ep.add(a.conn.fd(), s as u64, Interest::Read)?;
             slots[s] = Some((next, act));
             next += 1;
             live += 1;
@@ -203,7 +204,7 @@ pub fn drive(
         if live == 0 && next >= which.len() {
             break;
         }
-        let now = Instant::now();
+        let now = crate::clock::instant();
         if now >= deadline {
             for (s, slot) in slots.iter_mut().enumerate() {
                 if let Some((o, act)) = slot.take() {
@@ -233,7 +234,7 @@ pub fn drive(
                 let limit = if stream { 1 } else { timing.attempts };
                 if act.tx >= limit {
                     let o = *o;
-                    let act = slots[s].take().unwrap().1;
+                    let act = slots[s].take().expect("a live slot").1;
                     ep.remove(allocs[act.alloc].conn.fd());
                     out[o] = Some(Err(format!("{}: timeout", act.steps[act.k].name())));
                     free.push(s);
@@ -244,7 +245,7 @@ pub fn drive(
                 if let Err(e) = sent {
                     if stream || e.kind() != std::io::ErrorKind::WouldBlock {
                         let o = *o;
-                        let act = slots[s].take().unwrap().1;
+                        let act = slots[s].take().expect("a live slot").1;
                         ep.remove(allocs[act.alloc].conn.fd());
                         out[o] = Some(Err(format!("{}: send: {e}", act.steps[act.k].name())));
                         free.push(s);
@@ -263,7 +264,7 @@ pub fn drive(
             wake = wake.min(act.next_tx);
         }
         let wait = wake
-            .saturating_duration_since(Instant::now())
+            .saturating_duration_since(crate::clock::instant())
             .min(Duration::from_millis(50));
         let ready: Vec<u64> = ep.wait(wait)?.collect();
         for tok in ready {
@@ -279,7 +280,7 @@ pub fn drive(
                 match on_response(act, a, m, &mut rng) {
                     Progress::Ignore => {}
                     Progress::Resend => {
-                        act.next_tx = Instant::now();
+                        act.next_tx = crate::clock::instant();
                         act.tx = 0;
                         act.rto = timing.rto;
                     }
@@ -290,7 +291,7 @@ pub fn drive(
                             break;
                         }
                         build(act, a, &mut rng);
-                        act.next_tx = Instant::now();
+                        act.next_tx = crate::clock::instant();
                         act.tx = 0;
                         act.rto = timing.rto;
                     }
@@ -312,10 +313,10 @@ pub fn drive(
                                 a.conn = c;
                                 a.session = None;
                                 a.relayed = None;
-                                ep.add(a.conn.fd(), s as u64)?;
+                                ep.add(a.conn.fd(), s as u64, Interest::Read)?;
                                 act.reconnects += 1;
                                 build(act, a, &mut rng);
-                                act.next_tx = Instant::now();
+                                act.next_tx = crate::clock::instant();
                                 act.tx = 0;
                                 act.rto = timing.rto;
                             }
@@ -333,7 +334,7 @@ pub fn drive(
             }
             if let Some(v) = verdict {
                 let o = *o;
-                let act = slots[s].take().unwrap().1;
+                let act = slots[s].take().expect("a live slot").1;
                 ep.remove(allocs[act.alloc].conn.fd());
                 out[o] = Some(v);
                 free.push(s);
@@ -438,7 +439,7 @@ fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) ->
 }
 
 /// Summary of a batch of outcomes: (successes, first few distinct errors).
-pub fn summarize(outcomes: &[Outcome]) -> (usize, Vec<String>) {
+pub(super) fn summarize(outcomes: &[Outcome]) -> (usize, Vec<String>) {
     let ok = outcomes.iter().filter(|o| o.is_ok()).count();
     let mut errs: Vec<String> = Vec::new();
     for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
@@ -451,7 +452,7 @@ pub fn summarize(outcomes: &[Outcome]) -> (usize, Vec<String>) {
 
 /// Set up every allocation with `steps`, failing with the first errors if
 /// any did not make it.
-pub fn drive_all(
+pub(super) fn drive_all(
     allocs: &mut [Alloc],
     reconnect: Option<&Target>,
     steps: impl Fn(usize, &Alloc) -> Vec<Step>,
@@ -460,7 +461,7 @@ pub fn drive_all(
     budget: Duration,
 ) -> Result<Vec<Duration>> {
     let which: Vec<usize> = (0..allocs.len()).collect();
-    let deadline = Instant::now() + budget;
+    let deadline = crate::clock::instant() + budget;
     let outs = drive(
         allocs,
         &which,

@@ -1,3 +1,8 @@
+#![allow(
+    unreachable_pub,
+    reason = "helpers shared by the test binaries, each of which uses a part"
+)]
+
 //! Shared harness for the end-to-end tests: runs the built `turnpike`
 //! binary on a temporary config, and gives UDP, TCP and TLS clients that
 //! speak STUN to it.
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 pub use turnpike::config::Transport;
-use turnpike::wire::{
+use turnpike_proto::wire::{
     Class, FrameKind, Message, MessageBuilder, MessageType, Method, TransactionId, attr, frame_len,
 };
 
@@ -254,8 +259,8 @@ impl TestServer {
     pub fn stop(&mut self, signal: Signal) -> ExitStatus {
         let child = self.child.take().expect("server already stopped");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid we spawned and have not reaped.
-        let rc = unsafe { libc::kill(pid, signal.raw()) };
+        // A pid we spawned and have not reaped.
+        let rc = turnpike_sys::process::kill(pid, signal.raw()).map_or(-1, |()| 0);
         assert_eq!(
             rc,
             0,
@@ -331,8 +336,7 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Result<ExitStatus, Exi
         Err(_) => {
             // The waiter has not reaped the child yet, so the pid is
             // still that child's.
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = turnpike_sys::process::kill(pid, libc::SIGKILL);
             let status = rx.recv().expect("waiter thread reports");
             let _ = waiter.join();
             Err(status)
@@ -527,7 +531,7 @@ pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads whole RFC 8656 §12.5 frames off a byte stream, cut with
-/// [`turnpike::wire::frame_len`]; bytes past a frame are kept for the next.
+/// [`turnpike_proto::wire::frame_len`]; bytes past a frame are kept for the next.
 pub struct FrameReader<S> {
     pub stream: S,
     buf: Vec<u8>,
@@ -677,7 +681,7 @@ impl TestCert {
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).expect("add root");
-        let cfg = rustls::ClientConfig::builder_with_provider(turnpike::io::tls::provider())
+        let cfg = rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_root_certificates(roots)

@@ -47,7 +47,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -83,8 +83,7 @@ pub fn availability() -> &'static Result<(), String> {
 }
 
 fn probe() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = turnpike_sys::process::euid();
     if euid != 0 {
         return Err(format!("not root (euid {euid})"));
     }
@@ -166,17 +165,10 @@ where
     std::thread::scope(|s| {
         let t = s.spawn(|| {
             let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-            // SAFETY: setns(2) on an fd we own, for this thread only; the
-            // thread ends when `f` returns, so no pooled thread is left
-            // in the namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns({}): {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
+            // For this thread only; the thread ends when `f` returns, so no
+            // pooled thread is left in the namespace.
+            turnpike_sys::netns::enter(&file)
+                .unwrap_or_else(|e| panic!("setns({}): {e}", path.display()));
             drop(file);
             f()
         });

@@ -9,7 +9,7 @@
 //!   build time on shared two-core machines;
 //! - a strict parser of the Prometheus text format (`name{labels} value`);
 //! - a small synchronous TURN client over UDP, TCP and TLS built on
-//!   `turnpike::client`;
+//!   `turnpike_proto::client`;
 //! - process control the base harness lacks: sending any signal, waiting
 //!   for the server to exit on its own, starting it with extra arguments,
 //!   and waiting (bounded) for a line on its stderr.
@@ -23,8 +23,8 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use turnpike::wire::{ChannelData, Class, FrameKind, Message, frame_len};
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::wire::{ChannelData, Class, FrameKind, Message, frame_len};
 
 use super::{
     IO_TIMEOUT, TestServer, TlsStream, new_tid, tcp_connect, tls_connect, udp_client, wait_bounded,
@@ -871,10 +871,9 @@ pub fn relay_both_ways(c: &mut TurnClient, channel: u16, peer: &UdpSocket, tag: 
 /// Send `sig` to the server without waiting.
 pub fn send_signal(server: &TestServer, sig: libc::c_int) {
     let pid = libc::pid_t::try_from(server.pid()).expect("pid fits pid_t");
-    // SAFETY: kill(2) on our own child, which has not been reaped (the
-    // TestServer still owns it).
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    // Our own child, which has not been reaped (the TestServer still owns
+    // it).
+    turnpike_sys::process::kill(pid, sig).unwrap_or_else(|e| panic!("kill: {e}"));
 }
 
 /// How many times `needle` occurs in the server's stderr.

@@ -16,9 +16,9 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use turnpike::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike::config::Transport;
-use turnpike::wire::{
+use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
+use turnpike_proto::wire::{
     ChannelData, Class, FrameKind, Message, Method, TransactionId, frame_len, pad4,
 };
 

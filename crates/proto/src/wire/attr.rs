@@ -174,7 +174,7 @@ impl<'a> RawAttr<'a> {
 
     /// UNKNOWN-ATTRIBUTES, RFC 8489 §14.9: a list of 16-bit types.
     pub fn attribute_list(&self) -> Result<impl Iterator<Item = u16> + 'a, AttrError> {
-        if self.value.len() % 2 != 0 {
+        if !self.value.len().is_multiple_of(2) {
             return Err(AttrError::BadLength {
                 typ: self.typ,
                 len: self.value.len(),

@@ -24,12 +24,12 @@ impl<T> Default for Slots<T> {
 }
 
 impl<T> Slots<T> {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
     /// Append an empty slot; returns its index.
-    pub fn push_empty(&mut self) -> usize {
+    pub(super) fn push_empty(&mut self) -> usize {
         if self.len == self.chunks.len() * CHUNK {
             self.chunks.push(
                 (0..CHUNK)
@@ -43,7 +43,7 @@ impl<T> Slots<T> {
     }
 
     #[inline]
-    pub fn get(&self, i: usize) -> Option<&Option<T>> {
+    pub(super) fn get(&self, i: usize) -> Option<&Option<T>> {
         if i >= self.len {
             return None;
         }
@@ -51,14 +51,14 @@ impl<T> Slots<T> {
     }
 
     #[inline]
-    pub fn get_mut(&mut self, i: usize) -> Option<&mut Option<T>> {
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut Option<T>> {
         if i >= self.len {
             return None;
         }
         Some(&mut self.chunks[i / CHUNK][i % CHUNK])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Option<T>> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Option<T>> {
         self.chunks.iter().flat_map(|c| c.iter()).take(self.len)
     }
 }

@@ -3,6 +3,11 @@
 //! QUIC-specific machinery — ECN, GRO segment bookkeeping — this server
 //! does not use). One system call moves up to [`BATCH`] datagrams.
 //!
+//! GSO state is kept per socket ([`UdpSocketState`], as quinn-udp does): a
+//! refusal learnt on one socket (a small-MTU route, a device without
+//! checksum offload) changes how that socket sends, not every socket of
+//! the process.
+//!
 //! Receive slots have headroom in front (so the core can write a
 //! ChannelData or Data indication header in place) and a little tailroom
 //! (padding); the buffer is allocated once per shard and reused.
@@ -12,6 +17,8 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::{to_socket_addr, zeroed};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -31,38 +38,6 @@ pub struct RecvBatch {
     len: [usize; BATCH],
     from: [Option<SocketAddr>; BATCH],
     n: usize,
-}
-
-fn zeroed<T>() -> T {
-    // SAFETY: only used for plain C structs (sockaddr_storage, iovec,
-    // mmsghdr), for which all-zero bytes are a valid value.
-    unsafe { MaybeUninit::zeroed().assume_init() }
-}
-
-/// `sockaddr_storage` → `SocketAddr` (IPv4 and IPv6 only).
-fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 impl RecvBatch {
@@ -209,8 +184,9 @@ impl<'a> SendBatch<'a> {
     /// route with a smaller MTU), runs are kept below that route's limit
     /// instead. The limit is per process, not per route: after one
     /// small-MTU destination, larger datagrams to every destination leave
-    /// one by one. They are still delivered, only batched less.
-    pub fn flush(&mut self, fd: RawFd) -> usize {
+    /// one by one. They are still delivered, only batched less. What was
+    /// learnt is kept in `state`, the socket's own.
+    pub fn flush(&mut self, fd: RawFd, state: &UdpSocketState) -> usize {
         let n = self.n;
         self.n = 0;
         if n == 0 {
@@ -221,7 +197,8 @@ impl<'a> SendBatch<'a> {
         for (i, o) in order.iter_mut().enumerate().take(n) {
             *o = i as u8;
         }
-        if gso_enabled() {
+        let gso = state.gso_enabled();
+        if gso {
             for i in 1..n {
                 let mut j = i;
                 while j > 0 && self.items[order[j - 1] as usize].1 > self.items[order[j] as usize].1
@@ -253,7 +230,7 @@ impl<'a> SendBatch<'a> {
             // shorter; at most GSO_MAX_SEGMENTS and 64 KiB in all.
             let mut run = 1;
             let mut total = seg;
-            if gso_enabled() && seg > 0 && seg <= GSO_MAX_SEGMENT.load(Ordering::Relaxed) {
+            if gso && seg > 0 && seg <= state.gso_max_segment() {
                 while k + run < n && run < GSO_MAX_SEGMENTS {
                     let (d, t) = self.items[order[k + run] as usize];
                     if t != Some(to)
@@ -342,11 +319,11 @@ impl<'a> SendBatch<'a> {
                     let to = unsafe { dest[sent].assume_init() };
                     let too_big = matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE));
                     if too_big && seg > GSO_MIN_SEGMENT {
-                        refused_segment(seg, to);
+                        state.refused_segment(seg, to);
                     } else {
                         // No GSO here (old kernel, a device without
                         // checksum offload): off for good.
-                        GSO_OFF.store(true, Ordering::Relaxed);
+                        state.gso_off.store(true, Ordering::Relaxed);
                     }
                     // This run one datagram at a time.
                     for i in 0..h.msg_iovlen {
@@ -390,85 +367,73 @@ const GSO_MAX_BYTES: usize = 65_000;
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 
-static GSO_OFF: AtomicBool = AtomicBool::new(false);
-/// Largest segment sent with GSO: lowered when the kernel refuses a size
-/// (a segment must fit the route's MTU). Starts at what a 1500-byte
-/// Ethernet MTU carries over IPv6 (1500 − 40 − 8).
-static GSO_MAX_SEGMENT: AtomicUsize = AtomicUsize::new(1452);
 /// Below this, a refusal is not about the MTU (IPv4's minimum reassembly
 /// size): GSO goes off instead.
 const GSO_MIN_SEGMENT: usize = 548;
+/// The segment cap a socket starts with: what a 1500-byte Ethernet MTU
+/// carries over IPv6 (1500 − 40 − 8).
+pub const GSO_START_SEGMENT: usize = 1452;
 
-/// Whether runs still leave as GSO sends (a refusal other than the size
-/// switches it off for the process).
-pub fn gso_enabled() -> bool {
-    !GSO_OFF.load(Ordering::Relaxed)
+/// What one UDP socket has learnt about sending with GSO. Atomics
+/// (relaxed) so a socket shared between threads can share it; one owner
+/// pays two uncontended loads per batch.
+#[derive(Debug)]
+pub struct UdpSocketState {
+    gso_off: AtomicBool,
+    /// Largest segment sent with GSO: lowered when the kernel refuses a
+    /// size (a segment must fit the route's MTU).
+    max_segment: AtomicUsize,
 }
 
-/// The largest segment size GSO sends use now.
-pub fn gso_max_segment() -> usize {
-    GSO_MAX_SEGMENT.load(Ordering::Relaxed)
-}
+impl UdpSocketState {
+    /// A socket's state, GSO on or off from the start (`[server] udp_gso`).
+    pub fn new(gso: bool) -> Self {
+        UdpSocketState {
+            gso_off: AtomicBool::new(!gso),
+            max_segment: AtomicUsize::new(GSO_START_SEGMENT),
+        }
+    }
 
-/// The kernel refused a GSO run of `seg`-byte segments to `to` with
-/// EMSGSIZE (EINVAL on older kernels). It does not fragment GSO sends,
-/// so each segment plus its IP and UDP headers must fit the route's MTU.
-/// Ask the route what fits (one probe, on the rare refusal) and keep runs
-/// below it:
-/// - the route carries less than `seg`: the cap drops to what it carries
-///   (GSO goes off if that is under [`GSO_MIN_SEGMENT`]);
-/// - the route carries `seg`: the refusal was about something else, so GSO
-///   goes off;
-/// - no answer: the cap drops to `seg - 1`.
-fn refused_segment(seg: usize, to: SocketAddr) {
-    match route_payload(to) {
-        Some(fits) if fits >= seg || fits < GSO_MIN_SEGMENT => {
-            GSO_OFF.store(true, Ordering::Relaxed);
-        }
-        Some(fits) => {
-            GSO_MAX_SEGMENT.fetch_min(fits, Ordering::Relaxed);
-        }
-        None => {
-            GSO_MAX_SEGMENT.fetch_min(seg - 1, Ordering::Relaxed);
+    /// Whether runs still leave as GSO sends (a refusal other than the
+    /// size switches it off for this socket).
+    pub fn gso_enabled(&self) -> bool {
+        !self.gso_off.load(Ordering::Relaxed)
+    }
+
+    /// The largest segment size GSO sends of this socket use now.
+    pub fn gso_max_segment(&self) -> usize {
+        self.max_segment.load(Ordering::Relaxed)
+    }
+
+    /// The kernel refused a GSO run of `seg`-byte segments to `to` with
+    /// EMSGSIZE (EINVAL on older kernels). It does not fragment GSO sends,
+    /// so each segment plus its IP and UDP headers must fit the route's
+    /// MTU. Ask the route what fits (one probe, on the rare refusal) and
+    /// keep runs below it:
+    /// - the route carries less than `seg`: the cap drops to what it
+    ///   carries (GSO goes off if that is under [`GSO_MIN_SEGMENT`]);
+    /// - the route carries `seg`: the refusal was about something else, so
+    ///   GSO goes off;
+    /// - no answer: the cap drops to `seg - 1`.
+    fn refused_segment(&self, seg: usize, to: SocketAddr) {
+        match crate::sockopt::route_payload(to) {
+            Some(fits) if fits >= seg || fits < GSO_MIN_SEGMENT => {
+                self.gso_off.store(true, Ordering::Relaxed);
+            }
+            Some(fits) => {
+                self.max_segment.fetch_min(fits, Ordering::Relaxed);
+            }
+            None => {
+                self.max_segment.fetch_min(seg - 1, Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// The largest UDP payload one unfragmented packet to `to` carries: the
-/// route's MTU (`IP_MTU` / `IPV6_MTU` of a socket connected to `to`) less
-/// the IP and UDP headers.
-fn route_payload(to: SocketAddr) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let any: SocketAddr = match to {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let probe = std::net::UdpSocket::bind(any).ok()?;
-    probe.connect(to).ok()?;
-    let (level, opt, headers) = match to {
-        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU, 20 + 8),
-        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU, 40 + 8),
-    };
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an open socket, an int-sized out value and its length.
-    let r = unsafe {
-        libc::getsockopt(
-            probe.as_raw_fd(),
-            level,
-            opt,
-            (&mut mtu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0)
-        .then(|| (mtu as usize).checked_sub(headers))
-        .flatten()
-}
-
-/// Switch GSO on or off for this process (`[server] udp_gso`).
-pub fn set_gso(on: bool) {
-    GSO_OFF.store(!on, Ordering::Relaxed);
+impl Default for UdpSocketState {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 /// Write a `UDP_SEGMENT` control message (segment size `seg`) into `buf`
@@ -542,9 +507,10 @@ mod tests {
                 ib += 1;
             }
         }
-        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        let state = UdpSocketState::new(true);
+        assert_eq!(batch.flush(tx.as_raw_fd(), &state), 0);
         // The runs went out as GSO sends (a refusal would switch it off).
-        assert!(gso_enabled(), "the kernel refused UDP_SEGMENT");
+        assert!(state.gso_enabled(), "the kernel refused UDP_SEGMENT");
         assert_eq!(recv_all(&a, data_a.len()), data_a);
         assert_eq!(recv_all(&b, data_b.len()), data_b);
     }
@@ -561,7 +527,7 @@ mod tests {
         for d in &data {
             batch.push(d, ta);
         }
-        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        assert_eq!(batch.flush(tx.as_raw_fd(), &UdpSocketState::new(true)), 0);
         let mut buf = [0u8; 4096];
         a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();

@@ -89,14 +89,14 @@ pub(crate) fn check_header(buf: &[u8]) -> Result<usize, ParseError> {
     if buf.len() < HEADER_LEN {
         return Err(ParseError::TooShort);
     }
-    if buf[0] & 0xc0 != 0 {
+    if super::classify(buf[0]) != Some(super::FrameKind::Stun) {
         return Err(ParseError::NotStun);
     }
     if u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) != MAGIC_COOKIE {
         return Err(ParseError::BadCookie);
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]);
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         return Err(ParseError::UnalignedLength(len));
     }
     Ok(usize::from(len))

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// What a deadline is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Due {
+pub(super) enum Due {
     /// Allocation in slot `slot`, if still at `generation`.
     Allocation { slot: u32, generation: u32 },
     /// An EVEN-PORT reservation token.
@@ -18,31 +18,31 @@ pub enum Due {
 }
 
 #[derive(Debug, Default)]
-pub struct Timers {
+pub(super) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, Due)>>,
 }
 
 impl Timers {
-    pub fn push(&mut self, at: Instant, due: Due) {
+    pub(super) fn push(&mut self, at: Instant, due: Due) {
         self.heap.push(Reverse((at, due)));
     }
 
     /// The earliest deadline, stale entries included (waking early for a
     /// stale entry is harmless: it is skipped).
     #[inline]
-    pub fn next(&self) -> Option<Instant> {
+    pub(super) fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Pop the earliest entry if it is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Due)> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, Due)> {
         match self.heap.peek() {
             Some(Reverse((t, _))) if *t <= now => self.heap.pop().map(|Reverse(x)| x),
             _ => None,
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.heap.len()
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::config::Transport;
+use crate::core::Transport;
 use crate::wire::Method;
 
 /// A counter written by one thread and read by any.

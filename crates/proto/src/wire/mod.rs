@@ -28,7 +28,7 @@ mod message;
 pub use attr::{AttrError, ErrorCode, RawAttr};
 pub use builder::{MessageBuilder, data_indication_in_place};
 pub use channel_data::{ChannelData, ChannelDataError, is_rfc8656_channel, is_valid_channel};
-pub use framing::{Frame, FrameError, FrameKind, MAX_FRAME, frame_len};
+pub use framing::{Frame, FrameError, FrameKind, MAX_FRAME, classify, classify_bytes, frame_len};
 pub use integrity::{IntegrityKey, PasswordAlgorithm, fingerprint_of, long_term_key, userhash};
 pub use message::{IntegrityError, Message, ParseError, UnknownAttributes};
 

@@ -15,6 +15,26 @@ pub enum FrameKind {
     ChannelData,
 }
 
+/// The one classifier of the first two bits (RFC 8656 §12, RFC 7983):
+/// `00` is STUN, `01` is ChannelData (channel numbers 0x4000-0x7FFF),
+/// anything else is neither. Every demultiplexing decision in turnpike
+/// (server, stream framing, ICE agent, TURN client, load generator) asks
+/// this function.
+#[inline]
+pub const fn classify(first: u8) -> Option<FrameKind> {
+    match first >> 6 {
+        0b00 => Some(FrameKind::Stun),
+        0b01 => Some(FrameKind::ChannelData),
+        _ => None,
+    }
+}
+
+/// [`classify`] of the first byte of `bytes` (`None` when empty too).
+#[inline]
+pub fn classify_bytes(bytes: &[u8]) -> Option<FrameKind> {
+    classify(*bytes.first()?)
+}
+
 /// A complete frame at the front of the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -47,10 +67,8 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    let kind = match first >> 6 {
-        0b00 => FrameKind::Stun,
-        0b01 => FrameKind::ChannelData,
-        _ => return Err(FrameError::UnknownFraming(first)),
+    let Some(kind) = classify(first) else {
+        return Err(FrameError::UnknownFraming(first));
     };
     if buf.len() < 4 {
         return Ok(None);
@@ -58,7 +76,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     let n = u16::from_be_bytes([buf[2], buf[3]]);
     let (len, message_len) = match kind {
         FrameKind::Stun => {
-            if n % 4 != 0 {
+            if !n.is_multiple_of(4) {
                 return Err(FrameError::UnalignedLength(n));
             }
             if buf.len() >= 8

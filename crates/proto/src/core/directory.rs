@@ -35,8 +35,8 @@ use arc_swap::Guard;
 use smallvec::SmallVec;
 
 use super::FiveTuple;
+use super::PortRange;
 use super::allocation::{self, Channel, INLINE, Permission, Traffic};
-use crate::config::PortRange;
 
 /// A published snapshot of one allocation.
 #[derive(Debug)]

@@ -11,14 +11,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::allocation::KeyBytes;
-use crate::config::{self, UserCredential};
 use crate::wire::{IntegrityKey, Message, PasswordAlgorithm, long_term_key, userhash};
 
 /// RFC 8489 §9.2: the nonce cookie announcing the security features.
@@ -32,6 +30,14 @@ pub const OFFERED_ALGORITHMS: [u16; 2] = [0x0002, 0x0001];
 const NONCE_TAG: usize = 12;
 /// Largest key cache before it is cleared (bounds memory under churn).
 const KEY_CACHE_MAX: usize = 16_384;
+
+/// How a static user is configured: a password, or only the MD5 long-term
+/// key (RFC 8489 §9.2.2, `MD5(username ":" realm ":" password)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StaticCredential {
+    Password(String),
+    Md5Key([u8; 16]),
+}
 
 /// A static user's keys.
 #[derive(Clone, Debug)]
@@ -57,19 +63,19 @@ impl Credentials {
     pub fn new(
         realm: &str,
         secrets: Vec<String>,
-        users: &std::collections::BTreeMap<String, UserCredential>,
+        users: &std::collections::BTreeMap<String, StaticCredential>,
         nonce_lifetime: u64,
     ) -> Self {
         let mut map = HashMap::new();
         let mut hashes = HashMap::new();
         for (name, cred) in users {
             let u = match cred {
-                UserCredential::Password(p) => StaticUser {
+                StaticCredential::Password(p) => StaticUser {
                     md5: long_term_key(PasswordAlgorithm::Md5, name, realm, p),
                     sha256: Some(long_term_key(PasswordAlgorithm::Sha256, name, realm, p)),
                 },
-                UserCredential::Key { key } => StaticUser {
-                    md5: IntegrityKey::new(&config::parse_hex_key(key).unwrap_or_default()),
+                StaticCredential::Md5Key(key) => StaticUser {
+                    md5: IntegrityKey::new(key),
                     sha256: None,
                 },
             };
@@ -98,21 +104,7 @@ impl Credentials {
     }
 }
 
-/// TURN REST password for a username: base64(HMAC-SHA1(secret, username)).
-pub fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// A TURN REST username `<unix-expiry>:<user>` split into its parts.
-pub fn parse_rest_username(username: &str) -> Option<(u64, &str)> {
-    let (ts, user) = username.split_once(':')?;
-    if ts.is_empty() || ts.len() > 20 || !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((ts.parse().ok()?, user))
-}
+pub use crate::rest::{parse_rest_username, rest_password};
 
 /// Why a request did not authenticate; each maps to one response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +403,8 @@ fn password_algorithm(msg: &Message<'_>) -> Result<PasswordAlgorithm, AuthFailur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use sha1::Sha1;
 
     #[test]
     fn rest_password_matches_coturn_formula() {

@@ -13,7 +13,7 @@
 //! pair states and foundations-based unfreezing (every pair is checked),
 //! multiple components, TCP candidates, and keepalives after the test.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::candidate::{self, Candidate, Description, Kind, PathKind};
 use super::turn::{TurnClient, TurnEvent, TurnFailure, TurnState, TurnTiming};
 use crate::client::Credentials;
-use crate::config::Transport;
+use crate::core::Transport;
 use crate::wire::{
     Class, IntegrityKey, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
@@ -222,7 +222,7 @@ pub struct Agent {
     remotes: Vec<Candidate>,
     pairs: Vec<Pair>,
     turns: Vec<Turn>,
-    txns: HashMap<TransactionId, Txn>,
+    txns: BTreeMap<TransactionId, Txn>,
     triggered: VecDeque<usize>,
     next_check: Instant,
     phase: Phase,
@@ -262,7 +262,7 @@ impl Agent {
             remotes: Vec::new(),
             pairs: Vec::new(),
             turns: Vec::new(),
-            txns: HashMap::new(),
+            txns: BTreeMap::new(),
             triggered: VecDeque::new(),
             next_check: now,
             phase: Phase::Gathering,
@@ -685,7 +685,7 @@ impl Agent {
                 self.send_from_socket(now, socket, from, pong);
             }
             Some(&PONG) => self.on_pong(now, data),
-            Some(b) if b >> 6 == 0 => {
+            Some(&b) if crate::wire::classify(b) == Some(crate::wire::FrameKind::Stun) => {
                 let Ok(msg) = Message::parse(data) else {
                     return;
                 };

@@ -5,7 +5,7 @@
 //! Data indications and ChannelData unwrapped. Requests are retransmitted
 //! with RTO backoff over UDP (RFC 8489 §6.2.1) and sent once over TCP/TLS.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use crate::config::Transport;
+use crate::core::Transport;
 use crate::wire::{ChannelData, Class, Message, Method, TransactionId};
 
 /// Why an allocation failed; shown to the operator.
@@ -139,10 +139,10 @@ pub struct TurnClient {
     session: Option<Session>,
     lifetime: Duration,
     refresh_at: Option<Instant>,
-    txns: HashMap<TransactionId, Txn>,
-    perms: HashMap<IpAddr, Perm>,
-    chans: HashMap<SocketAddr, Chan>,
-    queued: HashMap<IpAddr, Vec<(SocketAddr, Vec<u8>)>>,
+    txns: BTreeMap<TransactionId, Txn>,
+    perms: BTreeMap<IpAddr, Perm>,
+    chans: BTreeMap<SocketAddr, Chan>,
+    queued: BTreeMap<IpAddr, Vec<(SocketAddr, Vec<u8>)>>,
     next_channel: u16,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<TurnEvent>,
@@ -168,10 +168,10 @@ impl TurnClient {
             session: None,
             lifetime: Duration::from_secs(600),
             refresh_at: None,
-            txns: HashMap::new(),
-            perms: HashMap::new(),
-            chans: HashMap::new(),
-            queued: HashMap::new(),
+            txns: BTreeMap::new(),
+            perms: BTreeMap::new(),
+            chans: BTreeMap::new(),
+            queued: BTreeMap::new(),
             next_channel: 0x4000,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -261,8 +261,8 @@ impl TurnClient {
     /// server. Returns a peer's data if it was a Data indication or
     /// ChannelData.
     pub fn handle_from_server(&mut self, now: Instant, data: &[u8]) -> Option<PeerData> {
-        match data.first()? >> 6 {
-            1 => {
+        match crate::wire::classify_bytes(data)? {
+            crate::wire::FrameKind::ChannelData => {
                 let cd = ChannelData::parse(data).ok()?;
                 let peer = self
                     .chans
@@ -274,8 +274,7 @@ impl TurnClient {
                     data: cd.data.to_vec(),
                 });
             }
-            0 => {}
-            _ => return None,
+            crate::wire::FrameKind::Stun => {}
         }
         let msg = Message::parse(data).ok()?;
         if msg.class() == Class::Indication && msg.method() == Method::DATA {

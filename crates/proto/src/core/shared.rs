@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use crate::config::PortRange;
+use super::PortRange;
 
 /// A set of relay ports, one bit each, claimed with atomic bit operations
 /// so shards never collide on a port.
@@ -88,7 +88,7 @@ impl PortPool {
         let start = rng.random_range(0..len);
         for k in 0..len {
             let port = self.range.low + ((start + k) % len) as u16;
-            if (even || pair) && port % 2 != 0 {
+            if (even || pair) && !port.is_multiple_of(2) {
                 continue;
             }
             if pair {
@@ -270,6 +270,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "any instant will do as the test's starting point"
+    )]
     fn an_expired_reservation_is_released_once_by_its_timer() {
         let s = Shared::new(PortRange {
             low: 50000,

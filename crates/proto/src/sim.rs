@@ -3,16 +3,16 @@
 //! TURN exchanges. Benchmarks, allocation-count tests and the ICE checker's
 //! simulations use it to run the real core with no sockets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use crate::config::{Config, Transport};
 use crate::core::{
     ClientOutput, CoreConfig, Counters, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerOutput,
-    RelayId, RelayIo, Server, Setup, Shared,
+    PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo, Server, Setup, Shared, StaticCredential,
+    Transport,
 };
 use crate::wire::{Class, Message, TransactionId};
 
@@ -20,7 +20,7 @@ use crate::wire::{Class, Message, TransactionId};
 #[derive(Debug, Default)]
 pub struct MemIo {
     /// Relay sockets "bound", by relay id.
-    pub bound: HashMap<RelayId, SocketAddr>,
+    pub bound: BTreeMap<RelayId, SocketAddr>,
     /// Ports that fail to bind (held by "another process").
     pub busy: HashSet<u16>,
     pub closed: Vec<RelayId>,
@@ -80,24 +80,24 @@ pub struct SimServer {
 }
 
 impl SimServer {
-    /// A core for `cfg` (validated), seeded deterministically.
-    pub fn new(cfg: &Config, seed: u64) -> Self {
-        Self::shard(cfg, seed, Arc::new(Shared::new(cfg.relay.ports)), 0)
+    /// A core for `cfg`, seeded deterministically.
+    pub fn new(cfg: &SimConfig, seed: u64) -> Self {
+        Self::shard(cfg, seed, Arc::new(Shared::new(cfg.ports)), 0)
     }
 
     /// Another shard of the same server: a core with its own counters and
     /// relays, sharing `shared` (ports, quotas, relay directory) with the
     /// others. Give each shard its own number; set their `now` equal.
-    pub fn shard(cfg: &Config, seed: u64, shared: Arc<Shared>, shard: u16) -> Self {
+    pub fn shard(cfg: &SimConfig, seed: u64, shared: Arc<Shared>, shard: u16) -> Self {
         let counters = Arc::new(Counters::default());
         let creds = crate::core::Credentials::new(
-            &cfg.server.realm,
-            cfg.auth.secrets.clone(),
-            &cfg.auth.users,
-            cfg.auth.nonce_lifetime.0.as_secs(),
+            &cfg.core.realm,
+            cfg.secrets.clone(),
+            &cfg.users,
+            cfg.nonce_lifetime.as_secs(),
         );
         let server = Server::new(Setup {
-            cfg: Arc::new(CoreConfig::from_config(cfg)),
+            cfg: Arc::new(cfg.core.clone()),
             creds: Arc::new(creds),
             shared: shared.clone(),
             counters: counters.clone(),
@@ -108,7 +108,7 @@ impl SimServer {
         SimServer {
             server,
             io: MemIo::default(),
-            now: Now::new(Instant::now(), 1_800_000_000),
+            now: Now::new(start_instant(), 1_800_000_000),
             counters,
             shared,
             seq: 0,
@@ -241,30 +241,63 @@ pub fn udp(client: SocketAddr, server: SocketAddr) -> FiveTuple {
     }
 }
 
+/// The instant a simulation's clock starts at. Any instant will do: the
+/// simulation only ever adds to it, and never reads the clock again.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "an arbitrary starting point for the manual clock, read once"
+)]
+fn start_instant() -> Instant {
+    Instant::now()
+}
+
+/// What a simulated server runs with: the core's configuration, its
+/// credentials and its relay port range.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub core: CoreConfig,
+    pub secrets: Vec<String>,
+    pub users: std::collections::BTreeMap<String, StaticCredential>,
+    pub ports: PortRange,
+    pub nonce_lifetime: Duration,
+}
+
 /// A config for simulations: relay on `relay_ip` with a wide port range,
-/// one REST secret and one static user, quotas out of the way, and the
-/// peer policy opened for `allow`.
-pub fn sim_config(relay_ip: &str, secret: &str, allow: &[&str]) -> Config {
-    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-    let text = format!(
-        r#"
-[server]
-realm = "sim"
-[[listen]]
-transport = "udp"
-addr = "0.0.0.0:3478"
-[relay]
-bind_ip = "{relay_ip}"
-ports = "10000-60000"
-[auth]
-secrets = ["{secret}"]
-users = {{ sim = "sim" }}
-[policy]
-allow_peers = [{}]
-max_allocations = 1000000
-max_allocations_per_user = 1000000
-"#,
-        allow.join(", ")
-    );
-    Config::parse(&text, "<sim>").expect("simulation config is valid")
+/// one REST secret and one static user (`sim`/`sim`), quotas out of the
+/// way, the peer policy opened for `allow`, everything else as the
+/// server's defaults.
+pub fn sim_config(relay_ip: &str, secret: &str, allow: &[&str]) -> SimConfig {
+    let bind: std::net::IpAddr = relay_ip.parse().expect("a relay IP");
+    let allow: Vec<String> = allow.iter().map(|a| a.to_string()).collect();
+    SimConfig {
+        core: CoreConfig {
+            realm: "sim".into(),
+            software: Some(concat!("turnpike ", env!("CARGO_PKG_VERSION")).into()),
+            relay4: Some(RelayFamily {
+                bind,
+                advertised: bind,
+                follow_local: bind.is_unspecified(),
+            }),
+            relay6: None,
+            max_lifetime: Duration::from_secs(3600),
+            policy: PeerPolicy::new(&allow, &[]).expect("valid CIDRs"),
+            max_allocations: 1_000_000,
+            max_allocations_per_user: 1_000_000,
+            max_permissions: 64,
+            max_channels: 64,
+            max_bytes_per_sec: 0,
+            strict_channel_numbers: false,
+            draining: false,
+            alternate_servers: Vec::new(),
+            redact_client_ips: false,
+            publish_relays: true,
+        },
+        secrets: vec![secret.to_string()],
+        users: [("sim".to_string(), StaticCredential::Password("sim".into()))].into(),
+        ports: PortRange {
+            low: 10000,
+            high: 60000,
+        },
+        nonce_lifetime: Duration::from_secs(3600),
+    }
 }

@@ -29,6 +29,7 @@ pub mod shared;
 mod slots;
 mod timers;
 mod turn;
+mod types;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -39,15 +40,15 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 pub use allocation::{Allocation, Traffic};
-pub use auth::{Authenticator, Credentials};
+pub use auth::{Authenticator, Credentials, StaticCredential};
 pub use binding::canonical;
 pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
 pub use policy::PeerPolicy;
 pub use shared::Shared;
+pub use types::{PortRange, Transport};
 
-use crate::config::{Config, Transport};
 use crate::wire::{
-    CHANNEL_DATA_HEADER_LEN, Class, IntegrityKey, Message, MessageBuilder, Method, attr,
+    CHANNEL_DATA_HEADER_LEN, Class, FrameKind, IntegrityKey, Message, MessageBuilder, Method, attr,
 };
 use timers::{Due, Timers};
 
@@ -229,38 +230,6 @@ pub struct CoreConfig {
     pub publish_relays: bool,
 }
 
-impl CoreConfig {
-    /// From a validated config.
-    pub fn from_config(c: &Config) -> Self {
-        let fam = |bind: Option<IpAddr>, public: Option<IpAddr>| {
-            bind.map(|b| RelayFamily {
-                bind: b,
-                advertised: public.unwrap_or(b),
-                follow_local: public.is_none() && b.is_unspecified(),
-            })
-        };
-        CoreConfig {
-            realm: c.server.realm.clone(),
-            software: (!c.server.software.is_empty()).then(|| c.server.software.clone()),
-            relay4: fam(c.relay.bind_ip, c.relay.public_ip),
-            relay6: fam(c.relay.bind_ip6, c.relay.public_ip6),
-            max_lifetime: c.policy.max_lifetime.0,
-            policy: PeerPolicy::new(&c.policy.allow_peers, &c.policy.deny_peers)
-                .expect("validated peer lists"),
-            max_allocations: c.policy.max_allocations,
-            max_allocations_per_user: c.policy.max_allocations_per_user,
-            max_permissions: c.policy.max_permissions,
-            max_channels: c.policy.max_channels,
-            max_bytes_per_sec: c.policy.max_bitrate / 8,
-            strict_channel_numbers: c.policy.strict_channel_numbers,
-            draining: false,
-            alternate_servers: Vec::new(),
-            redact_client_ips: c.log.redact_client_ips,
-            publish_relays: true,
-        }
-    }
-}
-
 /// Allocation start and end, for logs and the admin API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -428,10 +397,10 @@ impl Server {
         out: &mut Vec<u8>,
         io: &mut I,
     ) -> ClientOutput<'a> {
-        match data.first().map(|b| b >> 6) {
-            Some(0) => {}
-            Some(1) => return self.client_channel_data(now.mono, ft, data),
-            _ => {
+        match crate::wire::classify_bytes(data) {
+            Some(FrameKind::Stun) => {}
+            Some(FrameKind::ChannelData) => return self.client_channel_data(now.mono, ft, data),
+            None => {
                 self.counters.dropped(DropReason::Malformed);
                 return ClientOutput::None;
             }

@@ -1,0 +1,63 @@
+//! A global allocator that counts allocations per thread, for tests that
+//! prove a path allocates nothing: install [`CountingAlloc`] with
+//! `#[global_allocator]` and wrap the code under test in [`allocations`].
+//! The counter is per thread, so tests running in parallel on other
+//! threads do not disturb each other.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn bump() {
+    // `try_with`: the allocator may run while this thread's locals are
+    // being torn down.
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+/// The system allocator, counting every `alloc`, `alloc_zeroed` and
+/// `realloc` of the calling thread.
+pub struct CountingAlloc;
+
+/// Allocations this thread made so far (with [`CountingAlloc`] installed).
+pub fn thread_allocations() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+/// Run `f` and return how many allocations it made on this thread.
+pub fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
+    let before = thread_allocations();
+    let r = f();
+    (thread_allocations() - before, r)
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's
+// arguments unchanged, so the system allocator's guarantees hold; the
+// counter is a const-initialised thread-local `Cell`, which never
+// allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: forwarded as is (see the impl).
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: forwarded as is.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump();
+        // SAFETY: forwarded as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
