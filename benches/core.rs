@@ -105,12 +105,12 @@ fn bench(c: &mut Criterion) {
         });
         let mut buf = vec![0u8; PEER_HEADROOM + 100 + PEER_TAILROOM];
         let mut j = 0usize;
-        let mono = s.sim.now.mono;
+        let now = s.sim.now;
         g.bench_function(format!("peer_datagram_in/{label}"), |b| {
             b.iter(|| {
                 let (relay, peer, _) = s.relays[j % busy];
                 j = j.wrapping_add(7919);
-                let r = s.sim.server.handle_peer(mono, relay, peer, &mut buf, 100);
+                let r = s.sim.server.handle_peer(now, relay, peer, &mut buf, 100);
                 assert!(matches!(r, PeerOutput::ToClient { .. }));
                 black_box(r);
             })
@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
                 let r = s
                     .sim
                     .server
-                    .handle_peer_published(mono, &view, peer, &mut buf, 100);
+                    .handle_peer_published(now, &view, peer, &mut buf, 100);
                 assert!(r.is_some());
                 black_box(r);
             })

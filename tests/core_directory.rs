@@ -72,7 +72,7 @@ fn direct(
     buf[PEER_HEADROOM..][..payload.len()].copy_from_slice(payload);
     let (ft, range) =
         x.server
-            .handle_peer_published(x.now.mono, &view, from, &mut buf, payload.len())?;
+            .handle_peer_published(x.now, &view, from, &mut buf, payload.len())?;
     Some((ft, buf[range].to_vec()))
 }
 
@@ -226,12 +226,12 @@ fn deletion_withdraws_and_the_traffic_is_kept() {
     // 5-byte datagram that got it published).
     p.y.peer_datagram(relay_of(&p.y, p.rb), p.ra, b"123")
         .unwrap();
-    let s = p.y.server.sessions(p.y.now.mono);
+    let s = p.y.server.sessions(p.y.now);
     assert_eq!((s[0].traffic.packets_in, s[0].traffic.bytes_in), (5, 23));
     // A ChannelBind republishes: the counts carry over.
     p.y.channel_bind(&p.fb, &p.sb, 0x4000, p.ra).unwrap();
     direct(&mut p.x, p.ra, p.rb, b"1").unwrap();
-    let s = p.y.server.sessions(p.y.now.mono);
+    let s = p.y.server.sessions(p.y.now);
     assert_eq!(s[0].traffic.packets_in, 6);
     // Refresh 0 deletes: withdrawn, and the end event has every packet.
     let mut req = Vec::new();

@@ -138,7 +138,9 @@ impl H {
         {
             ClientOutput::Reply => Some(out),
             ClientOutput::None => None,
-            ClientOutput::ToPeer { .. } => panic!("unexpected relay output"),
+            ClientOutput::ToPeer { .. } | ClientOutput::ToClient { .. } => {
+                panic!("unexpected relay output")
+            }
         }
     }
 
@@ -152,6 +154,7 @@ impl H {
             ClientOutput::ToPeer { relay, peer, data } => Some((relay, peer, data.to_vec())),
             ClientOutput::None => None,
             ClientOutput::Reply => panic!("unexpected reply"),
+            ClientOutput::ToClient { .. } => panic!("unexpected relay-to-relay output"),
         }
     }
 
@@ -166,7 +169,7 @@ impl H {
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
         match self
             .server
-            .handle_peer(self.now.mono, relay, addr(peer), &mut buf, payload.len())
+            .handle_peer(self.now, relay, addr(peer), &mut buf, payload.len())
         {
             PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
             PeerOutput::None => None,
@@ -830,7 +833,7 @@ fn tcp_allocation_goes_with_its_connection() {
     let ft = tcp("198.51.100.7:40000");
     let (_, _, relay) = h.allocate(&ft, alice(), Default::default());
     assert_eq!(h.counters.active(Transport::Tcp, false).get(), 1);
-    h.server.connection_closed(h.now.mono, &ft, &mut h.io);
+    h.server.connection_closed(h.now, &ft, &mut h.io);
     assert_eq!(h.io.closed, [relay]);
     assert_eq!(h.counters.ended_count(EndReason::ConnectionClosed), 1);
     assert_eq!(h.counters.active_total(), 0);
@@ -1644,13 +1647,13 @@ fn sessions_and_admin_delete() {
     let ft = udp("198.51.100.7:40000");
     let (s, _, relay) = h.allocate(&ft, alice(), Default::default());
     assert_eq!(h.channel_bind(&ft, &s, 0x4000, "198.51.100.1:1"), 200);
-    let list = h.server.sessions(h.now.mono);
+    let list = h.server.sessions(h.now);
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].username, "alice");
     assert_eq!(list[0].channels, [(0x4000, addr("198.51.100.1:1"))]);
     assert_eq!(list[0].permissions.len(), 1);
-    assert!(h.server.delete_session(list[0].id, h.now.mono, &mut h.io));
-    assert!(!h.server.delete_session(list[0].id, h.now.mono, &mut h.io));
+    assert!(h.server.delete_session(list[0].id, h.now, &mut h.io));
+    assert!(!h.server.delete_session(list[0].id, h.now, &mut h.io));
     assert_eq!(h.io.closed, [relay]);
     assert_eq!(h.counters.ended_count(EndReason::Admin), 1);
     assert_eq!(h.counters.channels_active.get(), 0);

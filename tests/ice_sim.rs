@@ -389,6 +389,10 @@ impl Net {
                     tcp: None,
                 });
             }
+            ClientOutput::ToClient { ft, range } => {
+                let data = out[range].to_vec();
+                self.server_send(ft, data);
+            }
             ClientOutput::None => {}
         }
     }
@@ -396,11 +400,13 @@ impl Net {
     fn relay_input(&mut self, relay: RelayId, from: SocketAddr, data: &[u8]) {
         let mut buf = vec![0u8; PEER_HEADROOM + data.len() + PEER_TAILROOM];
         buf[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
-        let out = match self
-            .server
-            .server
-            .handle_peer(self.now, relay, from, &mut buf, data.len())
-        {
+        let out = match self.server.server.handle_peer(
+            turnpike_proto::core::Now::new(self.now, self.server.now.unix),
+            relay,
+            from,
+            &mut buf,
+            data.len(),
+        ) {
             PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
             PeerOutput::None => None,
         };

@@ -8,6 +8,7 @@
 //! path.
 
 mod control;
+mod deliver;
 mod poller;
 mod relay;
 mod setup;

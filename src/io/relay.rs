@@ -25,8 +25,6 @@ pub(crate) struct RelaySocket {
     pub sock: std::net::UdpSocket,
     /// What this socket learnt about GSO sends.
     pub gso: UdpSocketState,
-    /// What peers are told (XOR-RELAYED-ADDRESS), once the core says.
-    pub advertised: Option<SocketAddr>,
 }
 
 /// Relay ports bound ahead for reservations (EVEN-PORT with the R bit),
@@ -73,24 +71,13 @@ impl RelayIo for ShellIo<'_> {
         relays[i] = Some(RelaySocket {
             sock: std_sock,
             gso: UdpSocketState::new(self.shard.gso),
-            advertised: None,
         });
         Ok(())
     }
 
     fn close(&mut self, relay: RelayId) {
         if let Some(slot) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
-            if let Some(a) = slot.as_ref().and_then(|r| r.advertised) {
-                self.shard.local.borrow_mut().remove(&a);
-            }
             *slot = None;
-        }
-    }
-
-    fn relayed(&mut self, relay: RelayId, advertised: SocketAddr) {
-        if let Some(Some(r)) = self.shard.relays.borrow_mut().get_mut(relay.0 as usize) {
-            r.advertised = Some(advertised);
-            self.shard.local.borrow_mut().insert(advertised, relay);
         }
     }
 
@@ -173,7 +160,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
             Err(_) => return false,
         }
         let full = rx.count() == BATCH;
-        let now = crate::clock::now().mono;
+        let now = crate::clock::now();
         let udp = shard.udp.borrow();
         // One batch per listener socket (the first few; more are sent one
         // by one), on the stack: no allocation per batch.

@@ -67,32 +67,8 @@ pub(crate) struct Shard {
     pub held: Arc<HeldPorts>,
     /// The epoll set of this shard's relay sockets.
     pub poller: super::poller::Poller,
-    /// This shard's relays by the address peers know them at: data from one
-    /// of our relays to another of ours skips the kernel (see
-    /// [`Shard::send_to_peer`]).
-    pub local:
-        RefCell<HashMap<SocketAddr, turnpike_proto::core::RelayId, foldhash::fast::RandomState>>,
-    /// Scratch buffer (with headroom) for such local deliveries.
-    pub scratch: RefCell<Vec<u8>>,
-    /// The shards' shared state: the relay directory is read here.
-    pub shared: Arc<turnpike_proto::core::Shared>,
-    /// Output buffer for direct deliveries outside a batch.
-    pub direct: RefCell<Vec<u8>>,
     /// Whether relay sockets start with GSO on (`[server] udp_gso`).
     pub gso: bool,
-}
-
-/// What [`Shard::direct_route`] did.
-pub(crate) enum Direct {
-    /// `peer` is not a published relay of another shard: use the kernel.
-    NotPublished,
-    /// The core dropped it (no permission, ...): counted there.
-    Dropped,
-    /// The message for the client of `ft` is at `range` in the buffer.
-    Framed {
-        ft: FiveTuple,
-        range: std::ops::Range<usize>,
-    },
 }
 
 impl Shard {
@@ -117,145 +93,14 @@ impl Shard {
 
     /// Send from an allocation's relay socket to a peer (a plain
     /// non-blocking send: the kernel takes it or the datagram is dropped).
-    /// When the peer is another relay of this shard — two clients of this
-    /// server talking relay to relay, the usual case for WebRTC through
-    /// one TURN server — the datagram is handed to it directly, as if it
-    /// had arrived on its socket from this relay's address: permission,
-    /// bandwidth and counters apply exactly as for one through the kernel,
-    /// minus a send, a receive and a wake-up. When the peer is a published
-    /// relay of another shard, see [`Shard::direct_route`].
-    pub(super) fn send_to_peer(
+    /// False when it was not sent (counted by the caller).
+    pub(super) fn send_from_relay(
         &self,
         relay: turnpike_proto::core::RelayId,
         peer: SocketAddr,
         data: &[u8],
     ) -> bool {
-        let advertised = match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.advertised,
-            _ => return false,
-        };
-        if let (Some(from), Some(&to)) = (advertised, self.local.borrow().get(&peer)) {
-            return self.deliver_local(to, from, data);
-        }
-        // The lookup first: a clock read only for relay-to-relay data.
-        if self.shared.directory.get(peer).is_some() {
-            let now = crate::clock::now().mono;
-            let mut out = self.direct.borrow_mut();
-            out.clear();
-            let mut core = self.core.borrow_mut();
-            match self.direct_route(&mut core, now, relay, peer, data, &mut out) {
-                Direct::Framed { ft, range } => return self.send_to_client(&ft, &out[range]),
-                Direct::Dropped => return true,
-                Direct::NotPublished => {} // through the kernel, below
-            }
-        }
         matches!(self.relays.borrow().get(relay.0 as usize), Some(Some(r)) if r.sock.send_to(data, peer).is_ok())
-    }
-
-    /// When `peer` is another shard's relay whose client is on UDP
-    /// (published in the relay directory, see [`turnpike_proto::core::directory`]):
-    /// frame `data`, sent by our `relay`, for that client, appended to
-    /// `out`. The caller sends it from our own socket of the client's
-    /// listener: same five-tuple for the client, no trip through the
-    /// kernel to the other shard's relay socket and no wake-up of it.
-    pub(super) fn direct_route(
-        &self,
-        core: &mut Server,
-        now: std::time::Instant,
-        relay: turnpike_proto::core::RelayId,
-        peer: SocketAddr,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Direct {
-        if !core.config().publish_relays {
-            // One shard: nothing is published, skip the lookup.
-            return Direct::NotPublished;
-        }
-        let Some(view) = self.shared.directory.get(peer) else {
-            return Direct::NotPublished;
-        };
-        let from = match self.relays.borrow().get(relay.0 as usize) {
-            Some(Some(r)) => r.advertised,
-            _ => None,
-        };
-        let Some(from) = from else {
-            return Direct::NotPublished;
-        };
-        let len = data.len();
-        let base = out.len();
-        out.resize(base + PEER_HEADROOM + len + PEER_TAILROOM, 0);
-        out[base + PEER_HEADROOM..][..len].copy_from_slice(data);
-        self.counters.relayed_cross_shard.inc();
-        match core.handle_peer_published(now, &view, from, &mut out[base..], len) {
-            Some((ft, r)) => Direct::Framed {
-                ft,
-                range: base + r.start..base + r.end,
-            },
-            None => {
-                out.truncate(base);
-                Direct::Dropped
-            }
-        }
-    }
-
-    /// A datagram from `from` (one of our relays) for our relay `to`.
-    fn deliver_local(
-        &self,
-        to: turnpike_proto::core::RelayId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        let now = crate::clock::now().mono;
-        self.deliver_local_with(&mut self.core.borrow_mut(), now, to, from, data)
-    }
-
-    /// [`Shard::deliver_local`] with the core already borrowed.
-    pub(super) fn deliver_local_with(
-        &self,
-        core: &mut Server,
-        now: std::time::Instant,
-        to: turnpike_proto::core::RelayId,
-        from: SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        self.counters.relayed_local.inc();
-        let mut scratch = self.scratch.borrow_mut();
-        let len = data.len();
-        if len > turnpike_sys::batch::MAX_DATAGRAM {
-            return false;
-        }
-        scratch[PEER_HEADROOM..PEER_HEADROOM + len].copy_from_slice(data);
-        let out = core.handle_peer(
-            now,
-            to,
-            from,
-            &mut scratch[..PEER_HEADROOM + len + PEER_TAILROOM],
-            len,
-        );
-        match out {
-            turnpike_proto::core::PeerOutput::ToClient { ft, data } => {
-                self.send_to_client(&ft, data)
-            }
-            // Dropped by the core (no permission, bandwidth): counted there.
-            turnpike_proto::core::PeerOutput::None => true,
-        }
-    }
-
-    /// If `peer` is one of this shard's relays and `relay` has told peers
-    /// its address, where to deliver locally: (to, from).
-    pub(super) fn local_route(
-        &self,
-        relay: turnpike_proto::core::RelayId,
-        peer: SocketAddr,
-    ) -> Option<(turnpike_proto::core::RelayId, SocketAddr)> {
-        let to = *self.local.borrow().get(&peer)?;
-        let from = self
-            .relays
-            .borrow()
-            .get(relay.0 as usize)?
-            .as_ref()?
-            .advertised?;
-        Some((to, from))
     }
 
     /// Log allocation events the core queued (see [`log_events`]).
@@ -349,18 +194,7 @@ pub(crate) fn run(
         };
         let shard = Rc::new(Shard {
             poller,
-            local: RefCell::new(HashMap::default()),
-            scratch: RefCell::new(vec![
-                0u8;
-                PEER_HEADROOM
-                    + turnpike_sys::batch::MAX_DATAGRAM
-                    + PEER_TAILROOM
-            ]),
             counters: setup.counters.clone(),
-            shared: setup.shared.clone(),
-            direct: RefCell::new(Vec::with_capacity(
-                PEER_HEADROOM + turnpike_sys::batch::MAX_DATAGRAM + PEER_TAILROOM,
-            )),
             core: RefCell::new(Server::new(setup)),
             relays: RefCell::new(Vec::new()),
             rx: RefCell::new(turnpike_sys::batch::RecvBatch::new(
@@ -417,7 +251,7 @@ pub(crate) fn run(
         shard
             .core
             .borrow_mut()
-            .delete_all(now.mono, &mut ShellIo { shard: &shard });
+            .delete_all(now, &mut ShellIo { shard: &shard });
         shard.drain_events();
     });
     tracing::debug!(shard = id, "shard stopped");
@@ -464,10 +298,10 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
         Control::Config(cfg) => core.set_config(cfg),
         Control::Credentials(creds) => core.set_credentials(creds),
         Control::Sessions(tx) => {
-            let _ = tx.send(core.sessions(now.mono));
+            let _ = tx.send(core.sessions(now));
         }
         Control::Delete(id, tx) => {
-            let found = core.delete_session(id, now.mono, &mut ShellIo { shard });
+            let found = core.delete_session(id, now, &mut ShellIo { shard });
             let _ = tx.send(found);
         }
     }

@@ -7,9 +7,10 @@ use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
+use super::deliver::deliver;
 use super::relay::ShellIo;
 use super::shard::Shard;
-use turnpike_proto::core::{ClientOutput, DropReason, FiveTuple};
+use turnpike_proto::core::{DropReason, FiveTuple};
 use turnpike_proto::wire::frame_len;
 
 /// Bytes a connection may have queued for the client before relayed data
@@ -63,7 +64,7 @@ pub(crate) async fn serve<S>(
     shard
         .core
         .borrow_mut()
-        .connection_closed(now.mono, &ft, &mut ShellIo { shard: &shard });
+        .connection_closed(now, &ft, &mut ShellIo { shard: &shard });
     shard.drain_events();
 }
 
@@ -112,28 +113,10 @@ async fn run<S>(
                     let frame = &inbuf[start..start + f.message_len];
                     start += f.len;
                     reply.clear();
-                    let r = shard.core.borrow_mut().handle_client(
-                        now,
-                        ft,
-                        frame,
-                        &mut reply,
-                        &mut ShellIo { shard },
-                    );
-                    let sent = match r {
-                        ClientOutput::None => true,
-                        ClientOutput::Reply => {
-                            // Log allocation events before the client
-                            // hears about them.
-                            shard.drain_events();
-                            out.push(&reply)
-                        }
-                        ClientOutput::ToPeer { relay, peer, data } => {
-                            shard.send_to_peer(relay, peer, data)
-                        }
-                    };
-                    if !sent {
-                        shard.counters.dropped(DropReason::SendBufferFull);
-                    }
+                    let mut core = shard.core.borrow_mut();
+                    let output =
+                        core.handle_client(now, ft, frame, &mut reply, &mut ShellIo { shard });
+                    deliver(shard, &mut core, ft, output, &mut reply, 0, None);
                 }
                 Ok(None) => {
                     // Make room for the rest of a large frame in one go.

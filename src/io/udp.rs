@@ -1,16 +1,18 @@
 //! A UDP listener socket of one shard.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::deliver::{Batch, deliver};
 use super::relay::ShellIo;
-use super::shard::{Direct, Shard};
+use super::shard::Shard;
 use crate::config::Transport;
-use turnpike_proto::core::{ClientOutput, DropReason, FiveTuple, RelayId};
+use turnpike_proto::core::{DropReason, FiveTuple, RelayId};
 use turnpike_sys::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch, UdpSocketState};
 
 /// Batches handled before yielding to the shard's other tasks.
@@ -30,10 +32,11 @@ pub(crate) struct Listener {
 }
 
 /// Receive datagrams in batches (one `recvmmsg` for up to [`BATCH`]) and
-/// hand each to the core; the clock is read once per batch. Replies of a
-/// batch leave together in one `sendmmsg`; relayed data leaves from each
-/// allocation's relay socket, consecutive datagrams for the same relay in
-/// one `sendmmsg`. A send that does not fit a socket buffer is dropped and
+/// hand each to the core; the clock is read once per batch. What the core
+/// decides is performed by [`deliver`]: replies of a batch, and data from
+/// one relay for a client of this socket, leave together in one
+/// `sendmmsg`; data for peers leaves from each allocation's relay socket,
+/// consecutive datagrams for the same relay in one `sendmmsg`. A send that does not fit a socket buffer is dropped and
 /// counted (UDP gives no guarantee anyway; clients retransmit requests).
 pub(crate) async fn serve(
     shard: Rc<Shard>,
@@ -42,9 +45,11 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rx = RecvBatch::new(0, MAX_DATAGRAM, 0);
-    // Replies of one batch, back to back; their ranges and destinations.
+    // What goes back out from this socket, back to back: replies, and
+    // data one relay sends another's client (framed by the core); where
+    // each lies and for whom.
     let mut replies: Vec<u8> = Vec::with_capacity(BATCH * 128);
-    let mut reply_at: Vec<(usize, usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut to_clients: Vec<(Range<usize>, SocketAddr)> = Vec::with_capacity(BATCH);
     let fd = sock.io.as_raw_fd();
     loop {
         let mut guard = tokio::select! {
@@ -66,11 +71,7 @@ pub(crate) async fn serve(
             let full = rx.count() == BATCH;
             let now = crate::clock::now();
             replies.clear();
-            reply_at.clear();
-            // Relayed data waiting for its relay socket: (relay, peer, data).
-            let mut to_peer: [(RelayId, SocketAddr, &[u8]); BATCH] =
-                [(RelayId(0), local, &[]); BATCH];
-            let mut n_peer = 0;
+            let mut batch = Batch::new(local, &mut to_clients);
             {
                 let mut core = shard.core.borrow_mut();
                 for slot in rx.slots_mut() {
@@ -85,66 +86,29 @@ pub(crate) async fn serve(
                     };
                     let start = replies.len();
                     let buf: &[u8] = buf;
-                    match core.handle_client(
+                    let output = core.handle_client(
                         now,
                         &ft,
                         &buf[..len],
                         &mut replies,
                         &mut ShellIo { shard: &shard },
-                    ) {
-                        ClientOutput::Reply => {
-                            // A request may have created or ended an
-                            // allocation: log it before the client hears.
-                            super::shard::log_events(&mut core);
-                            reply_at.push((start, replies.len(), from));
-                        }
-                        ClientOutput::ToPeer { relay, peer, data } => {
-                            replies.truncate(start);
-                            if let Some((to, from)) = shard.local_route(relay, peer) {
-                                // To another relay of this shard: handed
-                                // over now, in arrival order with the
-                                // batch's requests.
-                                if !shard.deliver_local_with(&mut core, now.mono, to, from, data) {
-                                    shard.counters.dropped(DropReason::SendBufferFull);
-                                }
-                                continue;
-                            }
-                            match shard.direct_route(
-                                &mut core,
-                                now.mono,
-                                relay,
-                                peer,
-                                data,
-                                &mut replies,
-                            ) {
-                                // To another shard's relay of a UDP client:
-                                // sent to that client with this batch's
-                                // replies when it uses this listener.
-                                Direct::Framed { ft, range } if ft.server == local => {
-                                    reply_at.push((range.start, range.end, ft.client));
-                                }
-                                Direct::Framed { ft, range } => {
-                                    if !shard.send_to_client(&ft, &replies[range]) {
-                                        shard.counters.dropped(DropReason::SendBufferFull);
-                                    }
-                                    replies.truncate(start);
-                                }
-                                Direct::Dropped => {}
-                                Direct::NotPublished => {
-                                    to_peer[n_peer] = (relay, peer, data);
-                                    n_peer += 1;
-                                }
-                            }
-                        }
-                        ClientOutput::None => replies.truncate(start),
-                    }
+                    );
+                    deliver(
+                        &shard,
+                        &mut core,
+                        &ft,
+                        output,
+                        &mut replies,
+                        start,
+                        Some(&mut batch),
+                    );
                 }
             }
-            send_to_peers(&shard, &to_peer[..n_peer]);
-            if !reply_at.is_empty() {
+            send_to_peers(&shard, &batch.to_peers[..batch.n_peers]);
+            if !batch.to_clients.is_empty() {
                 let mut b = SendBatch::new();
-                for &(s, e, to) in &reply_at {
-                    b.push(&replies[s..e], to);
+                for (range, to) in batch.to_clients.iter() {
+                    b.push(&replies[range.clone()], *to);
                 }
                 let lost = b.flush(fd, &sock.gso);
                 shard

@@ -142,6 +142,28 @@ impl SimServer {
         }
     }
 
+    /// Hand bytes to the core as if from `ft`; returns what the core
+    /// decided, with the bytes it points at copied out.
+    pub fn from_client(&mut self, ft: &FiveTuple, bytes: &[u8]) -> Routed {
+        self.out.clear();
+        match self
+            .server
+            .handle_client(self.now, ft, bytes, &mut self.out, &mut self.io)
+        {
+            ClientOutput::None => Routed::None,
+            ClientOutput::Reply => Routed::Reply(self.out.clone()),
+            ClientOutput::ToPeer { relay, peer, data } => Routed::ToPeer {
+                relay,
+                peer,
+                data: data.to_vec(),
+            },
+            ClientOutput::ToClient { ft, range } => Routed::ToClient {
+                ft,
+                data: self.out[range].to_vec(),
+            },
+        }
+    }
+
     fn check(&mut self, ft: &FiveTuple, req: &[u8]) -> Result<Vec<u8>, SimError> {
         let resp = self.request(ft, req).ok_or(SimError::NoAnswer)?;
         let m = Message::parse(&resp).map_err(|_| SimError::Malformed)?;
@@ -224,12 +246,32 @@ impl SimServer {
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
         match self
             .server
-            .handle_peer(self.now.mono, relay, peer, &mut buf, payload.len())
+            .handle_peer(self.now, relay, peer, &mut buf, payload.len())
         {
             PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
             PeerOutput::None => None,
         }
     }
+}
+
+/// [`ClientOutput`] with the bytes copied out (see
+/// [`SimServer::from_client`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// Dropped (counted) or nothing to answer.
+    None,
+    Reply(Vec<u8>),
+    /// Through the kernel, from `relay`'s socket.
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Framed by the core for the client of `ft` (relay to relay).
+    ToClient {
+        ft: FiveTuple,
+        data: Vec<u8>,
+    },
 }
 
 /// A UDP five-tuple towards `server`.

@@ -170,13 +170,16 @@ pub struct Counters {
     /// Peer → client.
     pub relayed_packets_in: Counter,
     pub relayed_bytes_in: Counter,
-    /// Datagrams the shell handed from one of its relays to another
-    /// without the kernel (both clients on this server and shard); also
-    /// counted in both directions above.
+    /// Datagrams from one of this core's relays to another of its relays,
+    /// handed over without the kernel (both clients on this server and
+    /// shard), counted when handed over (the receiver may still refuse);
+    /// also counted in both directions above when delivered.
     pub relayed_local: Counter,
-    /// Datagrams from one of this shard's relays to another shard's relay
-    /// sent straight to that relay's client (see [`super::directory`]);
-    /// also counted in both directions above.
+    /// Datagrams from one of this shard's relays to another shard's
+    /// published relay, framed for that relay's client by this shard (see
+    /// [`super::directory`]), counted when looked up (the receiver's rules
+    /// may still refuse); also counted in both directions above when
+    /// delivered.
     pub relayed_cross_shard: Counter,
     /// TCP (0) and TLS (1) client connections open (kept by the shell).
     connections: [Gauge; 2],

@@ -6,9 +6,13 @@
 //! asks for through [`RelayIo`] (bind and close a relay socket). The
 //! driving loop:
 //!
-//! 1. bytes from a client → [`Server::handle_client`] → [`ClientOutput`]:
-//!    a reply for the client in `out`, or data to send from a relay socket
-//!    to a peer (borrowed from the input, no copy);
+//! 1. bytes from a client → [`Server::handle_client`] → [`ClientOutput`],
+//!    the final route: a reply for the client in `out`; data to send from
+//!    a relay socket to a peer (borrowed from the input, no copy); or, when
+//!    the peer is one of this server's relays (this core's, or another
+//!    shard's published in the [`directory`]), the message for that
+//!    relay's client, framed in `out` (one copy, no trip through the
+//!    kernel);
 //! 2. a datagram on a relay socket → [`Server::handle_peer`] →
 //!    [`PeerOutput`]: the ChannelData or Data indication for the client,
 //!    written in place in the headroom in front of the payload;
@@ -115,12 +119,6 @@ pub trait RelayIo {
     fn release_hold(&mut self, addr: SocketAddr) {
         let _ = addr;
     }
-    /// The allocation on `relay` is live and tells peers `advertised` (its
-    /// XOR-RELAYED-ADDRESS). A shell may use this to hand data between two
-    /// of its own relays without a round trip through the kernel.
-    fn relayed(&mut self, relay: RelayId, advertised: SocketAddr) {
-        let _ = (relay, advertised);
-    }
 }
 
 /// What the shell must do after [`Server::handle_client`].
@@ -135,6 +133,19 @@ pub enum ClientOutput<'a> {
         relay: RelayId,
         peer: SocketAddr,
         data: &'a [u8],
+    },
+    /// Send `out[range]` to the client of `ft`. The peer was one of this
+    /// server's relays (two of its clients talking relay to relay): an
+    /// allocation of this core, or another shard's published in the relay
+    /// directory ([`directory`]). The core applied that allocation's
+    /// permission and channel rules and framed the data for its client
+    /// (ChannelData or a Data indication from the sender's relayed
+    /// address) in `out`, after what `out` held before the call: exactly
+    /// what that client would get had the datagram crossed the kernel from
+    /// relay socket to relay socket.
+    ToClient {
+        ft: FiveTuple,
+        range: std::ops::Range<usize>,
     },
 }
 
@@ -297,6 +308,8 @@ pub struct Server {
     generations: Vec<u32>,
     free: Vec<u32>,
     by_ft: FastMap<FiveTuple, u32>,
+    /// Live allocations by advertised relay address (relay to relay).
+    by_port: slots::ByPort,
     timers: Timers,
     events: VecDeque<Event>,
     next_id: u64,
@@ -305,6 +318,7 @@ pub struct Server {
 impl Server {
     pub fn new(s: Setup) -> Self {
         Server {
+            by_port: slots::ByPort::new(s.shared.pool(false).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
             cfg: s.cfg,
             counters: s.counters,
@@ -399,7 +413,9 @@ impl Server {
     ) -> ClientOutput<'a> {
         match crate::wire::classify_bytes(data) {
             Some(FrameKind::Stun) => {}
-            Some(FrameKind::ChannelData) => return self.client_channel_data(now.mono, ft, data),
+            Some(FrameKind::ChannelData) => {
+                return self.client_channel_data(now.mono, ft, data, out);
+            }
             None => {
                 self.counters.dropped(DropReason::Malformed);
                 return ClientOutput::None;
@@ -432,7 +448,7 @@ impl Server {
                 binding::respond(self, &msg, ft, out)
             }
             (Class::Request, _) => self.turn_request(now, ft, &msg, out, io),
-            (Class::Indication, Method::SEND) => self.send_indication(now.mono, ft, &msg),
+            (Class::Indication, Method::SEND) => self.send_indication(now.mono, ft, &msg, out),
             _ => {
                 // A Binding indication is a keepalive and gets nothing
                 // back (RFC 8489 §6.3.2); responses are not ours.
@@ -450,23 +466,43 @@ impl Server {
     /// peer has a channel, else a Data indication.
     pub fn handle_peer<'b>(
         &mut self,
-        now: Instant,
+        now: Now,
         relay: RelayId,
         peer: SocketAddr,
         buf: &'b mut [u8],
         len: usize,
     ) -> PeerOutput<'b> {
-        let Some(Some(a)) = self.slots.get_mut(relay.0 as usize) else {
+        match self.peer_in(now.mono, relay.0, peer, buf, len) {
+            Some((ft, range)) => PeerOutput::ToClient {
+                ft,
+                data: &buf[range],
+            },
+            None => PeerOutput::None,
+        }
+    }
+
+    /// [`Server::handle_peer`] for the allocation in `slot`: the client's
+    /// five-tuple and where its message lies in `buf`, or `None` (dropped
+    /// and counted).
+    fn peer_in(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<(FiveTuple, std::ops::Range<usize>)> {
+        let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
             self.counters.dropped(DropReason::NoAllocation);
-            return PeerOutput::None;
+            return None;
         };
         if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM {
             self.counters.dropped(DropReason::Malformed);
-            return PeerOutput::None;
+            return None;
         }
         if !a.permitted(peer.ip(), now) {
             self.counters.dropped(DropReason::NoPermission);
-            return PeerOutput::None;
+            return None;
         }
         let channel = a.channel_by_peer(peer, now).map(|ch| ch.number);
         if channel.is_none() && !data_indication_fits(len, peer) {
@@ -474,11 +510,11 @@ impl Server {
             // indication would be; sent anyway it would put a TCP/TLS
             // stream out of step for good.
             self.counters.dropped(DropReason::TooLarge);
-            return PeerOutput::None;
+            return None;
         }
         if !a.bucket.take(len, now) {
             self.counters.dropped(DropReason::Bandwidth);
-            return PeerOutput::None;
+            return None;
         }
         a.traffic.packets_in += 1;
         a.traffic.bytes_in += len as u64;
@@ -486,13 +522,9 @@ impl Server {
         if !a.published && self.is_relay_address(peer) {
             // Relay-to-relay traffic from another shard: publish, so its
             // next datagrams come straight to the client.
-            self.publish(relay.0, true);
+            self.publish(slot, true);
         }
-        let range = self.frame_for_client(ft, channel, peer, buf, len);
-        PeerOutput::ToClient {
-            ft,
-            data: &buf[range],
-        }
+        Some((ft, self.frame_for_client(ft, channel, peer, buf, len)))
     }
 
     /// [`Server::handle_peer`] for an allocation of any shard published in
@@ -504,6 +536,17 @@ impl Server {
     /// published allocations have no bandwidth cap. Returns the client's
     /// five-tuple and where the message lies in `buf`.
     pub fn handle_peer_published(
+        &mut self,
+        now: Now,
+        view: &directory::RelayView,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<(FiveTuple, std::ops::Range<usize>)> {
+        self.published_in(now.mono, view, peer, buf, len)
+    }
+
+    fn published_in(
         &mut self,
         now: Instant,
         view: &directory::RelayView,
@@ -527,6 +570,17 @@ impl Server {
         view.traffic.add(len);
         let range = self.frame_for_client(view.client, channel, peer, buf, len);
         Some((view.client, range))
+    }
+
+    /// The slot of this core's allocation whose relay peers know as
+    /// `addr`, if any.
+    #[inline]
+    fn own_relay(&self, addr: SocketAddr) -> Option<u32> {
+        let slot = self.by_port.get(addr)?;
+        match self.slots.get(slot as usize) {
+            Some(Some(a)) if a.advertised == addr => Some(slot),
+            _ => None,
+        }
     }
 
     /// Whether `addr` may be one of this server's relays: a relay IP (bound
@@ -618,14 +672,15 @@ impl Server {
     }
 
     /// A TCP/TLS connection closed: its allocation goes (RFC 8656 §3.1).
-    pub fn connection_closed<I: RelayIo>(&mut self, now: Instant, ft: &FiveTuple, io: &mut I) {
+    pub fn connection_closed<I: RelayIo>(&mut self, now: Now, ft: &FiveTuple, io: &mut I) {
         if let Some(&slot) = self.by_ft.get(ft) {
-            self.delete(slot, now, EndReason::ConnectionClosed, io);
+            self.delete(slot, now.mono, EndReason::ConnectionClosed, io);
         }
     }
 
     /// The allocations on this core, for the admin API.
-    pub fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+    pub fn sessions(&self, now: Now) -> Vec<SessionInfo> {
+        let now = now.mono;
         self.slots
             .iter()
             .flatten()
@@ -658,14 +713,14 @@ impl Server {
     }
 
     /// Delete an allocation by admin id; false if none here.
-    pub fn delete_session<I: RelayIo>(&mut self, id: u64, now: Instant, io: &mut I) -> bool {
+    pub fn delete_session<I: RelayIo>(&mut self, id: u64, now: Now, io: &mut I) -> bool {
         let slot = self
             .slots
             .iter()
             .position(|a| a.as_ref().is_some_and(|a| a.id == id));
         match slot {
             Some(s) => {
-                self.delete(s as u32, now, EndReason::Admin, io);
+                self.delete(s as u32, now.mono, EndReason::Admin, io);
                 true
             }
             None => false,
@@ -673,10 +728,10 @@ impl Server {
     }
 
     /// End every allocation (shutdown).
-    pub fn delete_all<I: RelayIo>(&mut self, now: Instant, io: &mut I) {
+    pub fn delete_all<I: RelayIo>(&mut self, now: Now, io: &mut I) {
         for slot in 0..self.slots.len() {
             if self.slots[slot].is_some() {
-                self.delete(slot as u32, now, EndReason::Shutdown, io);
+                self.delete(slot as u32, now.mono, EndReason::Shutdown, io);
             }
         }
     }
@@ -686,6 +741,7 @@ impl Server {
             return;
         };
         self.by_ft.remove(&a.ft);
+        self.by_port.remove(a.advertised, slot);
         self.free.push(slot);
         io.close(RelayId(slot));
         // Out of the directory before the port can go to anyone else.

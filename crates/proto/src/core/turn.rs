@@ -13,7 +13,7 @@ use super::shared::Reservation;
 use super::timers::Due;
 use super::{
     AuthFailureReason, ClientOutput, DEFAULT_LIFETIME, DropReason, Event, FiveTuple, Now,
-    RESERVATION_LIFETIME, RelayId, RelayIo, Server,
+    PEER_HEADROOM, PEER_TAILROOM, RESERVATION_LIFETIME, RelayId, RelayIo, Server,
 };
 use crate::wire::{
     ChannelData, Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_rfc8656_channel,
@@ -397,7 +397,7 @@ impl Server {
         };
         self.slots[slot as usize] = Some(a);
         self.by_ft.insert(*ft, slot);
-        io.relayed(relay_id, advertised);
+        self.by_port.insert(advertised, slot);
         self.timers
             .push(expires, Due::Allocation { slot, generation });
         self.counters.allocations_created.inc();
@@ -606,6 +606,7 @@ impl Server {
         now: Instant,
         ft: &FiveTuple,
         msg: &Message<'a>,
+        out: &mut Vec<u8>,
     ) -> ClientOutput<'a> {
         let Some(&slot) = self.by_ft.get(ft) else {
             self.counters.dropped(DropReason::NoAllocation);
@@ -616,7 +617,7 @@ impl Server {
             return ClientOutput::None;
         };
         let peer = canonical_addr(peer);
-        self.relay_out(now, slot, peer, data)
+        self.relay_out(now, slot, peer, data, out)
     }
 
     /// ChannelData from a client, RFC 8656 §12.6.
@@ -625,6 +626,7 @@ impl Server {
         now: Instant,
         ft: &FiveTuple,
         data: &'a [u8],
+        out: &mut Vec<u8>,
     ) -> ClientOutput<'a> {
         let Ok(cd) = ChannelData::parse(data) else {
             self.counters.dropped(DropReason::Malformed);
@@ -643,12 +645,12 @@ impl Server {
             return ClientOutput::None;
         };
         let peer = ch.peer;
-        self.relay_out(now, slot, peer, cd.data)
+        self.relay_out(now, slot, peer, cd.data, out)
     }
 
     /// The common tail of client → peer relaying: permission, peer policy
     /// (counted separately when it is why there is no permission),
-    /// bandwidth, accounting.
+    /// bandwidth, accounting; then the route ([`Server::route`]).
     #[inline]
     fn relay_out<'a>(
         &mut self,
@@ -656,6 +658,7 @@ impl Server {
         slot: u32,
         peer: SocketAddr,
         data: &'a [u8],
+        out: &mut Vec<u8>,
     ) -> ClientOutput<'a> {
         let Some(Some(a)) = self.slots.get_mut(slot as usize) else {
             self.counters.dropped(DropReason::NoAllocation);
@@ -676,12 +679,75 @@ impl Server {
         }
         a.traffic.packets_out += 1;
         a.traffic.bytes_out += data.len() as u64;
+        let from = a.advertised;
         self.counters.relayed_packets_out.inc();
         self.counters.relayed_bytes_out.add(data.len() as u64);
+        self.route(now, slot, from, peer, data, out)
+    }
+
+    /// Where `data`, leaving the relay in `slot` (which peers know as
+    /// `from`) for `peer`, goes. To one of this core's relays: handed to
+    /// that allocation as if it had arrived on its socket from `from`
+    /// (`relayed_local`). To another shard's relay published in the relay
+    /// directory: framed for its UDP client under its rules, to be sent
+    /// from this shard's socket of the client's listener (the sockets of
+    /// a listener share its address, so the client sees its five-tuple),
+    /// without waking the other shard (`relayed_cross_shard`). Either way
+    /// the one copy is into `out`. Anywhere else: through the kernel, from
+    /// the relay socket, no copy.
+    #[inline]
+    fn route<'a>(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        from: SocketAddr,
+        peer: SocketAddr,
+        data: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> ClientOutput<'a> {
+        if let Some(to) = self.own_relay(peer) {
+            self.counters.relayed_local.inc();
+            return self
+                .relay_to_relay(data, out, |s, buf, len| s.peer_in(now, to, from, buf, len));
+        }
+        if self.cfg.publish_relays {
+            // One shard (publishing off): nothing is published, no lookup.
+            if let Some(view) = self.shared.directory.get(peer) {
+                self.counters.relayed_cross_shard.inc();
+                return self.relay_to_relay(data, out, |s, buf, len| {
+                    s.published_in(now, &view, from, buf, len)
+                });
+            }
+        }
         ClientOutput::ToPeer {
             relay: RelayId(slot),
             peer,
             data,
+        }
+    }
+
+    /// Copy `data` into `out` with room around it for the receiving
+    /// allocation's framing, and let `frame` apply that allocation's rules
+    /// and write it (see [`Server::handle_peer`]).
+    fn relay_to_relay<'a>(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        frame: impl FnOnce(&mut Self, &mut [u8], usize) -> Option<(FiveTuple, std::ops::Range<usize>)>,
+    ) -> ClientOutput<'a> {
+        let base = out.len();
+        out.resize(base + PEER_HEADROOM, 0);
+        out.extend_from_slice(data);
+        out.resize(base + PEER_HEADROOM + data.len() + PEER_TAILROOM, 0);
+        match frame(self, &mut out[base..], data.len()) {
+            Some((ft, r)) => ClientOutput::ToClient {
+                ft,
+                range: base + r.start..base + r.end,
+            },
+            None => {
+                out.truncate(base);
+                ClientOutput::None
+            }
         }
     }
 }
