@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use super::requests::UNKNOWN_ATTRIBUTE;
 use super::{ClientOutput, FiveTuple, Server};
 use crate::wire::{Class, Message, MessageBuilder, attr};
 
@@ -15,6 +16,15 @@ pub(super) fn respond<'a>(
     ft: &FiveTuple,
     out: &mut Vec<u8>,
 ) -> ClientOutput<'a> {
+    // RFC 8489 §6.3.1: unknown comprehension-required attributes → 420.
+    // Binding needs no authentication.
+    let unknown = req.unknown_comprehension_required(attr::known_to_server);
+    if !unknown.is_empty() {
+        server.reject_with(req, out, UNKNOWN_ATTRIBUTE, None, |b| {
+            b.unknown_attributes(unknown.as_slice());
+        });
+        return ClientOutput::Reply;
+    }
     let mut b = MessageBuilder::response(out, req, Class::Success);
     b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client));
     server.finish(b, req, None);

@@ -4,7 +4,6 @@
 //! doubling `Vec` of 10,000 allocations would hold up to twice their
 //! memory.
 
-use std::net::SocketAddr;
 use std::ops::{Index, IndexMut};
 
 const CHUNK: usize = 64;
@@ -74,65 +73,6 @@ impl<T> Index<usize> for Slots<T> {
 impl<T> IndexMut<usize> for Slots<T> {
     fn index_mut(&mut self, i: usize) -> &mut Option<T> {
         self.get_mut(i).expect("slot index in range")
-    }
-}
-
-/// The allocations of one core by the relay address peers know them at
-/// (XOR-RELAYED-ADDRESS): one cell per relay port and family, since a port
-/// belongs to one allocation at a time in a family (see
-/// [`super::shared::PortPool`]), so a lookup is an index, not a hash. A
-/// cell holds a candidate; the caller compares the whole address. Zeroed
-/// memory means "none", so only the pages of ports in use are touched.
-pub(crate) struct ByPort {
-    low: u16,
-    /// Slot + 1 per port, 0 for none.
-    v4: Box<[u32]>,
-    v6: Box<[u32]>,
-}
-
-impl ByPort {
-    pub(super) fn new(range: super::PortRange) -> Self {
-        ByPort {
-            low: range.low,
-            v4: vec![0; range.len()].into_boxed_slice(),
-            v6: vec![0; range.len()].into_boxed_slice(),
-        }
-    }
-
-    fn cell(&mut self, addr: SocketAddr) -> Option<&mut u32> {
-        let i = usize::from(addr.port().checked_sub(self.low)?);
-        if addr.is_ipv4() {
-            self.v4.get_mut(i)
-        } else {
-            self.v6.get_mut(i)
-        }
-    }
-
-    pub(super) fn insert(&mut self, addr: SocketAddr, slot: u32) {
-        if let Some(c) = self.cell(addr) {
-            *c = slot + 1;
-        }
-    }
-
-    /// Forget `slot` at `addr` (if it is still the one there).
-    pub(super) fn remove(&mut self, addr: SocketAddr, slot: u32) {
-        if let Some(c) = self.cell(addr) {
-            if *c == slot + 1 {
-                *c = 0;
-            }
-        }
-    }
-
-    /// The slot whose relay has `addr`'s port and family, if any.
-    #[inline]
-    pub(super) fn get(&self, addr: SocketAddr) -> Option<u32> {
-        let i = usize::from(addr.port().checked_sub(self.low)?);
-        let c = if addr.is_ipv4() {
-            self.v4.get(i)
-        } else {
-            self.v6.get(i)
-        };
-        c.and_then(|&c| c.checked_sub(1))
     }
 }
 

@@ -1,9 +1,168 @@
-//! Plain types the core's interface is written in: the client transport,
-//! the relay port range.
+//! The types the core's interface is written in: the time, a client's
+//! five-tuple, relay ids, transports and port ranges, what the entry
+//! points return, the side effects the core asks of the shell, and the
+//! events and session records it reports.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::allocation::Traffic;
+use super::counters::EndReason;
+
+/// The time, as the shell read it: a monotonic instant for deadlines and
+/// Unix seconds for REST usernames and nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix: u64,
+}
+
+impl Now {
+    pub fn new(mono: Instant, unix: u64) -> Self {
+        Now { mono, unix }
+    }
+
+    /// `d` later on both clocks.
+    pub fn plus(self, d: Duration) -> Self {
+        Now {
+            mono: self.mono + d,
+            unix: self.unix + d.as_secs(),
+        }
+    }
+}
+
+/// The five-tuple that identifies a client's association with the server
+/// (RFC 8656 §2): client address, server address and transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Handle of a relay socket: the slot of its allocation. The shell keeps
+/// its sockets in a table indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub u32);
+
+/// The side effects the core needs from the shell, synchronously.
+pub trait RelayIo {
+    /// Bind a UDP relay socket for `relay` on `addr`. An error (port taken
+    /// by another process) makes the core try another port.
+    fn bind(
+        &mut self,
+        relay: RelayId,
+        addr: SocketAddr,
+        dont_fragment: bool,
+    ) -> std::io::Result<()>;
+    /// The allocation behind `relay` is gone: close its socket.
+    fn close(&mut self, relay: RelayId);
+    /// Bind `addr` now and keep it for a reservation (RFC 8656 §7.2: the
+    /// port after an EVEN-PORT allocation with the R bit), so no other
+    /// process can take it before the RESERVATION-TOKEN comes back; a
+    /// later [`RelayIo::bind`] of the same address, from any shard, uses
+    /// what was kept. An error (port taken) makes the core try another
+    /// pair. The default keeps nothing.
+    fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let _ = addr;
+        Ok(())
+    }
+    /// The reservation of `addr` ended unused: let go of what
+    /// [`RelayIo::hold`] kept.
+    fn release_hold(&mut self, addr: SocketAddr) {
+        let _ = addr;
+    }
+}
+
+/// What the shell must do after [`Server::handle_client`](super::Server::handle_client).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientOutput<'a> {
+    /// Nothing to send (indication, or a dropped packet, already counted).
+    None,
+    /// Send the output buffer to the client on the same five-tuple.
+    Reply,
+    /// Send `data` from the relay socket of `relay` to `peer`.
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+    /// Send `out[range]` to the client of `ft`. The peer was one of this
+    /// server's relays (two of its clients talking relay to relay): an
+    /// allocation of this core, or another shard's published in the relay
+    /// directory ([`super::directory`]). The core applied that allocation's
+    /// permission and channel rules and framed the data for its client
+    /// (ChannelData or a Data indication from the sender's relayed
+    /// address) in `out`, after what `out` held before the call: exactly
+    /// what that client would get had the datagram crossed the kernel from
+    /// relay socket to relay socket.
+    ToClient {
+        ft: FiveTuple,
+        range: std::ops::Range<usize>,
+    },
+}
+
+/// What the shell must do after [`Server::handle_peer`](super::Server::handle_peer).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerOutput<'b> {
+    None,
+    /// Send `data` (ChannelData or a Data indication) to the client of
+    /// `ft`.
+    ToClient {
+        ft: FiveTuple,
+        data: &'b [u8],
+    },
+}
+
+/// Bytes [`Server::handle_peer`](super::Server::handle_peer) needs free in front of the payload: a
+/// STUN header, XOR-PEER-ADDRESS (IPv6) and the DATA attribute header.
+pub const PEER_HEADROOM: usize = 20 + 24 + 4;
+/// Bytes it needs free after the payload (padding to four bytes).
+pub const PEER_TAILROOM: usize = 4;
+
+/// RFC 8656 §7.2: the default allocation lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §7.2: a reserved port is held for about 30 seconds.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Allocation start and end, for logs and the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    AllocationCreated {
+        id: u64,
+        ft: FiveTuple,
+        relay: SocketAddr,
+        username: String,
+        lifetime: Duration,
+    },
+    AllocationEnded {
+        id: u64,
+        ft: FiveTuple,
+        relay: SocketAddr,
+        username: String,
+        reason: EndReason,
+        duration: Duration,
+        traffic: Traffic,
+    },
+}
+
+/// An allocation as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub ft: FiveTuple,
+    pub username: String,
+    pub relay: SocketAddr,
+    pub advertised: SocketAddr,
+    pub age: Duration,
+    pub expires_in: Duration,
+    pub permissions: Vec<IpAddr>,
+    pub channels: Vec<(u16, SocketAddr)>,
+    pub traffic: Traffic,
+}
 
 /// Client transports, RFC 8656 §3.1. Written `udp`, `tcp`, `tls`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,0 +1,370 @@
+//! Allocate, RFC 8656 §7.2, in three steps: [`Server::parse_allocate`]
+//! checks that the five-tuple may allocate and reads the request (no side
+//! effect); [`Server::reserve`] takes what the allocation needs from the
+//! shared state (a reservation, the quota, a slot, a relay port bound
+//! through the shell), giving all of it back if a later part fails; and
+//! [`Server::install`] answers and puts the allocation in the table.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::allocation::{Allocation, KeyBytes, TokenBucket, Traffic};
+use super::auth::Authed;
+use super::binding::canonical;
+use super::requests::{ALLOCATION_MISMATCH, Reject};
+use super::shared::Reservation;
+use super::timers::Due;
+use super::{Event, FiveTuple, Now, RESERVATION_LIFETIME, RelayFamily, RelayId, RelayIo, Server};
+use crate::wire::{Class, Message, MessageBuilder, Method, attr};
+
+/// How many ports to try binding before answering 508 (another process
+/// may hold ports inside the range).
+const BIND_ATTEMPTS: usize = 64;
+
+/// An Allocate request as read, every check of its attributes passed.
+struct AllocateRequest {
+    /// RESERVATION-TOKEN.
+    token: Option<u64>,
+    /// EVEN-PORT, and its R bit.
+    even: Option<bool>,
+    lifetime: Option<u32>,
+    /// REQUESTED-ADDRESS-FAMILY is IPv6.
+    ipv6: bool,
+    /// ADDITIONAL-ADDRESS-FAMILY (IPv6) was asked for.
+    additional: bool,
+    dont_fragment: bool,
+}
+
+/// What [`Server::reserve`] took for an allocation, and what is left of
+/// the request for [`Server::install`].
+struct Reserved {
+    slot: u32,
+    family: RelayFamily,
+    port: u16,
+    ipv6: bool,
+    /// The next port is held for a RESERVATION-TOKEN (EVEN-PORT, R bit).
+    reserved_next: bool,
+    lifetime: Option<u32>,
+    additional: bool,
+}
+
+impl Server {
+    /// Allocate, RFC 8656 §7.2, checks in the RFC's order.
+    pub(super) fn allocate<I: RelayIo>(
+        &mut self,
+        now: Now,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed<'_>,
+        out: &mut Vec<u8>,
+        io: &mut I,
+    ) {
+        let reserved = self
+            .parse_allocate(ft, msg)
+            .and_then(|req| self.reserve(now.mono, &req, authed, io));
+        match reserved {
+            Ok(r) => self.install(now, ft, msg, authed, r, out),
+            Err(r) => self.reject(msg, out, r, Some((&authed.key, authed.sha256))),
+        }
+    }
+
+    /// May `ft` allocate now (437 if it has an allocation; while draining,
+    /// 300 to the alternate server or 486), and is the request well
+    /// formed (442, 400, 440)?
+    fn parse_allocate(&self, ft: &FiveTuple, msg: &Message<'_>) -> Result<AllocateRequest, Reject> {
+        if self.table.slot_of(ft).is_some() {
+            return Err(ALLOCATION_MISMATCH);
+        }
+        if self.cfg.draining {
+            // Operations: while draining, send new allocations elsewhere.
+            if self.cfg.alternate_servers.is_empty() {
+                self.counters.quota_refusals.inc();
+                return Err(Reject::new(486, "Allocation Quota Reached (draining)"));
+            }
+            return Err(Reject::new(300, "Try Alternate"));
+        }
+        match msg.requested_transport() {
+            Ok(Some(attr::TRANSPORT_UDP)) => {}
+            Ok(Some(_)) => return Err(Reject::new(442, "Unsupported Transport Protocol")),
+            Ok(None) => return Err(Reject::new(400, "Missing REQUESTED-TRANSPORT")),
+            Err(_) => return Err(Reject::new(400, "Bad REQUESTED-TRANSPORT")),
+        }
+        let (Ok(token), Ok(even), Ok(lifetime)) =
+            (msg.reservation_token(), msg.even_port(), msg.lifetime())
+        else {
+            return Err(Reject::new(400, "Bad Request"));
+        };
+        let Ok(requested_family) = msg.requested_address_family() else {
+            return Err(Reject::new(440, "Address Family not Supported"));
+        };
+        let Ok(additional_family) = msg.additional_address_family() else {
+            return Err(Reject::new(400, "Bad ADDITIONAL-ADDRESS-FAMILY"));
+        };
+        if token.is_some()
+            && (even.is_some() || requested_family.is_some() || additional_family.is_some())
+        {
+            return Err(Reject::new(
+                400,
+                "RESERVATION-TOKEN with EVEN-PORT or address family",
+            ));
+        }
+        if requested_family.is_some() && additional_family.is_some() {
+            return Err(Reject::new(
+                400,
+                "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together",
+            ));
+        }
+        if additional_family == Some(attr::FAMILY_IPV4) {
+            return Err(Reject::new(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6"));
+        }
+        Ok(AllocateRequest {
+            token: token.map(u64::from_be_bytes),
+            even,
+            lifetime,
+            ipv6: requested_family == Some(attr::FAMILY_IPV6),
+            additional: additional_family.is_some(),
+            dont_fragment: msg.dont_fragment(),
+        })
+    }
+
+    /// Take a reservation (508 if unknown or expired), the relay family
+    /// (440), the quota (486), a slot and a relay port bound through `io`
+    /// (508 when none binds). On failure, what was taken goes back.
+    fn reserve<I: RelayIo>(
+        &mut self,
+        now: Instant,
+        req: &AllocateRequest,
+        authed: &Authed<'_>,
+        io: &mut I,
+    ) -> Result<Reserved, Reject> {
+        // The reservation decides the family when a token is used.
+        let reservation = match req.token {
+            Some(t) => match self.shared.take_reservation(t, now) {
+                Some(r) => Some(r),
+                None => {
+                    return Err(Reject::new(
+                        508,
+                        "Insufficient Capacity (unknown or expired token)",
+                    ));
+                }
+            },
+            None => None,
+        };
+        let ipv6 = match reservation {
+            Some(r) => r.ip.is_ipv6(),
+            None => req.ipv6,
+        };
+        let release_reservation = |s: &Server, io: &mut I| {
+            if let Some(r) = reservation {
+                s.shared.pool(r.ip.is_ipv6()).release(r.port);
+                io.release_hold(SocketAddr::new(r.ip, r.port));
+            }
+        };
+        let Some(family) = (if ipv6 {
+            self.cfg.relay6
+        } else {
+            self.cfg.relay4
+        }) else {
+            release_reservation(self, io);
+            return Err(Reject::new(440, "Address Family not Supported"));
+        };
+        if self
+            .shared
+            .acquire(
+                authed.quota_user(),
+                self.cfg.max_allocations,
+                self.cfg.max_allocations_per_user,
+            )
+            .is_err()
+        {
+            release_reservation(self, io);
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(486, "Allocation Quota Reached"));
+        }
+        let slot = self.table.reserve();
+        let bound = match reservation {
+            Some(r) => self
+                .bind_reserved(slot, family.bind, r, req.dont_fragment, io)
+                .map(|port| (port, false)),
+            None => self.bind_picked(slot, family.bind, ipv6, req, io),
+        };
+        let Some((port, reserved_next)) = bound else {
+            self.table.unreserve(slot);
+            self.shared.release(authed.quota_user());
+            return Err(Reject::new(508, "Insufficient Capacity"));
+        };
+        Ok(Reserved {
+            slot,
+            family,
+            port,
+            ipv6,
+            reserved_next,
+            lifetime: req.lifetime,
+            additional: req.additional,
+        })
+    }
+
+    /// Bind the reserved port, or give it back.
+    fn bind_reserved<I: RelayIo>(
+        &mut self,
+        slot: u32,
+        ip: IpAddr,
+        r: Reservation,
+        dont_fragment: bool,
+        io: &mut I,
+    ) -> Option<u16> {
+        if io
+            .bind(RelayId(slot), SocketAddr::new(ip, r.port), dont_fragment)
+            .is_ok()
+        {
+            return Some(r.port);
+        }
+        self.shared.pool(r.ip.is_ipv6()).release(r.port);
+        io.release_hold(SocketAddr::new(r.ip, r.port));
+        None
+    }
+
+    /// Pick a free port (even, or an even one with the next held for a
+    /// reservation, as EVEN-PORT asks) and bind it; up to
+    /// [`BIND_ATTEMPTS`] ports. Returns the port and whether the next one
+    /// is held.
+    fn bind_picked<I: RelayIo>(
+        &mut self,
+        slot: u32,
+        ip: IpAddr,
+        ipv6: bool,
+        req: &AllocateRequest,
+        io: &mut I,
+    ) -> Option<(u16, bool)> {
+        let pool = self.shared.pool(ipv6);
+        // Ports another process holds stay claimed until the loop ends,
+        // so each attempt tries a new one.
+        let pair = req.even == Some(true);
+        let mut failed = [0u16; BIND_ATTEMPTS];
+        let mut n_failed = 0;
+        let mut bound = None;
+        while n_failed < BIND_ATTEMPTS {
+            let Some(port) = pool.pick(&mut self.rng, req.even.is_some(), pair) else {
+                break;
+            };
+            // With the R bit the successor is reserved: it is bound and
+            // held first, so the token never promises a port another
+            // process has (RFC 8656 §7.2).
+            let next = pair.then(|| SocketAddr::new(ip, port + 1));
+            if next.is_none_or(|n| io.hold(n).is_ok()) {
+                if io
+                    .bind(RelayId(slot), SocketAddr::new(ip, port), req.dont_fragment)
+                    .is_ok()
+                {
+                    bound = Some((port, pair));
+                    break;
+                }
+                if let Some(n) = next {
+                    io.release_hold(n);
+                }
+            }
+            if pair {
+                pool.release(port + 1);
+            }
+            failed[n_failed] = port;
+            n_failed += 1;
+        }
+        for &p in &failed[..n_failed] {
+            pool.release(p);
+        }
+        bound
+    }
+
+    /// Answer with the relayed address and lifetime (and a
+    /// RESERVATION-TOKEN for a held next port), and put the allocation in
+    /// the table, the timer heap and the counters.
+    fn install(
+        &mut self,
+        now: Now,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed<'_>,
+        r: Reserved,
+        out: &mut Vec<u8>,
+    ) {
+        let Reserved {
+            slot,
+            family,
+            port,
+            ipv6,
+            reserved_next,
+            lifetime,
+            additional,
+        } = r;
+        let new_token = reserved_next.then(|| {
+            let t: u64 = rand::Rng::random(&mut self.rng);
+            self.shared.reserve(
+                t,
+                Reservation {
+                    ip: family.bind,
+                    port: port + 1,
+                    expires: now.mono + RESERVATION_LIFETIME,
+                },
+            );
+            self.timers
+                .push(now.mono + RESERVATION_LIFETIME, Due::Reservation(t));
+            t
+        });
+        let life = self.granted_lifetime(lifetime);
+        let relay = SocketAddr::new(family.bind, port);
+        let advertised = SocketAddr::new(family.advertised_for(ft.server), port);
+        let id = self.next_id;
+        self.next_id += 1;
+        let expires = now.mono + life;
+        // Build the response first: it is also what a retransmission gets.
+        let start = out.len();
+        let mut b = MessageBuilder::response(out, msg, Class::Success);
+        b.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
+            .lifetime(life.as_secs() as u32);
+        if let Some(t) = new_token {
+            b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
+        }
+        b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client));
+        if additional {
+            // RFC 8656 §7.2: dual allocation is optional; say the IPv6
+            // part was not made, the IPv4 one was.
+            b.address_error_code(attr::FAMILY_IPV6, 440, "Address Family not Supported");
+        }
+        self.finish(b, msg, Some((&authed.key, authed.sha256)));
+        self.counters.answered(Method::ALLOCATE, 200);
+        let generation = self.table.install(
+            slot,
+            Allocation {
+                generation: 0, // set by the table
+                ft: *ft,
+                relay,
+                advertised,
+                username: authed.username.as_ref().into(),
+                quota_user: authed.quota_user().into(),
+                key: KeyBytes::of(&authed.key),
+                password_algorithm: authed.password_algorithm,
+                created: now.mono,
+                expires,
+                next_check: expires,
+                permissions: Default::default(),
+                channels: Default::default(),
+                bucket: TokenBucket::new(self.cfg.max_bytes_per_sec, now.mono),
+                traffic: Traffic::default(),
+                last_response: Some((msg.transaction_id(), out[start..].to_vec())),
+                id,
+                published: false,
+            },
+        );
+        self.timers
+            .push(expires, Due::Allocation { slot, generation });
+        self.counters.allocations_created.inc();
+        self.counters.active(ft.transport, ipv6).add(1);
+        self.push_event(Event::AllocationCreated {
+            id,
+            ft: *ft,
+            relay,
+            username: authed.username.to_string(),
+            lifetime: life,
+        });
+    }
+}

@@ -1,0 +1,395 @@
+//! TURN requests (RFC 8656 §7-§11): authentication and dispatch, the
+//! replay of a retransmitted request's response, Refresh,
+//! CreatePermission and ChannelBind (Allocate has its own file), and the
+//! shape of every answer: [`Reject`] for errors, [`Server::finish`] for
+//! the trailing attributes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, PERMISSION_LIFETIME};
+use super::auth::{AuthFailure, OFFERED_ALGORITHMS};
+use super::policy::canonical_addr;
+use super::{
+    AuthFailureReason, ClientOutput, DEFAULT_LIFETIME, EndReason, FiveTuple, Now, RelayIo, Server,
+};
+use crate::wire::{
+    Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_rfc8656_channel,
+    is_valid_channel,
+};
+
+/// The response key and algorithm of an authenticated request.
+pub(super) type Sign<'k> = Option<(&'k IntegrityKey, bool)>;
+
+/// An error answer (RFC 8489 §6.3.4): the code and reason phrase of its
+/// ERROR-CODE. Every error response of the core is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Reject {
+    pub(super) code: u16,
+    pub(super) reason: &'static str,
+}
+
+impl Reject {
+    pub(super) const fn new(code: u16, reason: &'static str) -> Self {
+        Reject { code, reason }
+    }
+}
+
+impl From<AuthFailure> for Reject {
+    fn from(f: AuthFailure) -> Self {
+        Reject::new(f.code(), f.reason())
+    }
+}
+
+/// RFC 8656 §7.3, §9.2, §11.2: no allocation on this five-tuple (or, for
+/// Allocate, one already).
+pub(super) const ALLOCATION_MISMATCH: Reject = Reject::new(437, "Allocation Mismatch");
+const PEER_FAMILY_MISMATCH: Reject = Reject::new(443, "Peer Address Family Mismatch");
+const BAD_PEER_ADDRESS: Reject = Reject::new(400, "Bad XOR-PEER-ADDRESS");
+pub(super) const UNKNOWN_ATTRIBUTE: Reject = Reject::new(420, "Unknown Attribute");
+
+impl Server {
+    /// Authenticate a TURN request (RFC 8489 §9.2), then dispatch it. The
+    /// response to a request on an allocation is remembered, so a
+    /// retransmission gets the same bytes back (RFC 8656 §7.2, RFC 8489
+    /// §6.3.1) without the request being applied twice.
+    pub(super) fn turn_request<'a, I: RelayIo>(
+        &mut self,
+        now: Now,
+        ft: &FiveTuple,
+        msg: &Message<'a>,
+        out: &mut Vec<u8>,
+        io: &mut I,
+    ) -> ClientOutput<'a> {
+        let method = msg.method();
+        if !matches!(
+            method,
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+        ) {
+            self.reject(msg, out, Reject::new(400, "Unsupported Method"), None);
+            return ClientOutput::Reply;
+        }
+        let slot = self.table.slot_of(ft);
+        let tid = msg.transaction_id();
+        if let Some(a) = slot.and_then(|s| self.table.get(s)) {
+            if let Some((t, bytes)) = &a.last_response {
+                if *t == tid {
+                    out.extend_from_slice(bytes);
+                    return ClientOutput::Reply;
+                }
+            }
+        }
+        let existing = slot
+            .and_then(|s| self.table.get(s))
+            .map(|a| (a.username.to_string(), a.key.key(), a.password_algorithm));
+        let authed = match self.auth.authenticate(
+            msg,
+            ft.client,
+            now.unix,
+            existing.as_ref().map(|(u, k, a)| (u.as_str(), k, *a)),
+        ) {
+            Ok(a) => a,
+            Err(f) => {
+                self.auth_error(msg, ft, now.unix, f, out);
+                return ClientOutput::Reply;
+            }
+        };
+        let sign = Some((&authed.key, authed.sha256));
+        let start = out.len();
+        // RFC 8489 §6.3.1: after authentication, unknown
+        // comprehension-required attributes → 420.
+        let unknown = msg.unknown_comprehension_required(attr::known_to_server);
+        if !unknown.is_empty() {
+            self.reject_with(msg, out, UNKNOWN_ATTRIBUTE, sign, |b| {
+                b.unknown_attributes(unknown.as_slice());
+            });
+            return ClientOutput::Reply;
+        }
+        if method == Method::ALLOCATE {
+            self.allocate(now, ft, msg, &authed, out, io);
+            return ClientOutput::Reply;
+        }
+        let Some(slot) = slot else {
+            self.reject(msg, out, ALLOCATION_MISMATCH, sign);
+            return ClientOutput::Reply;
+        };
+        if existing.is_some_and(|(u, _, _)| u != authed.username) {
+            // RFC 8656 §5: later requests must use the allocation's
+            // credentials.
+            self.counters
+                .auth_failed(AuthFailureReason::WrongCredentials);
+            self.reject(msg, out, Reject::new(441, "Wrong Credentials"), sign);
+            return ClientOutput::Reply;
+        }
+        let done = match method {
+            Method::REFRESH => self.refresh(now.mono, slot, msg, sign, out, io),
+            Method::CREATE_PERMISSION => self.create_permission(now.mono, slot, msg, sign, out),
+            _ => self.channel_bind(now.mono, slot, msg, sign, out),
+        };
+        if let Err(r) = done {
+            self.reject(msg, out, r, sign);
+        }
+        if let Some(a) = self.table.get_mut(slot) {
+            a.last_response = Some((tid, out[start..].to_vec()));
+        }
+        self.publish(slot, false);
+        ClientOutput::Reply
+    }
+
+    /// 401/438 carry REALM, a fresh NONCE and PASSWORD-ALGORITHMS so the
+    /// client can (re)compute its key (RFC 8489 §9.2.4); they are not
+    /// signed. 400 is plain.
+    fn auth_error(
+        &self,
+        msg: &Message<'_>,
+        ft: &FiveTuple,
+        wall: u64,
+        f: AuthFailure,
+        out: &mut Vec<u8>,
+    ) {
+        let reason = match f {
+            AuthFailure::Challenge => None,
+            AuthFailure::BadRequest(_) => Some(AuthFailureReason::BadRequest),
+            AuthFailure::StaleNonce => Some(AuthFailureReason::StaleNonce),
+            AuthFailure::UnknownUser => Some(AuthFailureReason::UnknownUser),
+            AuthFailure::ExpiredUsername => Some(AuthFailureReason::ExpiredUsername),
+            AuthFailure::BadIntegrity => Some(AuthFailureReason::BadIntegrity),
+        };
+        if let Some(r) = reason {
+            self.counters.auth_failed(r);
+        }
+        self.reject_with(msg, out, f.into(), None, |b| {
+            if f.code() != 400 {
+                b.text(attr::REALM, self.auth.credentials().realm());
+                b.text(attr::NONCE, &self.auth.nonce(ft.client, wall));
+                b.password_algorithms(&OFFERED_ALGORITHMS);
+            }
+        });
+    }
+
+    /// RFC 8656 §7.2 lifetime rule: min(requested, maximum), but never
+    /// below the default (600 s) unless the maximum itself is lower.
+    pub(super) fn granted_lifetime(&self, requested: Option<u32>) -> Duration {
+        let max = self.cfg.max_lifetime;
+        let want = requested.map_or(DEFAULT_LIFETIME, |s| Duration::from_secs(u64::from(s)));
+        want.min(max).max(DEFAULT_LIFETIME.min(max))
+    }
+
+    /// Refresh, RFC 8656 §7.3: LIFETIME 0 deletes, anything else sets a
+    /// new expiry by the §7.2 rule.
+    fn refresh<I: RelayIo>(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        msg: &Message<'_>,
+        sign: Sign<'_>,
+        out: &mut Vec<u8>,
+        io: &mut I,
+    ) -> Result<(), Reject> {
+        let Ok(requested) = msg.lifetime() else {
+            return Err(Reject::new(400, "Bad LIFETIME"));
+        };
+        let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
+        match msg.requested_address_family() {
+            Ok(None) => {}
+            Ok(Some(f)) if (f == attr::FAMILY_IPV6) == a.relay.is_ipv6() => {}
+            _ => return Err(PEER_FAMILY_MISMATCH),
+        }
+        let life = if requested == Some(0) {
+            Duration::ZERO
+        } else {
+            self.granted_lifetime(requested)
+        };
+        let mut b = MessageBuilder::response(out, msg, Class::Success);
+        b.lifetime(life.as_secs() as u32);
+        self.finish(b, msg, sign);
+        self.counters.answered(Method::REFRESH, 200);
+        if life.is_zero() {
+            self.delete(slot, now, EndReason::Refreshed0, io);
+        } else if let Some(a) = self.table.get_mut(slot) {
+            a.expires = now + life;
+            self.reschedule(slot);
+        }
+        Ok(())
+    }
+
+    /// Canonicalise a peer address and check it against the allocation's
+    /// family (443) and the peer policy (403).
+    fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<SocketAddr, Reject> {
+        let peer = canonical_addr(peer);
+        if peer.is_ipv6() != a.relay.is_ipv6() {
+            return Err(PEER_FAMILY_MISMATCH);
+        }
+        if !self.cfg.policy.allows(peer.ip()) {
+            self.counters.policy_refusals.inc();
+            return Err(Reject::new(403, "Forbidden"));
+        }
+        Ok(peer)
+    }
+
+    /// CreatePermission, RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked
+    /// before any is installed, so the request is all or nothing.
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        msg: &Message<'_>,
+        sign: Sign<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Reject> {
+        let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
+        let mut count = 0;
+        let mut new = 0;
+        for (i, p) in msg.xor_peer_addresses().enumerate() {
+            let p = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?)?;
+            let seen_before = msg
+                .xor_peer_addresses()
+                .take(i)
+                .any(|q| q.is_ok_and(|q| canonical_addr(q).ip() == p.ip()));
+            if !seen_before && !a.permissions.iter().any(|x| x.ip == p.ip()) {
+                new += 1;
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return Err(Reject::new(400, "Missing XOR-PEER-ADDRESS"));
+        }
+        if a.permissions.len() + new > self.cfg.max_permissions {
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(508, "Insufficient Capacity (permissions)"));
+        }
+        let a = self.table.get_mut(slot).ok_or(ALLOCATION_MISMATCH)?;
+        let mut added = 0;
+        for p in msg.xor_peer_addresses().flatten() {
+            added += i64::from(a.permit(canonical_addr(p).ip(), now + PERMISSION_LIFETIME));
+        }
+        self.counters.permissions_active.add(added);
+        self.reschedule(slot);
+        let b = MessageBuilder::response(out, msg, Class::Success);
+        self.finish(b, msg, sign);
+        self.counters.answered(Method::CREATE_PERMISSION, 200);
+        Ok(())
+    }
+
+    /// ChannelBind, RFC 8656 §11.2: a number 0x4000-0x4FFF (0x4000-0x7FFF
+    /// as RFC 5766 allowed, unless strict), bound to one
+    /// peer; neither may be bound to anything else while bound or cooling
+    /// down (400); a re-bind of the same pair refreshes it, and the peer's
+    /// permission with it.
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        msg: &Message<'_>,
+        sign: Sign<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Reject> {
+        let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
+        let number = match msg.channel_number() {
+            Ok(Some(n))
+                if is_valid_channel(n)
+                    && (!self.cfg.strict_channel_numbers || is_rfc8656_channel(n)) =>
+            {
+                n
+            }
+            _ => return Err(Reject::new(400, "Bad CHANNEL-NUMBER")),
+        };
+        let peer = match msg.xor_peer_address() {
+            Ok(Some(p)) => p,
+            _ => return Err(BAD_PEER_ADDRESS),
+        };
+        let peer = self.check_peer(a, peer)?;
+        let by_number = a.channels.iter().position(|c| c.number == number);
+        let by_peer = a.channels.iter().position(|c| c.peer == peer);
+        if by_number != by_peer {
+            return Err(Reject::new(400, "Channel or peer bound elsewhere"));
+        }
+        let need_perm = !a.permissions.iter().any(|p| p.ip == peer.ip());
+        if (by_number.is_none() && a.channels.len() >= self.cfg.max_channels)
+            || (need_perm && a.permissions.len() >= self.cfg.max_permissions)
+        {
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(508, "Insufficient Capacity (channels)"));
+        }
+        let a = self.table.get_mut(slot).ok_or(ALLOCATION_MISMATCH)?;
+        if a.permit(peer.ip(), now + PERMISSION_LIFETIME) {
+            self.counters.permissions_active.add(1);
+        }
+        let expires = now + CHANNEL_LIFETIME;
+        match by_number {
+            Some(i) => {
+                let c = &mut a.channels[i];
+                c.expires = expires;
+                if !c.counted {
+                    c.counted = true;
+                    self.counters.channels_active.add(1);
+                }
+            }
+            None => {
+                a.channels.push(Channel {
+                    number,
+                    peer,
+                    expires,
+                    counted: true,
+                });
+                self.counters.channels_active.add(1);
+            }
+        }
+        self.reschedule(slot);
+        let b = MessageBuilder::response(out, msg, Class::Success);
+        self.finish(b, msg, sign);
+        self.counters.answered(Method::CHANNEL_BIND, 200);
+        Ok(())
+    }
+
+    /// The trailing attributes of every response: SOFTWARE unless hidden,
+    /// MESSAGE-INTEGRITY(-SHA256) for an authenticated request, signed the
+    /// way the request was (RFC 8489 §9.2.4), FINGERPRINT if the request
+    /// carried one (§14.7).
+    pub(super) fn finish(&self, mut b: MessageBuilder<'_>, req: &Message<'_>, sign: Sign<'_>) {
+        if let Some(sw) = &self.cfg.software {
+            b.text(attr::SOFTWARE, sw);
+        }
+        match sign {
+            Some((key, true)) => {
+                b.integrity_sha256(key);
+            }
+            Some((key, false)) => {
+                b.integrity(key);
+            }
+            None => {}
+        }
+        if req.has_fingerprint() {
+            b.fingerprint();
+        }
+    }
+
+    /// Answer `req` with the error `r`, signed if `sign` is given. A 300
+    /// (Try Alternate) names the alternate server (RFC 8489 §10).
+    pub(super) fn reject(&self, req: &Message<'_>, out: &mut Vec<u8>, r: Reject, sign: Sign<'_>) {
+        self.reject_with(req, out, r, sign, |b| {
+            if r.code == 300 {
+                if let Some(&alt) = self.cfg.alternate_servers.first() {
+                    b.address(attr::ALTERNATE_SERVER, alt);
+                }
+            }
+        });
+    }
+
+    /// [`Server::reject`] with attributes of its own, written by `extra`
+    /// after ERROR-CODE.
+    pub(super) fn reject_with(
+        &self,
+        req: &Message<'_>,
+        out: &mut Vec<u8>,
+        r: Reject,
+        sign: Sign<'_>,
+        extra: impl FnOnce(&mut MessageBuilder<'_>),
+    ) {
+        let mut b = MessageBuilder::response(out, req, Class::Error);
+        b.error_code(r.code, r.reason);
+        extra(&mut b);
+        self.finish(b, req, sign);
+        self.counters.answered(req.method(), r.code);
+    }
+}
