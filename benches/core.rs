@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use criterion::{Criterion, criterion_group, criterion_main};
 use turnpike_proto::client::{AllocateOptions, Credentials};
 use turnpike_proto::core::{
-    ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId,
+    ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, RelayId,
 };
 use turnpike_proto::sim::{SimServer, sim_config, udp};
 use turnpike_proto::wire::ChannelData;
@@ -110,7 +110,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let (relay, peer, _) = s.relays[j % busy];
                 j = j.wrapping_add(7919);
-                let r = s.sim.server.handle_peer(now, relay, peer, &mut buf, 100);
+                let r = s
+                    .sim
+                    .server
+                    .handle_peer(now, relay, PeerAddr(peer), &mut buf, 100);
                 assert!(matches!(r, PeerOutput::ToClient { .. }));
                 black_box(r);
             })
@@ -121,10 +124,10 @@ fn bench(c: &mut Criterion) {
                 let (_, peer, relayed) = s.relays[k % busy];
                 k = k.wrapping_add(7919);
                 let view = s.sim.shared.directory.get(relayed).expect("published");
-                let r = s
-                    .sim
-                    .server
-                    .handle_peer_published(now, &view, peer, &mut buf, 100);
+                let r =
+                    s.sim
+                        .server
+                        .handle_peer_published(now, &view, PeerAddr(peer), &mut buf, 100);
                 assert!(r.is_some());
                 black_box(r);
             })

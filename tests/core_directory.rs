@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session};
 use turnpike_proto::core::Transport;
-use turnpike_proto::core::{DropReason, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Shared};
+use turnpike_proto::core::{
+    ClientAddr, DropReason, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, Shared,
+};
 use turnpike_proto::sim::SimConfig as Config;
 use turnpike_proto::sim::{SimServer, sim_config, udp};
 use turnpike_proto::wire::{ChannelData, Message, Method};
@@ -72,7 +74,7 @@ fn direct(
     buf[PEER_HEADROOM..][..payload.len()].copy_from_slice(payload);
     let (ft, range) =
         x.server
-            .handle_peer_published(x.now, &view, from, &mut buf, payload.len())?;
+            .handle_peer_published(x.now, &view, PeerAddr(from), &mut buf, payload.len())?;
     Some((ft, buf[range].to_vec()))
 }
 
@@ -296,7 +298,7 @@ fn only_uncapped_udp_allocations_are_published() {
     let cfg = config("");
     let (_, mut y) = shards(&cfg);
     let ft = FiveTuple {
-        client: addr("203.0.113.4:8000"),
+        client: ClientAddr(addr("203.0.113.4:8000")),
         server: addr(SERVER),
         transport: Transport::Tcp,
     };

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session};
-use turnpike_proto::core::{ClientOutput, DropReason, FiveTuple, RelayId, Shared, Transport};
+use turnpike_proto::core::{
+    ClientAddr, ClientOutput, DropReason, FiveTuple, PeerAddr, RelayId, Shared, Transport,
+};
 use turnpike_proto::sim::{Routed, SimConfig, SimServer, sim_config, udp};
 use turnpike_proto::wire::{ChannelData, Message, Method, TransactionId};
 
@@ -136,7 +138,7 @@ fn same_shard_channels_both_ways_and_padding_for_a_stream_client() {
     let b = client(
         &mut s,
         FiveTuple {
-            client: addr("203.0.113.2:6000"),
+            client: ClientAddr(addr("203.0.113.2:6000")),
             server: addr(SERVER),
             transport: Transport::Tcp,
         },
@@ -324,7 +326,7 @@ fn a_deleted_relay_is_a_peer_like_any_other() {
         s.from_client(&a.ft, &send_indication(b.relayed, b"x")),
         Routed::ToPeer {
             relay: a.relay,
-            peer: b.relayed,
+            peer: PeerAddr(b.relayed),
             data: b"x".to_vec()
         }
     );
@@ -354,7 +356,7 @@ fn other_shard_not_published_goes_to_the_kernel_then_straight_to_its_client() {
         x.from_client(&a.ft, &send_indication(b.relayed, b"first")),
         Routed::ToPeer {
             relay: a.relay,
-            peer: b.relayed,
+            peer: PeerAddr(b.relayed),
             data: b"first".to_vec()
         }
     );
@@ -456,7 +458,7 @@ fn other_shard_never_published_keeps_the_kernel_path() {
     let t = client(
         &mut z,
         FiveTuple {
-            client: addr("203.0.113.3:7000"),
+            client: ClientAddr(addr("203.0.113.3:7000")),
             server: addr(SERVER),
             transport: Transport::Tcp,
         },
@@ -471,7 +473,7 @@ fn other_shard_never_published_keeps_the_kernel_path() {
                 x.from_client(&a.ft, &send_indication(to, b"k")),
                 Routed::ToPeer {
                     relay: a.relay,
-                    peer: to,
+                    peer: PeerAddr(to),
                     data: b"k".to_vec()
                 }
             );

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use turnpike::config::{Config, Transport};
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike_proto::core::{
-    AuthFailureReason, ClientOutput, Counters, DropReason, EndReason, FiveTuple, Now,
-    PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId, Server, Setup, Shared,
+    AuthFailureReason, ChannelNumber, ClientAddr, ClientOutput, Counters, DropReason, EndReason,
+    FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, RelayId, Server, Setup,
+    Shared,
 };
 use turnpike_proto::sim::MemIo;
 use turnpike_proto::wire::{
@@ -99,7 +100,7 @@ fn harness_cfg(cfg: Config, seed: u64) -> H {
 
 fn udp(client: &str) -> FiveTuple {
     FiveTuple {
-        client: client.parse().unwrap(),
+        client: ClientAddr(client.parse().unwrap()),
         server: "192.0.2.10:3478".parse().unwrap(),
         transport: Transport::Udp,
     }
@@ -151,7 +152,7 @@ impl H {
             .server
             .handle_client(self.now, ft, bytes, &mut out, &mut self.io)
         {
-            ClientOutput::ToPeer { relay, peer, data } => Some((relay, peer, data.to_vec())),
+            ClientOutput::ToPeer { relay, peer, data } => Some((relay, peer.0, data.to_vec())),
             ClientOutput::None => None,
             ClientOutput::Reply => panic!("unexpected reply"),
             ClientOutput::ToClient { .. } => panic!("unexpected relay-to-relay output"),
@@ -167,10 +168,13 @@ impl H {
     ) -> Option<(FiveTuple, Vec<u8>)> {
         let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
-        match self
-            .server
-            .handle_peer(self.now, relay, addr(peer), &mut buf, payload.len())
-        {
+        match self.server.handle_peer(
+            self.now,
+            relay,
+            PeerAddr(addr(peer)),
+            &mut buf,
+            payload.len(),
+        ) {
             PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
             PeerOutput::None => None,
         }
@@ -303,7 +307,7 @@ fn binding_reports_source_address() {
     let m = Message::parse(&resp).unwrap();
     assert_eq!(m.class(), Class::Success);
     assert_eq!(m.transaction_id(), tid);
-    assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client));
+    assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client.0));
     assert_eq!(m.software().unwrap(), Some("turnpike-test"));
     assert_eq!(m.check_fingerprint(), Some(true));
     assert_eq!(h.counters.binding_requests.get(), 1);
@@ -388,7 +392,7 @@ fn allocate_response_fields_and_lifetime() {
     let m = Message::parse(&resp).unwrap();
     assert_eq!(m.class(), Class::Success);
     assert_eq!(m.lifetime().unwrap(), Some(3600), "capped at max_lifetime");
-    assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client));
+    assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client.0));
     assert_eq!(m.check_fingerprint(), Some(true));
     assert!(m.verify_sha1(&s.key).is_ok());
     // A short request is raised to the default (RFC 8656 §7.2).
@@ -1650,7 +1654,10 @@ fn sessions_and_admin_delete() {
     let list = h.server.sessions(h.now);
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].username, "alice");
-    assert_eq!(list[0].channels, [(0x4000, addr("198.51.100.1:1"))]);
+    assert_eq!(
+        list[0].channels,
+        [(ChannelNumber(0x4000), PeerAddr(addr("198.51.100.1:1")))]
+    );
     assert_eq!(list[0].permissions.len(), 1);
     assert!(h.server.delete_session(list[0].id, h.now, &mut h.io));
     assert!(!h.server.delete_session(list[0].id, h.now, &mut h.io));

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use turnpike::config::Transport;
 use turnpike_proto::client::Credentials;
 use turnpike_proto::core::{
-    ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId,
+    ClientAddr, ClientOutput, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput,
+    RelayId,
 };
 use turnpike_proto::ice::agent::PairReport;
 use turnpike_proto::ice::{Agent, AgentConfig, PathKind, Report, SocketId, Timing, TurnServer};
@@ -308,7 +309,7 @@ impl Net {
             if p.dst == self.server_addr {
                 // Client → server over TCP.
                 let ft = FiveTuple {
-                    client: p.src,
+                    client: ClientAddr(p.src),
                     server: self.server_addr,
                     transport: Transport::Tcp,
                 };
@@ -326,7 +327,7 @@ impl Net {
         }
         if p.dst == self.server_addr {
             let ft = FiveTuple {
-                client: p.src,
+                client: ClientAddr(p.src),
                 server: self.server_addr,
                 transport: Transport::Udp,
             };
@@ -384,7 +385,7 @@ impl Net {
                 let data = data.to_vec();
                 self.enqueue(Packet {
                     src,
-                    dst: peer,
+                    dst: peer.0,
                     data,
                     tcp: None,
                 });
@@ -403,7 +404,7 @@ impl Net {
         let out = match self.server.server.handle_peer(
             turnpike_proto::core::Now::new(self.now, self.server.now.unix),
             relay,
-            from,
+            PeerAddr(from),
             &mut buf,
             data.len(),
         ) {
@@ -419,17 +420,17 @@ impl Net {
         if ft.transport == Transport::Udp {
             self.enqueue(Packet {
                 src: self.server_addr,
-                dst: ft.client,
+                dst: ft.client.0,
                 data,
                 tcp: None,
             });
             return;
         }
         for (i, s) in self.sites.iter().enumerate() {
-            if let Some(j) = s.turn_src.iter().position(|a| *a == ft.client) {
+            if let Some(j) = s.turn_src.iter().position(|a| *a == ft.client.0) {
                 self.enqueue(Packet {
                     src: self.server_addr,
-                    dst: ft.client,
+                    dst: ft.client.0,
                     data,
                     tcp: Some((i, j as u16)),
                 });

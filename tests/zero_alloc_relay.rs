@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 
 use turnpike_proto::client::{self, AllocateOptions, Credentials};
-use turnpike_proto::core::{ClientOutput, PEER_HEADROOM, PEER_TAILROOM, PeerOutput};
+use turnpike_proto::core::{ClientOutput, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput};
 use turnpike_proto::sim::{SimServer, sim_config, udp};
 use turnpike_proto::wire::{ChannelData, TransactionId};
 
@@ -76,21 +76,22 @@ fn relaying_allocates_nothing() {
                     relayed += data.len() as u64;
                 }
                 if let PeerOutput::ToClient { data, .. } =
-                    sim.server.handle_peer(now, *relay, *peer, &mut buf, 100)
+                    sim.server
+                        .handle_peer(now, *relay, PeerAddr(*peer), &mut buf, 100)
                 {
                     relayed += data.len() as u64;
                 }
-                if let PeerOutput::ToClient { data, .. } = sim
-                    .server
-                    .handle_peer(now, *relay, *data_peer, &mut buf, 100)
+                if let PeerOutput::ToClient { data, .. } =
+                    sim.server
+                        .handle_peer(now, *relay, PeerAddr(*data_peer), &mut buf, 100)
                 {
                     relayed += data.len() as u64;
                 }
                 // As another shard delivers it: lookup, checks, framing.
                 let view = sim.shared.directory.get(*relayed_at).unwrap();
-                if let Some((_, range)) = sim
-                    .server
-                    .handle_peer_published(now, &view, *peer, &mut buf, 100)
+                if let Some((_, range)) =
+                    sim.server
+                        .handle_peer_published(now, &view, PeerAddr(*peer), &mut buf, 100)
                 {
                     relayed += range.len() as u64;
                 }

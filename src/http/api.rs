@@ -193,7 +193,7 @@ pub(super) async fn sessions(
                 "age_s": s.age.as_secs(),
                 "expires_in_s": s.expires_in.as_secs(),
                 "permissions": s.permissions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                "channels": s.channels.iter().map(|(n, p)| json!({"number": n, "peer": p.to_string()})).collect::<Vec<_>>(),
+                "channels": s.channels.iter().map(|(n, p)| json!({"number": n.0, "peer": p.to_string()})).collect::<Vec<_>>(),
                 "bytes_to_peer": s.traffic.bytes_out,
                 "bytes_from_peer": s.traffic.bytes_in,
                 "packets_to_peer": s.traffic.packets_out,

@@ -70,11 +70,11 @@ pub(super) fn deliver<'d>(
             out.truncate(start);
             match batch {
                 Some(b) => {
-                    b.to_peers[b.n_peers] = (relay, peer, data);
+                    b.to_peers[b.n_peers] = (relay, peer.0, data);
                     b.n_peers += 1;
                 }
                 None => {
-                    if !shard.send_from_relay(relay, peer, data) {
+                    if !shard.send_from_relay(relay, peer.0, data) {
                         shard.counters.dropped(DropReason::SendBufferFull);
                     }
                 }
@@ -95,7 +95,7 @@ fn to_client(
 ) {
     if let Some(b) = batch {
         if ft.transport == Transport::Udp && ft.server == b.local {
-            b.to_clients.push((range, ft.client));
+            b.to_clients.push((range, ft.client.0));
             return;
         }
     }

@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::poller::EVENTS;
 use super::shard::Shard;
 use crate::config::Transport;
-use turnpike_proto::core::{DropReason, PeerOutput, RelayId, RelayIo};
+use turnpike_proto::core::{DropReason, PeerAddr, PeerOutput, RelayId, RelayIo};
 use turnpike_sys::batch::{BATCH, SendBatch, UdpSocketState};
 
 /// A bound relay socket: a plain non-blocking std socket (no tokio
@@ -172,7 +172,8 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
                 shard.counters.dropped(DropReason::TooLarge);
                 continue;
             };
-            let PeerOutput::ToClient { ft, data } = core.handle_peer(now, relay, peer, buf, len)
+            let PeerOutput::ToClient { ft, data } =
+                core.handle_peer(now, relay, PeerAddr(peer), buf, len)
             else {
                 continue;
             };
@@ -187,7 +188,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
                 continue;
             };
             if i >= BATCHED_LISTENERS {
-                if udp[i].1.io.get_ref().send_to(data, ft.client).is_err() {
+                if udp[i].1.io.get_ref().send_to(data, ft.client.0).is_err() {
                     shard.counters.dropped(DropReason::SendBufferFull);
                 }
                 continue;
@@ -198,7 +199,7 @@ fn drain(shard: &Rc<Shard>, relay: RelayId) -> bool {
                     .counters
                     .dropped_n(DropReason::SendBufferFull, lost as u64);
             }
-            batches[i].push(data, ft.client);
+            batches[i].push(data, ft.client.0);
         }
         drop(core);
         for (b, (_, s)) in batches.iter_mut().zip(udp.iter()) {

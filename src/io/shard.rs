@@ -16,7 +16,7 @@ use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
 use turnpike_proto::core::{
-    Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup,
+    ClientAddr, Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup,
 };
 
 /// The sockets handed to one shard.
@@ -82,7 +82,7 @@ impl Shard {
                 let Some((_, sock)) = udp.iter().find(|(a, _)| *a == ft.server) else {
                     return false;
                 };
-                sock.io.get_ref().send_to(data, ft.client).is_ok()
+                sock.io.get_ref().send_to(data, ft.client.0).is_ok()
             }
             Transport::Tcp | Transport::Tls => match self.conns.borrow().get(ft) {
                 Some(c) => c.push(data),
@@ -133,7 +133,7 @@ pub(crate) fn log_events(core: &mut Server) {
             } => tracing::info!(
                 id,
                 user = %username,
-                client = %client(ft.client),
+                client = %client(ft.client.0),
                 server = %ft.server,
                 transport = %ft.transport,
                 %relay,
@@ -151,7 +151,7 @@ pub(crate) fn log_events(core: &mut Server) {
             } => tracing::info!(
                 id,
                 user = %username,
-                client = %client(ft.client),
+                client = %client(ft.client.0),
                 server = %ft.server,
                 transport = %ft.transport,
                 %relay,
@@ -337,7 +337,7 @@ async fn accept_loop(
         // The connection's own local address is specific even when the
         // listener is a wildcard.
         let ft = FiveTuple {
-            client: peer,
+            client: ClientAddr(peer),
             server: stream.local_addr().unwrap_or(local),
             transport,
         };

@@ -12,7 +12,7 @@ use super::deliver::{Batch, deliver};
 use super::relay::ShellIo;
 use super::shard::Shard;
 use crate::config::Transport;
-use turnpike_proto::core::{DropReason, FiveTuple, RelayId};
+use turnpike_proto::core::{ClientAddr, DropReason, FiveTuple, RelayId};
 use turnpike_sys::batch::{BATCH, MAX_DATAGRAM, RecvBatch, SendBatch, UdpSocketState};
 
 /// Batches handled before yielding to the shard's other tasks.
@@ -80,7 +80,7 @@ pub(crate) async fn serve(
                         continue;
                     };
                     let ft = FiveTuple {
-                        client: from,
+                        client: ClientAddr(from),
                         server: local,
                         transport: Transport::Udp,
                     };

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use crate::core::{
-    ClientOutput, CoreConfig, Counters, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerOutput,
-    PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo, Server, Setup, Shared, StaticCredential,
-    Transport,
+    ClientAddr, ClientOutput, CoreConfig, Counters, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
+    PeerAddr, PeerOutput, PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo, Server, Setup,
+    Shared, StaticCredential, Transport,
 };
 use crate::wire::{Class, Message, TransactionId};
 
@@ -246,7 +246,7 @@ impl SimServer {
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
         match self
             .server
-            .handle_peer(self.now, relay, peer, &mut buf, payload.len())
+            .handle_peer(self.now, relay, PeerAddr(peer), &mut buf, payload.len())
         {
             PeerOutput::ToClient { ft, data } => Some((ft, data.to_vec())),
             PeerOutput::None => None,
@@ -264,7 +264,7 @@ pub enum Routed {
     /// Through the kernel, from `relay`'s socket.
     ToPeer {
         relay: RelayId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         data: Vec<u8>,
     },
     /// Framed by the core for the client of `ft` (relay to relay).
@@ -277,7 +277,7 @@ pub enum Routed {
 /// A UDP five-tuple towards `server`.
 pub fn udp(client: SocketAddr, server: SocketAddr) -> FiveTuple {
     FiveTuple {
-        client,
+        client: ClientAddr(client),
         server,
         transport: Transport::Udp,
     }

@@ -324,7 +324,7 @@ impl Server {
         if let Some(t) = new_token {
             b.attr(attr::RESERVATION_TOKEN, &t.to_be_bytes());
         }
-        b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client));
+        b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client.0));
         if additional {
             // RFC 8656 §7.2: dual allocation is optional; say the IPv6
             // part was not made, the IPv4 one was.

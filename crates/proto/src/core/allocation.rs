@@ -6,11 +6,12 @@
 //! scan of a few cache lines beats hashing at these sizes.
 
 use std::net::{IpAddr, SocketAddr};
+
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
-use super::FiveTuple;
+use super::{ChannelNumber, FiveTuple, PeerAddr};
 use crate::wire::{IntegrityKey, PasswordAlgorithm, TransactionId};
 
 /// Permissions and channels kept inline up to this many (the common case
@@ -65,8 +66,8 @@ pub struct Permission {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Channel {
-    pub number: u16,
-    pub peer: SocketAddr,
+    pub number: ChannelNumber,
+    pub peer: PeerAddr,
     /// Until then the channel relays; after it, it is cooling down until
     /// `expires + CHANNEL_COOLDOWN` and relays nothing.
     pub expires: Instant,
@@ -90,7 +91,7 @@ pub fn permitted(perms: &[Permission], ip: IpAddr, now: Instant) -> bool {
 
 /// The active channel of `chans` bound to `peer`, if any.
 #[inline]
-pub fn channel_by_peer(chans: &[Channel], peer: SocketAddr, now: Instant) -> Option<&Channel> {
+pub fn channel_by_peer(chans: &[Channel], peer: PeerAddr, now: Instant) -> Option<&Channel> {
     chans
         .iter()
         .find(|c| c.peer == peer)
@@ -218,7 +219,7 @@ impl Allocation {
 
     /// The active channel with this number, if any.
     #[inline]
-    pub fn channel_by_number(&self, n: u16, now: Instant) -> Option<&Channel> {
+    pub fn channel_by_number(&self, n: ChannelNumber, now: Instant) -> Option<&Channel> {
         self.channels
             .iter()
             .find(|c| c.number == n)
@@ -227,7 +228,7 @@ impl Allocation {
 
     /// The active channel bound to this peer, if any.
     #[inline]
-    pub fn channel_by_peer(&self, peer: SocketAddr, now: Instant) -> Option<&Channel> {
+    pub fn channel_by_peer(&self, peer: PeerAddr, now: Instant) -> Option<&Channel> {
         channel_by_peer(&self.channels, peer, now)
     }
 

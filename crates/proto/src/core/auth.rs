@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::ClientAddr;
 use super::allocation::KeyBytes;
 use crate::wire::{IntegrityKey, Message, PasswordAlgorithm, long_term_key, userhash};
 
@@ -196,7 +197,7 @@ impl Authenticator {
         self.cache.len()
     }
 
-    fn nonce_tag(&self, client: SocketAddr, issued: u32) -> [u8; NONCE_TAG] {
+    fn nonce_tag(&self, ClientAddr(client): ClientAddr, issued: u32) -> [u8; NONCE_TAG] {
         let mut mac = self.nonce_key.clone();
         match client {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),
@@ -212,7 +213,7 @@ impl Authenticator {
 
     /// A fresh nonce for `client` (RFC 8489 §9.2: cookie, feature set,
     /// then our opaque part: issue time and tag).
-    pub fn nonce(&self, client: SocketAddr, wall: u64) -> String {
+    pub fn nonce(&self, client: ClientAddr, wall: u64) -> String {
         let issued = wall as u32;
         let mut raw = [0u8; 4 + NONCE_TAG];
         raw[..4].copy_from_slice(&issued.to_be_bytes());
@@ -226,7 +227,7 @@ impl Authenticator {
 
     /// Whether `nonce` was issued by us to `client` and is not older than
     /// the nonce lifetime (RFC 8489 §9.2.4 → 438 otherwise).
-    pub fn nonce_valid(&self, nonce: &str, client: SocketAddr, wall: u64) -> bool {
+    pub fn nonce_valid(&self, nonce: &str, client: ClientAddr, wall: u64) -> bool {
         let Some(rest) = nonce
             .strip_prefix(NONCE_COOKIE)
             .and_then(|r| r.strip_prefix(NONCE_FEATURES))
@@ -255,7 +256,7 @@ impl Authenticator {
     pub fn authenticate<'m>(
         &mut self,
         msg: &Message<'m>,
-        client: SocketAddr,
+        client: ClientAddr,
         wall: u64,
         existing: Option<(&str, &IntegrityKey, PasswordAlgorithm)>,
     ) -> Result<Authed<'m>, AuthFailure> {
@@ -433,8 +434,8 @@ mod tests {
     fn nonces_bind_address_and_expire() {
         let creds = std::sync::Arc::new(Credentials::new("r", vec![], &Default::default(), 3600));
         let a = Authenticator::new(creds, &[7; 32]);
-        let c1: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let c2: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let c1 = ClientAddr("192.0.2.1:1000".parse().unwrap());
+        let c2 = ClientAddr("192.0.2.1:1001".parse().unwrap());
         let n = a.nonce(c1, 1_000_000);
         assert!(n.starts_with("obMatJos2wAAA"));
         assert!(a.nonce_valid(&n, c1, 1_000_000));

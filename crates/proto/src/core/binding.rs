@@ -26,7 +26,7 @@ pub(super) fn respond<'a>(
         return ClientOutput::Reply;
     }
     let mut b = MessageBuilder::response(out, req, Class::Success);
-    b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client));
+    b.xor_address(attr::XOR_MAPPED_ADDRESS, canonical(ft.client.0));
     server.finish(b, req, None);
     server.counters.binding_requests.inc();
     server.counters.answered(req.method(), 200);

@@ -6,14 +6,13 @@
 //! moves bytes (see [`Server::route`]). Also here: the owner's side of the
 //! relay directory (publishing, see [`super::directory`]).
 
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
 use super::policy::canonical_addr;
 use super::{
-    ClientOutput, DropReason, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerOutput, RelayId,
-    Server, Transport, directory,
+    ChannelNumber, ClientOutput, DropReason, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
+    PeerAddr, PeerOutput, RelayId, Server, Transport, directory,
 };
 use crate::wire::{CHANNEL_DATA_HEADER_LEN, ChannelData, Message};
 
@@ -21,8 +20,8 @@ use crate::wire::{CHANNEL_DATA_HEADER_LEN, ChannelData, Message};
 /// (XOR-PEER-ADDRESS and DATA, padded) of at most 65532 bytes, the largest
 /// multiple of four the 16-bit length field can hold. An IPv6 peer can
 /// send up to 65527 bytes in one datagram; more than 65504 do not fit.
-fn data_indication_fits(len: usize, peer: SocketAddr) -> bool {
-    let addr = if peer.is_ipv6() { 20 } else { 8 };
+fn data_indication_fits(len: usize, peer: PeerAddr) -> bool {
+    let addr = if peer.0.is_ipv6() { 20 } else { 8 };
     4 + addr + 4 + crate::wire::pad4(len) <= crate::wire::MAX_FRAME - crate::wire::HEADER_LEN
 }
 
@@ -44,8 +43,7 @@ impl Server {
             self.counters.dropped(DropReason::Malformed);
             return ClientOutput::None;
         };
-        let peer = canonical_addr(peer);
-        self.relay_out(now, slot, peer, data, out)
+        self.relay_out(now, slot, PeerAddr(canonical_addr(peer)), data, out)
     }
 
     /// ChannelData from a client, RFC 8656 §12.6.
@@ -68,7 +66,7 @@ impl Server {
             self.counters.dropped(DropReason::NoAllocation);
             return ClientOutput::None;
         };
-        let Some(ch) = a.channel_by_number(cd.channel, now) else {
+        let Some(ch) = a.channel_by_number(ChannelNumber(cd.channel), now) else {
             self.counters.dropped(DropReason::NoChannel);
             return ClientOutput::None;
         };
@@ -84,7 +82,7 @@ impl Server {
         &mut self,
         now: Instant,
         slot: u32,
-        peer: SocketAddr,
+        peer: PeerAddr,
         data: &'a [u8],
         out: &mut Vec<u8>,
     ) -> ClientOutput<'a> {
@@ -107,7 +105,8 @@ impl Server {
         }
         a.traffic.packets_out += 1;
         a.traffic.bytes_out += data.len() as u64;
-        let from = a.advertised;
+        // What the receiving side sees as the peer, relay to relay.
+        let from = PeerAddr(a.advertised);
         self.counters.relayed_packets_out.inc();
         self.counters.relayed_bytes_out.add(data.len() as u64);
         self.route(now, slot, from, peer, data, out)
@@ -128,19 +127,19 @@ impl Server {
         &mut self,
         now: Instant,
         slot: u32,
-        from: SocketAddr,
-        peer: SocketAddr,
+        from: PeerAddr,
+        peer: PeerAddr,
         data: &'a [u8],
         out: &mut Vec<u8>,
     ) -> ClientOutput<'a> {
-        if let Some(to) = self.table.by_advertised(peer) {
+        if let Some(to) = self.table.by_advertised(peer.0) {
             self.counters.relayed_local.inc();
             return self
                 .relay_to_relay(data, out, |s, buf, len| s.peer_in(now, to, from, buf, len));
         }
         if self.cfg.publish_relays {
             // One shard (publishing off): nothing is published, no lookup.
-            if let Some(view) = self.shared.directory.get(peer) {
+            if let Some(view) = self.shared.directory.get(peer.0) {
                 self.counters.relayed_cross_shard.inc();
                 return self.relay_to_relay(data, out, |s, buf, len| {
                     s.published_in(now, &view, from, buf, len)
@@ -189,7 +188,7 @@ impl Server {
         &mut self,
         now: Now,
         relay: RelayId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &'b mut [u8],
         len: usize,
     ) -> PeerOutput<'b> {
@@ -209,7 +208,7 @@ impl Server {
         &mut self,
         now: Instant,
         slot: u32,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
@@ -260,7 +259,7 @@ impl Server {
         &mut self,
         now: Now,
         view: &directory::RelayView,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
@@ -271,7 +270,7 @@ impl Server {
         &mut self,
         now: Instant,
         view: &directory::RelayView,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<(FiveTuple, Range<usize>)> {
@@ -295,7 +294,7 @@ impl Server {
 
     /// Whether `addr` may be one of this server's relays: a relay IP (bound
     /// or advertised) and a port of the relay range.
-    fn is_relay_address(&self, addr: SocketAddr) -> bool {
+    fn is_relay_address(&self, PeerAddr(addr): PeerAddr) -> bool {
         let fam = if addr.is_ipv4() {
             &self.cfg.relay4
         } else {
@@ -317,15 +316,15 @@ impl Server {
     fn frame_for_client(
         &mut self,
         ft: FiveTuple,
-        channel: Option<u16>,
-        peer: SocketAddr,
+        channel: Option<ChannelNumber>,
+        peer: PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Range<usize> {
         self.counters.relayed_packets_in.inc();
         self.counters.relayed_bytes_in.add(len as u64);
         match channel {
-            Some(number) => {
+            Some(ChannelNumber(number)) => {
                 let start = PEER_HEADROOM - CHANNEL_DATA_HEADER_LEN;
                 buf[start..PEER_HEADROOM]
                     .copy_from_slice(&crate::wire::ChannelData::header(number, len));
@@ -340,7 +339,7 @@ impl Server {
             }
             None => {
                 let tid = crate::wire::TransactionId::random(&mut self.rng);
-                crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer, tid)
+                crate::wire::data_indication_in_place(buf, PEER_HEADROOM, len, peer.0, tid)
             }
         }
     }
@@ -386,8 +385,8 @@ mod tests {
 
     #[test]
     fn data_indication_size_limit() {
-        let v4: SocketAddr = "192.0.2.1:9".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        let v4 = PeerAddr("192.0.2.1:9".parse().unwrap());
+        let v6 = PeerAddr("[2001:db8::1]:9".parse().unwrap());
         // IPv4: every UDP payload (at most 65507 bytes) fits.
         assert!(data_indication_fits(65507, v4));
         // IPv6: 20 + 4 + 20 + 4 + 65504 = 65552 = 20 + 65532, the most a

@@ -34,9 +34,9 @@ use arc_swap::ArcSwapOption;
 use arc_swap::Guard;
 use smallvec::SmallVec;
 
-use super::FiveTuple;
 use super::PortRange;
 use super::allocation::{self, Channel, INLINE, Permission, Traffic};
+use super::{ChannelNumber, FiveTuple, PeerAddr};
 
 /// A published snapshot of one allocation.
 #[derive(Debug)]
@@ -58,13 +58,13 @@ impl RelayView {
     /// Whether the allocation is alive and `peer`'s IP has a live
     /// permission (RFC 8656 §9).
     #[inline]
-    pub fn permitted(&self, peer: SocketAddr, now: Instant) -> bool {
+    pub fn permitted(&self, peer: PeerAddr, now: Instant) -> bool {
         now < self.expires && allocation::permitted(&self.permissions, peer.ip(), now)
     }
 
     /// The active channel bound to `peer`, if any (RFC 8656 §12).
     #[inline]
-    pub fn channel_by_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub fn channel_by_peer(&self, peer: PeerAddr, now: Instant) -> Option<ChannelNumber> {
         allocation::channel_by_peer(&self.channels, peer, now).map(|c| c.number)
     }
 }

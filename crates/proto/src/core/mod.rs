@@ -68,8 +68,9 @@ pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, 
 pub use policy::PeerPolicy;
 pub use shared::Shared;
 pub use types::{
-    ClientOutput, DEFAULT_LIFETIME, Event, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
-    PeerOutput, PortRange, RESERVATION_LIFETIME, RelayId, RelayIo, SessionInfo, Transport,
+    ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, FiveTuple, Now,
+    PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, PortRange, RESERVATION_LIFETIME, RelayId,
+    RelayIo, SessionInfo, Transport,
 };
 
 use crate::wire::{Class, FrameKind, Message, Method};

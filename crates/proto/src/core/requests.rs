@@ -11,7 +11,8 @@ use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, PERMISSION_LIFETI
 use super::auth::{AuthFailure, OFFERED_ALGORITHMS};
 use super::policy::canonical_addr;
 use super::{
-    AuthFailureReason, ClientOutput, DEFAULT_LIFETIME, EndReason, FiveTuple, Now, RelayIo, Server,
+    AuthFailureReason, ChannelNumber, ClientOutput, DEFAULT_LIFETIME, EndReason, FiveTuple, Now,
+    PeerAddr, RelayIo, Server,
 };
 use crate::wire::{
     Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_rfc8656_channel,
@@ -215,9 +216,9 @@ impl Server {
 
     /// Canonicalise a peer address and check it against the allocation's
     /// family (443) and the peer policy (403).
-    fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<SocketAddr, Reject> {
-        let peer = canonical_addr(peer);
-        if peer.is_ipv6() != a.relay.is_ipv6() {
+    fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<PeerAddr, Reject> {
+        let peer = PeerAddr(canonical_addr(peer));
+        if peer.0.is_ipv6() != a.relay.is_ipv6() {
             return Err(PEER_FAMILY_MISMATCH);
         }
         if !self.cfg.policy.allows(peer.ip()) {
@@ -290,7 +291,7 @@ impl Server {
                 if is_valid_channel(n)
                     && (!self.cfg.strict_channel_numbers || is_rfc8656_channel(n)) =>
             {
-                n
+                ChannelNumber(n)
             }
             _ => return Err(Reject::new(400, "Bad CHANNEL-NUMBER")),
         };

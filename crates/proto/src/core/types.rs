@@ -38,9 +38,51 @@ impl Now {
 /// (RFC 8656 §2): client address, server address and transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
-    pub client: SocketAddr,
+    pub client: ClientAddr,
+    /// The server's own address the client reached (a listener's).
     pub server: SocketAddr,
     pub transport: Transport,
+}
+
+/// A client's transport address (RFC 8656 §2): where its datagrams come
+/// from, or the remote end of its TCP/TLS connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A peer's transport address as an allocation sees it (RFC 8656 §2):
+/// where relayed data goes to, or came from. One of this server's own
+/// relays may be the peer (two clients relaying to each other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A channel number (RFC 8656 §12: 0x4000-0x4FFF, or 0x4000-0x7FFF as
+/// RFC 5766 allowed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelNumber(pub u16);
+
+impl PeerAddr {
+    #[inline]
+    pub fn ip(self) -> IpAddr {
+        self.0.ip()
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for ChannelNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#06x}", self.0)
+    }
 }
 
 /// Handle of a relay socket: the slot of its allocation. The shell keeps
@@ -87,7 +129,7 @@ pub enum ClientOutput<'a> {
     /// Send `data` from the relay socket of `relay` to `peer`.
     ToPeer {
         relay: RelayId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         data: &'a [u8],
     },
     /// Send `out[range]` to the client of `ft`. The peer was one of this
@@ -160,7 +202,7 @@ pub struct SessionInfo {
     pub age: Duration,
     pub expires_in: Duration,
     pub permissions: Vec<IpAddr>,
-    pub channels: Vec<(u16, SocketAddr)>,
+    pub channels: Vec<(ChannelNumber, PeerAddr)>,
     pub traffic: Traffic,
 }
 
