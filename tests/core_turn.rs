@@ -15,8 +15,8 @@ use turnpike::config::{Config, Transport};
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike_proto::core::{
     AuthFailureReason, ChannelNumber, ClientAddr, ClientOutput, Counters, DropReason, EndReason,
-    FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, RelayId, Server, Setup,
-    Shared,
+    Family, FiveTuple, Fragmentation, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput,
+    RelayId, Server, Setup, Shared,
 };
 use turnpike_proto::sim::MemIo;
 use turnpike_proto::wire::{
@@ -367,7 +367,7 @@ fn allocate_success_with_static_user() {
     assert_eq!(s.realm, "example.org");
     assert_eq!(h.server.allocation_count(), 1);
     assert_eq!(h.counters.allocations_created.get(), 1);
-    assert_eq!(h.counters.active(Transport::Udp, false).get(), 1);
+    assert_eq!(h.counters.active(Transport::Udp, Family::V4).get(), 1);
     assert_eq!(h.shared.allocations(), 1);
     assert_eq!(h.counters.answered_count(Method::ALLOCATE, 200), 1);
 }
@@ -517,7 +517,7 @@ fn address_family_440_and_ipv6_allocation() {
         },
     );
     assert!(relayed.is_ipv6());
-    assert_eq!(h.counters.active(Transport::Udp, true).get(), 1);
+    assert_eq!(h.counters.active(Transport::Udp, Family::V6).get(), 1);
     // ADDITIONAL-ADDRESS-FAMILY: IPv4 is made, IPv6 refused with
     // ADDRESS-ERROR-CODE 440; IPv4 as the additional family is 400.
     let ft2 = udp("198.51.100.7:40001");
@@ -630,7 +630,11 @@ fn exhausted_port_range_gives_508() {
         .unwrap_err();
     assert_eq!(err, 508);
     assert_eq!(h.server.allocation_count(), 50);
-    assert_eq!(h.shared.pool(false).taken(), 50, "failed ports released");
+    assert_eq!(
+        h.shared.pool(Family::V4).taken(),
+        50,
+        "failed ports released"
+    );
 }
 
 #[test]
@@ -655,7 +659,7 @@ fn even_port_reservation_token() {
     assert_eq!(rtp.port() % 2, 0, "even port");
     let token = m.reservation_token().unwrap().expect("token");
     assert!(
-        h.shared.pool(false).is_taken(rtp.port() + 1),
+        h.shared.pool(Family::V4).is_taken(rtp.port() + 1),
         "next port held"
     );
     // The RTCP allocation from another five-tuple uses the token.
@@ -722,11 +726,14 @@ fn reservation_expires_after_30_seconds() {
     let token = m.reservation_token().unwrap().unwrap();
     h.advance(Duration::from_millis(29_999));
     assert!(
-        h.shared.pool(false).is_taken(port + 1),
+        h.shared.pool(Family::V4).is_taken(port + 1),
         "still held at 29.999 s"
     );
     h.advance(Duration::from_millis(1));
-    assert!(!h.shared.pool(false).is_taken(port + 1), "released at 30 s");
+    assert!(
+        !h.shared.pool(Family::V4).is_taken(port + 1),
+        "released at 30 s"
+    );
     let err = h
         .allocate_with(
             &udp("198.51.100.7:40001"),
@@ -753,7 +760,10 @@ fn dont_fragment_is_passed_to_the_relay_socket() {
         },
     );
     h.allocate(&udp("198.51.100.7:2"), alice(), Default::default());
-    assert_eq!(h.io.df, [true, false]);
+    assert_eq!(
+        h.io.df,
+        [Fragmentation::DontFragment, Fragmentation::Allowed]
+    );
 }
 
 // --- Lifetimes and Refresh ---------------------------------------------------
@@ -777,7 +787,11 @@ fn allocation_expires_at_its_lifetime_not_before() {
     assert_eq!(h.counters.ended_count(EndReason::Expired), 1);
     assert_eq!(h.counters.active_total(), 0);
     assert_eq!(h.shared.allocations(), 0);
-    assert_eq!(h.shared.pool(false).taken(), 0, "port back in the pool");
+    assert_eq!(
+        h.shared.pool(Family::V4).taken(),
+        0,
+        "port back in the pool"
+    );
 }
 
 #[test]
@@ -836,7 +850,7 @@ fn tcp_allocation_goes_with_its_connection() {
     let mut h = harness("");
     let ft = tcp("198.51.100.7:40000");
     let (_, _, relay) = h.allocate(&ft, alice(), Default::default());
-    assert_eq!(h.counters.active(Transport::Tcp, false).get(), 1);
+    assert_eq!(h.counters.active(Transport::Tcp, Family::V4).get(), 1);
     h.server.connection_closed(h.now, &ft, &mut h.io);
     assert_eq!(h.io.closed, [relay]);
     assert_eq!(h.counters.ended_count(EndReason::ConnectionClosed), 1);
@@ -1691,7 +1705,7 @@ fn thousands_of_allocations_expire_and_state_returns_to_empty() {
         assert_eq!(h.server.allocation_count(), 0);
         assert!(h.io.bound.is_empty());
         assert_eq!(h.shared.allocations(), 0);
-        assert_eq!(h.shared.pool(false).taken(), 0);
+        assert_eq!(h.shared.pool(Family::V4).taken(), 0);
         assert_eq!(h.counters.active_total(), 0);
         assert_eq!(h.counters.permissions_active.get(), 0);
         assert_eq!(h.counters.channels_active.get(), 0);

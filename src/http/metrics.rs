@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::config::Transport;
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
-use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason};
+use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason, Family};
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -45,9 +45,9 @@ fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {
     gauge!("process_start_time_seconds").set(start_unix as f64);
     gauge!("turnpike_draining").set(if draining { 1.0 } else { 0.0 });
     for &t in &TRANSPORTS {
-        for (family, v6) in [("ipv4", false), ("ipv6", true)] {
-            gauge!("turnpike_allocations_active", "transport" => t.as_str(), "family" => family)
-                .set(gauge_sum(s, |c| c.active(t, v6).get()));
+        for f in Family::ALL {
+            gauge!("turnpike_allocations_active", "transport" => t.as_str(), "family" => f.name())
+                .set(gauge_sum(s, |c| c.active(t, f).get()));
         }
     }
     counter!("turnpike_allocations_created_total")

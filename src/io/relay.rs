@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::poller::EVENTS;
 use super::shard::Shard;
 use crate::config::Transport;
-use turnpike_proto::core::{DropReason, PeerAddr, PeerOutput, RelayId, RelayIo};
+use turnpike_proto::core::{DropReason, Fragmentation, PeerAddr, PeerOutput, RelayId, RelayIo};
 use turnpike_sys::batch::{BATCH, SendBatch, UdpSocketState};
 
 /// A bound relay socket: a plain non-blocking std socket (no tokio
@@ -49,18 +49,18 @@ impl RelayIo for ShellIo<'_> {
         &mut self,
         relay: RelayId,
         addr: SocketAddr,
-        dont_fragment: bool,
+        fragmentation: Fragmentation,
     ) -> std::io::Result<()> {
         // A reserved port was bound when it was reserved: use that socket.
         let held = self.shard.held.map().remove(&addr);
         let std_sock = match held {
             Some(s) => {
-                if dont_fragment {
+                if fragmentation == Fragmentation::DontFragment {
                     turnpike_sys::sockopt::set_dont_fragment(&s, addr.is_ipv6())?;
                 }
                 s
             }
-            None => bind_udp(addr, dont_fragment)?,
+            None => bind_udp(addr, fragmentation)?,
         };
         self.shard.poller.add(std_sock.as_raw_fd(), relay.0)?;
         let mut relays = self.shard.relays.borrow_mut();
@@ -82,7 +82,7 @@ impl RelayIo for ShellIo<'_> {
     }
 
     fn hold(&mut self, addr: SocketAddr) -> std::io::Result<()> {
-        let s = bind_udp(addr, false)?;
+        let s = bind_udp(addr, Fragmentation::Allowed)?;
         self.shard.held.map().insert(addr, s);
         Ok(())
     }
@@ -92,10 +92,13 @@ impl RelayIo for ShellIo<'_> {
     }
 }
 
-/// A UDP socket on `addr`. With `dont_fragment` (RFC 8656 §7.2
+/// A UDP socket on `addr`. With `DontFragment` (RFC 8656 §7.2
 /// DONT-FRAGMENT), datagrams leave with DF set and are never fragmented
 /// locally.
-fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<std::net::UdpSocket> {
+fn bind_udp(
+    addr: SocketAddr,
+    fragmentation: Fragmentation,
+) -> std::io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -106,7 +109,7 @@ fn bind_udp(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<std::net::
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
-    if dont_fragment {
+    if fragmentation == Fragmentation::DontFragment {
         turnpike_sys::sockopt::set_dont_fragment(&s, addr.is_ipv6())?;
     }
     s.bind(&addr.into())?;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use crate::core::{
-    ClientAddr, ClientOutput, CoreConfig, Counters, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
-    PeerAddr, PeerOutput, PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo, Server, Setup,
-    Shared, StaticCredential, Transport,
+    ClientAddr, ClientOutput, CoreConfig, Counters, FiveTuple, Fragmentation, Now, PEER_HEADROOM,
+    PEER_TAILROOM, PeerAddr, PeerOutput, PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo,
+    Server, Setup, Shared, StaticCredential, Transport,
 };
 use crate::wire::{Class, Message, TransactionId};
 
@@ -25,7 +25,7 @@ pub struct MemIo {
     pub busy: HashSet<u16>,
     pub closed: Vec<RelayId>,
     /// The DONT-FRAGMENT wish of every bind, in order.
-    pub df: Vec<bool>,
+    pub df: Vec<Fragmentation>,
 }
 
 /// Panics when the core breaks the `RelayIo` contract (a relay id bound
@@ -35,7 +35,7 @@ impl RelayIo for MemIo {
         &mut self,
         relay: RelayId,
         addr: SocketAddr,
-        dont_fragment: bool,
+        fragmentation: Fragmentation,
     ) -> std::io::Result<()> {
         if self.busy.contains(&addr.port()) {
             return Err(std::io::ErrorKind::AddrInUse.into());
@@ -44,7 +44,7 @@ impl RelayIo for MemIo {
             self.bound.insert(relay, addr).is_none(),
             "relay id reused while bound"
         );
-        self.df.push(dont_fragment);
+        self.df.push(fragmentation);
         Ok(())
     }
 

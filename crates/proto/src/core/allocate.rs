@@ -11,10 +11,13 @@ use std::time::Instant;
 use super::allocation::{Allocation, KeyBytes, TokenBucket, Traffic};
 use super::auth::Authed;
 use super::binding::canonical;
-use super::requests::{ALLOCATION_MISMATCH, Reject};
-use super::shared::Reservation;
+use super::requests::{ALLOCATION_MISMATCH, Reject, Signer};
+use super::shared::{PortChoice, Reservation};
 use super::timers::Due;
-use super::{Event, FiveTuple, Now, RESERVATION_LIFETIME, RelayFamily, RelayId, RelayIo, Server};
+use super::{
+    Event, Family, FiveTuple, Fragmentation, Now, RESERVATION_LIFETIME, RelayFamily, RelayId,
+    RelayIo, Server,
+};
 use crate::wire::{Class, Message, MessageBuilder, Method, attr};
 
 /// How many ports to try binding before answering 508 (another process
@@ -26,22 +29,23 @@ struct AllocateRequest {
     /// RESERVATION-TOKEN.
     token: Option<u64>,
     /// EVEN-PORT, and its R bit.
-    even: Option<bool>,
+    port: PortChoice,
     lifetime: Option<u32>,
-    /// REQUESTED-ADDRESS-FAMILY is IPv6.
-    ipv6: bool,
+    /// REQUESTED-ADDRESS-FAMILY (IPv4 if absent).
+    family: Family,
     /// ADDITIONAL-ADDRESS-FAMILY (IPv6) was asked for.
     additional: bool,
-    dont_fragment: bool,
+    /// DONT-FRAGMENT.
+    fragmentation: Fragmentation,
 }
 
 /// What [`Server::reserve`] took for an allocation, and what is left of
 /// the request for [`Server::install`].
 struct Reserved {
     slot: u32,
-    family: RelayFamily,
+    relay: RelayFamily,
     port: u16,
-    ipv6: bool,
+    family: Family,
     /// The next port is held for a RESERVATION-TOKEN (EVEN-PORT, R bit).
     reserved_next: bool,
     lifetime: Option<u32>,
@@ -64,7 +68,7 @@ impl Server {
             .and_then(|req| self.reserve(now.mono, &req, authed, io));
         match reserved {
             Ok(r) => self.install(now, ft, msg, authed, r, out),
-            Err(r) => self.reject(msg, out, r, Some((&authed.key, authed.sha256))),
+            Err(r) => self.reject(msg, out, r, Some(Signer::of(authed))),
         }
     }
 
@@ -119,11 +123,23 @@ impl Server {
         }
         Ok(AllocateRequest {
             token: token.map(u64::from_be_bytes),
-            even,
+            port: match even {
+                None => PortChoice::Any,
+                Some(false) => PortChoice::Even,
+                Some(true) => PortChoice::EvenPair,
+            },
             lifetime,
-            ipv6: requested_family == Some(attr::FAMILY_IPV6),
+            family: if requested_family == Some(attr::FAMILY_IPV6) {
+                Family::V6
+            } else {
+                Family::V4
+            },
             additional: additional_family.is_some(),
-            dont_fragment: msg.dont_fragment(),
+            fragmentation: if msg.dont_fragment() {
+                Fragmentation::DontFragment
+            } else {
+                Fragmentation::Allowed
+            },
         })
     }
 
@@ -150,21 +166,17 @@ impl Server {
             },
             None => None,
         };
-        let ipv6 = match reservation {
-            Some(r) => r.ip.is_ipv6(),
-            None => req.ipv6,
+        let family = match reservation {
+            Some(r) => Family::of_ip(r.ip),
+            None => req.family,
         };
         let release_reservation = |s: &Server, io: &mut I| {
             if let Some(r) = reservation {
-                s.shared.pool(r.ip.is_ipv6()).release(r.port);
+                s.shared.pool(family).release(r.port);
                 io.release_hold(SocketAddr::new(r.ip, r.port));
             }
         };
-        let Some(family) = (if ipv6 {
-            self.cfg.relay6
-        } else {
-            self.cfg.relay4
-        }) else {
+        let Some(relay) = self.cfg.relay(family) else {
             release_reservation(self, io);
             return Err(Reject::new(440, "Address Family not Supported"));
         };
@@ -183,22 +195,20 @@ impl Server {
         }
         let slot = self.table.reserve();
         let bound = match reservation {
-            Some(r) => self
-                .bind_reserved(slot, family.bind, r, req.dont_fragment, io)
-                .map(|port| (port, false)),
-            None => self.bind_picked(slot, family.bind, ipv6, req, io),
+            Some(r) => self.bind_reserved(slot, relay.bind, r, req.fragmentation, io),
+            None => self.bind_picked(slot, relay.bind, family, req, io),
         };
-        let Some((port, reserved_next)) = bound else {
+        let Some(port) = bound else {
             self.table.unreserve(slot);
             self.shared.release(authed.quota_user());
             return Err(Reject::new(508, "Insufficient Capacity"));
         };
         Ok(Reserved {
             slot,
-            family,
+            relay,
             port,
-            ipv6,
-            reserved_next,
+            family,
+            reserved_next: reservation.is_none() && req.port == PortChoice::EvenPair,
             lifetime: req.lifetime,
             additional: req.additional,
         })
@@ -210,41 +220,40 @@ impl Server {
         slot: u32,
         ip: IpAddr,
         r: Reservation,
-        dont_fragment: bool,
+        fragmentation: Fragmentation,
         io: &mut I,
     ) -> Option<u16> {
         if io
-            .bind(RelayId(slot), SocketAddr::new(ip, r.port), dont_fragment)
+            .bind(RelayId(slot), SocketAddr::new(ip, r.port), fragmentation)
             .is_ok()
         {
             return Some(r.port);
         }
-        self.shared.pool(r.ip.is_ipv6()).release(r.port);
+        self.shared.pool(Family::of_ip(r.ip)).release(r.port);
         io.release_hold(SocketAddr::new(r.ip, r.port));
         None
     }
 
     /// Pick a free port (even, or an even one with the next held for a
     /// reservation, as EVEN-PORT asks) and bind it; up to
-    /// [`BIND_ATTEMPTS`] ports. Returns the port and whether the next one
-    /// is held.
+    /// [`BIND_ATTEMPTS`] ports.
     fn bind_picked<I: RelayIo>(
         &mut self,
         slot: u32,
         ip: IpAddr,
-        ipv6: bool,
+        family: Family,
         req: &AllocateRequest,
         io: &mut I,
-    ) -> Option<(u16, bool)> {
-        let pool = self.shared.pool(ipv6);
+    ) -> Option<u16> {
+        let pool = self.shared.pool(family);
         // Ports another process holds stay claimed until the loop ends,
         // so each attempt tries a new one.
-        let pair = req.even == Some(true);
+        let pair = req.port == PortChoice::EvenPair;
         let mut failed = [0u16; BIND_ATTEMPTS];
         let mut n_failed = 0;
         let mut bound = None;
         while n_failed < BIND_ATTEMPTS {
-            let Some(port) = pool.pick(&mut self.rng, req.even.is_some(), pair) else {
+            let Some(port) = pool.pick(&mut self.rng, req.port) else {
                 break;
             };
             // With the R bit the successor is reserved: it is bound and
@@ -253,10 +262,10 @@ impl Server {
             let next = pair.then(|| SocketAddr::new(ip, port + 1));
             if next.is_none_or(|n| io.hold(n).is_ok()) {
                 if io
-                    .bind(RelayId(slot), SocketAddr::new(ip, port), req.dont_fragment)
+                    .bind(RelayId(slot), SocketAddr::new(ip, port), req.fragmentation)
                     .is_ok()
                 {
-                    bound = Some((port, pair));
+                    bound = Some(port);
                     break;
                 }
                 if let Some(n) = next {
@@ -289,9 +298,9 @@ impl Server {
     ) {
         let Reserved {
             slot,
-            family,
+            relay: fam,
             port,
-            ipv6,
+            family,
             reserved_next,
             lifetime,
             additional,
@@ -301,7 +310,7 @@ impl Server {
             self.shared.reserve(
                 t,
                 Reservation {
-                    ip: family.bind,
+                    ip: fam.bind,
                     port: port + 1,
                     expires: now.mono + RESERVATION_LIFETIME,
                 },
@@ -311,8 +320,8 @@ impl Server {
             t
         });
         let life = self.granted_lifetime(lifetime);
-        let relay = SocketAddr::new(family.bind, port);
-        let advertised = SocketAddr::new(family.advertised_for(ft.server), port);
+        let relay = SocketAddr::new(fam.bind, port);
+        let advertised = SocketAddr::new(fam.advertised_for(ft.server), port);
         let id = self.next_id;
         self.next_id += 1;
         let expires = now.mono + life;
@@ -330,7 +339,7 @@ impl Server {
             // part was not made, the IPv4 one was.
             b.address_error_code(attr::FAMILY_IPV6, 440, "Address Family not Supported");
         }
-        self.finish(b, msg, Some((&authed.key, authed.sha256)));
+        self.finish(b, msg, Some(Signer::of(authed)));
         self.counters.answered(Method::ALLOCATE, 200);
         let generation = self.table.install(
             slot,
@@ -358,7 +367,7 @@ impl Server {
         self.timers
             .push(expires, Due::Allocation { slot, generation });
         self.counters.allocations_created.inc();
-        self.counters.active(ft.transport, ipv6).add(1);
+        self.counters.active(ft.transport, family).add(1);
         self.push_event(Event::AllocationCreated {
             id,
             ft: *ft,

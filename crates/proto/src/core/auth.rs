@@ -144,15 +144,25 @@ impl AuthFailure {
     }
 }
 
+/// The integrity attribute of a request, and of its response (RFC 8489
+/// §14.5, §14.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    /// MESSAGE-INTEGRITY (HMAC-SHA1).
+    Sha1,
+    /// MESSAGE-INTEGRITY-SHA256.
+    Sha256,
+}
+
 /// A request that authenticated.
 #[derive(Clone, Debug)]
 pub struct Authed<'m> {
     /// The long-term username (from USERNAME, or resolved from USERHASH).
     pub username: Cow<'m, str>,
     pub key: IntegrityKey,
-    /// Whether the request used MESSAGE-INTEGRITY-SHA256 (the response is
+    /// Which integrity attribute the request carried (the response is
     /// signed the same way).
-    pub sha256: bool,
+    pub integrity: Integrity,
     pub password_algorithm: PasswordAlgorithm,
 }
 
@@ -282,7 +292,11 @@ impl Authenticator {
             return Err(AuthFailure::StaleNonce);
         }
         let alg = password_algorithm(msg)?;
-        let sha256 = msg.has_integrity_sha256();
+        let integrity = if msg.has_integrity_sha256() {
+            Integrity::Sha256
+        } else {
+            Integrity::Sha1
+        };
         let verify = |key: &IntegrityKey| msg.verify_integrity(key).is_ok();
 
         if let Some((u, key, a)) = existing {
@@ -291,7 +305,7 @@ impl Authenticator {
                     Ok(Authed {
                         username,
                         key: key.clone(),
-                        sha256,
+                        integrity,
                         password_algorithm: alg,
                     })
                 } else {
@@ -311,7 +325,7 @@ impl Authenticator {
                 return Ok(Authed {
                     username,
                     key,
-                    sha256,
+                    integrity,
                     password_algorithm: alg,
                 });
             }
@@ -324,7 +338,7 @@ impl Authenticator {
         Ok(Authed {
             username,
             key,
-            sha256,
+            integrity,
             password_algorithm: alg,
         })
     }

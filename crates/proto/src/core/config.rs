@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Counters, Credentials, PeerPolicy, Shared};
+use super::{Counters, Credentials, Family, PeerPolicy, Shared};
 
 /// A relay address family the server offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,16 @@ pub struct CoreConfig {
     /// other shards deliver to them directly ([`super::directory`]); pointless
     /// with one shard, so the shell turns it off then.
     pub publish_relays: bool,
+}
+
+impl CoreConfig {
+    /// The relay family offered for `family`, if any.
+    pub fn relay(&self, family: Family) -> Option<RelayFamily> {
+        match family {
+            Family::V4 => self.relay4,
+            Family::V6 => self.relay6,
+        }
+    }
 }
 
 /// Everything [`Server::new`](super::Server::new) needs.

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::core::Transport;
+use crate::core::{Family, Transport};
 use crate::wire::Method;
 
 /// A counter written by one thread and read by any.
@@ -153,8 +153,7 @@ pub struct Counters {
     dropped: [Counter; DropReason::ALL.len()],
     auth_failures: [Counter; AuthFailureReason::ALL.len()],
     ended: [Counter; EndReason::ALL.len()],
-    /// Allocations alive, by client transport and relay family (0 IPv4,
-    /// 1 IPv6).
+    /// Allocations alive, by client transport and relay family.
     active: [[Gauge; 2]; 3],
     pub allocations_created: Counter,
     pub permissions_active: Gauge,
@@ -228,8 +227,8 @@ impl Counters {
         self.ended[why as usize].get()
     }
 
-    pub fn active(&self, t: Transport, ipv6: bool) -> &Gauge {
-        &self.active[transport_index(t)][usize::from(ipv6)]
+    pub fn active(&self, t: Transport, family: Family) -> &Gauge {
+        &self.active[transport_index(t)][usize::from(family == Family::V6)]
     }
 
     /// Open client connections of a stream transport (UDP has none).

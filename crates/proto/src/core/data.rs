@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::policy::canonical_addr;
 use super::{
-    ChannelNumber, ClientOutput, DropReason, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
+    ChannelNumber, ClientOutput, DropReason, Family, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM,
     PeerAddr, PeerOutput, RelayId, Server, Transport, directory,
 };
 use crate::wire::{CHANNEL_DATA_HEADER_LEN, ChannelData, Message};
@@ -23,6 +23,16 @@ use crate::wire::{CHANNEL_DATA_HEADER_LEN, ChannelData, Message};
 fn data_indication_fits(len: usize, peer: PeerAddr) -> bool {
     let addr = if peer.0.is_ipv6() { 20 } else { 8 };
     4 + addr + 4 + crate::wire::pad4(len) <= crate::wire::MAX_FRAME - crate::wire::HEADER_LEN
+}
+
+/// Why [`Server::publish`] is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Publish {
+    /// The allocation's first permitted datagram from one of our relays
+    /// (see [`Server::handle_peer`]): publish it.
+    FirstRelayDatagram,
+    /// A request may have changed it: republish it if it is published.
+    Republish,
 }
 
 impl Server {
@@ -242,7 +252,7 @@ impl Server {
         if !a.published && self.is_relay_address(peer) {
             // Relay-to-relay traffic from another shard: publish, so its
             // next datagrams come straight to the client.
-            self.publish(slot, true);
+            self.publish(slot, Publish::FirstRelayDatagram);
         }
         Some((ft, self.frame_for_client(ft, channel, peer, buf, len)))
     }
@@ -295,17 +305,11 @@ impl Server {
     /// Whether `addr` may be one of this server's relays: a relay IP (bound
     /// or advertised) and a port of the relay range.
     fn is_relay_address(&self, PeerAddr(addr): PeerAddr) -> bool {
-        let fam = if addr.is_ipv4() {
-            &self.cfg.relay4
-        } else {
-            &self.cfg.relay6
-        };
-        fam.is_some_and(|f| addr.ip() == f.bind || addr.ip() == f.advertised)
-            && self
-                .shared
-                .pool(addr.is_ipv6())
-                .range()
-                .contains(addr.port())
+        let family = Family::of(addr);
+        self.cfg
+            .relay(family)
+            .is_some_and(|f| addr.ip() == f.bind || addr.ip() == f.advertised)
+            && self.shared.pool(family).range().contains(addr.port())
     }
 
     /// Count a datagram from `peer` for the client of `ft` and write its
@@ -346,15 +350,12 @@ impl Server {
 
     /// Publish the allocation in `slot` in the relay directory, or replace
     /// its view, when other shards may deliver to it directly: a UDP
-    /// client and no bandwidth cap. With `first`, this is the allocation's
-    /// first relay-to-relay datagram (see [`Server::handle_peer`]); without,
-    /// only an allocation already published is republished (after every
-    /// request that may have changed it). See [`directory`].
-    pub(super) fn publish(&mut self, slot: u32, first: bool) {
+    /// client and no bandwidth cap. See [`directory`].
+    pub(super) fn publish(&mut self, slot: u32, when: Publish) {
         let Some(a) = self.table.get_mut(slot) else {
             return;
         };
-        if !(a.published || first)
+        if !(a.published || when == Publish::FirstRelayDatagram)
             || !self.cfg.publish_relays
             || a.ft.transport != Transport::Udp
             || !a.bucket.unlimited()

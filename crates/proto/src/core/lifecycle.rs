@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::timers::Due;
-use super::{EndReason, Event, FiveTuple, Now, RelayId, RelayIo, Server, SessionInfo};
+use super::{EndReason, Event, Family, FiveTuple, Now, RelayId, RelayIo, Server, SessionInfo};
 
 impl Server {
     /// Expire whatever is due at `now`: allocations (their relay sockets
@@ -123,11 +123,13 @@ impl Server {
             Some(v) if v.id == a.id => v.traffic.added_to(a.traffic),
             _ => a.traffic,
         };
-        self.shared.pool(a.relay.is_ipv6()).release(a.relay.port());
+        self.shared
+            .pool(Family::of(a.relay))
+            .release(a.relay.port());
         self.shared.release(&a.quota_user);
         self.counters.ended(why);
         self.counters
-            .active(a.ft.transport, a.relay.is_ipv6())
+            .active(a.ft.transport, Family::of(a.relay))
             .add(-1);
         self.counters
             .permissions_active

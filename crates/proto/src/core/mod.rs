@@ -61,16 +61,16 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 pub use allocation::{Allocation, Traffic};
-pub use auth::{Authenticator, Credentials, StaticCredential};
+pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
 pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
 pub use policy::PeerPolicy;
-pub use shared::Shared;
+pub use shared::{PortChoice, Shared};
 pub use types::{
-    ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, FiveTuple, Now,
-    PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, PortRange, RESERVATION_LIFETIME, RelayId,
-    RelayIo, SessionInfo, Transport,
+    ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, Family, FiveTuple,
+    Fragmentation, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, PortRange,
+    RESERVATION_LIFETIME, RelayId, RelayIo, SessionInfo, Transport,
 };
 
 use crate::wire::{Class, FrameKind, Message, Method};
@@ -97,7 +97,7 @@ pub struct Server {
 impl Server {
     pub fn new(s: Setup) -> Self {
         Server {
-            table: Table::new(s.shared.pool(false).range()),
+            table: Table::new(s.shared.pool(Family::V4).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
             cfg: s.cfg,
             counters: s.counters,

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, PERMISSION_LIFETIME};
-use super::auth::{AuthFailure, OFFERED_ALGORITHMS};
+use super::auth::{AuthFailure, Authed, Integrity, OFFERED_ALGORITHMS};
+use super::data::Publish;
 use super::policy::canonical_addr;
 use super::{
     AuthFailureReason, ChannelNumber, ClientOutput, DEFAULT_LIFETIME, EndReason, FiveTuple, Now,
@@ -19,8 +20,22 @@ use crate::wire::{
     is_valid_channel,
 };
 
-/// The response key and algorithm of an authenticated request.
-pub(super) type Sign<'k> = Option<(&'k IntegrityKey, bool)>;
+/// How to sign the response to an authenticated request: with its key,
+/// the way the request was signed (RFC 8489 §9.2.4).
+#[derive(Clone, Copy)]
+pub(super) struct Signer<'k> {
+    key: &'k IntegrityKey,
+    integrity: Integrity,
+}
+
+impl<'k> Signer<'k> {
+    pub(super) fn of(authed: &'k Authed<'_>) -> Self {
+        Signer {
+            key: &authed.key,
+            integrity: authed.integrity,
+        }
+    }
+}
 
 /// An error answer (RFC 8489 §6.3.4): the code and reason phrase of its
 /// ERROR-CODE. Every error response of the core is one.
@@ -95,7 +110,7 @@ impl Server {
                 return ClientOutput::Reply;
             }
         };
-        let sign = Some((&authed.key, authed.sha256));
+        let sign = Some(Signer::of(&authed));
         let start = out.len();
         // RFC 8489 §6.3.1: after authentication, unknown
         // comprehension-required attributes → 420.
@@ -133,7 +148,7 @@ impl Server {
         if let Some(a) = self.table.get_mut(slot) {
             a.last_response = Some((tid, out[start..].to_vec()));
         }
-        self.publish(slot, false);
+        self.publish(slot, Publish::Republish);
         ClientOutput::Reply
     }
 
@@ -183,7 +198,7 @@ impl Server {
         now: Instant,
         slot: u32,
         msg: &Message<'_>,
-        sign: Sign<'_>,
+        sign: Option<Signer<'_>>,
         out: &mut Vec<u8>,
         io: &mut I,
     ) -> Result<(), Reject> {
@@ -235,7 +250,7 @@ impl Server {
         now: Instant,
         slot: u32,
         msg: &Message<'_>,
-        sign: Sign<'_>,
+        sign: Option<Signer<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<(), Reject> {
         let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
@@ -282,7 +297,7 @@ impl Server {
         now: Instant,
         slot: u32,
         msg: &Message<'_>,
-        sign: Sign<'_>,
+        sign: Option<Signer<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<(), Reject> {
         let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
@@ -347,15 +362,26 @@ impl Server {
     /// MESSAGE-INTEGRITY(-SHA256) for an authenticated request, signed the
     /// way the request was (RFC 8489 §9.2.4), FINGERPRINT if the request
     /// carried one (§14.7).
-    pub(super) fn finish(&self, mut b: MessageBuilder<'_>, req: &Message<'_>, sign: Sign<'_>) {
+    pub(super) fn finish(
+        &self,
+        mut b: MessageBuilder<'_>,
+        req: &Message<'_>,
+        sign: Option<Signer<'_>>,
+    ) {
         if let Some(sw) = &self.cfg.software {
             b.text(attr::SOFTWARE, sw);
         }
         match sign {
-            Some((key, true)) => {
+            Some(Signer {
+                key,
+                integrity: Integrity::Sha256,
+            }) => {
                 b.integrity_sha256(key);
             }
-            Some((key, false)) => {
+            Some(Signer {
+                key,
+                integrity: Integrity::Sha1,
+            }) => {
                 b.integrity(key);
             }
             None => {}
@@ -367,7 +393,13 @@ impl Server {
 
     /// Answer `req` with the error `r`, signed if `sign` is given. A 300
     /// (Try Alternate) names the alternate server (RFC 8489 §10).
-    pub(super) fn reject(&self, req: &Message<'_>, out: &mut Vec<u8>, r: Reject, sign: Sign<'_>) {
+    pub(super) fn reject(
+        &self,
+        req: &Message<'_>,
+        out: &mut Vec<u8>,
+        r: Reject,
+        sign: Option<Signer<'_>>,
+    ) {
         self.reject_with(req, out, r, sign, |b| {
             if r.code == 300 {
                 if let Some(&alt) = self.cfg.alternate_servers.first() {
@@ -384,7 +416,7 @@ impl Server {
         req: &Message<'_>,
         out: &mut Vec<u8>,
         r: Reject,
-        sign: Sign<'_>,
+        sign: Option<Signer<'_>>,
         extra: impl FnOnce(&mut MessageBuilder<'_>),
     ) {
         let mut b = MessageBuilder::response(out, req, Class::Error);

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use super::PortRange;
+use super::{Family, PortRange};
 
 /// A set of relay ports, one bit each, claimed with atomic bit operations
 /// so shards never collide on a port.
@@ -79,16 +79,16 @@ impl PortPool {
     }
 
     /// Claim a free port picked at random (RFC 8656 §7.2 asks for
-    /// unpredictable relay ports; §22.4 on port guessing). With `even`, an
-    /// even port; with `pair`, an even port whose successor is also free,
-    /// and both are claimed (EVEN-PORT with the R bit, RFC 8656 §7.2).
-    /// `None` when nothing fits: the caller answers 508.
-    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R, even: bool, pair: bool) -> Option<u16> {
+    /// unpredictable relay ports; §22.4 on port guessing), of the kind
+    /// `choice` says. `None` when nothing fits: the caller answers 508.
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R, choice: PortChoice) -> Option<u16> {
+        let even = choice != PortChoice::Any;
+        let pair = choice == PortChoice::EvenPair;
         let len = self.range.len();
         let start = rng.random_range(0..len);
         for k in 0..len {
             let port = self.range.low + ((start + k) % len) as u16;
-            if (even || pair) && !port.is_multiple_of(2) {
+            if even && !port.is_multiple_of(2) {
                 continue;
             }
             if pair {
@@ -107,6 +107,18 @@ impl PortPool {
         }
         None
     }
+}
+
+/// Which relay ports [`PortPool::pick`] may choose (RFC 8656 §7.2,
+/// EVEN-PORT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortChoice {
+    Any,
+    /// An even port.
+    Even,
+    /// An even port whose successor is also free; both are claimed (the
+    /// successor for a RESERVATION-TOKEN: EVEN-PORT with the R bit).
+    EvenPair,
 }
 
 /// A port held for a later Allocate with RESERVATION-TOKEN (RFC 8656
@@ -149,8 +161,11 @@ impl Shared {
         }
     }
 
-    pub fn pool(&self, ipv6: bool) -> &PortPool {
-        if ipv6 { &self.ports6 } else { &self.ports4 }
+    pub fn pool(&self, family: Family) -> &PortPool {
+        match family {
+            Family::V4 => &self.ports4,
+            Family::V6 => &self.ports6,
+        }
     }
 
     /// Allocations alive across all shards.
@@ -215,7 +230,7 @@ impl Shared {
         let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&token).is_some_and(|r| r.expires <= now) {
             let r = map.remove(&token).expect("just seen");
-            self.pool(r.ip.is_ipv6()).release(r.port);
+            self.pool(Family::of_ip(r.ip)).release(r.port);
             return Some(r);
         }
         None
@@ -242,13 +257,13 @@ mod tests {
         });
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut got: Vec<u16> = (0..4)
-            .map(|_| pool.pick(&mut rng, false, false).unwrap())
+            .map(|_| pool.pick(&mut rng, PortChoice::Any).unwrap())
             .collect();
         got.sort();
         assert_eq!(got, [50000, 50001, 50002, 50003]);
-        assert_eq!(pool.pick(&mut rng, false, false), None);
+        assert_eq!(pool.pick(&mut rng, PortChoice::Any), None);
         pool.release(50002);
-        assert_eq!(pool.pick(&mut rng, false, false), Some(50002));
+        assert_eq!(pool.pick(&mut rng, PortChoice::Any), Some(50002));
         assert_eq!(pool.taken(), 4);
     }
 
@@ -259,14 +274,14 @@ mod tests {
             high: 50004,
         });
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        assert_eq!(pool.pick(&mut rng, true, true), Some(50002));
+        assert_eq!(pool.pick(&mut rng, PortChoice::EvenPair), Some(50002));
         assert!(pool.is_taken(50003));
         assert_eq!(
-            pool.pick(&mut rng, true, true),
+            pool.pick(&mut rng, PortChoice::EvenPair),
             None,
             "50004 has no successor in range"
         );
-        assert_eq!(pool.pick(&mut rng, true, false), Some(50004));
+        assert_eq!(pool.pick(&mut rng, PortChoice::Even), Some(50004));
     }
 
     #[test]
@@ -280,7 +295,10 @@ mod tests {
             high: 50003,
         });
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let port = s.pool(false).pick(&mut rng, true, true).unwrap();
+        let port = s
+            .pool(Family::V4)
+            .pick(&mut rng, PortChoice::EvenPair)
+            .unwrap();
         let t0 = Instant::now();
         let r = Reservation {
             ip: [127, 0, 0, 1].into(),
@@ -290,11 +308,11 @@ mod tests {
         s.reserve(7, r);
         assert_eq!(s.take_reservation(7, r.expires), None, "expired");
         assert!(
-            s.pool(false).is_taken(port + 1),
+            s.pool(Family::V4).is_taken(port + 1),
             "left for the timer to release"
         );
         assert_eq!(s.expire_reservation(7, r.expires), Some(r));
-        assert!(!s.pool(false).is_taken(port + 1));
+        assert!(!s.pool(Family::V4).is_taken(port + 1));
         assert_eq!(s.expire_reservation(7, r.expires), None, "only once");
         s.reserve(8, r);
         assert_eq!(s.take_reservation(8, t0), Some(r), "live");

@@ -44,6 +44,33 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
+/// An IP address family: of a relay, a peer, a port pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(addr: SocketAddr) -> Family {
+        Family::of_ip(addr.ip())
+    }
+
+    pub fn of_ip(ip: IpAddr) -> Family {
+        if ip.is_ipv6() { Family::V6 } else { Family::V4 }
+    }
+
+    /// The metric label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
 /// A client's transport address (RFC 8656 §2): where its datagrams come
 /// from, or the remote end of its TCP/TLS connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,7 +125,7 @@ pub trait RelayIo {
         &mut self,
         relay: RelayId,
         addr: SocketAddr,
-        dont_fragment: bool,
+        fragmentation: Fragmentation,
     ) -> std::io::Result<()>;
     /// The allocation behind `relay` is gone: close its socket.
     fn close(&mut self, relay: RelayId);
@@ -117,6 +144,15 @@ pub trait RelayIo {
     fn release_hold(&mut self, addr: SocketAddr) {
         let _ = addr;
     }
+}
+
+/// Whether the datagrams a relay socket sends may be fragmented: RFC 8656
+/// §7.2, DONT-FRAGMENT asks that they leave with the DF bit set and are
+/// never fragmented locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragmentation {
+    Allowed,
+    DontFragment,
 }
 
 /// What the shell must do after [`Server::handle_client`](super::Server::handle_client).
