@@ -36,8 +36,9 @@ pub(crate) struct Listener {
 /// decides is performed by [`deliver`]: replies of a batch, and data from
 /// one relay for a client of this socket, leave together in one
 /// `sendmmsg`; data for peers leaves from each allocation's relay socket,
-/// consecutive datagrams for the same relay in one `sendmmsg`. A send that does not fit a socket buffer is dropped and
-/// counted (UDP gives no guarantee anyway; clients retransmit requests).
+/// consecutive datagrams for the same relay in one `sendmmsg`. A send that
+/// does not fit a socket buffer is dropped and counted (UDP gives no
+/// guarantee anyway; clients retransmit requests).
 pub(crate) async fn serve(
     shard: Rc<Shard>,
     sock: Rc<Listener>,

@@ -265,6 +265,10 @@ impl Server {
     /// (RFC 8656 §9 permission, §12.6 channel or Data indication);
     /// published allocations have no bandwidth cap. Returns the client's
     /// five-tuple and where the message lies in `buf`.
+    ///
+    /// [`Server::handle_client`] takes this step itself when a client's
+    /// peer is a published relay (a shell never needs to call it); it is
+    /// public so tests and benchmarks can drive that step alone.
     pub fn handle_peer_published(
         &mut self,
         now: Now,
