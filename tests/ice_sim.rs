@@ -21,6 +21,7 @@ use turnpike_proto::core::{
 use turnpike_proto::ice::agent::PairReport;
 use turnpike_proto::ice::{Agent, AgentConfig, PathKind, Report, SocketId, Timing, TurnServer};
 use turnpike_proto::sim::{SimServer, sim_config};
+use turnpike_proto::stun::Retransmit;
 
 const SECRET: &str = "sim-secret";
 
@@ -184,8 +185,15 @@ struct SiteSpec {
 fn timing() -> Timing {
     Timing {
         pace: Duration::from_millis(10),
-        rto: Duration::from_millis(100),
-        attempts: 4,
+        // Transmissions at 0, 0.1, 0.3 and 0.7 s, failed at 1.5 s; TURN
+        // requests over TCP wait 3 s.
+        retransmit: Retransmit {
+            rto: Duration::from_millis(100),
+            max_rto: Duration::from_secs(60),
+            rc: 4,
+            rm: 8,
+            ti: Duration::from_secs(3),
+        },
         gather_timeout: Duration::from_secs(3),
         nomination_wait: Duration::from_secs(1),
         pings: 5,

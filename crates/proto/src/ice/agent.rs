@@ -2,7 +2,7 @@
 //! one quietly: it gathers host, server-reflexive and relayed candidates,
 //! checks every pair (Binding with PRIORITY, ICE-CONTROLLING/-CONTROLLED
 //! and tie-breaker, USE-CANDIDATE, short-term MESSAGE-INTEGRITY and
-//! FINGERPRINT, RTO backoff, 487 role conflicts, peer-reflexive candidates,
+//! FINGERPRINT, RFC 8489 retransmission, 487 role conflicts, peer-reflexive candidates,
 //! triggered checks), nominates, and then measures round trips on every
 //! pair that succeeded.
 //!
@@ -13,7 +13,7 @@
 //! pair states and foundations-based unfreezing (every pair is checked),
 //! multiple components, TCP candidates, and keepalives after the test.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::candidate::{self, Candidate, Description, Kind, PathKind};
-use super::turn::{TurnClient, TurnEvent, TurnFailure, TurnState, TurnTiming};
+use super::turn::{TurnClient, TurnEvent, TurnFailure, TurnState};
 use crate::client::Credentials;
 use crate::core::Transport;
+use crate::stun::{Due, Reliability, Retransmit, Transactions};
 use crate::wire::{
     Class, IntegrityKey, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
@@ -59,10 +60,10 @@ pub struct TurnServer {
 pub struct Timing {
     /// Ta: at most one new check per `pace` (RFC 8445 §6.1.4.2).
     pub pace: Duration,
-    /// First retransmission timeout of a check or STUN request.
-    pub rto: Duration,
-    /// Transmissions before a check times out.
-    pub attempts: u32,
+    /// Retransmission of checks, server-reflexive Binding requests and
+    /// TURN requests (RFC 8489 §6.2.1; to a TURN server over TCP or TLS:
+    /// one transmission, `ti`).
+    pub retransmit: Retransmit,
     /// Gathering gives up on servers after this long.
     pub gather_timeout: Duration,
     /// The controlled side waits this long for a nomination after its own
@@ -79,8 +80,14 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             pace: Duration::from_millis(20),
-            rto: Duration::from_millis(200),
-            attempts: 5,
+            // Transmissions at 0, 0.2, 0.6, 1.4 and 3 s; failed at 6.2 s.
+            retransmit: Retransmit {
+                rto: Duration::from_millis(200),
+                rc: 5,
+                rm: 16,
+                ti: Duration::from_secs(5),
+                ..Retransmit::RFC8489
+            },
             gather_timeout: Duration::from_secs(5),
             nomination_wait: Duration::from_secs(3),
             pings: 20,
@@ -175,16 +182,15 @@ struct Pair {
     rtts: Vec<Duration>,
 }
 
+/// What a request of ours is for (the context of its transaction).
+#[derive(Clone, Copy, Debug)]
 struct Txn {
     /// Pair index, or `None` for a srflx gathering request.
     pair: Option<usize>,
     host: u16,
     use_candidate: bool,
-    bytes: Vec<u8>,
     socket: SocketId,
     to: SocketAddr,
-    sent: u32,
-    next: Instant,
 }
 
 struct Turn {
@@ -222,7 +228,7 @@ pub struct Agent {
     remotes: Vec<Candidate>,
     pairs: Vec<Pair>,
     turns: Vec<Turn>,
-    txns: BTreeMap<TransactionId, Txn>,
+    txns: Transactions<Txn>,
     triggered: VecDeque<usize>,
     next_check: Instant,
     phase: Phase,
@@ -248,6 +254,7 @@ impl Agent {
         let ufrag = random_string(&mut rng, 8);
         let pwd = random_string(&mut rng, 24);
         let tie_breaker = rng.random();
+        let retransmit = cfg.timing.retransmit;
         Agent {
             controlling: cfg.controlling,
             local_key: IntegrityKey::short_term(&pwd),
@@ -262,7 +269,7 @@ impl Agent {
             remotes: Vec::new(),
             pairs: Vec::new(),
             turns: Vec::new(),
-            txns: BTreeMap::new(),
+            txns: Transactions::new(retransmit),
             triggered: VecDeque::new(),
             next_check: now,
             phase: Phase::Gathering,
@@ -338,16 +345,13 @@ impl Agent {
                     crate::client::binding(&mut b, tid, true);
                     self.send_txn(
                         now,
-                        tid,
+                        b,
                         Txn {
                             pair: None,
                             host: i as u16,
                             use_candidate: false,
-                            bytes: b,
                             socket: SocketId::Host(i as u16),
                             to: stun,
-                            sent: 0,
-                            next: now,
                         },
                     );
                 }
@@ -355,13 +359,13 @@ impl Agent {
         }
         if self.wants(PathKind::Relay) {
             for (j, t) in self.cfg.turn_servers.clone().into_iter().enumerate() {
-                let timing = TurnTiming {
-                    rto: self.cfg.timing.rto,
-                    attempts: self.cfg.timing.attempts,
-                    stream_timeout: self.cfg.timing.gather_timeout,
-                };
-                let mut client =
-                    TurnClient::new(t.addr, t.transport, t.creds, timing, self.rng.random());
+                let mut client = TurnClient::new(
+                    t.addr,
+                    t.transport,
+                    t.creds,
+                    self.cfg.timing.retransmit,
+                    self.rng.random(),
+                );
                 client.start(now);
                 self.turns.push(Turn {
                     client,
@@ -374,11 +378,12 @@ impl Agent {
         self.check_gathering_done(now);
     }
 
-    fn send_txn(&mut self, now: Instant, tid: TransactionId, mut t: Txn) {
-        t.sent = 1;
-        t.next = now + self.cfg.timing.rto;
-        self.send_from_socket(now, t.socket, t.to, t.bytes.clone());
-        self.txns.insert(tid, t);
+    /// Start a transaction for `request` and send its first transmission.
+    /// Checks go over UDP, or through a relay to the peer's UDP socket:
+    /// always retransmitted.
+    fn send_txn(&mut self, now: Instant, request: Vec<u8>, t: Txn) {
+        let first = self.txns.start(now, request, Reliability::Unreliable, t);
+        self.send_from_socket(now, t.socket, t.to, first);
     }
 
     /// Send from a local socket; relay sockets go through their TURN client.
@@ -411,7 +416,7 @@ impl Agent {
         if self.phase != Phase::Gathering {
             return;
         }
-        let stun_pending = self.txns.values().any(|t| t.pair.is_none());
+        let stun_pending = self.txns.iter().any(|(_, t)| t.pair.is_none());
         let turn_pending = self
             .turns
             .iter()
@@ -424,10 +429,10 @@ impl Agent {
             .txns
             .iter()
             .filter(|(_, t)| t.pair.is_none())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in pending {
-            let t = self.txns.remove(&id).expect("listed");
+            let t = self.txns.finish(id).expect("listed");
             self.gather_failures
                 .push((format!("srflx via {}", t.to), Failure::Timeout));
             self.emit(Event::GatherFailed {
@@ -819,13 +824,15 @@ impl Agent {
         msg: &Message<'_>,
     ) {
         let tid = msg.transaction_id();
-        let Some(t) = self.txns.get(&tid) else { return };
+        let Some(&t) = self.txns.response_to(msg) else {
+            return;
+        };
         let Some(p) = t.pair else {
             // srflx gathering (RFC 8489 Binding on a host socket).
             if host != Some(t.host) || from != t.to {
                 return;
             }
-            let t = self.txns.remove(&tid).expect("present");
+            self.txns.finish(tid);
             if let Ok(Some(mapped)) = msg.xor_mapped_address() {
                 let base = self.hosts[t.host as usize];
                 if mapped != base && !self.locals.iter().any(|x| x.cand.addr == mapped) {
@@ -852,7 +859,7 @@ impl Agent {
         if msg.verify_integrity(rkey).is_err() {
             return;
         }
-        let t = self.txns.remove(&tid).expect("present");
+        self.txns.finish(tid);
         if msg.class() == Class::Error {
             let code = msg.error_code().ok().flatten().map_or(400, |e| e.code);
             if code == 487 {
@@ -920,7 +927,7 @@ impl Agent {
             PairState::Failed(_) | PairState::Succeeded
         ) {
             self.pairs[p].state = PairState::Failed(f);
-            self.txns.retain(|_, t| t.pair != Some(p));
+            self.txns.retain(|t| t.pair != Some(p));
             self.emit(Event::PairDone { pair: p });
         }
     }
@@ -950,10 +957,10 @@ impl Agent {
                     .txns
                     .iter()
                     .filter(|(_, t)| t.pair.is_none() && t.socket == socket && t.to == to)
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for id in gather {
-                    self.txns.remove(&id);
+                    self.txns.finish(id);
                     let what = format!("srflx via {to}");
                     self.gather_failures
                         .push((what.clone(), Failure::Unreachable(why.to_string())));
@@ -1005,16 +1012,13 @@ impl Agent {
         self.pairs[p].started.get_or_insert(now);
         self.send_txn(
             now,
-            tid,
+            b,
             Txn {
                 pair: Some(p),
                 host: 0,
                 use_candidate,
-                bytes: b,
                 socket,
                 to,
-                sent: 0,
-                next: now,
             },
         );
     }
@@ -1029,7 +1033,7 @@ impl Agent {
 
     /// The next instant `handle_timeout` has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = self.txns.values().map(|x| x.next).min();
+        let mut t: Option<Instant> = self.txns.poll_timeout();
         let mut consider = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
         for turn in &self.turns {
             if let Some(d) = turn.client.poll_timeout() {
@@ -1051,7 +1055,7 @@ impl Agent {
                 let pings_left = self.pairs.iter().any(|p| {
                     p.state == PairState::Succeeded && p.pings_sent < self.cfg.timing.pings
                 });
-                if !pings_left && !self.txns.values().any(|t| t.pair.is_some()) {
+                if !pings_left && !self.txns.iter().any(|(_, t)| t.pair.is_some()) {
                     consider(until);
                 }
                 if pings_left {
@@ -1065,24 +1069,16 @@ impl Agent {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         // Retransmissions and timeouts of our own requests.
-        let due: Vec<TransactionId> = self
-            .txns
-            .iter()
-            .filter(|(_, t)| t.next <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(t) = self.txns.get_mut(&id) else {
-                continue;
+        while let Some(due) = self.txns.poll_due(now) {
+            let t = match due {
+                Due::Retransmit {
+                    request, context, ..
+                } => {
+                    self.send_from_socket(now, context.socket, context.to, request);
+                    continue;
+                }
+                Due::TimedOut { context, .. } => context,
             };
-            if t.sent < self.cfg.timing.attempts {
-                t.sent += 1;
-                t.next = now + self.cfg.timing.rto * (1 << (t.sent - 1).min(8));
-                let (socket, to, bytes) = (t.socket, t.to, t.bytes.clone());
-                self.send_from_socket(now, socket, to, bytes);
-                continue;
-            }
-            let t = self.txns.remove(&id).expect("present");
             match t.pair {
                 Some(p) => self.fail_pair(p, Failure::Timeout),
                 None => {
@@ -1146,7 +1142,7 @@ impl Agent {
                     }
                 }
                 Phase::Nominating => {
-                    if self.txns.values().any(|t| t.use_candidate) {
+                    if self.txns.iter().any(|(_, t)| t.use_candidate) {
                         return;
                     }
                     self.start_pinging(now);
@@ -1177,7 +1173,8 @@ impl Agent {
                         .iter()
                         .filter(|p| p.state == PairState::Succeeded)
                         .all(|p| p.pings_sent >= self.cfg.timing.pings);
-                    if all_sent && now >= until && !self.txns.values().any(|t| t.pair.is_some()) {
+                    if all_sent && now >= until && !self.txns.iter().any(|(_, t)| t.pair.is_some())
+                    {
                         self.phase = Phase::Done;
                         self.emit(Event::Done);
                     }
