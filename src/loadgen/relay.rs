@@ -773,7 +773,6 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         None,
         |_, _| vec![Step::Refresh(0)],
         64,
-        setup::Timing::default(),
         crate::clock::instant() + Duration::from_secs(20),
     )?;
     let teardown_failures = deletes.iter().filter(|d| d.is_err()).count();
