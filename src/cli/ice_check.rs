@@ -11,8 +11,8 @@
 //! none: at least one pair succeeded), 1 when they do not, 2 when the
 //! check could not run (bad arguments, credentials, sockets).
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -267,17 +267,18 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// GET the credentials API (plain HTTP, or HTTPS with the run's TLS
-/// settings): one request, `Connection: close`, bounded in time and size.
+/// settings) with [`turnpike::http_client`]: one request, bounded in time
+/// and size.
 fn fetch_credentials(
     url: &str,
     key: &str,
     user: &str,
     tls: &dyn Fn() -> Result<Arc<rustls::ClientConfig>>,
 ) -> Result<Fetched> {
-    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", r)
     } else if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
+        ("https", r)
     } else {
         bail!("--credentials-url `{url}`: expected http://HOST[:PORT]/PATH or https://…");
     };
@@ -285,58 +286,34 @@ fn fetch_credentials(
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/api/v1/credentials"),
     };
-    let (host, port) = split_host_port(authority, if https { 443 } else { 80 })
+    split_host_port(authority, if scheme == "https" { 443 } else { 80 })
         .map_err(|e| anyhow!("--credentials-url `{url}`: {e}"))?;
-    let addr = resolve(&host, port)?;
     let sep = if path.contains('?') { '&' } else { '?' };
-    let target = format!("{path}{sep}username={}", percent_encode(user));
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nAccept: application/json\r\nConnection: close\r\nUser-Agent: turnpike-ice-check\r\n\r\n"
+    let target = format!(
+        "{scheme}://{authority}{path}{sep}username={}",
+        percent_encode(user)
     );
-    let limit = Duration::from_secs(10);
-    let tcp = TcpStream::connect_timeout(&addr, limit)
-        .with_context(|| format!("--credentials-url: connecting to {addr}"))?;
-    tcp.set_read_timeout(Some(limit))?;
-    tcp.set_write_timeout(Some(limit))?;
-    let mut raw = Vec::new();
-    let read = |s: &mut dyn Read, raw: &mut Vec<u8>| -> std::io::Result<()> {
-        s.take(1 << 20).read_to_end(raw).map(drop)
-    };
-    if https {
-        let name = server_name(&host).ok_or_else(|| anyhow!("bad TLS name `{host}`"))?;
-        let conn = rustls::ClientConnection::new(tls()?, name)?;
-        let mut s = rustls::StreamOwned::new(conn, tcp);
-        s.write_all(request.as_bytes())?;
-        // A server that closes without close_notify still gave us the body.
-        match read(&mut s, &mut raw) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-            Err(e) => return Err(e).context("--credentials-url: reading the response"),
-        }
-    } else {
-        let mut s = tcp;
-        s.write_all(request.as_bytes())?;
-        read(&mut s, &mut raw).context("--credentials-url: reading the response")?;
-    }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("--credentials-url: not an HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("--credentials-url: no HTTP status"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| anyhow!("--credentials-url: bad chunked body"))?;
-    }
-    let v: serde_json::Value = match serde_json::from_slice(&body) {
+    let client = turnpike::http_client::HttpClient::new(
+        if scheme == "https" {
+            Some(tls()?)
+        } else {
+            None
+        },
+        Duration::from_secs(10),
+    );
+    let bearer = format!("Bearer {key}");
+    let response = client
+        .get(
+            &target,
+            &[
+                ("Authorization", &bearer),
+                ("Accept", "application/json"),
+                ("User-Agent", "turnpike-ice-check"),
+            ],
+        )
+        .map_err(|e| anyhow!("--credentials-url: {authority}: {e}"))?;
+    let status = response.status;
+    let v: serde_json::Value = match serde_json::from_slice(&response.body) {
         Ok(v) => v,
         Err(_) if status != 200 => {
             bail!("--credentials-url: HTTP {status}")
@@ -362,21 +339,6 @@ fn fetch_credentials(
         })
         .unwrap_or_default();
     Ok(Fetched { creds, uris })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..eol]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
 }
 
 /// TLS client settings: `--ca FILE` only, `--insecure`, or the system's
@@ -1255,15 +1217,6 @@ mod tests {
         assert!(p("turn:h:99999").is_err());
         assert!(p("turn:h?transport=sctp").is_err());
         assert!(p("turn::3478").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap(),
-            b"Wikipedia"
-        );
-        assert!(dechunk(b"4\r\nWi").is_none());
     }
 
     #[test]
