@@ -603,6 +603,27 @@ fn behind(
     }
 }
 
+/// A (controlling) and B behind symmetric NATs, each with a relay over
+/// UDP and one over TCP.
+fn symmetric_nats_relaying_over_udp_and_tcp() -> Vec<SiteSpec> {
+    vec![
+        behind(
+            SYMMETRIC,
+            "10.1.0.2:5000",
+            "198.51.100.1",
+            true,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+        behind(
+            SYMMETRIC,
+            "10.2.0.2:5000",
+            "198.51.100.2",
+            false,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+    ]
+}
+
 #[test]
 fn full_cone_nats_srflx_and_relay_work_host_does_not() {
     let mut net = Net::new(vec![
@@ -636,22 +657,7 @@ fn full_cone_nats_srflx_and_relay_work_host_does_not() {
 
 #[test]
 fn symmetric_nats_only_relay_works() {
-    let mut net = Net::new(vec![
-        behind(
-            SYMMETRIC,
-            "10.1.0.2:5000",
-            "198.51.100.1",
-            true,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-        behind(
-            SYMMETRIC,
-            "10.2.0.2:5000",
-            "198.51.100.2",
-            false,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-    ]);
+    let mut net = Net::new(symmetric_nats_relaying_over_udp_and_tcp());
     net.run();
     for i in 0..2 {
         let r = net.report(i);
@@ -1074,22 +1080,7 @@ fn signalled_candidate_replaces_the_peer_reflexive_one() {
 /// reach.
 #[test]
 fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
-    let mut net = Net::new(vec![
-        behind(
-            SYMMETRIC,
-            "10.1.0.2:5000",
-            "198.51.100.1",
-            true,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-        behind(
-            SYMMETRIC,
-            "10.2.0.2:5000",
-            "198.51.100.2",
-            false,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-    ]);
+    let mut net = Net::new(symmetric_nats_relaying_over_udp_and_tcp());
     net.run();
     for i in 0..2 {
         let r = net.report(i);
@@ -1119,22 +1110,7 @@ fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
 /// ChannelData, TCP frames), run to the end with the given seeds.
 fn symmetric_run(agent_seed: u64, server_seed: u64) -> Vec<Datagram> {
     let mut net = Net::seeded(
-        vec![
-            behind(
-                SYMMETRIC,
-                "10.1.0.2:5000",
-                "198.51.100.1",
-                true,
-                vec![Transport::Udp, Transport::Tcp],
-            ),
-            behind(
-                SYMMETRIC,
-                "10.2.0.2:5000",
-                "198.51.100.2",
-                false,
-                vec![Transport::Udp, Transport::Tcp],
-            ),
-        ],
+        symmetric_nats_relaying_over_udp_and_tcp(),
         agent_seed,
         server_seed,
     );

@@ -335,6 +335,16 @@ mod tests {
         b
     }
 
+    fn txn(
+        now: Instant,
+        id: u8,
+        method: Method,
+        reliability: Reliability,
+        policy: Retransmit,
+    ) -> Transaction {
+        Transaction::new(now, request(id, method), reliability, policy)
+    }
+
     /// Drive `t` from `start`, calling `handle_timeout` exactly at each
     /// `poll_timeout`; the offsets (ms) of every transmission and of the
     /// give-up.
@@ -355,9 +365,10 @@ mod tests {
     #[test]
     fn rfc8489_example_sends_at_0_500_1500_3500_7500_15500_31500_and_fails_at_39500() {
         let now = start();
-        let t = Transaction::new(
+        let t = txn(
             now,
-            request(1, Method::BINDING),
+            1,
+            Method::BINDING,
             Reliability::Unreliable,
             Retransmit::RFC8489,
         );
@@ -376,12 +387,7 @@ mod tests {
             rm: 4,
             ti: Duration::from_secs(1),
         };
-        let t = Transaction::new(
-            now,
-            request(1, Method::BINDING),
-            Reliability::Unreliable,
-            policy,
-        );
+        let t = txn(now, 1, Method::BINDING, Reliability::Unreliable, policy);
         let (sends, gave_up) = schedule(t, now);
         // Waits 100, 200, then 300 (not 400, 800, 1600).
         assert_eq!(sends, [0, 100, 300, 600, 900, 1200]);
@@ -392,9 +398,10 @@ mod tests {
     #[test]
     fn reliable_transports_send_once_and_give_up_after_ti() {
         let now = start();
-        let t = Transaction::new(
+        let t = txn(
             now,
-            request(1, Method::ALLOCATE),
+            1,
+            Method::ALLOCATE,
             Reliability::Reliable,
             Retransmit::RFC8489,
         );
@@ -406,9 +413,10 @@ mod tests {
     #[test]
     fn nothing_happens_before_the_timer_and_waits_count_from_a_late_wake_up() {
         let now = start();
-        let mut t = Transaction::new(
+        let mut t = txn(
             now,
-            request(1, Method::BINDING),
+            1,
+            Method::BINDING,
             Reliability::Unreliable,
             Retransmit::RFC8489,
         );
@@ -424,9 +432,10 @@ mod tests {
     #[test]
     fn a_response_matches_by_transaction_id_method_and_class() {
         let now = start();
-        let t = Transaction::new(
+        let t = txn(
             now,
-            request(7, Method::ALLOCATE),
+            7,
+            Method::ALLOCATE,
             Reliability::Unreliable,
             Retransmit::RFC8489,
         );
