@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use rustls::pki_types::ServerName;
 
 use super::args::{IceCheckArgs, Mode, ServerUrl, parse_host, resolve, split_host_port};
 use super::fetch::fetch_credentials;
 use turnpike::config::Transport;
 use turnpike::ice::driver::{Hosts, Options, Side};
+use turnpike::tls::ClientTrust;
 use turnpike_proto::client::Credentials;
 use turnpike_proto::ice::{AgentConfig, PathKind, Timing, TurnServer};
 
@@ -180,38 +181,12 @@ pub(super) fn tls_config(
     ca: Option<&PathBuf>,
     insecure: bool,
 ) -> Result<Arc<rustls::ClientConfig>> {
-    let builder = rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
-        .with_safe_default_protocol_versions()?;
-    let cfg = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(turnpike::tls::accept_any_certificate())
-            .with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca {
-            Some(path) => {
-                let pem =
-                    std::fs::read(path).with_context(|| format!("--ca {}", path.display()))?;
-                let mut n = 0;
-                for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    roots
-                        .add(c.with_context(|| format!("--ca {}", path.display()))?)
-                        .with_context(|| format!("--ca {}", path.display()))?;
-                    n += 1;
-                }
-                if n == 0 {
-                    bail!("--ca {}: no PEM certificate in it", path.display());
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-            }
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
+    let trust = match (insecure, ca) {
+        (true, _) => ClientTrust::AnyCertificate,
+        (false, Some(path)) => ClientTrust::CaFile(path),
+        (false, None) => ClientTrust::SystemRoots,
     };
-    Ok(Arc::new(cfg))
+    turnpike::tls::client_config(trust).map_err(|e| anyhow!("--ca {e}"))
 }
 
 pub(super) fn random_seed() -> u64 {
