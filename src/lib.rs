@@ -22,6 +22,8 @@
 //!   onto the core's types.
 //! * [`credentials`], [`sd_notify`], [`tls`], [`clock`]: small services
 //!   of the shell.
+//! * [`http_client`]: the one HTTP client (ureq with the project's rustls
+//!   settings), for `ice-check --credentials-url` and the tests.
 //! * [`ice`]: the tokio driver of `turnpike ice-check` (the agent itself is
 //!   `turnpike_proto::ice`); [`loadgen`]: `turnpike loadgen`. Tools use the
 //!   protocol and sys crates, never the server shell.
@@ -30,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod http;
+pub mod http_client;
 pub mod ice;
 pub mod io;
 pub mod loadgen;

@@ -36,6 +36,56 @@ pub fn accept_any_certificate() -> Arc<dyn rustls::client::danger::ServerCertVer
     Arc::new(AcceptAnyCertificate(provider()))
 }
 
+/// Whom a TLS client of the tools (`ice-check`, `loadgen`, the HTTP
+/// client) trusts.
+#[derive(Clone, Copy, Debug)]
+pub enum ClientTrust<'a> {
+    /// Any certificate (`--insecure`): [`accept_any_certificate`].
+    AnyCertificate,
+    /// Only the certificates in this PEM file (`--ca FILE`).
+    CaFile(&'a Path),
+    /// The system's root certificates.
+    SystemRoots,
+}
+
+/// A TLS client config (the ring provider, safe protocol versions) that
+/// trusts `trust`. An error names the CA file: `FILE: what is wrong`.
+pub fn client_config(trust: ClientTrust<'_>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let roots = match trust {
+        ClientTrust::AnyCertificate => {
+            return Ok(Arc::new(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(accept_any_certificate())
+                    .with_no_client_auth(),
+            ));
+        }
+        ClientTrust::CaFile(path) => {
+            let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"no PEM certificate in it"));
+            }
+            roots
+        }
+        ClientTrust::SystemRoots => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
+        }
+    };
+    Ok(Arc::new(
+        builder.with_root_certificates(roots).with_no_client_auth(),
+    ))
+}
+
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 

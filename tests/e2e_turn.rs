@@ -17,6 +17,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::ops::JsonBody;
 use common::turn::{Allocated, Peer, TurnClient, error_code, is_padded, wait_port_closed};
 use common::*;
 use turnpike::config::PortRange;

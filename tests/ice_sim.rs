@@ -22,6 +22,7 @@ use turnpike_proto::core::{
 use turnpike_proto::ice::agent::PairReport;
 use turnpike_proto::ice::{Agent, AgentConfig, PathKind, Report, SocketId, Timing, TurnServer};
 use turnpike_proto::sim::{SimServer, sim_config};
+use turnpike_proto::stun::Retransmit;
 
 const SECRET: &str = "sim-secret";
 
@@ -159,6 +160,20 @@ struct Net {
     pending_remote: Option<(Instant, usize, turnpike_proto::ice::Description)>,
     /// Every transmission an agent made: (time, site, socket, to).
     log: Vec<(Instant, usize, SocketId, SocketAddr)>,
+    /// Every datagram (and TCP frame) put on the simulated network, after
+    /// NAT, in the order sent.
+    wire: Vec<Datagram>,
+    start: Instant,
+}
+
+/// One datagram on the simulated network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Datagram {
+    /// Virtual time since the start.
+    at: Duration,
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: Vec<u8>,
 }
 
 struct SiteSpec {
@@ -171,8 +186,15 @@ struct SiteSpec {
 fn timing() -> Timing {
     Timing {
         pace: Duration::from_millis(10),
-        rto: Duration::from_millis(100),
-        attempts: 4,
+        // Transmissions at 0, 0.1, 0.3 and 0.7 s, failed at 1.5 s; TURN
+        // requests over TCP wait 3 s.
+        retransmit: Retransmit {
+            rto: Duration::from_millis(100),
+            max_rto: Duration::from_secs(60),
+            rc: 4,
+            rm: 8,
+            ti: Duration::from_secs(3),
+        },
         gather_timeout: Duration::from_secs(3),
         nomination_wait: Duration::from_secs(1),
         pings: 5,
@@ -182,9 +204,17 @@ fn timing() -> Timing {
 }
 
 impl Net {
+    /// The seeds every scenario uses unless it says otherwise: agent `i`
+    /// gets `1000 + i`, the server 99.
     fn new(specs: Vec<SiteSpec>) -> Net {
+        Net::seeded(specs, 1000, 99)
+    }
+
+    /// Agent `i` seeded with `agent_seed + i`, the server's core with
+    /// `server_seed`.
+    fn seeded(specs: Vec<SiteSpec>, agent_seed: u64, server_seed: u64) -> Net {
         let cfg = sim_config("203.0.113.1", SECRET, &[]);
-        let server = SimServer::new(&cfg, 99);
+        let server = SimServer::new(&cfg, server_seed);
         let now = server.now.mono;
         let server_addr = addr("203.0.113.1:3478");
         let creds = Credentials::rest(SECRET, "sim", server.now.unix + 3600);
@@ -223,7 +253,7 @@ impl Net {
                     })
                     .collect();
                 Site {
-                    agent: Agent::new(cfg, vec![host], 1000 + i as u64, now),
+                    agent: Agent::new(cfg, vec![host], agent_seed + i as u64, now),
                     host,
                     nat: s.nat.map(|(k, p)| Nat::new(k, p)),
                     turn_src,
@@ -244,10 +274,18 @@ impl Net {
             delay_remote: None,
             pending_remote: None,
             log: Vec::new(),
+            wire: Vec::new(),
+            start: now,
         }
     }
 
     fn enqueue(&mut self, p: Packet) {
+        self.wire.push(Datagram {
+            at: self.now - self.start,
+            src: p.src,
+            dst: p.dst,
+            data: p.data.clone(),
+        });
         self.seq += 1;
         self.packets.insert(self.seq, p);
         self.queue
@@ -572,6 +610,27 @@ fn behind(
     }
 }
 
+/// A (controlling) and B behind symmetric NATs, each with a relay over
+/// UDP and one over TCP.
+fn symmetric_nats_relaying_over_udp_and_tcp() -> Vec<SiteSpec> {
+    vec![
+        behind(
+            SYMMETRIC,
+            "10.1.0.2:5000",
+            "198.51.100.1",
+            true,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+        behind(
+            SYMMETRIC,
+            "10.2.0.2:5000",
+            "198.51.100.2",
+            false,
+            vec![Transport::Udp, Transport::Tcp],
+        ),
+    ]
+}
+
 #[test]
 fn full_cone_nats_srflx_and_relay_work_host_does_not() {
     let mut net = Net::new(vec![
@@ -605,22 +664,7 @@ fn full_cone_nats_srflx_and_relay_work_host_does_not() {
 
 #[test]
 fn symmetric_nats_only_relay_works() {
-    let mut net = Net::new(vec![
-        behind(
-            SYMMETRIC,
-            "10.1.0.2:5000",
-            "198.51.100.1",
-            true,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-        behind(
-            SYMMETRIC,
-            "10.2.0.2:5000",
-            "198.51.100.2",
-            false,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-    ]);
+    let mut net = Net::new(symmetric_nats_relaying_over_udp_and_tcp());
     net.run();
     for i in 0..2 {
         let r = net.report(i);
@@ -1043,22 +1087,7 @@ fn signalled_candidate_replaces_the_peer_reflexive_one() {
 /// reach.
 #[test]
 fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
-    let mut net = Net::new(vec![
-        behind(
-            SYMMETRIC,
-            "10.1.0.2:5000",
-            "198.51.100.1",
-            true,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-        behind(
-            SYMMETRIC,
-            "10.2.0.2:5000",
-            "198.51.100.2",
-            false,
-            vec![Transport::Udp, Transport::Tcp],
-        ),
-    ]);
+    let mut net = Net::new(symmetric_nats_relaying_over_udp_and_tcp());
     net.run();
     for i in 0..2 {
         let r = net.report(i);
@@ -1081,4 +1110,55 @@ fn peer_reflexive_remote_is_paired_only_where_it_arrived() {
         );
         assert_eq!(works(&r), [PathKind::Relay], "site {i}:\n{}", dump(&r));
     }
+}
+
+/// The symmetric-NAT scenario with relays over UDP and TCP (server-
+/// reflexive, relayed and peer-reflexive candidates, Send indications,
+/// ChannelData, TCP frames), run to the end with the given seeds.
+fn symmetric_run(agent_seed: u64, server_seed: u64) -> Vec<Datagram> {
+    let mut net = Net::seeded(
+        symmetric_nats_relaying_over_udp_and_tcp(),
+        agent_seed,
+        server_seed,
+    );
+    net.run();
+    assert_eq!(works(&net.report(0)), [PathKind::Relay]);
+    net.wire
+}
+
+/// The transaction id of the first STUN message agent A's host socket
+/// sent (its srflx Binding request).
+fn first_tid(wire: &[Datagram]) -> [u8; 12] {
+    let d = wire
+        .iter()
+        .find(|d| d.src.ip() == addr("198.51.100.1:0").ip())
+        .expect("agent A sent something through its NAT");
+    *turnpike_proto::wire::Message::parse(&d.data)
+        .expect("A's first datagram is STUN")
+        .transaction_id()
+        .as_bytes()
+}
+
+/// One seed reproduces a run: every datagram on the simulated network
+/// (virtual send time, source, destination and bytes) is the same in two
+/// runs, so a failure seen once can be replayed. Another seed changes the
+/// bytes (transaction ids, ufrags, nonces), so the comparison can fail.
+#[test]
+fn one_seed_reproduces_every_datagram_byte_for_byte() {
+    let first = symmetric_run(7, 7);
+    let again = symmetric_run(7, 7);
+    assert!(first.len() > 100, "a full run: {} datagrams", first.len());
+    assert_eq!(first.len(), again.len(), "same number of datagrams");
+    for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+        assert_eq!(a, b, "datagram {i} differs between two runs with one seed");
+    }
+
+    let other = symmetric_run(8, 8);
+    let differs = first.len() != other.len() || first.iter().zip(&other).any(|(a, b)| a != b);
+    assert!(differs, "another seed sends other bytes");
+    assert_ne!(
+        first_tid(&first),
+        first_tid(&other),
+        "the seed picks the transaction ids"
+    );
 }

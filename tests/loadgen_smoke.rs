@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -58,13 +57,10 @@ fn loadgen(args: &[&str]) -> String {
 
 /// The server's /metrics, as (series, value) pairs.
 fn metrics(http: SocketAddr) -> Vec<(String, f64)> {
-    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read /metrics");
-    body.lines()
+    let r = common::ops::get(http, "/metrics");
+    assert_eq!(r.status, 200, "/metrics: {}", r.text());
+    r.text()
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;

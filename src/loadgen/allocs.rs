@@ -79,7 +79,6 @@ pub(super) fn teardown(allocs: &mut [Alloc], concurrency: usize) -> (usize, usiz
         None,
         |_, _| vec![Step::Refresh(0)],
         concurrency,
-        setup::Timing::default(),
         crate::clock::instant()
             + Duration::from_secs(30)
             + Duration::from_millis(2 * which.len() as u64),
@@ -108,7 +107,6 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
         Some(&o.target),
         |_, _| setup_steps(peer),
         o.concurrency,
-        setup::Timing::default(),
         t0 + Duration::from_secs(60) + Duration::from_millis(10 * o.count as u64),
     )?;
     let elapsed = t0.elapsed().as_secs_f64();

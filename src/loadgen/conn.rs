@@ -12,6 +12,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::config::Transport;
+use crate::tls::ClientTrust;
 use turnpike_proto::wire::frame_len;
 use turnpike_sys::batch::{BATCH, RecvBatch, SendBatch, UdpSocketState};
 
@@ -68,29 +69,12 @@ pub fn tls_config(
     ca: Option<&std::path::Path>,
     insecure: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let b = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let cfg = if insecure {
-        b.dangerous()
-            .with_custom_certificate_verifier(crate::tls::accept_any_certificate())
-            .with_no_client_auth()
-    } else {
-        let Some(ca) = ca else {
-            return Err("TLS needs --ca FILE (PEM) or --insecure".into());
-        };
-        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{}: no PEM certificate", ca.display()));
-        }
-        b.with_root_certificates(roots).with_no_client_auth()
+    let trust = match (insecure, ca) {
+        (true, _) => ClientTrust::AnyCertificate,
+        (false, Some(ca)) => ClientTrust::CaFile(ca),
+        (false, None) => return Err("TLS needs --ca FILE (PEM) or --insecure".into()),
     };
-    Ok(Arc::new(cfg))
+    crate::tls::client_config(trust)
 }
 
 fn set_bufs(s: SockRef<'_>) {

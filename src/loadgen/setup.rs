@@ -2,8 +2,9 @@
 //! that keeps up to `concurrency` allocations each working through its list
 //! of steps (Allocate with the 401 round trip, CreatePermission,
 //! ChannelBind, Refresh), every response checked (transaction ID, class,
-//! MESSAGE-INTEGRITY), UDP requests retransmitted, everything bounded by
-//! timeouts and an overall deadline.
+//! MESSAGE-INTEGRITY), UDP requests retransmitted (each request is a
+//! [`turnpike_proto::stun::Transaction`]), everything bounded by timeouts
+//! and an overall deadline.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use rand::rngs::SmallRng;
 use super::conn::{Conn, Target};
 use super::{Error, Result};
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
-use turnpike_proto::wire::{Class, Message, Method, TransactionId};
+use turnpike_proto::stun::{Action, Reliability, Retransmit, Transaction};
+use turnpike_proto::wire::{Class, Message, TransactionId};
 use turnpike_sys::batch::RecvBatch;
 use turnpike_sys::epoll::{Epoll, Interest};
 use turnpike_sys::process::is_fd_exhaustion;
@@ -68,37 +70,18 @@ impl Step {
             Step::Refresh(_) => "Refresh",
         }
     }
-
-    fn method(self) -> Method {
-        match self {
-            Step::Allocate => Method::ALLOCATE,
-            Step::Permission(_) => Method::CREATE_PERMISSION,
-            Step::Channel(..) => Method::CHANNEL_BIND,
-            Step::Refresh(_) => Method::REFRESH,
-        }
-    }
 }
 
-/// Retransmission and timeout policy.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Timing {
-    /// First UDP retransmission timeout (doubles).
-    pub rto: Duration,
-    /// Transmissions of one request over UDP.
-    pub attempts: u32,
-    /// Over TCP/TLS: how long to wait for a response.
-    pub stream_timeout: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            rto: Duration::from_millis(250),
-            attempts: 4,
-            stream_timeout: Duration::from_secs(4),
-        }
-    }
-}
+/// Retransmission of a set-up request over UDP: sent at 0, 0.25, 0.75 and
+/// 1.75 s, given up at 3.75 s; over TCP/TLS sent once and given up after
+/// 4 s.
+const RETRANSMIT: Retransmit = Retransmit {
+    rto: Duration::from_millis(250),
+    rc: 4,
+    rm: 8,
+    ti: Duration::from_secs(4),
+    ..Retransmit::RFC8489
+};
 
 /// Open `n` five-tuples. Running out of file descriptors is reported as
 /// such, with the limit.
@@ -129,11 +112,8 @@ struct Active {
     alloc: usize,
     steps: Vec<Step>,
     k: usize,
-    tid: TransactionId,
-    req: Vec<u8>,
-    next_tx: Instant,
-    rto: Duration,
-    tx: u32,
+    /// The request of step `k`.
+    txn: Transaction,
     stale: u32,
     reconnects: u32,
     started: Instant,
@@ -155,7 +135,6 @@ pub(super) fn drive(
     reconnect: Option<&Target>,
     steps: impl Fn(usize, &Alloc) -> Vec<Step>,
     concurrency: usize,
-    timing: Timing,
     deadline: Instant,
 ) -> Result<Vec<Outcome>> {
     let concurrency = concurrency.clamp(1, 4096);
@@ -175,27 +154,22 @@ pub(super) fn drive(
             let i = which[next];
             let a = &mut allocs[i];
             let st = steps(i, a);
-            let now = crate::clock::instant();
-            let mut act = Active {
-                alloc: i,
-                steps: st,
-                k: 0,
-                tid: TransactionId::default(),
-                req: Vec::new(),
-                next_tx: now,
-                rto: timing.rto,
-                tx: 0,
-                stale: 0,
-                reconnects: 0,
-                started: now,
-            };
-            if act.steps.is_empty() {
+            let Some(&first) = st.first() else {
                 out[next] = Some(Ok(Duration::ZERO));
                 free.push(s);
                 next += 1;
                 continue;
-            }
-            build(&mut act, a, &mut rng);
+            };
+            let now = crate::clock::instant();
+            let act = Active {
+                alloc: i,
+                steps: st,
+                k: 0,
+                txn: request(first, a, &mut rng, now),
+                stale: 0,
+                reconnects: 0,
+                started: now,
+            };
             ep.add(a.conn.fd(), s as u64, Interest::Read)?;
             slots[s] = Some((next, act));
             next += 1;
@@ -229,39 +203,28 @@ pub(super) fn drive(
                 continue;
             };
             let a = &mut allocs[act.alloc];
-            if now >= act.next_tx {
-                let stream = a.conn.is_stream();
-                let limit = if stream { 1 } else { timing.attempts };
-                if act.tx >= limit {
-                    let o = *o;
-                    let act = slots[s].take().expect("a live slot").1;
-                    ep.remove(allocs[act.alloc].conn.fd());
-                    out[o] = Some(Err(format!("{}: timeout", act.steps[act.k].name())));
-                    free.push(s);
-                    live -= 1;
-                    continue;
-                }
-                let sent = a.conn.send(&act.req);
-                if let Err(e) = sent {
-                    if stream || e.kind() != std::io::ErrorKind::WouldBlock {
-                        let o = *o;
-                        let act = slots[s].take().expect("a live slot").1;
-                        ep.remove(allocs[act.alloc].conn.fd());
-                        out[o] = Some(Err(format!("{}: send: {e}", act.steps[act.k].name())));
-                        free.push(s);
-                        live -= 1;
-                        continue;
+            let failure = match act.txn.handle_timeout(now) {
+                None => None,
+                Some(Action::GiveUp) => Some("timeout".to_string()),
+                Some(Action::Send) => match a.conn.send(act.txn.request()) {
+                    Err(e) if a.conn.is_stream() || e.kind() != std::io::ErrorKind::WouldBlock => {
+                        Some(format!("send: {e}"))
                     }
-                }
-                act.tx += 1;
-                if stream {
-                    act.next_tx = now + timing.stream_timeout;
-                } else {
-                    act.next_tx = now + act.rto;
-                    act.rto *= 2;
-                }
+                    // A full UDP buffer loses the datagram, as the network
+                    // may: the retransmission covers it.
+                    _ => None,
+                },
+            };
+            if let Some(why) = failure {
+                let o = *o;
+                let act = slots[s].take().expect("a live slot").1;
+                ep.remove(allocs[act.alloc].conn.fd());
+                out[o] = Some(Err(format!("{}: {why}", act.steps[act.k].name())));
+                free.push(s);
+                live -= 1;
+                continue;
             }
-            wake = wake.min(act.next_tx);
+            wake = wake.min(act.txn.poll_timeout());
         }
         let wait = wake
             .saturating_duration_since(crate::clock::instant())
@@ -278,22 +241,14 @@ pub(super) fn drive(
             let mut verdict: Option<Outcome> = None;
             for m in &msgs {
                 match on_response(act, a, m, &mut rng) {
-                    Progress::Ignore => {}
-                    Progress::Resend => {
-                        act.next_tx = crate::clock::instant();
-                        act.tx = 0;
-                        act.rto = timing.rto;
-                    }
+                    Progress::Ignore | Progress::Resend => {}
                     Progress::Next => {
                         act.k += 1;
                         if act.k == act.steps.len() {
                             verdict = Some(Ok(act.started.elapsed()));
                             break;
                         }
-                        build(act, a, &mut rng);
-                        act.next_tx = crate::clock::instant();
-                        act.tx = 0;
-                        act.rto = timing.rto;
+                        rebuild(act, a, &mut rng);
                     }
                     Progress::Fail(why) => {
                         verdict = Some(Err(why));
@@ -315,10 +270,7 @@ pub(super) fn drive(
                                 a.relayed = None;
                                 ep.add(a.conn.fd(), s as u64, Interest::Read)?;
                                 act.reconnects += 1;
-                                build(act, a, &mut rng);
-                                act.next_tx = crate::clock::instant();
-                                act.tx = 0;
-                                act.rto = timing.rto;
+                                rebuild(act, a, &mut rng);
                             }
                             Err(e) => verdict = Some(Err(format!("{why}; reconnecting: {e}"))),
                         }
@@ -351,6 +303,7 @@ pub(super) fn drive(
 
 enum Progress {
     Ignore,
+    /// The same step again, as a new request (after 401 or 438).
     Resend,
     Next,
     Fail(String),
@@ -358,24 +311,37 @@ enum Progress {
     Reconnect(String),
 }
 
-fn build(act: &mut Active, a: &Alloc, rng: &mut SmallRng) {
-    act.tid = TransactionId::random(rng);
-    act.req.clear();
+/// The request of `step` for allocation `a`, as a new transaction whose
+/// first transmission is due at `now`.
+fn request(step: Step, a: &Alloc, rng: &mut SmallRng, now: Instant) -> Transaction {
+    let tid = TransactionId::random(rng);
+    let mut req = Vec::with_capacity(256);
     let s = a.session.as_ref();
-    match act.steps[act.k] {
+    match step {
         Step::Allocate => {
-            client::allocate(&mut act.req, act.tid, &AllocateOptions::default(), s);
+            client::allocate(&mut req, tid, &AllocateOptions::default(), s);
         }
         Step::Permission(p) => {
-            client::create_permission(&mut act.req, act.tid, &[p], s.expect("allocated"));
+            client::create_permission(&mut req, tid, &[p], s.expect("allocated"));
         }
         Step::Channel(ch, p) => {
-            client::channel_bind(&mut act.req, act.tid, ch, p, s.expect("allocated"));
+            client::channel_bind(&mut req, tid, ch, p, s.expect("allocated"));
         }
         Step::Refresh(l) => {
-            client::refresh(&mut act.req, act.tid, Some(l), s.expect("allocated"));
+            client::refresh(&mut req, tid, Some(l), s.expect("allocated"));
         }
     }
+    let reliability = if a.conn.is_stream() {
+        Reliability::Reliable
+    } else {
+        Reliability::Unreliable
+    };
+    Transaction::new(now, req, reliability, RETRANSMIT)
+}
+
+/// A new request for the current step (a new transaction, due now).
+fn rebuild(act: &mut Active, a: &Alloc, rng: &mut SmallRng) {
+    act.txn = request(act.steps[act.k], a, rng, crate::clock::instant());
 }
 
 fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) -> Progress {
@@ -383,7 +349,7 @@ fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) ->
         return Progress::Ignore;
     };
     let step = act.steps[act.k];
-    if msg.transaction_id() != act.tid || msg.method() != step.method() {
+    if !act.txn.is_response(&msg) {
         return Progress::Ignore;
     }
     match msg.class() {
@@ -413,7 +379,7 @@ fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) ->
                 match Session::from_challenge(&msg, a.creds.clone(), SignOptions::default()) {
                     Some(s) => {
                         a.session = Some(s);
-                        build(act, a, rng);
+                        rebuild(act, a, rng);
                         return Progress::Resend;
                     }
                     None => return Progress::Fail("401 without REALM/NONCE".into()),
@@ -423,7 +389,7 @@ fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) ->
                 if let Some(s) = &mut a.session {
                     if s.update_nonce(&msg) {
                         act.stale += 1;
-                        build(act, a, rng);
+                        rebuild(act, a, rng);
                         return Progress::Resend;
                     }
                 }
@@ -462,15 +428,7 @@ pub(super) fn drive_all(
 ) -> Result<Vec<Duration>> {
     let which: Vec<usize> = (0..allocs.len()).collect();
     let deadline = crate::clock::instant() + budget;
-    let outs = drive(
-        allocs,
-        &which,
-        reconnect,
-        steps,
-        concurrency,
-        Timing::default(),
-        deadline,
-    )?;
+    let outs = drive(allocs, &which, reconnect, steps, concurrency, deadline)?;
     let (ok, errs) = summarize(&outs);
     if ok < outs.len() {
         return Err(Error(format!(

@@ -1,12 +1,10 @@
 //! Helpers for the operations tests (HTTP API, metrics, reload, drain,
 //! logs):
 //!
-//! - a minimal HTTP/1.1 client over `std::net::TcpStream` (or any
-//!   `Read + Write`, so HTTPS works over rustls too). It is about a hundred
-//!   lines instead of a dev-dependency: the tests need exact control of
-//!   request headers (Origin, preflight OPTIONS, Authorization) and the raw
-//!   status and response headers, nothing else, and a new crate tree costs
-//!   build time on shared two-core machines;
+//! - HTTP requests through the project's one client
+//!   (`turnpike::http_client`, which `ice-check --credentials-url` uses
+//!   too): any method and headers (Origin, preflight OPTIONS,
+//!   Authorization), and the status, headers and body of every answer;
 //! - a strict parser of the Prometheus text format (`name{labels} value`);
 //! - a small synchronous TURN client over UDP, TCP and TLS built on
 //!   `turnpike_proto::client`;
@@ -25,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use turnpike_proto::wire::{ChannelData, Class, FrameKind, Message, frame_len};
+
+use turnpike::http_client::HttpClient;
 
 use super::{
     IO_TIMEOUT, TestServer, TlsStream, new_tid, tcp_connect, tls_connect, udp_client, wait_bounded,
@@ -59,29 +59,17 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
 
 // --- HTTP -------------------------------------------------------------------
 
-/// A response as received.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+/// A response as received: status, headers (in order) and body, 4xx and
+/// 5xx included.
+pub use turnpike::http_client::Response as HttpResponse;
+
+/// The body as JSON (panics, showing the body, if it is not JSON).
+pub trait JsonBody {
+    fn json(&self) -> serde_json::Value;
 }
 
-impl HttpResponse {
-    /// The first header of that name (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON (panics, showing the body, if it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
+impl JsonBody for HttpResponse {
+    fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "HTTP {} body is not JSON ({e}): {:?}",
@@ -92,133 +80,9 @@ impl HttpResponse {
     }
 }
 
-/// Send one request on `stream` (with `Connection: close`) and read the
-/// whole response: by Content-Length, chunked, or to end of stream.
-pub fn http_exchange<S: Read + Write>(
-    mut stream: S,
-    host: &str,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .expect("write HTTP request");
-    stream.write_all(body).expect("write HTTP body");
-    stream.flush().expect("flush HTTP request");
-
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let mut eof = false;
-    let mut read_more = |raw: &mut Vec<u8>, eof: &mut bool| match stream.read(&mut chunk) {
-        Ok(0) => *eof = true,
-        Ok(n) => raw.extend_from_slice(&chunk[..n]),
-        // rustls reports a close without close_notify this way.
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => *eof = true,
-        Err(e) => panic!(
-            "reading HTTP response to {method} {target}: {e} ({} bytes so far)",
-            raw.len()
-        ),
-    };
-    let head_end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        assert!(
-            !eof,
-            "connection closed before the end of the response head: {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        read_more(&mut raw, &mut eof);
-    };
-    let head = String::from_utf8(raw[..head_end].to_vec()).expect("UTF-8 response head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    assert_eq!(
-        parts.next(),
-        Some("HTTP/1.1"),
-        "status line: {status_line:?}"
-    );
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (k, v) = l
-                .split_once(':')
-                .unwrap_or_else(|| panic!("header line: {l:?}"));
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let start = head_end + 4;
-    let body = if method == "HEAD" || status == 204 || status == 304 {
-        Vec::new()
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len.parse().expect("numeric Content-Length");
-        while raw.len() < start + len {
-            assert!(!eof, "connection closed inside the body");
-            read_more(&mut raw, &mut eof);
-        }
-        raw[start..start + len].to_vec()
-    } else if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        loop {
-            if let Some(b) = dechunk(&raw[start..]) {
-                break b;
-            }
-            assert!(!eof, "connection closed inside a chunked body");
-            read_more(&mut raw, &mut eof);
-        }
-    } else {
-        while !eof {
-            read_more(&mut raw, &mut eof);
-        }
-        raw[start..].to_vec()
-    };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// A whole chunked body, or `None` if more bytes are needed.
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..eol]).expect("chunk size line");
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).expect("hex chunk size");
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        if b.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
-/// One request over a fresh TCP connection.
+/// One request to `http://ADDR{target}` over a fresh connection, with the
+/// project's HTTP client (`turnpike::http_client`); panics if no response
+/// came.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -226,14 +90,9 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    http_exchange(
-        tcp_connect(addr),
-        &addr.to_string(),
-        method,
-        target,
-        headers,
-        body,
-    )
+    HttpClient::new(None, IO_TIMEOUT)
+        .request(method, &format!("http://{addr}{target}"), headers, body)
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{target}: {e}"))
 }
 
 pub fn get(addr: SocketAddr, target: &str) -> HttpResponse {
@@ -273,8 +132,10 @@ pub fn delete_auth(addr: SocketAddr, target: &str, key: &str) -> HttpResponse {
 
 /// One HTTPS request, trusting what `cfg` trusts.
 pub fn https_get(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, target: &str) -> HttpResponse {
-    let tls = tls_connect(addr, cfg);
-    http_exchange(tls, &addr.to_string(), "GET", target, &[], b"")
+    let url = format!("https://{addr}{target}");
+    HttpClient::new(Some(cfg), IO_TIMEOUT)
+        .get(&url, &[])
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 /// Minted credentials from the API (or `turnpike credentials`), checked

@@ -20,6 +20,9 @@
 //!   5. [`core::Counters`]: plain counters the shell publishes as metrics.
 //! * [`client`]: the message side of a TURN client (requests, long-term
 //!   credential state).
+//! * [`stun`]: the STUN client transaction (RFC 8489 retransmission), used
+//!   by every request turnpike sends as a client (ICE checks, its TURN
+//!   client, the load generator).
 //! * [`ice`]: the sans-IO ICE agent (RFC 8445 subset) and its TURN client,
 //!   behind `turnpike ice-check`.
 //! * `sim` (feature `sim`): the core in memory with a manual clock, for
@@ -37,4 +40,5 @@ pub mod ice;
 pub mod rest;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stun;
 pub mod wire;

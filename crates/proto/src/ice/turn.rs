@@ -2,8 +2,9 @@
 //! side): Allocate with the 401/438 round trips, Refresh before expiry,
 //! CreatePermission and ChannelBind on demand (refreshed before they
 //! lapse), Send indications until a channel is bound and ChannelData after,
-//! Data indications and ChannelData unwrapped. Requests are retransmitted
-//! with RTO backoff over UDP (RFC 8489 §6.2.1) and sent once over TCP/TLS.
+//! Data indications and ChannelData unwrapped. Requests are client
+//! transactions of [`crate::stun`]: retransmitted with RTO backoff over UDP
+//! (RFC 8489 §6.2.1), sent once over TCP/TLS.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use rand::rngs::StdRng;
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use crate::core::Transport;
+use crate::stun::{Due, Reliability, Retransmit, Transactions};
 use crate::wire::{ChannelData, Class, Message, Method, TransactionId};
 
 /// Why an allocation failed; shown to the operator.
@@ -50,40 +52,12 @@ pub enum TurnState {
     Closed,
 }
 
-/// Timing of requests.
-#[derive(Clone, Copy, Debug)]
-pub struct TurnTiming {
-    /// First retransmission timeout (UDP), doubled each time.
-    pub rto: Duration,
-    /// Transmissions of a request before it times out (UDP).
-    pub attempts: u32,
-    /// Over TCP/TLS: how long to wait for a response.
-    pub stream_timeout: Duration,
-}
-
-impl Default for TurnTiming {
-    fn default() -> Self {
-        TurnTiming {
-            rto: Duration::from_millis(250),
-            attempts: 5,
-            stream_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Allocate { authenticated: bool },
     Refresh,
     Permission(IpAddr),
     Channel(SocketAddr, u16),
-}
-
-struct Txn {
-    kind: Kind,
-    bytes: Vec<u8>,
-    sent: u32,
-    next: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,12 +108,11 @@ pub struct TurnClient {
     pub transport: Transport,
     creds: Credentials,
     sign: SignOptions,
-    timing: TurnTiming,
     state: TurnState,
     session: Option<Session>,
     lifetime: Duration,
     refresh_at: Option<Instant>,
-    txns: BTreeMap<TransactionId, Txn>,
+    txns: Transactions<Kind>,
     perms: BTreeMap<IpAddr, Perm>,
     chans: BTreeMap<SocketAddr, Chan>,
     queued: BTreeMap<IpAddr, Vec<(SocketAddr, Vec<u8>)>>,
@@ -154,7 +127,7 @@ impl TurnClient {
         server: SocketAddr,
         transport: Transport,
         creds: Credentials,
-        timing: TurnTiming,
+        retransmit: Retransmit,
         seed: u64,
     ) -> Self {
         use rand::SeedableRng;
@@ -163,12 +136,11 @@ impl TurnClient {
             transport,
             creds,
             sign: SignOptions::default(),
-            timing,
             state: TurnState::Allocating,
             session: None,
             lifetime: Duration::from_secs(600),
             refresh_at: None,
-            txns: BTreeMap::new(),
+            txns: Transactions::new(retransmit),
             perms: BTreeMap::new(),
             chans: BTreeMap::new(),
             queued: BTreeMap::new(),
@@ -224,21 +196,13 @@ impl TurnClient {
             (Kind::Channel(peer, n), Some(s)) => client::channel_bind(&mut buf, tid, n, peer, s),
             _ => return,
         }
-        self.out.push_back(buf.clone());
-        let wait = if self.transport == Transport::Udp {
-            self.timing.rto
+        let reliability = if self.transport.is_stream() {
+            Reliability::Reliable
         } else {
-            self.timing.stream_timeout
+            Reliability::Unreliable
         };
-        self.txns.insert(
-            tid,
-            Txn {
-                kind,
-                bytes: buf,
-                sent: 1,
-                next: now + wait,
-            },
-        );
+        let first = self.txns.start(now, buf, reliability, kind);
+        self.out.push_back(first);
     }
 
     fn fail(&mut self, f: TurnFailure) {
@@ -285,33 +249,33 @@ impl TurnClient {
                 data: d.to_vec(),
             });
         }
-        let tid = msg.transaction_id();
-        let txn = self.txns.remove(&tid)?;
-        self.on_response(now, txn.kind, &msg);
+        let kind = *self.txns.response_to(&msg)?;
+        let code = match msg.class() {
+            Class::Success => 200,
+            _ => msg.error_code().ok().flatten().map_or(400, |e| e.code),
+        };
+        // Authenticated responses must verify (RFC 8489 §9.2.5); a forged
+        // one is ignored: the request goes on being retransmitted, and
+        // times out.
+        if code != 401 && code != 438 {
+            if let Some(s) = &self.session {
+                if !s.verify(&msg) {
+                    return None;
+                }
+            }
+        }
+        self.txns.finish(msg.transaction_id());
+        self.on_response(now, kind, code, &msg);
         None
     }
 
-    fn on_response(&mut self, now: Instant, kind: Kind, msg: &Message<'_>) {
-        let code = match msg.class() {
-            Class::Success => 200,
-            Class::Error => msg.error_code().ok().flatten().map_or(400, |e| e.code),
-            _ => return,
-        };
+    fn on_response(&mut self, now: Instant, kind: Kind, code: u16, msg: &Message<'_>) {
         let reason = msg
             .error_code()
             .ok()
             .flatten()
             .map(|e| e.reason.to_string())
             .unwrap_or_default();
-        // Authenticated responses must verify (RFC 8489 §9.2.5); a forged
-        // one is ignored and the request times out.
-        if code != 401 && code != 438 {
-            if let Some(s) = &self.session {
-                if !s.verify(msg) {
-                    return;
-                }
-            }
-        }
         match (kind, code) {
             (
                 Kind::Allocate {
@@ -499,7 +463,7 @@ impl TurnClient {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.txns.values().map(|x| x.next).min();
+        let mut t = self.txns.poll_timeout();
         let mut consider = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
         if let Some(r) = self.refresh_at {
             consider(r);
@@ -517,26 +481,15 @@ impl TurnClient {
 
     /// Retransmit, time out, refresh.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<TransactionId> = self
-            .txns
-            .iter()
-            .filter(|(_, t)| t.next <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let Some(t) = self.txns.get_mut(&id) else {
-                continue;
+        while let Some(due) = self.txns.poll_due(now) {
+            let kind = match due {
+                Due::Retransmit { request, .. } => {
+                    self.out.push_back(request);
+                    continue;
+                }
+                Due::TimedOut { context, .. } => context,
             };
-            let udp = self.transport == Transport::Udp;
-            if udp && t.sent < self.timing.attempts {
-                t.sent += 1;
-                t.next = now + self.timing.rto * (1 << (t.sent - 1).min(6));
-                let bytes = t.bytes.clone();
-                self.out.push_back(bytes);
-                continue;
-            }
-            let t = self.txns.remove(&id).expect("present");
-            match t.kind {
+            match kind {
                 Kind::Allocate { .. } | Kind::Refresh => self.fail(TurnFailure::Timeout),
                 Kind::Permission(ip) => {
                     self.perms.remove(&ip);

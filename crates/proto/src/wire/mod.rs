@@ -7,7 +7,7 @@
 //! means no allocation either.
 //!
 //! ```
-//! use turnpike::wire::{Message, MessageBuilder, MessageType, Method, Class, TransactionId, attr};
+//! use turnpike_proto::wire::{Message, MessageBuilder, MessageType, Method, Class, TransactionId, attr};
 //! let mut buf = Vec::new();
 //! let tid = TransactionId::new([7; 12]);
 //! MessageBuilder::new(&mut buf, MessageType::new(Method::BINDING, Class::Request), tid)

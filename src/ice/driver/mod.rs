@@ -21,21 +21,29 @@
 //! `setns`'d into `/var/run/netns/NAME` and handed back to tokio. A socket
 //! keeps the namespace it was created in, so a TCP socket made there
 //! connects from there too.
+//!
+//! By job: this file runs the loop; `sockets` makes the sockets (in a
+//! namespace if asked), `tasks` reads them.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use turnpike_proto::core::Transport;
 use turnpike_proto::ice::{Agent, AgentConfig, Description, Event, Report, SocketId, Transmit};
-use turnpike_proto::wire::frame_len;
+
+mod sockets;
+mod tasks;
+
+use sockets::{MadeTurn, make_sockets};
+pub use sockets::{in_netns, interface_addrs, why};
+use tasks::{StreamCtx, read_udp, run_stream};
 
 /// Which host candidates an agent gets.
 #[derive(Clone, Debug)]
@@ -154,19 +162,6 @@ struct SideIo {
     done_at: Option<Instant>,
 }
 
-/// The sockets of one side as created (in its namespace).
-struct Made {
-    hosts: Vec<std::net::UdpSocket>,
-    turns: Vec<Result<MadeTurn, String>>,
-}
-
-enum MadeTurn {
-    Udp(std::net::UdpSocket),
-    /// Not connected yet: tokio connects it.
-    Stream(std::net::TcpStream),
-    Skipped,
-}
-
 /// The running sockets and agents.
 pub struct Driver {
     sides: Vec<SideIo>,
@@ -180,26 +175,6 @@ impl Drop for Driver {
     fn drop(&mut self) {
         for t in self.readers.iter().chain(&self.streams) {
             t.abort();
-        }
-    }
-}
-
-/// A short, stable description of a socket error.
-pub fn why(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "connection refused".into(),
-        Some(libc::ENETUNREACH) => "network unreachable".into(),
-        Some(libc::EHOSTUNREACH) => "host unreachable".into(),
-        Some(libc::EPERM | libc::EACCES) => "blocked by a local firewall".into(),
-        Some(libc::ECONNRESET) => "connection reset".into(),
-        Some(libc::ETIMEDOUT) => "timed out".into(),
-        Some(libc::EADDRNOTAVAIL) => "address not available".into(),
-        _ => {
-            let s = e.to_string();
-            match s.find(" (os error") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            }
         }
     }
 }
@@ -533,295 +508,4 @@ impl Driver {
             hosts,
         }
     }
-}
-
-async fn read_udp(
-    sock: UdpSocket,
-    side: usize,
-    socket: SocketId,
-    connected: Option<SocketAddr>,
-    tx: mpsc::Sender<Input>,
-) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let input = match sock.recv_from(&mut buf).await {
-            Ok((n, from)) => Input::Packet {
-                side,
-                socket,
-                from,
-                data: buf[..n].to_vec(),
-            },
-            // A connected socket reports ICMP errors (port unreachable
-            // from the TURN server's host); an unconnected one does not.
-            Err(e) => match connected {
-                Some(to) => Input::Unreachable {
-                    side,
-                    socket,
-                    to,
-                    why: why(&e),
-                },
-                None => continue,
-            },
-        };
-        if tx.send(input).await.is_err() {
-            return;
-        }
-    }
-}
-
-struct StreamCtx {
-    side: usize,
-    id: SocketId,
-    server: SocketAddr,
-    inputs: mpsc::Sender<Input>,
-    connect_timeout: Duration,
-}
-
-impl StreamCtx {
-    async fn fail(&self, why: String) {
-        let _ = self
-            .inputs
-            .send(Input::Unreachable {
-                side: self.side,
-                socket: self.id,
-                to: self.server,
-                why,
-            })
-            .await;
-    }
-}
-
-/// Connect (and handshake), then carry whole frames both ways until the
-/// driver drops its sender or the connection ends.
-async fn run_stream(
-    ctx: StreamCtx,
-    sock: TcpSocket,
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    out: mpsc::Receiver<Vec<u8>>,
-) {
-    let tcp = match tokio::time::timeout(ctx.connect_timeout, sock.connect(ctx.server)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return ctx.fail(format!("TCP connect: {}", why(&e))).await,
-        Err(_) => return ctx.fail("TCP connect timed out".into()).await,
-    };
-    let _ = tcp.set_nodelay(true);
-    match tls {
-        None => pump_stream(&ctx, tcp, out).await,
-        Some((cfg, name)) => {
-            let connector = tokio_rustls::TlsConnector::from(cfg);
-            match tokio::time::timeout(ctx.connect_timeout, connector.connect(name, tcp)).await {
-                Ok(Ok(s)) => pump_stream(&ctx, s, out).await,
-                Ok(Err(e)) => {
-                    let cert = e
-                        .get_ref()
-                        .and_then(|i| i.downcast_ref::<rustls::Error>())
-                        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-                    let hint = if cert {
-                        " (a private CA or self-signed certificate: --ca FILE)"
-                    } else {
-                        ""
-                    };
-                    ctx.fail(format!("TLS handshake: {e}{hint}")).await
-                }
-                Err(_) => ctx.fail("TLS handshake timed out".into()).await,
-            }
-        }
-    }
-}
-
-async fn pump_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &StreamCtx,
-    stream: S,
-    mut out: mpsc::Receiver<Vec<u8>>,
-) {
-    let (mut r, mut w) = tokio::io::split(stream);
-    let mut buf: Vec<u8> = Vec::with_capacity(65536);
-    let mut chunk = vec![0u8; 16384];
-    loop {
-        tokio::select! {
-            frame = out.recv() => match frame {
-                Some(f) => {
-                    if let Err(e) = w.write_all(&f).await {
-                        return ctx.fail(format!("stream write: {}", why(&e))).await;
-                    }
-                }
-                None => {
-                    // The run is over: flush what was queued and close.
-                    let _ = w.flush().await;
-                    let _ = w.shutdown().await;
-                    return;
-                }
-            },
-            n = r.read(&mut chunk) => {
-                let n = match n {
-                    Ok(0) => return ctx.fail("the server closed the connection".into()).await,
-                    Ok(n) => n,
-                    Err(e) => return ctx.fail(format!("stream read: {}", why(&e))).await,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match frame_len(&buf) {
-                        Ok(Some(f)) => {
-                            let data = buf[..f.message_len].to_vec();
-                            buf.drain(..f.len);
-                            let p = Input::Packet {
-                                side: ctx.side,
-                                socket: ctx.id,
-                                from: ctx.server,
-                                data,
-                            };
-                            if ctx.inputs.send(p).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            return ctx.fail(format!("the server sent bytes that are not STUN: {e}")).await;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Run `f` in the network namespace `/var/run/netns/NAME` (on a thread of
-/// its own that joins it), or here when `name` is `None`.
-pub fn in_netns<T, F>(name: Option<&str>, f: F) -> io::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    let Some(name) = name else {
-        return f();
-    };
-    enter_netns_thread(name, f)
-}
-
-fn enter_netns_thread<T, F>(name: &str, f: F) -> io::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("network namespace `{name}`: not a name"),
-        ));
-    }
-    let path = turnpike_sys::netns::path(name);
-    let file = std::fs::File::open(&path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "network namespace {name}: {}: {} (create it with `ip netns add {name}`)",
-                path.display(),
-                why(&e)
-            ),
-        )
-    })?;
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        // CLONE_NEWNET is per thread: only this thread enters.
-        turnpike_sys::netns::enter(&file).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("entering network namespace {name}: {e} (needs root)"),
-            )
-        })?;
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("the namespace thread panicked"))?
-}
-
-fn unspecified(v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-}
-
-/// Create (in the current namespace) the host sockets and one socket per
-/// TURN server: UDP connected to it, or an unconnected TCP socket.
-fn make_sockets(
-    hosts: &Hosts,
-    servers: &[(SocketAddr, Transport)],
-    want_relay: bool,
-) -> io::Result<Made> {
-    let addrs: Vec<SocketAddr> = match hosts {
-        Hosts::Given(v) => v.clone(),
-        Hosts::Interfaces { loopback } => interface_addrs(*loopback)?
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, 0))
-            .collect(),
-    };
-    let mut out = Vec::new();
-    for a in addrs {
-        let s = std::net::UdpSocket::bind(a).map_err(|e| {
-            io::Error::new(e.kind(), format!("binding host socket {a}: {}", why(&e)))
-        })?;
-        out.push(s);
-    }
-    let turns = servers
-        .iter()
-        .map(|&(addr, transport)| {
-            if !want_relay {
-                return Ok(MadeTurn::Skipped);
-            }
-            match transport {
-                Transport::Udp => {
-                    let u =
-                        std::net::UdpSocket::bind(SocketAddr::new(unspecified(addr.is_ipv6()), 0))
-                            .map_err(|e| format!("socket: {}", why(&e)))?;
-                    u.connect(addr).map_err(|e| why(&e))?;
-                    Ok(MadeTurn::Udp(u))
-                }
-                Transport::Tcp | Transport::Tls => {
-                    let s = socket2::Socket::new(
-                        socket2::Domain::for_address(addr),
-                        socket2::Type::STREAM,
-                        Some(socket2::Protocol::TCP),
-                    )
-                    .map_err(|e| format!("socket: {}", why(&e)))?;
-                    Ok(MadeTurn::Stream(s.into()))
-                }
-            }
-        })
-        .collect();
-    Ok(Made { hosts: out, turns })
-}
-
-/// The addresses of the interfaces that are up (getifaddrs), IPv6
-/// link-local ones left out; loopback ones only if `loopback` or if there
-/// is no other.
-pub fn interface_addrs(loopback: bool) -> io::Result<Vec<IpAddr>> {
-    let mut found = Vec::new();
-    let mut lo = Vec::new();
-    for a in turnpike_sys::iface::addresses()? {
-        if let IpAddr::V6(v6) = a.ip {
-            if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                continue;
-            }
-        }
-        let list = if a.loopback || a.ip.is_loopback() {
-            &mut lo
-        } else {
-            &mut found
-        };
-        if !list.contains(&a.ip) {
-            list.push(a.ip);
-        }
-    }
-    if loopback || found.is_empty() {
-        found.extend(lo);
-    }
-    if found.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no network interface has an address",
-        ));
-    }
-    Ok(found)
 }
