@@ -233,8 +233,8 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
         cfg.auth.secrets.push(secret.clone());
         secret
     });
-    if cfg.http.addr.is_some() && cfg.http.api_keys.is_empty() {
-        tracing::warn!("http.api_keys is empty: the credentials API answers 401 to everyone");
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

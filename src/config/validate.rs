@@ -1,10 +1,113 @@
-//! Checks that need more than the types: address families, CIDRs, limits.
+//! Every check of a configuration that needs more than the types: the one
+//! place where a [`Config`] is judged. [`Config::parse`] (start, `config
+//! check`, reload) runs [`Config::validate`]; nothing else refuses a
+//! configuration, except binding (ports, relay addresses, TLS files), which
+//! only the server can try (`io::start`, `http::bind`).
+//!
+//! Every error names the file, the key and the fix, and never a secret's
+//! value.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::{Config, ConfigError, UserCredential, parse_hex_key, read_secret_file};
+use super::{Config, ConfigError, Transport, UserCredential, parse_hex_key, read_secret_file};
 
 impl Config {
+    /// Checks that need more than the types: listeners present and distinct,
+    /// TLS material present and readable.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "listen",
+                "no [[listen]] entries",
+                "add at least one, e.g. [[listen]] transport = \"udp\" addr = \"0.0.0.0:3478\"",
+            ));
+        }
+        if self.server.realm.is_empty() || self.server.realm.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.realm",
+                "must be 1 to 763 bytes",
+                "set realm to your domain, e.g. realm = \"example.org\"",
+            ));
+        }
+        if self.server.software.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.software",
+                "longer than 763 bytes",
+                "shorten it, or set \"\" to send no SOFTWARE attribute",
+            ));
+        }
+        self.validate_relay(file)?;
+        self.validate_auth(file)?;
+        self.validate_policy(file)?;
+        self.validate_http(file)?;
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}].{k}");
+            for (j, other) in self.listen[..i].iter().enumerate() {
+                let same_socket_kind = l.transport.is_stream() == other.transport.is_stream();
+                if same_socket_kind && conflicts(l.addr, other.addr) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("addr"),
+                        format!(
+                            "{} {} conflicts with listen[{j}] ({} {})",
+                            l.transport, l.addr, other.transport, other.addr
+                        ),
+                        "give each listener of the same socket type its own port",
+                    ));
+                }
+            }
+            match l.transport {
+                Transport::Tls => {
+                    for (name, path) in [("cert", &l.cert), ("key", &l.key)] {
+                        let Some(p) = path else {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                "missing for a tls listener",
+                                format!("set {name} = \"/path/to/{name}.pem\" (PEM file)"),
+                            ));
+                        };
+                        if let Err(e) = std::fs::metadata(p) {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                format!("cannot read {}: {e}", p.display()),
+                                "point it at an existing PEM file readable by turnpike",
+                            ));
+                        }
+                    }
+                }
+                Transport::Udp | Transport::Tcp => {
+                    if l.cert.is_some() || l.key.is_some() {
+                        return Err(ConfigError::invalid(
+                            file,
+                            key(if l.cert.is_some() { "cert" } else { "key" }),
+                            format!(
+                                "only tls listeners take a certificate, this one is {}",
+                                l.transport
+                            ),
+                            "remove it, or set transport = \"tls\"",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a valid configuration may still get wrong, for the log at
+    /// start: each line names the key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.http.addr.is_some() && self.http.api_keys.is_empty() {
+            w.push("http.api_keys is empty: the credentials API answers 401 to everyone".into());
+        }
+        w
+    }
+
     pub(super) fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
         let r = &self.relay;
         let fam = |key: &str, ip: Option<IpAddr>, v6: bool| -> Result<(), ConfigError> {
@@ -247,4 +350,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Two socket addresses of the same socket type cannot both be bound: same
+/// port and the same IP, or a wildcard of the same family. Port 0 asks the
+/// kernel for a free port, so two such listeners never collide.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
