@@ -302,3 +302,54 @@ fn version() {
         format!("turnpike {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// A secret, key or password on a line the parser refuses never reaches
+/// stderr (`serve` in both log formats, `config check`): the line is named
+/// by its key path instead of quoted, and the value the parser quotes is
+/// masked.
+#[test]
+fn a_secret_in_a_bad_line_is_never_echoed() {
+    const S: &str = "Zq8-secret-value-3141";
+    let listen = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+    let cases = [
+        (format!("[auth]\nsecrets = \"{S}\"\n"), "auth.secrets"),
+        (format!("[auth]\nsecrets = [\"{S}\"\n"), "auth.secrets"),
+        (
+            format!("[auth]\nsecrets = [\n  \"another\",\n  \"{S}\" \"x\",\n]\n"),
+            "auth.secrets",
+        ),
+        (
+            format!("[auth]\nusers = {{ alice = \"{S}\" x }}\n"),
+            "auth.users",
+        ),
+        (format!("[auth.users]\nbob = \"{S}\"x\n"), "auth.users"),
+        (
+            format!("[http]\napi_keys = [\"{S}\", 7]\n"),
+            "http.api_keys",
+        ),
+        (format!("[http]\nadmin_keys = \"{S}\"\n"), "http.admin_keys"),
+        (format!("[auth]\n{S}\n"), "auth"),
+    ];
+    for (bad, key) in cases {
+        let (_dir, path) = config_file(&format!("{listen}{bad}"));
+        for args in [
+            vec!["serve", "--config", &path],
+            vec!["--log-format", "json", "serve", "--config", &path],
+            vec!["config", "check", &path],
+        ] {
+            let (status, out, err) = run_turnpike(&args);
+            check_refusal(
+                &args.join(" "),
+                status,
+                &out,
+                &err,
+                &path,
+                &["line ", &format!("`{key}`"), "not shown"],
+            );
+            assert!(
+                !err.contains(S) && !out.contains(S),
+                "{args:?} echoed the secret of {bad:?}:\n{err}"
+            );
+        }
+    }
+}
