@@ -353,3 +353,52 @@ fn a_secret_in_a_bad_line_is_never_echoed() {
         }
     }
 }
+
+/// The credentials earlier samples shipped (`secrets = ["change-me"]`,
+/// `alice = "change-me-too"`) and the README's placeholders are refused
+/// at start, naming the key and the fix, and never echoed.
+#[test]
+fn shipped_placeholders_are_refused() {
+    let listen = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+    for (auth, key) in [
+        ("[auth]\nsecrets = [\"change-me\"]\n", "auth.secrets[0]"),
+        (
+            "[auth]\nsecrets = [\"a-real-secret-1\"]\nusers = { alice = \"change-me-too\" }\n",
+            "auth.users.alice",
+        ),
+        ("[auth]\nsecrets = [\"SECRET\"]\n", "auth.secrets[0]"),
+        (
+            "[auth]\nsecrets = [\"a-real-secret-1\"]\n[http]\napi_keys = [\"change-me-key\"]\n",
+            "http.api_keys[0]",
+        ),
+    ] {
+        let err = refused(
+            &format!("{listen}{auth}"),
+            &[key, "placeholder", "openssl rand"],
+        );
+        assert!(!err.contains("change-me"), "never the value:\n{err}");
+    }
+}
+
+/// conf/turnpike.toml ships no credential: `[auth] secrets` and `users`
+/// (and the HTTP keys) are commented out.
+#[test]
+fn the_sample_ships_no_credentials() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/turnpike.toml");
+    let c = Config::load(&path).unwrap();
+    assert!(c.auth.is_empty(), "{:?}", c.auth);
+    assert!(c.http.api_keys.is_empty() && c.http.admin_keys.is_empty());
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in ["secrets", "users", "api_keys", "admin_keys"] {
+        assert!(
+            text.lines()
+                .all(|l| !l.trim_start().starts_with(&format!("{key} ="))),
+            "{key} is set in the sample"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("# {key} ="))),
+            "{key} is documented (commented out) in the sample"
+        );
+    }
+}

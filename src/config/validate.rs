@@ -171,15 +171,34 @@ impl Config {
                     "use a long random string, e.g. from `openssl rand -hex 32`",
                 ));
             }
-        }
-        for (i, p) in self.auth.secret_files.iter().enumerate() {
-            if let Err(e) = read_secret_file(p) {
+            if is_placeholder(s) {
                 return Err(ConfigError::invalid(
                     file,
-                    format!("auth.secret_files[{i}]"),
-                    format!("{}: {e}", p.display()),
-                    "point it at a readable file whose first line is the secret",
+                    format!("auth.secrets[{i}]"),
+                    PLACEHOLDER,
+                    "put a secret of your own here, e.g. from `openssl rand -hex 32`, or remove auth.secrets to have turnpike generate one for each run",
                 ));
+            }
+        }
+        for (i, p) in self.auth.secret_files.iter().enumerate() {
+            match read_secret_file(p) {
+                Err(e) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("auth.secret_files[{i}]"),
+                        format!("{}: {e}", p.display()),
+                        "point it at a readable file whose first line is the secret",
+                    ));
+                }
+                Ok(s) if is_placeholder(&s) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("auth.secret_files[{i}]"),
+                        format!("{}: {PLACEHOLDER}", p.display()),
+                        "write a secret of your own into it, e.g. `openssl rand -hex 32 > FILE`",
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         for (name, cred) in &self.auth.users {
@@ -199,6 +218,14 @@ impl Config {
                         key,
                         "empty password",
                         "set a password",
+                    ));
+                }
+                UserCredential::Password(p) if is_placeholder(p) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        format!("the password {PLACEHOLDER}"),
+                        "set a password of your own (e.g. from `openssl rand -base64 18`), or remove the user",
                     ));
                 }
                 UserCredential::Key { key: k } if parse_hex_key(k).is_none() => {
@@ -280,6 +307,29 @@ impl Config {
                         "use a long random key, e.g. from `openssl rand -hex 24`",
                     ));
                 }
+                if is_placeholder(k) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("http.{name}[{i}]"),
+                        PLACEHOLDER,
+                        "use a long random key, e.g. from `openssl rand -hex 24`",
+                    ));
+                }
+            }
+        }
+        // An admin key that is also an API key would hand the admin routes
+        // to every caller of the credentials API (app servers, browser
+        // pages). Positions only: a key's value is never printed.
+        for (i, a) in h.admin_keys.iter().enumerate() {
+            if let Some(j) = h.api_keys.iter().position(|k| k == a) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.admin_keys[{i}]"),
+                    format!(
+                        "the same key as http.api_keys[{j}]: every caller of the credentials API could list and end sessions, drain and reload"
+                    ),
+                    "give the admin routes keys of their own, e.g. from `openssl rand -hex 24`, and hand them to operators only",
+                ));
             }
         }
         if h.credential_ttl.0.as_secs() < 60 {
@@ -352,6 +402,35 @@ impl Config {
     }
 }
 
+/// Why a placeholder is refused (the key comes before it in the error).
+const PLACEHOLDER: &str =
+    "is a placeholder from turnpike's examples, known to anyone who read them";
+
+/// Secrets, passwords and keys turnpike's examples ever showed
+/// (conf/turnpike.toml shipped `change-me` and `change-me-too`, the README
+/// writes SECRET, PW, KEY and API_KEY), compared without case and
+/// punctuation. A server using one is open to everyone who read them.
+const PLACEHOLDERS: &[&str] = &[
+    "pw",
+    "password",
+    "secret",
+    "key",
+    "apikey",
+    "adminkey",
+    "replaceme",
+    "yoursecret",
+];
+
+/// Whether `s` is one of [`PLACEHOLDERS`], or any `change-me…`.
+fn is_placeholder(s: &str) -> bool {
+    let n: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    n.starts_with("changeme") || PLACEHOLDERS.contains(&n.as_str())
+}
+
 /// Two socket addresses of the same socket type cannot both be bound: same
 /// port and the same IP, or a wildcard of the same family. Port 0 asks the
 /// kernel for a free port, so two such listeners never collide.
@@ -360,4 +439,75 @@ fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
         && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: &str = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+
+    fn refused(extra: &str) -> ConfigError {
+        Config::parse(&format!("{L}{extra}"), "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn shipped_placeholders_are_refused_naming_the_key() {
+        for (extra, key) in [
+            ("[auth]\nsecrets = [\"change-me\"]", "auth.secrets[0]"),
+            (
+                "[auth]\nsecrets = [\"good-one-x\", \"CHANGE_ME\"]",
+                "auth.secrets[1]",
+            ),
+            (
+                "[auth]\nusers = { alice = \"change-me-too\" }",
+                "auth.users.alice",
+            ),
+            ("[auth]\nusers = { bob = \"PW\" }", "auth.users.bob"),
+            ("[auth]\nsecrets = [\"SECRET\"]", "auth.secrets[0]"),
+            (
+                "[http]\napi_keys = [\"change-me-please\"]",
+                "http.api_keys[0]",
+            ),
+            (
+                "[http]\nadmin_keys = [\"Change-Me-Too\"]",
+                "http.admin_keys[0]",
+            ),
+        ] {
+            let e = refused(extra);
+            assert_eq!(e.key(), Some(key), "{extra}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("placeholder") && text.contains("Fix:"),
+                "{text}"
+            );
+        }
+        // Not placeholders.
+        for ok in ["s", "change", "my-secret-1", "passwords-are-long"] {
+            assert!(!is_placeholder(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_placeholder_in_a_secret_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "change-me\n").unwrap();
+        let e = refused(&format!(
+            "[auth]\nsecret_files = [{:?}]",
+            f.to_str().unwrap()
+        ));
+        assert_eq!(e.key(), Some("auth.secret_files[0]"));
+    }
+
+    #[test]
+    fn a_key_that_is_api_and_admin_is_refused_by_position() {
+        let e = refused(
+            "[http]\napi_keys = [\"api-key-one-1\", \"shared-key-22\"]\nadmin_keys = [\"admin-key-333\", \"shared-key-22\"]",
+        );
+        assert_eq!(e.key(), Some("http.admin_keys[1]"));
+        let text = e.to_string();
+        assert!(text.contains("http.api_keys[1]"), "{text}");
+        assert!(!text.contains("shared-key-22"), "never the value: {text}");
+    }
 }
