@@ -52,7 +52,7 @@ allow_peers = ["127.0.0.1/32"]
 
 [http]
 addr = "127.0.0.1:0"
-api_keys = ["{KEY}"]
+admin_keys = ["{KEY}"]
 {http}
 "#
     )

@@ -73,9 +73,12 @@ pub struct Http {
         deserialize_with = "optional_addr"
     )]
     pub addr: Option<SocketAddr>,
-    /// Keys callers present as `Authorization: Bearer KEY` (or `key=`).
+    /// Keys of the credentials route, presented as `Authorization: Bearer
+    /// KEY` (or `key=`, on that route only).
     pub api_keys: Vec<String>,
-    /// Keys for the admin endpoints; if empty, `api_keys` are admin keys.
+    /// Keys of the admin routes (sessions, drain, reload), presented only
+    /// as `Authorization: Bearer KEY`. None (the default): the admin routes
+    /// are off (404). A key may not be in both lists.
     pub admin_keys: Vec<String>,
     /// Default and largest TTL of minted credentials.
     pub credential_ttl: Span,

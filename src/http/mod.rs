@@ -11,8 +11,11 @@
 //! | `POST /api/v1/drain` | admin key | start draining |
 //! | `POST /api/v1/reload` | admin key | re-read the config file |
 //!
-//! Keys come as `Authorization: Bearer KEY` or `key=KEY` and are compared in
-//! constant time; they are never logged.
+//! API keys (`http.api_keys`) come as `Authorization: Bearer KEY` or
+//! `key=KEY`; admin keys (`http.admin_keys`) only as `Authorization:
+//! Bearer KEY`, and without any the admin routes answer 404. An API key is
+//! never an admin key. Keys are compared in constant time and never
+//! logged. CORS (`http.cors_origins`) covers the credentials route only.
 
 mod api;
 pub mod metrics;
@@ -81,12 +84,15 @@ impl AppState {
     }
 }
 
-/// The routes, with CORS for the configured origins (as configured at
-/// each request: reload changes them).
+/// The routes. CORS for the configured origins (as configured at each
+/// request: reload changes them) wraps the credentials route alone.
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = api::cors(state.clone());
-    Router::new()
+    let credentials = Router::new()
         .route("/api/v1/credentials", get(api::credentials))
+        .layer(cors);
+    Router::new()
+        .merge(credentials)
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -94,7 +100,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}", delete(api::delete_session))
         .route("/api/v1/drain", post(api::drain))
         .route("/api/v1/reload", post(api::reload))
-        .layer(cors)
         .with_state(state)
 }
 
