@@ -296,7 +296,7 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
     sd_notify::notify("STOPPING=1");
     let _ = http_stop_tx.send(());
     if let Some((_, task)) = http {
-        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), task).await });
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
     }
     handle.shutdown();
     tracing::info!("stopped");

@@ -91,6 +91,18 @@ pub struct Http {
     /// host:port of other servers, sent as ALTERNATE-SERVER (300 Try
     /// Alternate) to new Allocates while draining.
     pub alternate_servers: Vec<String>,
+    /// Open connections to the HTTP(S) listener at most, every client
+    /// together; one more is closed at accept.
+    pub max_connections: usize,
+    /// Open connections from one IPv4 address (or IPv6 /64) at most.
+    pub max_connections_per_ip: usize,
+    /// Time a client has for the TLS handshake (HTTPS), then for each
+    /// request head; also how long a kept-alive connection may wait for
+    /// its next request.
+    pub header_timeout: Span,
+    /// A connection on which no byte moves either way for this long is
+    /// closed (a stalled body, a client that does not read its response).
+    pub idle_timeout: Span,
     /// Serve HTTPS with this PEM certificate chain and key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -108,6 +120,10 @@ impl Default for Http {
             cors_origins: Vec::new(),
             drain_deadline: Span::secs(300),
             alternate_servers: Vec::new(),
+            max_connections: 512,
+            max_connections_per_ip: 64,
+            header_timeout: Span::secs(10),
+            idle_timeout: Span::secs(60),
             cert: None,
             key: None,
         }

@@ -332,6 +332,39 @@ impl Config {
                 ));
             }
         }
+        if h.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "http.max_connections",
+                "zero would refuse every connection",
+                "set a positive cap, e.g. 512 (the default)",
+            ));
+        }
+        if h.max_connections_per_ip == 0 || h.max_connections_per_ip > h.max_connections {
+            return Err(ConfigError::invalid(
+                file,
+                "http.max_connections_per_ip",
+                format!(
+                    "{} is not between 1 and http.max_connections ({})",
+                    h.max_connections_per_ip, h.max_connections
+                ),
+                "set it between 1 and max_connections; behind a reverse proxy (every request from one address) set it to max_connections",
+            ));
+        }
+        for (name, span) in [
+            ("header_timeout", h.header_timeout),
+            ("idle_timeout", h.idle_timeout),
+        ] {
+            let s = span.0.as_secs();
+            if !(1..=3600).contains(&s) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.{name}"),
+                    format!("{span} is out of range"),
+                    "use between 1s and 1h; the defaults are 10s (header_timeout) and 1m (idle_timeout)",
+                ));
+            }
+        }
         if h.credential_ttl.0.as_secs() < 60 {
             return Err(ConfigError::invalid(
                 file,

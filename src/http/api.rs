@@ -163,6 +163,7 @@ pub(super) async fn credentials(
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         state.handle.counters(),
+        &state.http_stats,
         state.start_unix,
         state.handle.is_draining(),
     );
