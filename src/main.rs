@@ -46,7 +46,9 @@ enum Command {
     /// SIGTERM drains (new allocations are turned away, live ones keep
     /// relaying until they end or http.drain_deadline passes; a second
     /// SIGTERM exits at once). SIGINT stops at once. SIGHUP reloads the
-    /// config file.
+    /// config file. Exit status 0 after a signal; 75 after a drain asked
+    /// for over the API or ended by its deadline (so that systemd's
+    /// Restart=on-failure starts the server again).
     Serve {
         /// TOML config file (see conf/turnpike.toml). Without it the
         /// embedded default is used.
@@ -141,7 +143,7 @@ fn main() -> std::process::ExitCode {
         return cli::ice_check::main(*args);
     }
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // One line: "FILE: KEY: problem. Fix: ..." (the context chain
             // joined with ": "), in the log's format when it is JSON.
@@ -155,17 +157,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The exit status of a drain that no SIGTERM asked for (`POST
+/// /api/v1/drain`), or that its deadline ended with allocations still
+/// live: EX_TEMPFAIL, a failure, so that `Restart=on-failure`
+/// (systemd/turnpike.service) starts the server again. A stop that systemd
+/// itself asked for is never restarted, whatever the status.
+const EXIT_DRAIN_RESTART: u8 = 75;
+
+/// Run a command; its exit status.
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check { path }) => {
             let cfg = Config::load(&path)?;
             print!("{}", cfg.to_toml());
             eprintln!("{}: OK", path.display());
-            Ok(())
+            Ok(0)
         }
-        Command::Credentials(args) => credentials(args),
+        Command::Credentials(args) => credentials(args).map(|()| 0),
         Command::IceCheck(_) => unreachable!("handled in main"),
-        Command::Loadgen(cmd) => cli::loadgen::run(cmd),
+        Command::Loadgen(cmd) => cli::loadgen::run(cmd).map(|()| 0),
         Command::Serve { config } => {
             // With --log-format the log starts before the config is read,
             // so that an error in the file comes out in that format too.
@@ -223,7 +233,9 @@ fn credentials(a: CredentialsArgs) -> Result<()> {
     Ok(())
 }
 
-fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
+/// Serve until a signal or a drain ends it; the exit status (see
+/// [`EXIT_DRAIN_RESTART`]).
+fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
     let name = path
         .as_deref()
         .map_or(EMBEDDED_NAME.to_string(), |p| p.display().to_string());
@@ -290,8 +302,16 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
         generated,
         drain_deadline: cfg.http.drain_deadline.0,
     };
-    let how = rt.block_on(ctl.run(signals, ops_rx));
-    tracing::info!(reason = how, "shutting down");
+    let stop = rt.block_on(ctl.run(signals, ops_rx));
+    if stop.status == 0 {
+        tracing::info!(reason = stop.reason, "shutting down");
+    } else {
+        tracing::warn!(
+            reason = stop.reason,
+            exit_status = stop.status,
+            "shutting down: a drain no SIGTERM asked for, or cut by its deadline, exits non-zero so that a supervisor (Restart=on-failure) starts the server again"
+        );
+    }
     state.set_ready(false);
     sd_notify::notify("STOPPING=1");
     let _ = http_stop_tx.send(());
@@ -300,7 +320,28 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
     }
     handle.shutdown();
     tracing::info!("stopped");
-    Ok(())
+    Ok(stop.status)
+}
+
+/// Who asked for a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainBy {
+    Sigterm,
+    Api,
+}
+
+/// Why the control loop ended, and the exit status that tells it.
+struct Stop {
+    reason: &'static str,
+    status: u8,
+}
+
+impl Stop {
+    /// Asked for by a signal: SIGINT, a second SIGTERM, or a SIGTERM drain
+    /// that every allocation ended.
+    fn clean(reason: &'static str) -> Self {
+        Stop { reason, status: 0 }
+    }
 }
 
 /// The process's control loop: signals and API operations.
@@ -314,20 +355,21 @@ struct Control {
 
 impl Control {
     /// Run until it is time to stop; returns why.
-    async fn run(self, mut signals: Signals, mut ops: mpsc::UnboundedReceiver<Op>) -> &'static str {
-        let mut drain_until: Option<tokio::time::Instant> = None;
+    async fn run(self, mut signals: Signals, mut ops: mpsc::UnboundedReceiver<Op>) -> Stop {
+        // The drain in progress: its deadline and who asked for it.
+        let mut drain: Option<(tokio::time::Instant, DrainBy)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let watchdog = sd_notify::watchdog_interval();
         let mut watchdog_tick =
             tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
         loop {
             tokio::select! {
-                _ = signals.int.recv() => return "SIGINT",
+                _ = signals.int.recv() => return Stop::clean("SIGINT"),
                 _ = signals.term.recv() => {
-                    if drain_until.is_some() {
-                        return "second SIGTERM";
+                    if drain.is_some() {
+                        return Stop::clean("second SIGTERM");
                     }
-                    drain_until = Some(self.start_drain("SIGTERM"));
+                    drain = Some((self.start_drain("SIGTERM"), DrainBy::Sigterm));
                 }
                 _ = signals.hup.recv() => {
                     match self.reload() {
@@ -345,19 +387,23 @@ impl Control {
                         let _ = reply.send(r);
                     }
                     Op::Drain => {
-                        if drain_until.is_none() {
-                            drain_until = Some(self.start_drain("API"));
+                        if drain.is_none() {
+                            drain = Some((self.start_drain("API"), DrainBy::Api));
                         }
                     }
                 },
-                _ = tick.tick(), if drain_until.is_some() => {
+                _ = tick.tick(), if drain.is_some() => {
+                    let Some((deadline, by)) = drain else { continue };
                     let left = self.handle.allocations();
                     if left == 0 {
-                        return "drained";
+                        return match by {
+                            DrainBy::Sigterm => Stop::clean("drained"),
+                            DrainBy::Api => Stop { reason: "drained", status: EXIT_DRAIN_RESTART },
+                        };
                     }
-                    if drain_until.is_some_and(|d| tokio::time::Instant::from_std(turnpike::clock::instant()) >= d) {
+                    if tokio::time::Instant::from_std(turnpike::clock::instant()) >= deadline {
                         tracing::warn!(allocations = left, "drain deadline passed");
-                        return "drain deadline";
+                        return Stop { reason: "drain deadline", status: EXIT_DRAIN_RESTART };
                     }
                 }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
