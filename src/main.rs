@@ -290,9 +290,17 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
         println!("listening http {addr}");
         tracing::info!(%addr, "HTTP API listening");
     }
-    if let Some(secret) = &generated {
-        print_generated_credentials(secret, handle.listeners());
-    }
+    let secret_file = match generated
+        .as_deref()
+        .map(|s| hand_over_generated_credentials(s, handle.listeners()))
+        .transpose()
+    {
+        Ok(f) => f.flatten(),
+        Err(e) => {
+            handle.shutdown();
+            return Err(e);
+        }
+    };
     state.set_ready(true);
     sd_notify::notify("READY=1");
     let ctl = Control {
@@ -319,6 +327,10 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
     }
     handle.shutdown();
+    if let Some(f) = secret_file {
+        // The secret dies with this run; so does its file.
+        let _ = std::fs::remove_file(f);
+    }
     tracing::info!("stopped");
     Ok(stop.status)
 }
@@ -462,9 +474,18 @@ fn random_secret() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// No credentials were configured: say so, show the generated secret and
-/// an iceServers entry with a 24-hour credential for it.
-fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundListener]) {
+/// No credentials were configured: say so, and hand the generated secret
+/// and an iceServers entry with a 24-hour credential for it to whoever
+/// started the server: on stdout when it is a terminal (a person is
+/// watching), else into a new file only turnpike's user can read (mode
+/// 0600), whose path the log gives. Stdout that is a pipe or a file ends
+/// up in journals and CI logs, where a secret has no business. Returns the
+/// file, to be removed at exit.
+fn hand_over_generated_credentials(
+    secret: &str,
+    listeners: &[turnpike::io::BoundListener],
+) -> Result<Option<PathBuf>> {
+    use std::io::IsTerminal;
     let cfg = Config::embedded();
     let ls: Vec<_> = listeners
         .iter()
@@ -474,12 +495,60 @@ fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundLis
     let (_, uris) = turnpike::credentials::uris(&cfg, &ls);
     let now = turnpike::clock::now().unix;
     let m = turnpike::credentials::mint(secret, "turnpike", 24 * 3600, now, None, uris);
-    tracing::warn!("no [auth] configured: generated a TURN REST secret for this run only");
-    println!("secret {secret}");
-    println!(
-        "iceServers {}",
+    let text = format!(
+        "secret {secret}\niceServers {}\n",
         serde_json::to_string(&m.ice_servers).unwrap_or_default()
     );
+    if std::io::stdout().is_terminal() {
+        tracing::warn!(
+            "no [auth] configured: generated a TURN REST secret for this run only (below)"
+        );
+        print!("{text}");
+        return Ok(None);
+    }
+    let path = write_private_file(&text).context(
+        "no [auth] configured and stdout is not a terminal: cannot write the generated secret to a file. Fix: set [auth] secrets (or secret_files), or set RUNTIME_DIRECTORY to a writable directory",
+    )?;
+    tracing::warn!(
+        path = %path.display(),
+        "no [auth] configured: generated a TURN REST secret for this run only; it and an iceServers entry are in this file (mode 0600), not on stdout (not a terminal)"
+    );
+    Ok(Some(path))
+}
+
+/// Write `text` into a new file, readable by this user alone, in
+/// `$RUNTIME_DIRECTORY` (systemd's RuntimeDirectory=), else
+/// `$XDG_RUNTIME_DIR`, else the temporary directory. The name carries the
+/// pid and a random part; the file is created new (never through an
+/// existing file or symlink).
+fn write_private_file(text: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .iter()
+        .find_map(|v| {
+            let d = std::env::var_os(v)?;
+            // RUNTIME_DIRECTORY lists one path per directory, ':'-separated.
+            let first = d.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let tag = &random_secret()[..12];
+    let path = dir.join(format!(
+        "turnpike-generated-secret-{}-{tag}",
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| path.display().to_string())?;
+    Ok(path)
 }
 
 /// Signal handlers, installed (in a runtime context) before they are
