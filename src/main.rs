@@ -240,6 +240,7 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
         .as_deref()
         .map_or(EMBEDDED_NAME.to_string(), |p| p.display().to_string());
     tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
+    drop_bind_capability_unless_needed(&cfg);
     let generated = cfg.auth.is_empty().then(|| {
         let secret = random_secret();
         cfg.auth.secrets.push(secret.clone());
@@ -340,6 +341,28 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
 enum DrainBy {
     Sigterm,
     Api,
+}
+
+/// Without a port below 1024 anywhere (listeners, the HTTP listener, the
+/// relay range: relay sockets bind as allocations come), the server never
+/// needs CAP_NET_BIND_SERVICE, which the systemd unit grants it: give it up
+/// before any thread starts (capabilities are per thread). A reload cannot
+/// move a listener or the relay range (those need a restart). Port 0 lets
+/// the kernel choose, never below 1024.
+fn drop_bind_capability_unless_needed(cfg: &Config) {
+    let low = |p: u16| p != 0 && p < 1024;
+    let needed = cfg.listen.iter().any(|l| low(l.addr.port()))
+        || cfg.http.addr.is_some_and(|a| low(a.port()))
+        || low(cfg.relay.ports.low);
+    if needed {
+        return;
+    }
+    use turnpike_sys::caps::{CAP_NET_BIND_SERVICE, drop_for_good};
+    match drop_for_good(CAP_NET_BIND_SERVICE) {
+        Ok(true) => tracing::info!("no port below 1024: CAP_NET_BIND_SERVICE dropped for good"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot drop CAP_NET_BIND_SERVICE"),
+    }
 }
 
 /// Why the control loop ended, and the exit status that tells it.

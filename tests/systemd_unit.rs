@@ -130,3 +130,132 @@ fn sd_notify_ready_and_stopping() {
     assert!(seen.contains(&"STOPPING=1".to_string()), "{seen:?}");
     assert!(child.wait().unwrap().success());
 }
+
+/// Start `turnpike serve --config CONFIG` the way the unit does: as an
+/// unprivileged user whose only capability is CAP_NET_BIND_SERVICE,
+/// ambient (setpriv, as root); when the tests do not run as root, as the
+/// root of a new user namespace (unshare), which holds every capability
+/// there. Returns the child once it printed its first listener.
+fn spawn_like_the_unit(config: &std::path::Path) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let bin = env!("CARGO_BIN_EXE_turnpike");
+    let mut cmd = if turnpike_sys::process::euid() == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+            "--",
+            bin,
+        ]);
+        c
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(["--user", "--map-root-user", "--", bin]);
+        c
+    };
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The first line, then drain the rest (a closed pipe would fail
+        // the server's next line).
+        let mut lines = BufReader::new(out).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
+        lines.for_each(drop);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_default();
+    if !line.starts_with("listening") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "turnpike did not start: {line:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child
+}
+
+/// Bit CAP_NET_BIND_SERVICE of `field` (CapEff, CapPrm, CapAmb) in every
+/// thread of `pid`: one bool per thread.
+fn bind_cap_in_threads(pid: u32, field: &str) -> Vec<bool> {
+    let bit = 1u64 << turnpike_sys::caps::CAP_NET_BIND_SERVICE;
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .unwrap()
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).unwrap() & bit != 0
+        })
+        .collect()
+}
+
+/// The unit grants CAP_NET_BIND_SERVICE; the server gives it up for good,
+/// in every thread, when no port it will ever bind is below 1024, and
+/// keeps it when one is (a relay range below 1024, bound as allocations
+/// come, keeps it so that the process can still bind those ports).
+#[test]
+fn the_bind_capability_is_dropped_unless_a_port_below_1024_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (relay, kept) in [("49152-65535", false), ("1000-1023", true)] {
+        let cfg = dir.path().join(format!("caps-{kept}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+                 [[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:0\"\n\
+                 [relay]\nbind_ip = \"127.0.0.1\"\nports = \"{relay}\"\n\
+                 [auth]\nsecrets = [\"caps-test-secret\"]\n[http]\naddr = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let child = spawn_like_the_unit(&cfg);
+        let pid = child.id();
+        let eff = bind_cap_in_threads(pid, "CapEff");
+        let prm = bind_cap_in_threads(pid, "CapPrm");
+        let amb = bind_cap_in_threads(pid, "CapAmb");
+        turnpike_sys::process::kill(pid as i32, libc::SIGINT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(eff.len() > 1, "the server runs threads: {eff:?}");
+        if kept {
+            assert!(
+                eff.iter().all(|b| *b),
+                "kept in every thread: {eff:?}\n{stderr}"
+            );
+            assert!(!stderr.contains("CAP_NET_BIND_SERVICE dropped"), "{stderr}");
+        } else {
+            for (set, bits) in [("CapEff", &eff), ("CapPrm", &prm), ("CapAmb", &amb)] {
+                assert!(
+                    bits.iter().all(|b| !*b),
+                    "{set} still has it: {bits:?}\n{stderr}"
+                );
+            }
+            assert!(stderr.contains("CAP_NET_BIND_SERVICE dropped"), "{stderr}");
+        }
+        assert!(out.status.success(), "{}\n{stderr}", out.status);
+    }
+}
