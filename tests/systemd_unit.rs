@@ -21,6 +21,25 @@ fn directive(key: &str) -> Vec<&'static str> {
 fn unit_has_the_operational_settings() {
     assert_eq!(directive("Type"), ["notify"]);
     assert_eq!(directive("DynamicUser"), ["yes"]);
+    // The static user of systemd/turnpike.sysusers (see the test below).
+    assert_eq!(directive("User"), ["turnpike"]);
+    assert_eq!(directive("Group"), ["turnpike"]);
+    // Where a generated secret goes when stdout is not a terminal.
+    assert_eq!(directive("RuntimeDirectory"), ["turnpike"]);
+    assert_eq!(directive("RuntimeDirectoryMode"), ["0700"]);
+    // The code and the unit agree: an API drain or a drain cut by its
+    // deadline exits 75, a failure, which Restart=on-failure restarts.
+    assert_eq!(directive("Restart"), ["on-failure"]);
+    assert!(
+        directive("SuccessExitStatus")
+            .iter()
+            .all(|v| !v.split_whitespace().any(|c| c == "75")),
+        "75 must stay a failure"
+    );
+    let tasks: u64 = directive("TasksMax")[0].parse().unwrap();
+    assert!((64..=4096).contains(&tasks), "TasksMax {tasks}");
+    // MemoryMax is guidance (it depends on policy.max_allocations).
+    assert!(UNIT.lines().any(|l| l.starts_with("#MemoryMax=")));
     assert_eq!(directive("AmbientCapabilities"), ["CAP_NET_BIND_SERVICE"]);
     assert_eq!(directive("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
     assert_eq!(directive("ProtectSystem"), ["strict"]);
@@ -257,5 +276,121 @@ fn the_bind_capability_is_dropped_unless_a_port_below_1024_needs_it() {
             assert!(stderr.contains("CAP_NET_BIND_SERVICE dropped"), "{stderr}");
         }
         assert!(out.status.success(), "{}\n{stderr}", out.status);
+    }
+}
+
+/// Root only (scripts/test.sh runs as root): skip elsewhere, unless the
+/// run requires every test (TURNPIKE_NETNS_REQUIRED, as the namespace
+/// tests do).
+fn needs_root(what: &str) -> bool {
+    if turnpike_sys::process::euid() == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TURNPIKE_NETNS_REQUIRED").is_none(),
+        "{what} needs root"
+    );
+    println!("SKIPPED: {what} needs root");
+    false
+}
+
+/// The unit's user and group are what systemd/turnpike.sysusers creates,
+/// and that user can read the config installed as the unit's header (and
+/// the README) says, 0640 root:turnpike, where DynamicUser alone could not
+/// (a transient user is in no group of the file); with the group left at
+/// root it cannot, and the error names the file and the fix.
+#[test]
+fn the_unit_user_exists_by_sysusers_and_reads_the_installed_config() {
+    use std::os::unix::fs::PermissionsExt;
+    if !needs_root("chown to the turnpike user") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    let sysusers =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/turnpike.sysusers");
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(&sysusers)
+        .output()
+        .expect("systemd-sysusers (apt-get install systemd; scripts/test.sh does this)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    let user: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f[0] == directive("User")[0])
+        .expect("sysusers creates the unit's User=");
+    assert!(
+        group
+            .lines()
+            .any(|l| l.split(':').next() == Some(directive("Group")[0])),
+        "sysusers creates the unit's Group=:\n{group}"
+    );
+    let (uid, gid): (u32, u32) = (user[2].parse().unwrap(), user[3].parse().unwrap());
+
+    // /etc/turnpike/turnpike.toml as installed.
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(etc.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = etc.path().join("turnpike.toml");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/turnpike.toml"),
+        &cfg,
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let check_as_turnpike = || {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+                env!("CARGO_BIN_EXE_turnpike"),
+                "config",
+                "check",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    std::os::unix::fs::chown(&cfg, Some(0), Some(gid)).unwrap();
+    let out = check_as_turnpike();
+    assert!(
+        out.status.success(),
+        "the turnpike user cannot read 0640 root:turnpike: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::os::unix::fs::chown(&cfg, Some(0), Some(0)).unwrap();
+    let out = check_as_turnpike();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "read a 0640 root:root file as turnpike"
+    );
+    assert!(
+        err.contains("cannot read") && err.contains("Permission denied") && err.contains("Fix:"),
+        "{err}"
+    );
+}
+
+/// The install steps in the unit's header are the README's.
+#[test]
+fn the_readme_installs_as_the_unit_says() {
+    let readme = include_str!("../README.md");
+    let steps: Vec<&str> = UNIT
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| l.split("  #").next().unwrap_or(l).trim())
+        .filter(|l| l.starts_with("install ") || l.starts_with("systemd-sysusers"))
+        .collect();
+    assert!(steps.len() >= 5, "{steps:?}");
+    for s in steps {
+        assert!(readme.contains(s), "README lacks the install step `{s}`");
     }
 }
