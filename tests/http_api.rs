@@ -2,7 +2,7 @@
 //! REST credentials (and that they work, and expire, against the TURN
 //! listeners), API and admin keys, parameter errors, TTL cap, the draft
 //! form, `uris`, CORS, HTTPS, the sessions admin endpoints, and the
-//! offline `turnpike credentials` command.
+//! offline `turnpike credentials` command, and the connection cap.
 //!
 //! Relay ports 45000-45399 (tests/ops_logs.rs has 45400-45499).
 
@@ -708,5 +708,84 @@ fn without_api_keys_or_secrets_nothing_is_minted() {
         TurnClient::udp(server.addr(Transport::Udp, false))
             .allocate(Credentials::new("alice", "wonderland"))
             .is_ok()
+    );
+}
+
+/// A TCP connection from `src` (any port) to `dst`.
+fn tcp_from(src: [u8; 4], dst: std::net::SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())
+        .unwrap();
+    s.connect_timeout(&dst.into(), IO_TIMEOUT).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// `GET /healthz` on a connection that stays open: whether it got 200.
+fn healthz_kept_alive(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+/// `http.max_connections` counts every client together: with it reached
+/// (from two addresses, each within its own cap), a connection from a
+/// third address is closed at accept without a byte and counted under
+/// reason="max_connections"; once one closes, connections are served
+/// again.
+#[test]
+fn the_connection_cap_counts_every_client() {
+    use std::io::Read;
+    let server = TestServer::start(&config(
+        "",
+        "max_connections = 4\nmax_connections_per_ip = 2\nheader_timeout = \"1h\"",
+        "",
+    ));
+    let h = server.http_addr();
+    let mut held = Vec::new();
+    for src in [
+        [127, 0, 0, 5],
+        [127, 0, 0, 5],
+        [127, 0, 0, 6],
+        [127, 0, 0, 6],
+    ] {
+        let mut s = tcp_from(src, h);
+        assert!(healthz_kept_alive(&mut s), "within the caps: served");
+        held.push(s);
+    }
+    let mut over = tcp_from([127, 0, 0, 7], h);
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(over.read(&mut buf), Ok(0)),
+        "the connection over the cap is closed at once, without a byte"
+    );
+    drop(held.pop());
+    let m = wait_until("a freed slot to serve a scrape", POLL_LIMIT, || {
+        let mut s = tcp_from([127, 0, 0, 7], h);
+        use std::io::Write;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        text.starts_with("HTTP/1.1 200")
+            .then(|| Scrape::parse(&body))
+    });
+    assert!(
+        m.value(
+            "turnpike_http_connections_refused_total",
+            &[("reason", "max_connections")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        m.value(
+            "turnpike_http_connections_refused_total",
+            &[("reason", "max_connections_per_ip")]
+        ),
+        0.0
     );
 }

@@ -453,6 +453,40 @@ mod tests {
         assert_eq!((c.total, c.by_source.len()), (0, 0));
     }
 
+    /// Serve a 1 MB response into a 4 KiB pipe whose client never reads:
+    /// the writes stall, and the idle timeout closes the connection (a
+    /// request head came in time, so it is no header timeout).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_never_reads_is_closed_when_idle() {
+        use tokio::io::AsyncWriteExt;
+        let app = Router::new().route("/big", axum::routing::get(|| async { "x".repeat(1 << 20) }));
+        let (server_end, mut client_end) = tokio::io::duplex(4096);
+        let activity = Arc::new(Activity::new());
+        let io = Watched {
+            inner: server_end,
+            activity: activity.clone(),
+        };
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(300),
+            ..limits(1, 1)
+        };
+        let stats = HttpStats::default();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        client_end
+            .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let served = serve(io, peer, app, &limits, &activity, &stats, stop_rx);
+        // A guard only: the connection must end by itself well before.
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .expect("the idle connection was not closed");
+        assert_eq!(stats.idle_timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.header_timeouts.load(Ordering::Relaxed), 0);
+        drop(client_end);
+    }
+
     #[test]
     fn an_ipv6_slash_64_is_one_source_and_mapped_ipv4_is_ipv4() {
         let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
