@@ -1,8 +1,8 @@
 //! The HTTP API of the built binary over real connections: minting TURN
 //! REST credentials (and that they work, and expire, against the TURN
 //! listeners), API and admin keys, parameter errors, TTL cap, the draft
-//! form, `uris`, CORS, HTTPS, the sessions admin endpoints, and the
-//! offline `turnpike credentials` command, and the connection cap.
+//! form, `uris`, CORS, HTTPS, the sessions admin endpoints, the offline
+//! `turnpike credentials` command, and the connection cap.
 //!
 //! Relay ports 45000-45399 (tests/ops_logs.rs has 45400-45499).
 
