@@ -46,7 +46,9 @@ enum Command {
     /// SIGTERM drains (new allocations are turned away, live ones keep
     /// relaying until they end or http.drain_deadline passes; a second
     /// SIGTERM exits at once). SIGINT stops at once. SIGHUP reloads the
-    /// config file.
+    /// config file. Exit status 0 after a signal; 75 after a drain asked
+    /// for over the API or ended by its deadline (so that systemd's
+    /// Restart=on-failure starts the server again).
     Serve {
         /// TOML config file (see conf/turnpike.toml). Without it the
         /// embedded default is used.
@@ -141,7 +143,7 @@ fn main() -> std::process::ExitCode {
         return cli::ice_check::main(*args);
     }
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // One line: "FILE: KEY: problem. Fix: ..." (the context chain
             // joined with ": "), in the log's format when it is JSON.
@@ -155,17 +157,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The exit status of a drain that no SIGTERM asked for (`POST
+/// /api/v1/drain`), or that its deadline ended with allocations still
+/// live: EX_TEMPFAIL, a failure, so that `Restart=on-failure`
+/// (systemd/turnpike.service) starts the server again. A stop that systemd
+/// itself asked for is never restarted, whatever the status.
+const EXIT_DRAIN_RESTART: u8 = 75;
+
+/// Run a command; its exit status.
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check { path }) => {
             let cfg = Config::load(&path)?;
             print!("{}", cfg.to_toml());
             eprintln!("{}: OK", path.display());
-            Ok(())
+            Ok(0)
         }
-        Command::Credentials(args) => credentials(args),
+        Command::Credentials(args) => credentials(args).map(|()| 0),
         Command::IceCheck(_) => unreachable!("handled in main"),
-        Command::Loadgen(cmd) => cli::loadgen::run(cmd),
+        Command::Loadgen(cmd) => cli::loadgen::run(cmd).map(|()| 0),
         Command::Serve { config } => {
             // With --log-format the log starts before the config is read,
             // so that an error in the file comes out in that format too.
@@ -223,18 +233,21 @@ fn credentials(a: CredentialsArgs) -> Result<()> {
     Ok(())
 }
 
-fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
+/// Serve until a signal or a drain ends it; the exit status (see
+/// [`EXIT_DRAIN_RESTART`]).
+fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
     let name = path
         .as_deref()
         .map_or(EMBEDDED_NAME.to_string(), |p| p.display().to_string());
     tracing::info!(config = %name, version = env!("CARGO_PKG_VERSION"), "starting turnpike");
+    drop_bind_capability_unless_needed(&cfg);
     let generated = cfg.auth.is_empty().then(|| {
         let secret = random_secret();
         cfg.auth.secrets.push(secret.clone());
         secret
     });
-    if cfg.http.addr.is_some() && cfg.http.api_keys.is_empty() {
-        tracing::warn!("http.api_keys is empty: the credentials API answers 401 to everyone");
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,9 +291,17 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
         println!("listening http {addr}");
         tracing::info!(%addr, "HTTP API listening");
     }
-    if let Some(secret) = &generated {
-        print_generated_credentials(secret, handle.listeners());
-    }
+    let secret_file = match generated
+        .as_deref()
+        .map(|s| hand_over_generated_credentials(s, handle.listeners()))
+        .transpose()
+    {
+        Ok(f) => f.flatten(),
+        Err(e) => {
+            handle.shutdown();
+            return Err(e);
+        }
+    };
     state.set_ready(true);
     sd_notify::notify("READY=1");
     let ctl = Control {
@@ -290,17 +311,72 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<()> {
         generated,
         drain_deadline: cfg.http.drain_deadline.0,
     };
-    let how = rt.block_on(ctl.run(signals, ops_rx));
-    tracing::info!(reason = how, "shutting down");
+    let stop = rt.block_on(ctl.run(signals, ops_rx));
+    if stop.status == 0 {
+        tracing::info!(reason = stop.reason, "shutting down");
+    } else {
+        tracing::warn!(
+            reason = stop.reason,
+            exit_status = stop.status,
+            "shutting down: a drain no SIGTERM asked for, or cut by its deadline, exits non-zero so that a supervisor (Restart=on-failure) starts the server again"
+        );
+    }
     state.set_ready(false);
     sd_notify::notify("STOPPING=1");
     let _ = http_stop_tx.send(());
     if let Some((_, task)) = http {
-        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), task).await });
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
     }
     handle.shutdown();
+    if let Some(f) = secret_file {
+        // The secret dies with this run; so does its file.
+        let _ = std::fs::remove_file(f);
+    }
     tracing::info!("stopped");
-    Ok(())
+    Ok(stop.status)
+}
+
+/// Who asked for a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainBy {
+    Sigterm,
+    Api,
+}
+
+/// Without a port below 1024 anywhere (listeners, the HTTP listener, the
+/// relay range: relay sockets bind as allocations come), the server never
+/// needs CAP_NET_BIND_SERVICE, which the systemd unit grants it: give it up
+/// before any thread starts (capabilities are per thread). A reload cannot
+/// move a listener or the relay range (those need a restart). Port 0 lets
+/// the kernel choose, never below 1024.
+fn drop_bind_capability_unless_needed(cfg: &Config) {
+    let low = |p: u16| p != 0 && p < 1024;
+    let needed = cfg.listen.iter().any(|l| low(l.addr.port()))
+        || cfg.http.addr.is_some_and(|a| low(a.port()))
+        || low(cfg.relay.ports.low);
+    if needed {
+        return;
+    }
+    use turnpike_sys::caps::{CAP_NET_BIND_SERVICE, drop_for_good};
+    match drop_for_good(CAP_NET_BIND_SERVICE) {
+        Ok(true) => tracing::info!("no port below 1024: CAP_NET_BIND_SERVICE dropped for good"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot drop CAP_NET_BIND_SERVICE"),
+    }
+}
+
+/// Why the control loop ended, and the exit status that tells it.
+struct Stop {
+    reason: &'static str,
+    status: u8,
+}
+
+impl Stop {
+    /// Asked for by a signal: SIGINT, a second SIGTERM, or a SIGTERM drain
+    /// that every allocation ended.
+    fn clean(reason: &'static str) -> Self {
+        Stop { reason, status: 0 }
+    }
 }
 
 /// The process's control loop: signals and API operations.
@@ -314,20 +390,21 @@ struct Control {
 
 impl Control {
     /// Run until it is time to stop; returns why.
-    async fn run(self, mut signals: Signals, mut ops: mpsc::UnboundedReceiver<Op>) -> &'static str {
-        let mut drain_until: Option<tokio::time::Instant> = None;
+    async fn run(self, mut signals: Signals, mut ops: mpsc::UnboundedReceiver<Op>) -> Stop {
+        // The drain in progress: its deadline and who asked for it.
+        let mut drain: Option<(tokio::time::Instant, DrainBy)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let watchdog = sd_notify::watchdog_interval();
         let mut watchdog_tick =
             tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
         loop {
             tokio::select! {
-                _ = signals.int.recv() => return "SIGINT",
+                _ = signals.int.recv() => return Stop::clean("SIGINT"),
                 _ = signals.term.recv() => {
-                    if drain_until.is_some() {
-                        return "second SIGTERM";
+                    if drain.is_some() {
+                        return Stop::clean("second SIGTERM");
                     }
-                    drain_until = Some(self.start_drain("SIGTERM"));
+                    drain = Some((self.start_drain("SIGTERM"), DrainBy::Sigterm));
                 }
                 _ = signals.hup.recv() => {
                     match self.reload() {
@@ -345,19 +422,23 @@ impl Control {
                         let _ = reply.send(r);
                     }
                     Op::Drain => {
-                        if drain_until.is_none() {
-                            drain_until = Some(self.start_drain("API"));
+                        if drain.is_none() {
+                            drain = Some((self.start_drain("API"), DrainBy::Api));
                         }
                     }
                 },
-                _ = tick.tick(), if drain_until.is_some() => {
+                _ = tick.tick(), if drain.is_some() => {
+                    let Some((deadline, by)) = drain else { continue };
                     let left = self.handle.allocations();
                     if left == 0 {
-                        return "drained";
+                        return match by {
+                            DrainBy::Sigterm => Stop::clean("drained"),
+                            DrainBy::Api => Stop { reason: "drained", status: EXIT_DRAIN_RESTART },
+                        };
                     }
-                    if drain_until.is_some_and(|d| tokio::time::Instant::from_std(turnpike::clock::instant()) >= d) {
+                    if tokio::time::Instant::from_std(turnpike::clock::instant()) >= deadline {
                         tracing::warn!(allocations = left, "drain deadline passed");
-                        return "drain deadline";
+                        return Stop { reason: "drain deadline", status: EXIT_DRAIN_RESTART };
                     }
                 }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
@@ -416,9 +497,18 @@ fn random_secret() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// No credentials were configured: say so, show the generated secret and
-/// an iceServers entry with a 24-hour credential for it.
-fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundListener]) {
+/// No credentials were configured: say so, and hand the generated secret
+/// and an iceServers entry with a 24-hour credential for it to whoever
+/// started the server: on stdout when it is a terminal (a person is
+/// watching), else into a new file only turnpike's user can read (mode
+/// 0600), whose path the log gives. Stdout that is a pipe or a file ends
+/// up in journals and CI logs, where a secret has no business. Returns the
+/// file, to be removed at exit.
+fn hand_over_generated_credentials(
+    secret: &str,
+    listeners: &[turnpike::io::BoundListener],
+) -> Result<Option<PathBuf>> {
+    use std::io::IsTerminal;
     let cfg = Config::embedded();
     let ls: Vec<_> = listeners
         .iter()
@@ -428,12 +518,60 @@ fn print_generated_credentials(secret: &str, listeners: &[turnpike::io::BoundLis
     let (_, uris) = turnpike::credentials::uris(&cfg, &ls);
     let now = turnpike::clock::now().unix;
     let m = turnpike::credentials::mint(secret, "turnpike", 24 * 3600, now, None, uris);
-    tracing::warn!("no [auth] configured: generated a TURN REST secret for this run only");
-    println!("secret {secret}");
-    println!(
-        "iceServers {}",
+    let text = format!(
+        "secret {secret}\niceServers {}\n",
         serde_json::to_string(&m.ice_servers).unwrap_or_default()
     );
+    if std::io::stdout().is_terminal() {
+        tracing::warn!(
+            "no [auth] configured: generated a TURN REST secret for this run only (below)"
+        );
+        print!("{text}");
+        return Ok(None);
+    }
+    let path = write_private_file(&text).context(
+        "no [auth] configured and stdout is not a terminal: cannot write the generated secret to a file. Fix: set [auth] secrets (or secret_files), or set RUNTIME_DIRECTORY to a writable directory",
+    )?;
+    tracing::warn!(
+        path = %path.display(),
+        "no [auth] configured: generated a TURN REST secret for this run only; it and an iceServers entry are in this file (mode 0600), not on stdout (not a terminal)"
+    );
+    Ok(Some(path))
+}
+
+/// Write `text` into a new file, readable by this user alone, in
+/// `$RUNTIME_DIRECTORY` (systemd's RuntimeDirectory=), else
+/// `$XDG_RUNTIME_DIR`, else the temporary directory. The name carries the
+/// pid and a random part; the file is created new (never through an
+/// existing file or symlink).
+fn write_private_file(text: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .iter()
+        .find_map(|v| {
+            let d = std::env::var_os(v)?;
+            // RUNTIME_DIRECTORY lists one path per directory, ':'-separated.
+            let first = d.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let tag = &random_secret()[..12];
+    let path = dir.join(format!(
+        "turnpike-generated-secret-{}-{tag}",
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| path.display().to_string())?;
+    Ok(path)
 }
 
 /// Signal handlers, installed (in a runtime context) before they are

@@ -302,3 +302,103 @@ fn version() {
         format!("turnpike {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// A secret, key or password on a line the parser refuses never reaches
+/// stderr (`serve` in both log formats, `config check`): the line is named
+/// by its key path instead of quoted, and the value the parser quotes is
+/// masked.
+#[test]
+fn a_secret_in_a_bad_line_is_never_echoed() {
+    const S: &str = "Zq8-secret-value-3141";
+    let listen = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+    let cases = [
+        (format!("[auth]\nsecrets = \"{S}\"\n"), "auth.secrets"),
+        (format!("[auth]\nsecrets = [\"{S}\"\n"), "auth.secrets"),
+        (
+            format!("[auth]\nsecrets = [\n  \"another\",\n  \"{S}\" \"x\",\n]\n"),
+            "auth.secrets",
+        ),
+        (
+            format!("[auth]\nusers = {{ alice = \"{S}\" x }}\n"),
+            "auth.users",
+        ),
+        (format!("[auth.users]\nbob = \"{S}\"x\n"), "auth.users"),
+        (
+            format!("[http]\napi_keys = [\"{S}\", 7]\n"),
+            "http.api_keys",
+        ),
+        (format!("[http]\nadmin_keys = \"{S}\"\n"), "http.admin_keys"),
+        (format!("[auth]\n{S}\n"), "auth"),
+    ];
+    for (bad, key) in cases {
+        let (_dir, path) = config_file(&format!("{listen}{bad}"));
+        for args in [
+            vec!["serve", "--config", &path],
+            vec!["--log-format", "json", "serve", "--config", &path],
+            vec!["config", "check", &path],
+        ] {
+            let (status, out, err) = run_turnpike(&args);
+            check_refusal(
+                &args.join(" "),
+                status,
+                &out,
+                &err,
+                &path,
+                &["line ", &format!("`{key}`"), "not shown"],
+            );
+            assert!(
+                !err.contains(S) && !out.contains(S),
+                "{args:?} echoed the secret of {bad:?}:\n{err}"
+            );
+        }
+    }
+}
+
+/// The credentials earlier samples shipped (`secrets = ["change-me"]`,
+/// `alice = "change-me-too"`) and the README's placeholders are refused
+/// at start, naming the key and the fix, and never echoed.
+#[test]
+fn shipped_placeholders_are_refused() {
+    let listen = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+    for (auth, key) in [
+        ("[auth]\nsecrets = [\"change-me\"]\n", "auth.secrets[0]"),
+        (
+            "[auth]\nsecrets = [\"a-real-secret-1\"]\nusers = { alice = \"change-me-too\" }\n",
+            "auth.users.alice",
+        ),
+        ("[auth]\nsecrets = [\"SECRET\"]\n", "auth.secrets[0]"),
+        (
+            "[auth]\nsecrets = [\"a-real-secret-1\"]\n[http]\napi_keys = [\"change-me-key\"]\n",
+            "http.api_keys[0]",
+        ),
+    ] {
+        let err = refused(
+            &format!("{listen}{auth}"),
+            &[key, "placeholder", "openssl rand"],
+        );
+        assert!(!err.contains("change-me"), "never the value:\n{err}");
+    }
+}
+
+/// conf/turnpike.toml ships no credential: `[auth] secrets` and `users`
+/// (and the HTTP keys) are commented out.
+#[test]
+fn the_sample_ships_no_credentials() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/turnpike.toml");
+    let c = Config::load(&path).unwrap();
+    assert!(c.auth.is_empty(), "{:?}", c.auth);
+    assert!(c.http.api_keys.is_empty() && c.http.admin_keys.is_empty());
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in ["secrets", "users", "api_keys", "admin_keys"] {
+        assert!(
+            text.lines()
+                .all(|l| !l.trim_start().starts_with(&format!("{key} ="))),
+            "{key} is set in the sample"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("# {key} ="))),
+            "{key} is documented (commented out) in the sample"
+        );
+    }
+}

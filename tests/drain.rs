@@ -1,7 +1,8 @@
 //! Draining the built binary (SIGTERM and `POST /api/v1/drain`): ready
 //! goes 503, new allocations are turned away (486, or 300 with
 //! ALTERNATE-SERVER), live ones keep relaying, and the process exits when
-//! the last one ends, at the drain deadline, or at a second SIGTERM.
+//! the last one ends, at the drain deadline, or at a second SIGTERM: with
+//! status 0 when a signal asked for it and no deadline cut it, else 75.
 //! Every wait is bounded; nothing is timed.
 //!
 //! Relay ports 46500-46999.
@@ -23,6 +24,9 @@ use turnpike_proto::wire::Message;
 
 const SECRET: &str = "drain-secret";
 const KEY: &str = "drain-admin-key";
+/// The exit status of a drain asked for over the API, or ended by its
+/// deadline (systemd's Restart=on-failure restarts it).
+const EXIT_DRAIN_RESTART: i32 = 75;
 /// Bound on waiting for the process to exit on its own.
 const EXIT_LIMIT: Duration = Duration::from_secs(30);
 
@@ -52,7 +56,7 @@ allow_peers = ["127.0.0.1/32"]
 
 [http]
 addr = "127.0.0.1:0"
-api_keys = ["{KEY}"]
+admin_keys = ["{KEY}"]
 {http}
 "#
     )
@@ -200,7 +204,9 @@ fn api_drain_drains_too() {
     server.assert_running();
     assert_eq!(live.refresh(Some(0)), 200);
     let status = server.wait_exit(EXIT_LIMIT);
-    assert!(status.success(), "{status}");
+    // Issue 12: a drain no SIGTERM asked for exits non-zero (it used to
+    // exit 0), so that Restart=on-failure starts the server again.
+    assert_eq!(status.code(), Some(EXIT_DRAIN_RESTART), "{status}");
     let err = server.stderr_text();
     assert!(err.contains("by=\"API\""), "{err}");
     assert!(err.contains("reason=\"drained\""), "{err}");
@@ -213,9 +219,10 @@ fn drain_deadline_ends_the_process_with_an_allocation_live() {
     let mut live = live_client(&server, &peer);
     send_signal(&server, libc::SIGTERM);
     check_draining(&mut server, &mut live, &peer);
-    // Nobody ends the allocation; the deadline does.
+    // Nobody ends the allocation; the deadline does, and says so in the
+    // exit status (issue 12: it used to exit 0).
     let status = server.wait_exit(EXIT_LIMIT);
-    assert!(status.success(), "{status}");
+    assert_eq!(status.code(), Some(EXIT_DRAIN_RESTART), "{status}");
     let err = server.stderr_text();
     assert!(err.contains("drain deadline passed"), "{err}");
     assert!(err.contains("reason=\"drain deadline\""), "{err}");

@@ -770,7 +770,7 @@ fn relay_to_relay_across_shards() {
     let server = TestServer::start(&relay_to_relay_config(
         2,
         "44850-44899",
-        &format!("[http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{KEY}\"]\n"),
+        &format!("[http]\naddr = \"127.0.0.1:0\"\nadmin_keys = [\"{KEY}\"]\n"),
     ));
     let h = server.http_addr();
     // Allocate until one shard has a client and the other two; each new

@@ -1,8 +1,8 @@
 //! The HTTP API of the built binary over real connections: minting TURN
 //! REST credentials (and that they work, and expire, against the TURN
 //! listeners), API and admin keys, parameter errors, TTL cap, the draft
-//! form, `uris`, CORS, HTTPS, the sessions admin endpoints, and the
-//! offline `turnpike credentials` command.
+//! form, `uris`, CORS, HTTPS, the sessions admin endpoints, the offline
+//! `turnpike credentials` command, and the connection cap.
 //!
 //! Relay ports 45000-45399 (tests/ops_logs.rs has 45400-45499).
 
@@ -185,11 +185,21 @@ fn api_keys_are_required_and_checked() {
         &[("Authorization", &format!("Basic {API_KEY}"))],
         b"",
     ));
-    // The admin endpoints too.
-    assert_unauthorized(&get(h, "/api/v1/sessions"));
-    assert_unauthorized(&http(h, "POST", "/api/v1/drain", &[], b""));
-    assert_unauthorized(&http(h, "POST", "/api/v1/reload", &[], b""));
-    assert_unauthorized(&http(h, "DELETE", "/api/v1/sessions/1", &[], b""));
+    // The admin endpoints are off without http.admin_keys (issue 12: they
+    // used to take the API keys): 404, with a key or without.
+    for (method, path) in [
+        ("GET", "/api/v1/sessions"),
+        ("POST", "/api/v1/drain"),
+        ("POST", "/api/v1/reload"),
+        ("DELETE", "/api/v1/sessions/1"),
+    ] {
+        for auth in [vec![], vec![("Authorization", format!("Bearer {API_KEY}"))]] {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = http(h, method, path, &headers, b"");
+            assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+            assert_eq!(r.json()["error"], "admin_disabled");
+        }
+    }
     // The right key, either way.
     assert_eq!(get_auth(h, path, API_KEY).status, 200);
     assert_eq!(get(h, &format!("{path}&key={API_KEY}")).status, 200);
@@ -228,21 +238,21 @@ fn admin_keys_are_separate_from_api_keys() {
     let r = get_auth(h, "/api/v1/sessions", ADMIN_KEY);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["sessions"], serde_json::json!([]));
-    assert_eq!(
-        get(h, &format!("/api/v1/sessions?key={ADMIN_KEY}")).status,
-        200
-    );
+    // Only in the Authorization header (issue 12: `key=` is for the
+    // credentials route alone).
+    assert_unauthorized(&get(h, &format!("/api/v1/sessions?key={ADMIN_KEY}")));
     assert_eq!(
         delete_auth(h, "/api/v1/sessions/1", ADMIN_KEY).status,
         404,
         "authorised, but no such session"
     );
 
-    // Without admin_keys, the API keys are admin keys.
+    // Without admin_keys, the API keys are not admin keys either (issue
+    // 12: they used to be): the admin routes are off.
     let plain = TestServer::start(&config("", "", ""));
     assert_eq!(
         get_auth(plain.http_addr(), "/api/v1/sessions", API_KEY).status,
-        200
+        404
     );
 }
 
@@ -485,7 +495,7 @@ fn https_serves_the_api() {
 
 #[test]
 fn sessions_show_a_live_allocation_and_delete_ends_it() {
-    let server = TestServer::start(&config("", "", ""));
+    let server = TestServer::start(&config("", &format!("admin_keys = [\"{ADMIN_KEY}\"]"), ""));
     let h = server.http_addr();
     let udp = server.addr(Transport::Udp, false);
     let m = mint(&server, "sessions-user");
@@ -508,7 +518,7 @@ fn sessions_show_a_live_allocation_and_delete_ends_it() {
     let mut t = TurnClient::tcp(server.addr(Transport::Tcp, false));
     let t_relayed = t.allocate(m.credentials()).expect("TCP allocate");
 
-    let r = get_auth(h, "/api/v1/sessions", API_KEY);
+    let r = get_auth(h, "/api/v1/sessions", ADMIN_KEY);
     assert_eq!(r.status, 200, "{}", r.text());
     let list = r.json()["sessions"].as_array().cloned().unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
@@ -544,19 +554,19 @@ fn sessions_show_a_live_allocation_and_delete_ends_it() {
     assert_ne!(ts["id"], s["id"]);
 
     // DELETE ends it: the client's next Refresh finds no allocation.
-    let r = delete_auth(h, &format!("/api/v1/sessions/{id}"), API_KEY);
+    let r = delete_auth(h, &format!("/api/v1/sessions/{id}"), ADMIN_KEY);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["deleted"], id.as_str());
     assert_eq!(c.refresh(Some(600)), 437);
-    let list = get_auth(h, "/api/v1/sessions", API_KEY).json()["sessions"].clone();
+    let list = get_auth(h, "/api/v1/sessions", ADMIN_KEY).json()["sessions"].clone();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["transport"], "tcp");
     assert_eq!(
-        delete_auth(h, &format!("/api/v1/sessions/{id}"), API_KEY).status,
+        delete_auth(h, &format!("/api/v1/sessions/{id}"), ADMIN_KEY).status,
         404
     );
     assert_bad_param(
-        &delete_auth(h, "/api/v1/sessions/not-a-number", API_KEY),
+        &delete_auth(h, "/api/v1/sessions/not-a-number", ADMIN_KEY),
         "id",
     );
     let mm = scrape(h);
@@ -698,5 +708,84 @@ fn without_api_keys_or_secrets_nothing_is_minted() {
         TurnClient::udp(server.addr(Transport::Udp, false))
             .allocate(Credentials::new("alice", "wonderland"))
             .is_ok()
+    );
+}
+
+/// A TCP connection from `src` (any port) to `dst`.
+fn tcp_from(src: [u8; 4], dst: std::net::SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())
+        .unwrap();
+    s.connect_timeout(&dst.into(), IO_TIMEOUT).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// `GET /healthz` on a connection that stays open: whether it got 200.
+fn healthz_kept_alive(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
+/// `http.max_connections` counts every client together: with it reached
+/// (from two addresses, each within its own cap), a connection from a
+/// third address is closed at accept without a byte and counted under
+/// reason="max_connections"; once one closes, connections are served
+/// again.
+#[test]
+fn the_connection_cap_counts_every_client() {
+    use std::io::Read;
+    let server = TestServer::start(&config(
+        "",
+        "max_connections = 4\nmax_connections_per_ip = 2\nheader_timeout = \"1h\"",
+        "",
+    ));
+    let h = server.http_addr();
+    let mut held = Vec::new();
+    for src in [
+        [127, 0, 0, 5],
+        [127, 0, 0, 5],
+        [127, 0, 0, 6],
+        [127, 0, 0, 6],
+    ] {
+        let mut s = tcp_from(src, h);
+        assert!(healthz_kept_alive(&mut s), "within the caps: served");
+        held.push(s);
+    }
+    let mut over = tcp_from([127, 0, 0, 7], h);
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(over.read(&mut buf), Ok(0)),
+        "the connection over the cap is closed at once, without a byte"
+    );
+    drop(held.pop());
+    let m = wait_until("a freed slot to serve a scrape", POLL_LIMIT, || {
+        let mut s = tcp_from([127, 0, 0, 7], h);
+        use std::io::Write;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        text.starts_with("HTTP/1.1 200")
+            .then(|| Scrape::parse(&body))
+    });
+    assert!(
+        m.value(
+            "turnpike_http_connections_refused_total",
+            &[("reason", "max_connections")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        m.value(
+            "turnpike_http_connections_refused_total",
+            &[("reason", "max_connections_per_ip")]
+        ),
+        0.0
     );
 }

@@ -40,7 +40,7 @@ secrets = ["{SECRET}"]
 
 [http]
 addr = "127.0.0.1:0"
-api_keys = ["{KEY}"]
+admin_keys = ["{KEY}"]
 
 [log]
 {log}

@@ -21,6 +21,8 @@ use turnpike_proto::client::Credentials;
 const OLD: &str = "old-secret-1";
 const NEW: &str = "new-secret-2";
 const KEY: &str = "reload-admin-key-1";
+/// The admin key (reload); `KEY` is the API key.
+const ADMIN: &str = "reload-operator-key-1";
 
 /// UDP and TCP (plus `more`) on 127.0.0.1, the given secrets and
 /// allow_peers, the HTTP API with `http` added.
@@ -59,6 +61,7 @@ allow_peers = [{allow}]
 [http]
 addr = "127.0.0.1:0"
 api_keys = ["{KEY}"]
+admin_keys = ["{ADMIN}"]
 {http}
 "#,
         secrets = list(secrets),
@@ -90,7 +93,7 @@ fn sighup_reload(server: &TestServer, n: usize) {
 
 /// POST /api/v1/reload, which must succeed; its notes.
 fn api_reload(server: &TestServer) -> serde_json::Value {
-    let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+    let r = post_auth(server.http_addr(), "/api/v1/reload", ADMIN);
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["reloaded"], true, "{j}");
@@ -217,7 +220,7 @@ fn broken_files_keep_the_running_configuration() {
     for (i, (text, why)) in cases.iter().enumerate() {
         rewrite(&server, text);
         // The API answers 422 with the reason.
-        let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+        let r = post_auth(server.http_addr(), "/api/v1/reload", ADMIN);
         assert_eq!(r.status, 422, "case {i}: {}", r.text());
         let j = r.json();
         assert_eq!(j["reloaded"], false);
@@ -315,7 +318,7 @@ fn tls_certificate_is_replaced_on_reload_and_old_connections_keep_working() {
     // the current certificate stays.
     let third = self_signed_cert();
     std::fs::copy(&third.key_path, &first.key_path).unwrap();
-    let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+    let r = post_auth(server.http_addr(), "/api/v1/reload", ADMIN);
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.json()["message"].as_str().unwrap().contains("listen[2]"));
     let after = TurnClient::tls(tls, trust());
@@ -485,7 +488,7 @@ fn reload_refuses_a_relay_address_this_host_does_not_have() {
     let text =
         config(&[OLD], &[], "", "").replace("bind_ip = \"127.0.0.1\"", "bind_ip = \"192.0.2.77\"");
     rewrite(&server, &text);
-    let r = post_auth(server.http_addr(), "/api/v1/reload", KEY);
+    let r = post_auth(server.http_addr(), "/api/v1/reload", ADMIN);
     assert_eq!(r.status, 422, "{}", r.text());
     let msg = r.json()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("relay.bind_ip"), "{msg}");

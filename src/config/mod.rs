@@ -1,5 +1,7 @@
-//! The TOML configuration: its shape, the embedded default, and validation
-//! with errors that name the file, the key and the fix.
+//! The TOML configuration: its shape and the embedded default (here), every
+//! check of a parsed configuration (`validate`), errors that name the file,
+//! the key and the fix (`error`), and the mapping onto the core's types
+//! (`core`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,10 +10,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod core;
+mod error;
 mod units;
 mod validate;
 
 pub use self::core::{static_users, to_core};
+pub use error::ConfigError;
 
 pub use turnpike_proto::core::Transport;
 pub use units::{PortRange, Span};
@@ -69,9 +73,12 @@ pub struct Http {
         deserialize_with = "optional_addr"
     )]
     pub addr: Option<SocketAddr>,
-    /// Keys callers present as `Authorization: Bearer KEY` (or `key=`).
+    /// Keys of the credentials route, presented as `Authorization: Bearer
+    /// KEY` (or `key=`, on that route only).
     pub api_keys: Vec<String>,
-    /// Keys for the admin endpoints; if empty, `api_keys` are admin keys.
+    /// Keys of the admin routes (sessions, drain, reload), presented only
+    /// as `Authorization: Bearer KEY`. None (the default): the admin routes
+    /// are off (404). A key may not be in both lists.
     pub admin_keys: Vec<String>,
     /// Default and largest TTL of minted credentials.
     pub credential_ttl: Span,
@@ -84,6 +91,18 @@ pub struct Http {
     /// host:port of other servers, sent as ALTERNATE-SERVER (300 Try
     /// Alternate) to new Allocates while draining.
     pub alternate_servers: Vec<String>,
+    /// Open connections to the HTTP(S) listener at most, every client
+    /// together; one more is closed at accept.
+    pub max_connections: usize,
+    /// Open connections from one IPv4 address (or IPv6 /64) at most.
+    pub max_connections_per_ip: usize,
+    /// Time a client has for the TLS handshake (HTTPS), then for each
+    /// request head; also how long a kept-alive connection may wait for
+    /// its next request.
+    pub header_timeout: Span,
+    /// A connection on which no byte moves either way for this long is
+    /// closed (a stalled body, a client that does not read its response).
+    pub idle_timeout: Span,
     /// Serve HTTPS with this PEM certificate chain and key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert: Option<PathBuf>,
@@ -101,6 +120,10 @@ impl Default for Http {
             cors_origins: Vec::new(),
             drain_deadline: Span::secs(300),
             alternate_servers: Vec::new(),
+            max_connections: 512,
+            max_connections_per_ip: 64,
+            header_timeout: Span::secs(10),
+            idle_timeout: Span::secs(60),
             cert: None,
             key: None,
         }
@@ -359,47 +382,6 @@ pub struct Listen {
     pub key: Option<PathBuf>,
 }
 
-/// A configuration that cannot be used. Display names the file, the key and
-/// what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {error}. Fix: check the path and its permissions")]
-    Read { file: String, error: std::io::Error },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: {key}: {problem}. Fix: {fix}")]
-    Invalid {
-        file: String,
-        key: String,
-        problem: String,
-        fix: String,
-    },
-}
-
-impl ConfigError {
-    fn invalid(
-        file: &str,
-        key: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        ConfigError::Invalid {
-            file: file.to_string(),
-            key: key.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-
-    /// The configuration key the error is about, if it is about one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            _ => None,
-        }
-    }
-}
-
 /// Where a configuration came from, for error messages.
 pub const EMBEDDED_NAME: &str = "<embedded default>";
 
@@ -423,7 +405,7 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: file.to_string(),
-            message: describe_toml_error(&e, text),
+            message: error::describe_toml_error(&e, text),
         })?;
         cfg.validate(file)?;
         Ok(cfg)
@@ -432,92 +414,6 @@ impl Config {
     /// The effective configuration as TOML (defaults filled in).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
-    }
-
-    /// Checks that need more than the types: listeners present and distinct,
-    /// TLS material present and readable.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
-            return Err(ConfigError::invalid(
-                file,
-                "listen",
-                "no [[listen]] entries",
-                "add at least one, e.g. [[listen]] transport = \"udp\" addr = \"0.0.0.0:3478\"",
-            ));
-        }
-        if self.server.realm.is_empty() || self.server.realm.len() > 763 {
-            return Err(ConfigError::invalid(
-                file,
-                "server.realm",
-                "must be 1 to 763 bytes",
-                "set realm to your domain, e.g. realm = \"example.org\"",
-            ));
-        }
-        if self.server.software.len() > 763 {
-            return Err(ConfigError::invalid(
-                file,
-                "server.software",
-                "longer than 763 bytes",
-                "shorten it, or set \"\" to send no SOFTWARE attribute",
-            ));
-        }
-        self.validate_relay(file)?;
-        self.validate_auth(file)?;
-        self.validate_policy(file)?;
-        self.validate_http(file)?;
-        for (i, l) in self.listen.iter().enumerate() {
-            let key = |k: &str| format!("listen[{i}].{k}");
-            for (j, other) in self.listen[..i].iter().enumerate() {
-                let same_socket_kind = l.transport.is_stream() == other.transport.is_stream();
-                if same_socket_kind && conflicts(l.addr, other.addr) {
-                    return Err(ConfigError::invalid(
-                        file,
-                        key("addr"),
-                        format!(
-                            "{} {} conflicts with listen[{j}] ({} {})",
-                            l.transport, l.addr, other.transport, other.addr
-                        ),
-                        "give each listener of the same socket type its own port",
-                    ));
-                }
-            }
-            match l.transport {
-                Transport::Tls => {
-                    for (name, path) in [("cert", &l.cert), ("key", &l.key)] {
-                        let Some(p) = path else {
-                            return Err(ConfigError::invalid(
-                                file,
-                                key(name),
-                                "missing for a tls listener",
-                                format!("set {name} = \"/path/to/{name}.pem\" (PEM file)"),
-                            ));
-                        };
-                        if let Err(e) = std::fs::metadata(p) {
-                            return Err(ConfigError::invalid(
-                                file,
-                                key(name),
-                                format!("cannot read {}: {e}", p.display()),
-                                "point it at an existing PEM file readable by turnpike",
-                            ));
-                        }
-                    }
-                }
-                Transport::Udp | Transport::Tcp => {
-                    if l.cert.is_some() || l.key.is_some() {
-                        return Err(ConfigError::invalid(
-                            file,
-                            key(if l.cert.is_some() { "cert" } else { "key" }),
-                            format!(
-                                "only tls listeners take a certificate, this one is {}",
-                                l.transport
-                            ),
-                            "remove it, or set transport = \"tls\"",
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -542,35 +438,6 @@ pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-/// Two socket addresses of the same socket type cannot both be bound: same
-/// port and the same IP, or a wildcard of the same family. Port 0 asks the
-/// kernel for a free port, so two such listeners never collide.
-fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// toml's errors carry a span; turn it into "line N, column M" and keep the
-/// message (which names the key: "unknown field `x`, expected one of ...").
-fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message().trim_end().to_string();
-    let Some(span) = e.span() else {
-        return format!("{msg}. Fix: see conf/turnpike.toml for the accepted keys");
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |n| before.len() - n - 1)
-        + 1;
-    let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-    format!(
-        "line {line}, column {col} (`{snippet}`): {msg}. Fix: see conf/turnpike.toml for the accepted keys and values"
-    )
 }
 
 #[cfg(test)]

@@ -1,10 +1,113 @@
-//! Checks that need more than the types: address families, CIDRs, limits.
+//! Every check of a configuration that needs more than the types: the one
+//! place where a [`Config`] is judged. [`Config::parse`] (start, `config
+//! check`, reload) runs [`Config::validate`]; nothing else refuses a
+//! configuration, except binding (ports, relay addresses, TLS files), which
+//! only the server can try (`io::start`, `http::bind`).
+//!
+//! Every error names the file, the key and the fix, and never a secret's
+//! value.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::{Config, ConfigError, UserCredential, parse_hex_key, read_secret_file};
+use super::{Config, ConfigError, Transport, UserCredential, parse_hex_key, read_secret_file};
 
 impl Config {
+    /// Checks that need more than the types: listeners present and distinct,
+    /// TLS material present and readable.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "listen",
+                "no [[listen]] entries",
+                "add at least one, e.g. [[listen]] transport = \"udp\" addr = \"0.0.0.0:3478\"",
+            ));
+        }
+        if self.server.realm.is_empty() || self.server.realm.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.realm",
+                "must be 1 to 763 bytes",
+                "set realm to your domain, e.g. realm = \"example.org\"",
+            ));
+        }
+        if self.server.software.len() > 763 {
+            return Err(ConfigError::invalid(
+                file,
+                "server.software",
+                "longer than 763 bytes",
+                "shorten it, or set \"\" to send no SOFTWARE attribute",
+            ));
+        }
+        self.validate_relay(file)?;
+        self.validate_auth(file)?;
+        self.validate_policy(file)?;
+        self.validate_http(file)?;
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = |k: &str| format!("listen[{i}].{k}");
+            for (j, other) in self.listen[..i].iter().enumerate() {
+                let same_socket_kind = l.transport.is_stream() == other.transport.is_stream();
+                if same_socket_kind && conflicts(l.addr, other.addr) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("addr"),
+                        format!(
+                            "{} {} conflicts with listen[{j}] ({} {})",
+                            l.transport, l.addr, other.transport, other.addr
+                        ),
+                        "give each listener of the same socket type its own port",
+                    ));
+                }
+            }
+            match l.transport {
+                Transport::Tls => {
+                    for (name, path) in [("cert", &l.cert), ("key", &l.key)] {
+                        let Some(p) = path else {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                "missing for a tls listener",
+                                format!("set {name} = \"/path/to/{name}.pem\" (PEM file)"),
+                            ));
+                        };
+                        if let Err(e) = std::fs::metadata(p) {
+                            return Err(ConfigError::invalid(
+                                file,
+                                key(name),
+                                format!("cannot read {}: {e}", p.display()),
+                                "point it at an existing PEM file readable by turnpike",
+                            ));
+                        }
+                    }
+                }
+                Transport::Udp | Transport::Tcp => {
+                    if l.cert.is_some() || l.key.is_some() {
+                        return Err(ConfigError::invalid(
+                            file,
+                            key(if l.cert.is_some() { "cert" } else { "key" }),
+                            format!(
+                                "only tls listeners take a certificate, this one is {}",
+                                l.transport
+                            ),
+                            "remove it, or set transport = \"tls\"",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a valid configuration may still get wrong, for the log at
+    /// start: each line names the key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.http.addr.is_some() && self.http.api_keys.is_empty() {
+            w.push("http.api_keys is empty: the credentials API answers 401 to everyone".into());
+        }
+        w
+    }
+
     pub(super) fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
         let r = &self.relay;
         let fam = |key: &str, ip: Option<IpAddr>, v6: bool| -> Result<(), ConfigError> {
@@ -68,15 +171,34 @@ impl Config {
                     "use a long random string, e.g. from `openssl rand -hex 32`",
                 ));
             }
-        }
-        for (i, p) in self.auth.secret_files.iter().enumerate() {
-            if let Err(e) = read_secret_file(p) {
+            if is_placeholder(s) {
                 return Err(ConfigError::invalid(
                     file,
-                    format!("auth.secret_files[{i}]"),
-                    format!("{}: {e}", p.display()),
-                    "point it at a readable file whose first line is the secret",
+                    format!("auth.secrets[{i}]"),
+                    PLACEHOLDER,
+                    "put a secret of your own here, e.g. from `openssl rand -hex 32`, or remove auth.secrets to have turnpike generate one for each run",
                 ));
+            }
+        }
+        for (i, p) in self.auth.secret_files.iter().enumerate() {
+            match read_secret_file(p) {
+                Err(e) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("auth.secret_files[{i}]"),
+                        format!("{}: {e}", p.display()),
+                        "point it at a readable file whose first line is the secret",
+                    ));
+                }
+                Ok(s) if is_placeholder(&s) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("auth.secret_files[{i}]"),
+                        format!("{}: {PLACEHOLDER}", p.display()),
+                        "write a secret of your own into it, e.g. `openssl rand -hex 32 > FILE`",
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         for (name, cred) in &self.auth.users {
@@ -96,6 +218,14 @@ impl Config {
                         key,
                         "empty password",
                         "set a password",
+                    ));
+                }
+                UserCredential::Password(p) if is_placeholder(p) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key,
+                        format!("the password {PLACEHOLDER}"),
+                        "set a password of your own (e.g. from `openssl rand -base64 18`), or remove the user",
                     ));
                 }
                 UserCredential::Key { key: k } if parse_hex_key(k).is_none() => {
@@ -177,6 +307,62 @@ impl Config {
                         "use a long random key, e.g. from `openssl rand -hex 24`",
                     ));
                 }
+                if is_placeholder(k) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        format!("http.{name}[{i}]"),
+                        PLACEHOLDER,
+                        "use a long random key, e.g. from `openssl rand -hex 24`",
+                    ));
+                }
+            }
+        }
+        // An admin key that is also an API key would hand the admin routes
+        // to every caller of the credentials API (app servers, browser
+        // pages). Positions only: a key's value is never printed.
+        for (i, a) in h.admin_keys.iter().enumerate() {
+            if let Some(j) = h.api_keys.iter().position(|k| k == a) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.admin_keys[{i}]"),
+                    format!(
+                        "the same key as http.api_keys[{j}]: every caller of the credentials API could list and end sessions, drain and reload"
+                    ),
+                    "give the admin routes keys of their own, e.g. from `openssl rand -hex 24`, and hand them to operators only",
+                ));
+            }
+        }
+        if h.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "http.max_connections",
+                "zero would refuse every connection",
+                "set a positive cap, e.g. 512 (the default)",
+            ));
+        }
+        if h.max_connections_per_ip == 0 || h.max_connections_per_ip > h.max_connections {
+            return Err(ConfigError::invalid(
+                file,
+                "http.max_connections_per_ip",
+                format!(
+                    "{} is not between 1 and http.max_connections ({})",
+                    h.max_connections_per_ip, h.max_connections
+                ),
+                "set it between 1 and max_connections; behind a reverse proxy (every request from one address) set it to max_connections",
+            ));
+        }
+        for (name, span) in [
+            ("header_timeout", h.header_timeout),
+            ("idle_timeout", h.idle_timeout),
+        ] {
+            let s = span.0.as_secs();
+            if !(1..=3600).contains(&s) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("http.{name}"),
+                    format!("{span} is out of range"),
+                    "use between 1s and 1h; the defaults are 10s (header_timeout) and 1m (idle_timeout)",
+                ));
             }
         }
         if h.credential_ttl.0.as_secs() < 60 {
@@ -246,5 +432,115 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a placeholder is refused (the key comes before it in the error).
+const PLACEHOLDER: &str =
+    "is a placeholder from turnpike's examples, known to anyone who read them";
+
+/// Secrets, passwords and keys turnpike's examples ever showed
+/// (conf/turnpike.toml shipped `change-me` and `change-me-too`, the README
+/// writes SECRET, PW, KEY and API_KEY), compared without case and
+/// punctuation. A server using one is open to everyone who read them.
+const PLACEHOLDERS: &[&str] = &[
+    "pw",
+    "password",
+    "secret",
+    "key",
+    "apikey",
+    "adminkey",
+    "replaceme",
+    "yoursecret",
+];
+
+/// Whether `s` is one of [`PLACEHOLDERS`], or any `change-me…`.
+fn is_placeholder(s: &str) -> bool {
+    let n: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    n.starts_with("changeme") || PLACEHOLDERS.contains(&n.as_str())
+}
+
+/// Two socket addresses of the same socket type cannot both be bound: same
+/// port and the same IP, or a wildcard of the same family. Port 0 asks the
+/// kernel for a free port, so two such listeners never collide.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: &str = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+
+    fn refused(extra: &str) -> ConfigError {
+        Config::parse(&format!("{L}{extra}"), "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn shipped_placeholders_are_refused_naming_the_key() {
+        for (extra, key) in [
+            ("[auth]\nsecrets = [\"change-me\"]", "auth.secrets[0]"),
+            (
+                "[auth]\nsecrets = [\"good-one-x\", \"CHANGE_ME\"]",
+                "auth.secrets[1]",
+            ),
+            (
+                "[auth]\nusers = { alice = \"change-me-too\" }",
+                "auth.users.alice",
+            ),
+            ("[auth]\nusers = { bob = \"PW\" }", "auth.users.bob"),
+            ("[auth]\nsecrets = [\"SECRET\"]", "auth.secrets[0]"),
+            (
+                "[http]\napi_keys = [\"change-me-please\"]",
+                "http.api_keys[0]",
+            ),
+            (
+                "[http]\nadmin_keys = [\"Change-Me-Too\"]",
+                "http.admin_keys[0]",
+            ),
+        ] {
+            let e = refused(extra);
+            assert_eq!(e.key(), Some(key), "{extra}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("placeholder") && text.contains("Fix:"),
+                "{text}"
+            );
+        }
+        // Not placeholders.
+        for ok in ["s", "change", "my-secret-1", "passwords-are-long"] {
+            assert!(!is_placeholder(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_placeholder_in_a_secret_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "change-me\n").unwrap();
+        let e = refused(&format!(
+            "[auth]\nsecret_files = [{:?}]",
+            f.to_str().unwrap()
+        ));
+        assert_eq!(e.key(), Some("auth.secret_files[0]"));
+    }
+
+    #[test]
+    fn a_key_that_is_api_and_admin_is_refused_by_position() {
+        let e = refused(
+            "[http]\napi_keys = [\"api-key-one-1\", \"shared-key-22\"]\nadmin_keys = [\"admin-key-333\", \"shared-key-22\"]",
+        );
+        assert_eq!(e.key(), Some("http.admin_keys[1]"));
+        let text = e.to_string();
+        assert!(text.contains("http.api_keys[1]"), "{text}");
+        assert!(!text.contains("shared-key-22"), "never the value: {text}");
     }
 }

@@ -34,17 +34,24 @@ fn bad_param(parameter: &str, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The key a caller presented: `Authorization: Bearer KEY`, else `key=`.
-fn presented_key<'a>(
-    headers: &'a HeaderMap,
-    params: &'a HashMap<String, String>,
-) -> Option<&'a str> {
+/// The key of `Authorization: Bearer KEY`.
+fn bearer_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .or_else(|| params.get("key").map(String::as_str))
+}
+
+/// The key a caller of the credentials route presented: `Authorization:
+/// Bearer KEY`, else `key=` (the TURN REST draft's form; only this route
+/// takes it, as only this route is called from pages and scripts that may
+/// not set headers).
+fn presented_key<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    bearer_key(headers).or_else(|| params.get("key").map(String::as_str))
 }
 
 /// Constant-time membership (every key is compared, so timing does not
@@ -66,14 +73,36 @@ fn unauthorized() -> Response {
     )
 }
 
-fn admin_ok(state: &AppState, headers: &HeaderMap, params: &HashMap<String, String>) -> bool {
+/// The gate of every admin route: `http.admin_keys` only, and only as
+/// `Authorization: Bearer KEY` (a key in a URL ends up in proxy and
+/// browser logs). With no admin key configured the admin routes are off:
+/// 404, whatever the caller presents; an API key never opens them.
+///
+/// `None` lets the caller in; `Some` is the answer that turns it away.
+fn admin_refusal(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Option<Response> {
     let cfg = state.config();
-    let keys = if cfg.http.admin_keys.is_empty() {
-        &cfg.http.api_keys
-    } else {
-        &cfg.http.admin_keys
-    };
-    key_ok(presented_key(headers, params), keys)
+    if cfg.http.admin_keys.is_empty() {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin routes are off: set http.admin_keys to turn them on",
+        ));
+    }
+    if key_ok(bearer_key(headers), &cfg.http.admin_keys) {
+        return None;
+    }
+    if bearer_key(headers).is_none() && params.contains_key("key") {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes take their key only as `Authorization: Bearer KEY`, never in the URL",
+        ));
+    }
+    Some(unauthorized())
 }
 
 /// `GET /api/v1/credentials?username=NAME[&ttl=SECONDS]`, and the TURN REST
@@ -134,6 +163,7 @@ pub(super) async fn credentials(
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         state.handle.counters(),
+        &state.http_stats,
         state.start_unix,
         state.handle.is_draining(),
     );
@@ -173,8 +203,8 @@ pub(super) async fn sessions(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    if !admin_ok(&state, &headers, &p) {
-        return unauthorized();
+    if let Some(refused) = admin_refusal(&state, &headers, &p) {
+        return refused;
     }
     let list: Vec<_> = state
         .handle
@@ -210,8 +240,8 @@ pub(super) async fn delete_session(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    if !admin_ok(&state, &headers, &p) {
-        return unauthorized();
+    if let Some(refused) = admin_refusal(&state, &headers, &p) {
+        return refused;
     }
     let Ok(id) = id.parse::<u64>() else {
         return bad_param("id", "not a session id");
@@ -228,8 +258,8 @@ pub(super) async fn drain(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    if !admin_ok(&state, &headers, &p) {
-        return unauthorized();
+    if let Some(refused) = admin_refusal(&state, &headers, &p) {
+        return refused;
     }
     let _ = state.ops.send(Op::Drain);
     (
@@ -244,8 +274,8 @@ pub(super) async fn reload(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    if !admin_ok(&state, &headers, &p) {
-        return unauthorized();
+    if let Some(refused) = admin_refusal(&state, &headers, &p) {
+        return refused;
     }
     let (tx, rx) = oneshot::channel();
     if state.ops.send(Op::Reload(tx)).is_err() {
@@ -271,7 +301,8 @@ pub(super) async fn reload(
 }
 
 /// CORS for the origins configured now ("*" for any; none configured
-/// means no CORS headers at all). The list is read from the current
+/// means no CORS headers at all), for the credentials route only: no page
+/// of any origin may call the admin routes. The list is read from the current
 /// configuration on every request, so a reload changes it like the keys
 /// and the TTL; an allowed origin is echoed back (for "*" too, which
 /// browsers treat the same).

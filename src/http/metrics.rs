@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use super::HttpStats;
 use crate::config::Transport;
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
 use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason, Family};
@@ -34,10 +35,37 @@ fn gauge_sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> i64) -> f64 {
 
 impl Metrics {
     /// Publish the current totals and render the exposition text.
-    pub fn render(&self, shards: &[Arc<Counters>], start_unix: u64, draining: bool) -> String {
-        metrics::with_local_recorder(&self.recorder, || publish(shards, start_unix, draining));
+    pub fn render(
+        &self,
+        shards: &[Arc<Counters>],
+        http: &HttpStats,
+        start_unix: u64,
+        draining: bool,
+    ) -> String {
+        metrics::with_local_recorder(&self.recorder, || {
+            publish(shards, start_unix, draining);
+            publish_http(http);
+        });
         self.handle.render()
     }
+}
+
+/// The HTTP listener's own counters (src/http/serve.rs).
+fn publish_http(h: &HttpStats) {
+    // No gauge of open connections: a scrape would count itself and, for
+    // a moment, the scrape before it; refusals say when the cap bites.
+    use metrics::counter;
+    use std::sync::atomic::Ordering::Relaxed;
+    counter!("turnpike_http_connections_refused_total", "reason" => "max_connections")
+        .absolute(h.refused_total_cap.load(Relaxed));
+    counter!("turnpike_http_connections_refused_total", "reason" => "max_connections_per_ip")
+        .absolute(h.refused_per_ip_cap.load(Relaxed));
+    counter!("turnpike_http_timeouts_total", "stage" => "tls_handshake")
+        .absolute(h.handshake_timeouts.load(Relaxed));
+    counter!("turnpike_http_timeouts_total", "stage" => "header")
+        .absolute(h.header_timeouts.load(Relaxed));
+    counter!("turnpike_http_timeouts_total", "stage" => "idle")
+        .absolute(h.idle_timeouts.load(Relaxed));
 }
 
 fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {

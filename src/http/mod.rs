@@ -11,20 +11,25 @@
 //! | `POST /api/v1/drain` | admin key | start draining |
 //! | `POST /api/v1/reload` | admin key | re-read the config file |
 //!
-//! Keys come as `Authorization: Bearer KEY` or `key=KEY` and are compared in
-//! constant time; they are never logged.
+//! API keys (`http.api_keys`) come as `Authorization: Bearer KEY` or
+//! `key=KEY`; admin keys (`http.admin_keys`) only as `Authorization:
+//! Bearer KEY`, and without any the admin routes answer 404. An API key is
+//! never an admin key. Keys are compared in constant time and never
+//! logged. CORS (`http.cors_origins`) covers the credentials route only.
 
 mod api;
 pub mod metrics;
+mod serve;
+
+pub use serve::HttpStats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -43,6 +48,8 @@ pub struct AppState {
     pub cfg: RwLock<Arc<Config>>,
     pub ready: AtomicBool,
     pub metrics: metrics::Metrics,
+    /// The HTTP listener's connection counters.
+    pub http_stats: HttpStats,
     pub start_unix: u64,
     pub ops: mpsc::UnboundedSender<Op>,
 }
@@ -59,6 +66,7 @@ impl AppState {
             cfg: RwLock::new(cfg),
             ready: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
+            http_stats: HttpStats::default(),
             start_unix,
             ops,
         }
@@ -81,12 +89,15 @@ impl AppState {
     }
 }
 
-/// The routes, with CORS for the configured origins (as configured at
-/// each request: reload changes them).
+/// The routes. CORS for the configured origins (as configured at each
+/// request: reload changes them) wraps the credentials route alone.
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = api::cors(state.clone());
-    Router::new()
+    let credentials = Router::new()
         .route("/api/v1/credentials", get(api::credentials))
+        .layer(cors);
+    Router::new()
+        .merge(credentials)
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -94,43 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}", delete(api::delete_session))
         .route("/api/v1/drain", post(api::drain))
         .route("/api/v1/reload", post(api::reload))
-        .layer(cors)
         .with_state(state)
-}
-
-/// A TLS listener for axum: each accepted connection is handshaken (with a
-/// timeout) before axum sees it; failed handshakes are dropped.
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "HTTPS handshake failed"),
-                Err(_) => tracing::debug!(client = %addr, "HTTPS handshake timed out"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
 }
 
 /// Why the HTTP listener could not start.
@@ -163,23 +138,16 @@ pub async fn bind(
     let local = tcp
         .local_addr()
         .map_err(|error| HttpError::Bind { addr, error })?;
-    let app = router(state);
-    let task = match (&cfg.http.cert, &cfg.http.key) {
+    let app = router(state.clone());
+    let tls = match (&cfg.http.cert, &cfg.http.key) {
         (Some(c), Some(k)) => {
             let cert = Arc::new(crate::tls::ReloadableCert::load(c, k)?);
-            let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert));
-            let l = TlsListener { tcp, acceptor };
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            })
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                cert,
+            )))
         }
-        _ => tokio::spawn(async move {
-            if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }),
+        _ => None,
     };
+    let task = tokio::spawn(serve::run(tcp, tls, app, state, shutdown));
     Ok(Some((local, task)))
 }

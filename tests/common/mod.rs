@@ -76,6 +76,8 @@ pub struct TestServer {
     http: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
+    /// Every line the server wrote to stdout so far.
+    stdout: Arc<Mutex<Vec<String>>>,
     config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -140,12 +142,15 @@ impl TestServer {
             })
         };
         let (tx, rx) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         {
             let pipe = child.stdout.take().expect("stdout piped");
+            let all = stdout.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     match line {
                         Ok(l) => {
+                            all.lock().unwrap().push(l.clone());
                             if tx.send(StdoutEvent::Line(l)).is_err() {
                                 // Nobody listens any more; keep draining so
                                 // the child never blocks on a full pipe.
@@ -165,6 +170,7 @@ impl TestServer {
             http: None,
             stderr,
             stderr_thread: Some(stderr_thread),
+            stdout,
             config_path,
             _dir: dir,
         };
@@ -228,6 +234,12 @@ impl TestServer {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server still owned").id()
+    }
+
+    /// Every line the server wrote to stdout so far (the `listening` lines
+    /// and anything after them).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Everything the server wrote to stderr so far.

@@ -12,6 +12,7 @@
 //! * [`iface`]: the host's interface addresses.
 //! * [`procfs`]: CPU time and memory of a process and of the machine.
 //! * [`process`]: signals, the effective user, the file-descriptor limit.
+//! * [`caps`]: capability sets; giving `CAP_NET_BIND_SERVICE` up for good.
 //! * [`alloc`]: a counting global allocator for zero-allocation tests.
 //! * `tokio` (feature `tokio`): registering a raw socket with tokio.
 //!
@@ -24,6 +25,7 @@
 
 pub mod alloc;
 pub mod batch;
+pub mod caps;
 pub mod epoll;
 pub mod iface;
 pub mod netns;
