@@ -53,3 +53,5 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --workspace --all-targets "$@"
+# The examples in the API docs compile and run too.
+cargo test --workspace --doc

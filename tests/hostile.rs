@@ -864,3 +864,112 @@ hostile_rows! {
         ..BASE
     };
 }
+
+/// Send one request on `stream` (with `Connection: close`) and read the
+/// whole response: by Content-Length, chunked, or to end of stream.
+///
+/// The hostile rows speak raw HTTP on a socket they bound themselves (a
+/// chosen source address, a TLS stream they drive, connections they hold
+/// silent), which the one HTTP client (`turnpike::http_client`, used by
+/// every other test) does not offer: this is that raw exchange, kept here
+/// and nowhere else.
+fn http_exchange<S: Read + Write>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .expect("write HTTP request");
+    stream.write_all(body).expect("write HTTP body");
+    stream.flush().expect("flush HTTP request");
+
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut eof = false;
+    let mut read_more = |raw: &mut Vec<u8>, eof: &mut bool| match stream.read(&mut chunk) {
+        Ok(0) => *eof = true,
+        Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        // rustls reports a close without close_notify this way.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => *eof = true,
+        Err(e) => panic!(
+            "reading HTTP response to {method} {target}: {e} ({} bytes so far)",
+            raw.len()
+        ),
+    };
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        assert!(
+            !eof,
+            "connection closed before the end of the response head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        read_more(&mut raw, &mut eof);
+    };
+    let head = String::from_utf8(raw[..head_end].to_vec()).expect("UTF-8 response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    assert_eq!(
+        parts.next(),
+        Some("HTTP/1.1"),
+        "status line: {status_line:?}"
+    );
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("header line: {l:?}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let start = head_end + 4;
+    let body = if method == "HEAD" || status == 204 || status == 304 {
+        Vec::new()
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().expect("numeric Content-Length");
+        while raw.len() < start + len {
+            assert!(!eof, "connection closed inside the body");
+            read_more(&mut raw, &mut eof);
+        }
+        raw[start..start + len].to_vec()
+    } else {
+        // turnpike's API sends every body with a Content-Length.
+        assert!(
+            get("transfer-encoding").is_none(),
+            "unexpected Transfer-Encoding in {head:?}"
+        );
+        while !eof {
+            read_more(&mut raw, &mut eof);
+        }
+        raw[start..].to_vec()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
