@@ -12,6 +12,12 @@
 #            server, and one thread offers ~400k msg/s)
 #            --loads L1,L2 (run only these loads, e.g. cpu50k,cpu50k1t; with
 #            --no-write for a quick look, since the table then has gaps)
+#            --baseline BIN (also run another turnpike binary, e.g. the
+#            previous release, as the column "turnpike-base": an A/B of two
+#            builds in one run)
+#            --coturn-prefix DIR (also run coturn built into DIR, e.g.
+#            /opt/coturn-4.17.1 by ../shared/anchors/build-coturn.sh, as the
+#            column "coturn-new"; Debian's 4.6.1 stays a column of its own)
 #
 # What it does, for every load below and every round, alternating the order
 # (round 1: turnpike then coturn, round 2: coturn then turnpike, ...) so
@@ -85,6 +91,8 @@ KEEP=""
 WRITE=1
 GEN_THREADS=1
 ONLY=""
+BASELINE=""
+COTURN_PREFIX=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -95,6 +103,8 @@ while [ $# -gt 0 ]; do
     --no-write) WRITE=0 ;;
     --gen-threads) GEN_THREADS="$2"; shift ;;
     --loads) ONLY="$2"; shift ;;
+    --baseline) BASELINE="$2"; shift ;;
+    --coturn-prefix) COTURN_PREFIX="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -197,14 +207,27 @@ CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=benc
   --allow-loopback-peers --no-tls --no-dtls --no-cli
   "--min-port=$RELAY_LOW" "--max-port=$RELAY_HIGH"
   --no-stdout-log --simple-log "--log-file=$WORK/coturn.log" --pidfile=/dev/null)
+# The servers of this run, in the order of round 1 (later rounds rotate it,
+# so drift of the machine spreads over all of them).
+SERVERS=(turnpike coturn)
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "error: --baseline $BASELINE is not an executable" >&2; exit 2; }
+  SERVERS+=(turnpike-base)
+fi
+if [ -n "$COTURN_PREFIX" ]; then
+  [ -x "$COTURN_PREFIX/bin/turnserver" ] || { echo "error: no $COTURN_PREFIX/bin/turnserver (build it with ../shared/anchors/build-coturn.sh $COTURN_PREFIX)" >&2; exit 2; }
+  SERVERS+=(coturn-new)
+fi
 
-start_server() { # $1 = turnpike|coturn, $2 = threads, $3 = CPU list to pin it to (optional)
+start_server() { # $1 = a server of SERVERS, $2 = threads, $3 = CPU list to pin it to (optional)
   local i pin=()
   # taskset execs the server, so $! is the server's pid.
   [ -z "${3:-}" ] || pin=(taskset -c "$3")
   case "$1" in
     turnpike) ${pin[@]+"${pin[@]}"} "${TP_CMD[@]}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
     coturn) ${pin[@]+"${pin[@]}"} "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
+    turnpike-base) ${pin[@]+"${pin[@]}"} "$BASELINE" "${TP_CMD[@]:1}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike-base.out" 2>>"$WORK/turnpike-base.err" & ;;
+    coturn-new) ${pin[@]+"${pin[@]}"} "$COTURN_PREFIX/bin/turnserver" "${CT_CMD[@]:1}" "--relay-threads=$2" >>"$WORK/coturn-new.out" 2>&1 & ;;
   esac
   SERVER_PID=$!
   for i in $(seq 100); do
@@ -345,10 +368,13 @@ if [ -n "$ONLY" ]; then
   done
 fi
 START=$(date +%s)
-echo "turnpike vs coturn: ${#LOADS[@]} loads x $ROUNDS round(s) x 2 servers$([ "$QUICK" = 1 ] && echo ' (quick)')" >&2
+echo "turnpike vs coturn: ${#LOADS[@]} loads x $ROUNDS round(s) x ${#SERVERS[@]} servers (${SERVERS[*]})$([ "$QUICK" = 1 ] && echo ' (quick)')" >&2
 for load in "${LOADS[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order=(turnpike coturn); else order=(coturn turnpike); fi
+    # Round r starts with server (r-1) mod N: with two servers, turnpike
+    # first in odd rounds, coturn first in even ones.
+    n=${#SERVERS[@]}; order=()
+    for k in $(seq 0 $((n - 1))); do order+=("${SERVERS[$(( (r - 1 + k) % n ))]}"); done
     for srv in "${order[@]}"; do
       printf '  %-8s round %d %-8s ... ' "$load" "$r" "$srv" >&2
       RUN="$srv.$r"
@@ -377,16 +403,24 @@ KERNEL=$(uname -r)
 OS=$(. /etc/os-release && echo "$PRETTY_NAME")
 TPV=$("$TP" --version)
 CTV="coturn $(turnserver --version 2>/dev/null | head -1)"
+EXTRA_V=""
+[ -z "$BASELINE" ] || EXTRA_V="turnpike-base: $("$BASELINE" --version) ($BASELINE)"
+[ -z "$COTURN_PREFIX" ] || EXTRA_V="$EXTRA_V${EXTRA_V:+; }coturn-new: coturn $("$COTURN_PREFIX/bin/turnserver" --version 2>/dev/null | head -1) ($COTURN_PREFIX)"
 RUSTV=$(rustc --version 2>/dev/null || echo "rustc ?")
 GITREV=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$WORK" "$ROUNDS" "$QUICK" "$OUT" "$WRITE" "$ELAPSED" "$CORES" "$MODEL" "$KERNEL" "$OS" \
   "$TPV" "$CTV" "$RUSTV" "$GITREV" "$LOAD_BEFORE" "$PORT" "$CPU_DUR" "$STEP_DUR" "$STEP_FACTOR" \
-  "$UC_N" "$SETUP_N" "$BIND_DUR" "$RELAY_ALLOCS" "$GEN_THREADS" <<'PY'
+  "$UC_N" "$SETUP_N" "$BIND_DUR" "$RELAY_ALLOCS" "$GEN_THREADS" "${SERVERS[*]}" "$EXTRA_V" <<'PY'
 import datetime, json, os, statistics, sys
 (work, rounds, quick, out, write, elapsed, cores, model, kernel, osname, tpv, ctv, rustv,
- gitrev, loadavg, port, cpu_dur, step_dur, step_factor, uc_n, setup_n, bind_dur, allocs, gen_threads) = sys.argv[1:]
+ gitrev, loadavg, port, cpu_dur, step_dur, step_factor, uc_n, setup_n, bind_dur, allocs, gen_threads,
+ servers, extra_v) = sys.argv[1:]
+servers = servers.split()
+others = [s for s in servers if s != "turnpike"]
+names = {"turnpike": "turnpike", "coturn": "coturn 4.6.1", "turnpike-base": "turnpike-base",
+         "coturn-new": "coturn-new"}
 rounds = int(rounds); quick = quick == "1"
 
 def runs(load, srv):
@@ -448,13 +482,14 @@ def med(load, srv, path, scale):
     return (statistics.median(vals) if vals else None), vals
 
 lines = []
-lines.append("| Metric | turnpike | coturn 4.6.1 | turnpike / coturn | better |")
-lines.append("| --- | ---: | ---: | ---: | --- |")
+lines.append("| Metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
+             + " | ".join(f"turnpike / {names.get(s, s)}" for s in others) + " | better |")
+lines.append("| --- |" + " ---: |" * (len(servers) + len(others)) + " --- |")
 detail = []
 for label, load, path, scale, fmt, better in rows:
     paths = path if isinstance(path, tuple) else (path,)
     cells, ratios = {}, []
-    for srv in ("turnpike", "coturn"):
+    for srv in servers:
         parts = []
         for p in paths:
             m, vals = med(load, srv, p, scale)
@@ -462,25 +497,29 @@ for label, load, path, scale, fmt, better in rows:
             detail.append((label if len(paths) == 1 else f"{label} [{p.split('.')[-1]}]", srv,
                            ", ".join(fmt.format(v) for v in vals) or "n/a"))
         cells[srv] = " / ".join(parts)
-    for p in paths:
-        a, _ = med(load, "turnpike", p, scale)
-        b, _ = med(load, "coturn", p, scale)
-        ratios.append("n/a" if a is None or not b else f"{a / b:.2f}")
-    lines.append(f"| {label} | {cells['turnpike']} | {cells['coturn']} | {' / '.join(ratios)} | {better} |")
+    for o in others:
+        rs = []
+        for p in paths:
+            a, _ = med(load, "turnpike", p, scale)
+            b, _ = med(load, o, p, scale)
+            rs.append("n/a" if a is None or not b else f"{a / b:.2f}")
+        ratios.append(" / ".join(rs))
+    lines.append(f"| {label} | " + " | ".join(cells[s] for s in servers) + " | "
+                 + " | ".join(ratios) + f" | {better} |")
 
 # Where the max-rate search stopped.
 notes = []
-for srv in ("turnpike", "coturn"):
+for srv in servers:
     lim = [get(r, "limited_by") for r in runs("maxrate", srv) if not r.get("not_run")]
     if lim:
         notes.append(f"{srv}: stopped by {', '.join(str(x) for x in lim)}")
 skipped = []
-for srv in ("turnpike", "coturn"):
+for srv in servers:
     for r in runs("cpu50k", srv):
         if (get(r, "generator_skipped") or 0) > 0:
             skipped.append(srv)
 failed = sorted({f"{l}/{s}" for l in ("cpu50k","cpu50k1t","maxrate","uclient","setup","binding","binding1c","idle1k","idle10k")
-                 for s in ("turnpike","coturn") for r in runs(l, s) if r.get("failed")})
+                 for s in servers for r in runs(l, s) if r.get("failed")})
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 title = "## turnpike vs coturn"
@@ -489,8 +528,8 @@ if quick:
     sec += ["**Quick smoke run (`--quick`: 1 round, short loads) on a shared, noisy machine: "
             "the numbers show the tooling works, not how the servers compare. "
             "Run `benches/compare.sh` on a quiet machine for real numbers.**", ""]
-sec += [f"Median of {rounds} round(s) per server, rounds alternating the order "
-        "(turnpike first in odd rounds, coturn first in even ones); every run on a freshly "
+sec += [f"Median of {rounds} round(s) per server, rounds rotating the order "
+        f"(round r starts with the r-th of {', '.join(servers)}); every run on a freshly "
         "started server; everything on 127.0.0.1.", ""]
 sec += lines
 sec += ["",
@@ -514,7 +553,8 @@ if failed:
     sec += [f"- FAILED runs (excluded from medians): {', '.join(failed)}."]
 sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary: {loadavg}.",
         f"- Machine: {cores} cores, `lscpu` model \"{model}\", {osname}, kernel {kernel}.",
-        f"- Versions: {tpv} (git {gitrev}, release profile), {ctv or 'coturn ?'}, {rustv}.",
+        f"- Versions: {tpv} (git {gitrev}, release profile), {ctv or 'coturn ?'}, {rustv}"
+        + (f"; {extra_v}" if extra_v else "") + ".",
         "- Servers: turnpike `threads = " + cores + "`, log level warn, HTTP off; coturn `--relay-threads=" + cores +
         "`, log to a file (coturn logs every session; turnpike at warn logs none); "
         "the \"one thread each\" rows: turnpike `threads = 1`, coturn `--relay-threads=1`; "
