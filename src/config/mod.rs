@@ -61,6 +61,18 @@ pub struct Config {
     pub http: Http,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: what one stranger may cost the server (hardening against
+/// amplification and exhaustion). Every limit is on by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    // --- unauthenticated UDP responses (rate limit) ---
+
+    // --- TCP/TLS connections ---
 }
 
 /// `[http]`: the credentials API, metrics, health and admin endpoints.
