@@ -134,6 +134,7 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "max_connections_per_ip",
     "header_timeout",
     "idle_timeout",
+    "limits",
     "log",
     "format",
     "redact_client_ips",
