@@ -308,7 +308,8 @@ fn binding_reports_source_address() {
     assert_eq!(m.class(), Class::Success);
     assert_eq!(m.transaction_id(), tid);
     assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client.0));
-    assert_eq!(m.software().unwrap(), Some("turnpike-test"));
+    // Unauthenticated: no SOFTWARE (amplification, issue 12).
+    assert_eq!(m.software().unwrap(), None);
     assert_eq!(m.check_fingerprint(), Some(true));
     assert_eq!(h.counters.binding_requests.get(), 1);
 }
@@ -1615,7 +1616,8 @@ fn malformed_and_stray_packets_are_dropped_and_counted() {
     assert!(h.send(&ft, &cd).is_none(), "ChannelData without allocation");
     assert_eq!(h.counters.dropped_count(DropReason::Malformed), 2);
     assert_eq!(h.counters.dropped_count(DropReason::NoAllocation), 1);
-    // Unknown method request → 400.
+    // Unknown method request → nothing (a 400 would feed a reflection),
+    // counted; over TCP too.
     let mut req = Vec::new();
     let tid = h.tid();
     MessageBuilder::new(
@@ -1623,7 +1625,10 @@ fn malformed_and_stray_packets_are_dropped_and_counted() {
         MessageType::new(Method(0x0ff), Class::Request),
         tid,
     );
-    assert_eq!(h.expect_code(&ft, &req), 400);
+    assert!(h.send(&ft, &req).is_none());
+    assert!(h.send(&tcp("198.51.100.7:40001"), &req).is_none());
+    assert_eq!(h.counters.dropped_count(DropReason::UnknownMethod), 2);
+    assert_eq!(h.counters.answered_count(Method(0x0ff), 400), 0);
     // Data from a peer on a relay that doesn't exist.
     assert!(h.peer_sends(RelayId(77), "198.51.100.1:1", b"x").is_none());
 }
@@ -1749,5 +1754,241 @@ fn datagram_too_large_for_a_data_indication_is_dropped_and_counted() {
     assert_eq!(
         Message::parse(&msg).unwrap().data().unwrap().len(),
         ok.len()
+    );
+}
+
+// --- Amplification and the unauthenticated rate limit (issue 12) -----------
+
+/// A bare request: header, then `attrs`.
+fn bare(h: &mut H, method: Method, attrs: impl FnOnce(&mut MessageBuilder<'_>)) -> Vec<u8> {
+    let mut req = Vec::new();
+    let tid = h.tid();
+    let mut b = MessageBuilder::new(&mut req, MessageType::new(method, Class::Request), tid);
+    attrs(&mut b);
+    req
+}
+
+/// Every unauthenticated UDP answer is at most three times its request,
+/// from IPv4 and IPv6 sources: the smallest trigger of each answer.
+#[test]
+fn unauthenticated_udp_answers_are_at_most_three_times_the_request() {
+    let mut h = harness("");
+    for src in ["198.51.100.7:40000", "[2001:db8::7]:40000"] {
+        let ft = udp(src);
+        let peer = addr("198.51.100.1:9");
+        let cases: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+            (
+                "Binding, 20 bytes",
+                bare(&mut h, Method::BINDING, |_| {}),
+                Some(200),
+            ),
+            (
+                "Binding with an unknown comprehension-required attribute",
+                bare(&mut h, Method::BINDING, |b| {
+                    b.attr(0x7f01, &[]);
+                }),
+                Some(420),
+            ),
+            // The realm "example.org" does not fit a 401 in 60 bytes.
+            (
+                "Allocate, 20 bytes",
+                bare(&mut h, Method::ALLOCATE, |_| {}),
+                None,
+            ),
+            (
+                "Allocate with REQUESTED-TRANSPORT",
+                bare(&mut h, Method::ALLOCATE, |b| {
+                    b.requested_transport(17);
+                }),
+                Some(401),
+            ),
+            (
+                "Refresh, 20 bytes",
+                bare(&mut h, Method::REFRESH, |_| {}),
+                None,
+            ),
+            (
+                "CreatePermission, 20 bytes",
+                bare(&mut h, Method::CREATE_PERMISSION, |_| {}),
+                None,
+            ),
+            (
+                "CreatePermission with XOR-PEER-ADDRESS",
+                bare(&mut h, Method::CREATE_PERMISSION, |b| {
+                    b.xor_address(attr::XOR_PEER_ADDRESS, peer);
+                }),
+                Some(401),
+            ),
+            (
+                "ChannelBind, 20 bytes",
+                bare(&mut h, Method::CHANNEL_BIND, |_| {}),
+                None,
+            ),
+            (
+                "an unknown method",
+                bare(&mut h, Method(0x0ff), |_| {}),
+                None,
+            ),
+            (
+                "MESSAGE-INTEGRITY without USERNAME",
+                bare(&mut h, Method::ALLOCATE, |b| {
+                    b.integrity(&turnpike_proto::wire::IntegrityKey::new(b"k"));
+                }),
+                Some(400),
+            ),
+        ];
+        for (what, req, want) in cases {
+            let got = h.send(&ft, &req);
+            match (&got, want) {
+                (None, None) => {}
+                (Some(resp), Some(code)) => {
+                    assert!(
+                        resp.len() <= 3 * req.len(),
+                        "{src} {what}: {} bytes for {}",
+                        resp.len(),
+                        req.len()
+                    );
+                    let m = Message::parse(resp).unwrap();
+                    let c = match m.class() {
+                        Class::Success => 200,
+                        _ => m.error_code().unwrap().unwrap().code,
+                    };
+                    assert_eq!(c, code, "{src} {what}");
+                    assert_eq!(m.software().unwrap(), None, "{src} {what}: no SOFTWARE");
+                    if code == 401 {
+                        assert_eq!(m.realm().unwrap(), Some("example.org"));
+                        assert!(m.nonce().unwrap().is_some(), "{src} {what}");
+                    }
+                }
+                _ => panic!("{src} {what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+    assert_eq!(h.counters.dropped_count(DropReason::UnknownMethod), 2);
+    assert_eq!(
+        h.counters.dropped_count(DropReason::Amplification),
+        8,
+        "20-byte Allocate, Refresh, CreatePermission, ChannelBind, twice"
+    );
+}
+
+/// The 438 to a request with a stale nonce is small against that
+/// request (it carries USERNAME, REALM, NONCE and MESSAGE-INTEGRITY).
+#[test]
+fn stale_nonce_answer_is_within_three_times() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let session = h.challenge(&ft, alice(), SignOptions::default());
+    h.advance(Duration::from_secs(3 * 3600));
+    let mut req = Vec::new();
+    let tid = h.tid();
+    client::allocate(&mut req, tid, &AllocateOptions::default(), Some(&session));
+    let resp = h.send(&ft, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code().unwrap().unwrap().code, 438);
+    assert!(resp.len() <= 3 * req.len());
+    assert!(m.nonce().unwrap().is_some());
+}
+
+/// A 401 that had no room for PASSWORD-ALGORITHMS, the nonce cookie or a
+/// reason phrase still lets a client authenticate (MD5, RFC 5389 style).
+#[test]
+fn a_compact_401_still_authenticates() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let req = bare(&mut h, Method::ALLOCATE, |b| {
+        b.requested_transport(17);
+    });
+    let resp = h.send(&ft, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    let e = m.error_code().unwrap().unwrap();
+    assert_eq!((e.code, e.reason), (401, "Unauthorized"));
+    assert!(m.password_algorithms().is_none(), "no room for it");
+    let nonce = m.nonce().unwrap().unwrap();
+    assert!(!nonce.starts_with("obMatJos2"), "{nonce}");
+    assert_eq!(nonce.len(), 16);
+    let session = Session::from_challenge(&m, alice(), SignOptions::default()).unwrap();
+    let mut req = Vec::new();
+    let tid = h.tid();
+    client::allocate(&mut req, tid, &AllocateOptions::default(), Some(&session));
+    let m2 = h.send(&ft, &req).unwrap();
+    let m2 = Message::parse(&m2).unwrap();
+    assert_eq!(m2.class(), Class::Success);
+    assert!(session.verify(&m2));
+    // Signed answers keep SOFTWARE.
+    assert_eq!(m2.software().unwrap(), Some("turnpike-test"));
+    // Over TCP the handshake proved the address: the full 401.
+    let req = bare(&mut h, Method::ALLOCATE, |_| {});
+    let m = h.send(&tcp("198.51.100.7:40001"), &req).unwrap();
+    let m = Message::parse(&m).unwrap();
+    assert_eq!(m.error_code().unwrap().unwrap().reason, "Unauthorized");
+    assert!(m.nonce().unwrap().unwrap().starts_with("obMatJos2wAAA"));
+    let algs: Vec<u16> = m.password_algorithms().unwrap().map(|(a, _)| a).collect();
+    assert_eq!(algs, [2, 1]);
+}
+
+#[test]
+fn the_rate_limit_caps_unauthenticated_answers_per_source() {
+    let mut h = harness("[limits]\nunauth_rate = 10\nunauth_burst = 20\n");
+    let binding = |h: &mut H| bare(h, Method::BINDING, |_| {});
+    let answered = |h: &mut H, src: &str, n: usize| {
+        (0..n)
+            .filter(|_| {
+                let req = binding(h);
+                h.send(&udp(src), &req).is_some()
+            })
+            .count()
+    };
+    // An allocation made before the flood keeps working through it.
+    let ft = udp("198.51.100.7:39999");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    assert_eq!(
+        answered(&mut h, "198.51.100.7:40000", 100),
+        19,
+        "the burst (one went to the 401)"
+    );
+    assert_eq!(answered(&mut h, "198.51.100.7:40001", 10), 0, "any port");
+    assert_eq!(
+        h.refresh(&ft, &s, Some(600)).0,
+        200,
+        "authenticated: not limited"
+    );
+    assert_eq!(
+        answered(&mut h, "198.51.100.8:40000", 100),
+        20,
+        "another source"
+    );
+    assert_eq!(answered(&mut h, "[2001:db8:0:1::1]:1", 15), 15);
+    assert_eq!(
+        answered(&mut h, "[2001:db8:0:1::2]:1", 15),
+        5,
+        "the same /64"
+    );
+    assert_eq!(
+        answered(&mut h, "[2001:db8:0:2::1]:1", 15),
+        15,
+        "another /64"
+    );
+    let tcp_req = binding(&mut h);
+    assert!(
+        h.send(&tcp("198.51.100.7:40002"), &tcp_req).is_some(),
+        "TCP is not limited"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(answered(&mut h, "198.51.100.7:40000", 100), 10, "the rate");
+    assert_eq!(
+        h.counters
+            .rate_limited_count(turnpike_proto::core::RateLimitReason::Binding),
+        81 + 10 + 80 + 10 + 90
+    );
+    // 401s are limited too, and counted by their own reason.
+    let alloc = bare(&mut h, Method::ALLOCATE, |b| {
+        b.requested_transport(17);
+    });
+    assert!(h.send(&udp("198.51.100.7:40000"), &alloc).is_none());
+    assert_eq!(
+        h.counters
+            .rate_limited_count(turnpike_proto::core::RateLimitReason::Unauthorized),
+        1
     );
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use turnpike_proto::core::{CoreConfig, PeerPolicy, RelayFamily, StaticCredential};
+use turnpike_proto::core::{CoreConfig, PeerPolicy, RateLimit, RelayFamily, StaticCredential};
 
 use super::{Config, UserCredential, parse_hex_key};
 
@@ -38,6 +38,11 @@ pub fn to_core(c: &Config) -> CoreConfig {
         alternate_servers: Vec::new(),
         redact_client_ips: c.log.redact_client_ips,
         publish_relays: true,
+        unauth_limit: RateLimit {
+            rate: c.limits.unauth_rate,
+            burst: c.limits.unauth_burst,
+            slots: c.limits.rate_limit_slots,
+        },
     }
 }
 

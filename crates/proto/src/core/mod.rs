@@ -46,6 +46,7 @@ mod data;
 pub mod directory;
 mod lifecycle;
 pub mod policy;
+pub mod ratelimit;
 mod requests;
 pub mod shared;
 mod slots;
@@ -57,15 +58,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 pub use allocation::{Allocation, Traffic};
 pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
 pub use config::{CoreConfig, RelayFamily, Setup};
-pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
+pub use counters::{
+    AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
+};
 pub use policy::PeerPolicy;
+pub use ratelimit::RateLimit;
 pub use shared::{PortChoice, Shared};
 pub use types::{
     ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, Family, FiveTuple,
@@ -92,20 +96,27 @@ pub struct Server {
     timers: Timers,
     events: VecDeque<Event>,
     next_id: u64,
+    /// Unauthenticated UDP answers per source network.
+    limiter: ratelimit::Limiter,
 }
 
 impl Server {
     pub fn new(s: Setup) -> Self {
+        let mut rng = StdRng::seed_from_u64(s.seed);
+        // The rate limit's hash key: from the shell's randomness (the
+        // seed), unknown to whoever picks source addresses.
+        let limiter = ratelimit::Limiter::new(s.cfg.unauth_limit, rng.next_u64());
         Server {
             table: Table::new(s.shared.pool(Family::V4).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
             cfg: s.cfg,
             counters: s.counters,
             shared: s.shared,
-            rng: StdRng::seed_from_u64(s.seed),
+            rng,
             timers: Timers::default(),
             events: VecDeque::new(),
             next_id: u64::from(s.shard) << 48,
+            limiter,
         }
     }
 
@@ -134,6 +145,9 @@ impl Server {
     /// Swap in a new configuration (reload): peer policy, quotas, caps,
     /// lifetimes, draining. Live allocations keep relaying.
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
+        if cfg.unauth_limit != self.limiter.limit() {
+            self.limiter.set_limit(cfg.unauth_limit);
+        }
         self.cfg = cfg;
     }
 
@@ -208,7 +222,7 @@ impl Server {
             return ClientOutput::None;
         }
         match (msg.class(), msg.method()) {
-            (Class::Request, Method::BINDING) => binding::respond(self, &msg, ft, out),
+            (Class::Request, Method::BINDING) => binding::respond(self, now, &msg, ft, out),
             (Class::Request, _) => self.turn_request(now, ft, &msg, out, io),
             (Class::Indication, Method::SEND) => self.send_indication(now.mono, ft, &msg, out),
             _ => {
