@@ -22,6 +22,8 @@
     reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
 )]
 
+#[path = "hostile/amplification.rs"]
+mod amplification;
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -861,6 +863,14 @@ hostile_rows! {
         auth: false,
         attack: generated_secret_not_on_stdout,
         after_stop: generated_secret_file_removed,
+        ..BASE
+    };
+    // --- amplification (issue 12 items 1 and 7) ---
+    /// The smallest trigger of every unauthenticated UDP answer gets at
+    /// most 3x its bytes back (or nothing): 401 was 6.2x, 400 3.4x, 420
+    /// 3.2x.
+    unauthenticated_udp_answers_are_at_most_3x: Case {
+        attack: amplification::unauthenticated_answers_within_3x,
         ..BASE
     };
 }

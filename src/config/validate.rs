@@ -312,7 +312,7 @@ impl Config {
                 file,
                 "limits.rate_limit_slots",
                 format!("{} is out of range", l.rate_limit_slots),
-                "use between 1 and 1048576 (the default is 4096, 32 KiB per shard)",
+                "use between 1 and 1048576 (the default is 4096, 64 KiB per shard)",
             ));
         }
         Ok(())

@@ -1,0 +1,268 @@
+//! Issue 12 item 1: amplification. Every answer an unauthenticated UDP
+//! request can trigger is at most three times the bytes of the smallest
+//! request that triggers it, from IPv4 and IPv6; and a per-source token
+//! bucket caps how many such answers one source gets.
+//!
+//! The smallest trigger of each answer is sent from its own socket,
+//! followed by a Binding probe: the probe's answer comes after the case's
+//! (one four-tuple, one shard, in order), so "no answer" is seen without
+//! waiting for a timeout.
+
+use super::*;
+use turnpike_proto::wire::{IntegrityKey, MessageBuilder, MessageType, Method, attr};
+
+/// The realm every server here runs with ("hostile.test", 12 bytes): a
+/// 401 then needs 64 bytes, more than 3x a bare 20-byte request.
+const REALM: &str = "hostile.test";
+
+/// One request; what must come back (a code, 200 for success, or nothing).
+struct Trigger {
+    what: &'static str,
+    req: Vec<u8>,
+    want: Option<u16>,
+}
+
+const CASE_TID: [u8; 12] = *b"amplifyCASE!";
+
+fn request(method: Method, attrs: impl FnOnce(&mut MessageBuilder<'_>)) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::new(method, Class::Request),
+        turnpike_proto::wire::TransactionId::new(CASE_TID),
+    );
+    attrs(&mut b);
+    buf
+}
+
+/// The smallest request that triggers each unauthenticated answer.
+fn smallest_triggers(peer: SocketAddr) -> Vec<Trigger> {
+    let key = IntegrityKey::new(b"not-a-real-key");
+    vec![
+        Trigger {
+            what: "Binding (20 bytes) -> success",
+            req: request(Method::BINDING, |_| {}),
+            want: Some(200),
+        },
+        Trigger {
+            what: "Binding + unknown comprehension-required attribute (24) -> 420",
+            req: request(Method::BINDING, |b| {
+                b.attr(0x7f01, &[]);
+            }),
+            want: Some(420),
+        },
+        Trigger {
+            what: "Allocate (20) -> nothing (a 401 would not fit)",
+            req: request(Method::ALLOCATE, |_| {}),
+            want: None,
+        },
+        Trigger {
+            what: "Allocate + REQUESTED-TRANSPORT (28) -> compact 401",
+            req: request(Method::ALLOCATE, |b| {
+                b.requested_transport(17);
+            }),
+            want: Some(401),
+        },
+        Trigger {
+            what: "Refresh (20) -> nothing",
+            req: request(Method::REFRESH, |_| {}),
+            want: None,
+        },
+        Trigger {
+            what: "CreatePermission (20) -> nothing",
+            req: request(Method::CREATE_PERMISSION, |_| {}),
+            want: None,
+        },
+        Trigger {
+            what: "CreatePermission + XOR-PEER-ADDRESS -> compact 401",
+            req: request(Method::CREATE_PERMISSION, |b| {
+                b.xor_address(attr::XOR_PEER_ADDRESS, peer);
+            }),
+            want: Some(401),
+        },
+        Trigger {
+            what: "ChannelBind (20) -> nothing",
+            req: request(Method::CHANNEL_BIND, |_| {}),
+            want: None,
+        },
+        Trigger {
+            what: "an unknown method (20) -> nothing",
+            req: request(Method(0x0ff), |_| {}),
+            want: None,
+        },
+        Trigger {
+            what: "MESSAGE-INTEGRITY without USERNAME (44) -> 400",
+            req: request(Method::ALLOCATE, |b| {
+                b.integrity(&key);
+            }),
+            want: Some(400),
+        },
+        Trigger {
+            what: "USERNAME, REALM, a forged NONCE, MESSAGE-INTEGRITY -> 438",
+            req: request(Method::REFRESH, |b| {
+                b.text(attr::USERNAME, "u")
+                    .text(attr::REALM, REALM)
+                    .text(attr::NONCE, "n")
+                    .integrity(&key);
+            }),
+            want: Some(438),
+        },
+    ]
+}
+
+/// Send every smallest trigger from `src` to `server`; assert each answer
+/// (or its absence) and that it is at most 3x the request. Returns the
+/// table rows: (what, request bytes, answer bytes).
+fn check_smallest_triggers(server: SocketAddr, src: IpAddr) -> Vec<(&'static str, usize, usize)> {
+    let peer = SocketAddr::new(src, 9);
+    let mut rows = Vec::new();
+    for t in smallest_triggers(peer) {
+        let sock = UdpSocket::bind((src, 0)).unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.send_to(&t.req, server).unwrap();
+        let probe = new_tid();
+        sock.send_to(&binding_request(probe, true), server).unwrap();
+        let mut answer: Option<Vec<u8>> = None;
+        loop {
+            let m = udp_recv(&sock, server);
+            let tid = Message::parse(&m).unwrap().transaction_id();
+            if tid == probe {
+                break;
+            }
+            assert_eq!(tid.0, CASE_TID, "{}: a stray answer", t.what);
+            assert!(answer.is_none(), "{}: answered twice", t.what);
+            answer = Some(m);
+        }
+        let got = answer.as_ref().map(|m| {
+            let p = Message::parse(m).unwrap();
+            assert_eq!(p.software().unwrap(), None, "{}: SOFTWARE", t.what);
+            match p.class() {
+                Class::Success => 200,
+                _ => p.error_code().unwrap().unwrap().code,
+            }
+        });
+        assert_eq!(got, t.want, "{} from {src}", t.what);
+        let n = answer.as_ref().map_or(0, Vec::len);
+        assert!(
+            n <= 3 * t.req.len(),
+            "{} from {src}: {n} bytes answer {} bytes ({:.1}x)",
+            t.what,
+            t.req.len(),
+            n as f64 / t.req.len() as f64
+        );
+        if got == Some(401) {
+            let p = Message::parse(answer.as_ref().unwrap()).unwrap();
+            assert_eq!(p.realm().unwrap(), Some(REALM));
+            assert!(p.nonce().unwrap().is_some());
+        }
+        rows.push((t.what, t.req.len(), n));
+    }
+    rows
+}
+
+/// Row: the smallest triggers from the attacker's address; the
+/// bystander keeps being served; the drops are counted.
+pub(super) fn unauthenticated_answers_within_3x(f: &mut Fixture) {
+    check_smallest_triggers(f.udp_addr(), IpAddr::V4(ATTACKER));
+    f.bystander_served(2, "after the smallest triggers");
+    let m = f.metrics();
+    let dropped = |r| m.value("turnpike_dropped_packets_total", &[("reason", r)]);
+    assert_eq!(dropped("amplification"), 4.0);
+    assert_eq!(dropped("unknown_method"), 1.0);
+}
+
+fn own_server(limits: &str) -> TestServer {
+    TestServer::start(&format!(
+        "[server]\nrealm = \"{REALM}\"\nthreads = 1\n\
+         [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\ntransport = \"udp\"\naddr = \"[::1]:0\"\n\
+         [relay]\nbind_ip = \"127.0.0.1\"\nports = \"43100-43149\"\n\
+         [auth]\nsecrets = [\"{SECRET}\"]\n\
+         [http]\naddr = \"127.0.0.1:0\"\n\
+         [limits]\n{limits}\n"
+    ))
+}
+
+/// The amplification table, IPv4 and IPv6 (the hostile fixture listens
+/// on IPv4 only), printed for the README.
+#[test]
+fn amplification_smallest_triggers_ipv4_and_ipv6() {
+    let mut server = own_server("");
+    for v6 in [false, true] {
+        let rows = check_smallest_triggers(server.addr(Transport::Udp, v6), loopback(v6));
+        for (what, req, resp) in rows {
+            eprintln!(
+                "{} | {what} | {req} | {resp} | {:.2}",
+                if v6 { "IPv6" } else { "IPv4" },
+                resp as f64 / req as f64
+            );
+        }
+    }
+    assert!(server.stop(Signal::Int).success());
+}
+
+/// N Bindings in a burst from one source: the bucket's burst is answered,
+/// the rest held back and counted; another source is still answered.
+#[test]
+fn rate_limit_caps_answers_per_source_while_another_is_served() {
+    const N: usize = 200;
+    const BURST: usize = 20;
+    let mut server = own_server("unauth_rate = 10\nunauth_burst = 20\n");
+    let addr = server.addr(Transport::Udp, false);
+    let flood = UdpSocket::bind((BYSTANDER, 0)).unwrap();
+    for _ in 0..N {
+        flood
+            .send_to(&binding_request(new_tid(), false), addr)
+            .unwrap();
+    }
+    // Collect answers until the server has accounted for every request
+    // (answered or limited): the metrics say when.
+    let http = server.http_addr();
+    let accounted = |m: &Scrape| {
+        m.value_or_zero("turnpike_binding_requests_total", &[])
+            + m.value_or_zero("turnpike_rate_limited_total", &[("reason", "binding")])
+    };
+    let m = wait_until("every request accounted for", GUARD, || {
+        let m = scrape(http);
+        (accounted(&m) >= N as f64).then_some(m)
+    });
+    flood
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut answers, mut bytes) = (0usize, 0usize);
+    let mut buf = [0u8; 1500];
+    while let Ok((n, _)) = flood.recv_from(&mut buf) {
+        answers += 1;
+        bytes += n;
+    }
+    let answered = m.value("turnpike_binding_requests_total", &[]) as usize;
+    let limited = m.value("turnpike_rate_limited_total", &[("reason", "binding")]) as usize;
+    assert_eq!(answered + limited, N);
+    assert_eq!(answers, answered, "every answer counted arrived");
+    // The burst, plus what the rate (10/s) refilled while the burst was
+    // being answered: far below N.
+    assert!(
+        (BURST..=BURST + 10).contains(&answered),
+        "{answered} of {N} answered"
+    );
+    assert!(bytes <= answered * 3 * 20, "{bytes} bytes");
+    // Another source is answered meanwhile.
+    let other = UdpSocket::bind((ATTACKER, 0)).unwrap();
+    other.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let tid = new_tid();
+    let resp = udp_roundtrip(&other, addr, &binding_request(tid, true));
+    assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+    // 401s draw on the same bucket: a burst of Allocates from the limited
+    // source (refilled by a few tokens since) is held back too.
+    let alloc = request(Method::ALLOCATE, |b| {
+        b.requested_transport(17);
+    });
+    for _ in 0..N {
+        flood.send_to(&alloc, addr).unwrap();
+    }
+    wait_until("401s counted as rate limited", GUARD, || {
+        (scrape(http).value_or_zero("turnpike_rate_limited_total", &[("reason", "401")]) > 0.0)
+            .then_some(())
+    });
+    assert!(server.stop(Signal::Int).success());
+}
