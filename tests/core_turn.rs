@@ -16,7 +16,7 @@ use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOp
 use turnpike_proto::core::{
     AuthFailureReason, ChannelNumber, ClientAddr, ClientOutput, Counters, DropReason, EndReason,
     Family, FiveTuple, Fragmentation, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput,
-    RelayId, Server, Setup, Shared,
+    RESERVATION_LIFETIME, RelayId, Server, Setup, Shared,
 };
 use turnpike_proto::sim::MemIo;
 use turnpike_proto::wire::{
@@ -1990,5 +1990,77 @@ fn the_rate_limit_caps_unauthenticated_answers_per_source() {
         h.counters
             .rate_limited_count(turnpike_proto::core::RateLimitReason::Unauthorized),
         1
+    );
+}
+
+/// Issue 12: an EVEN-PORT reservation (R bit) holds a port, so it counts
+/// against the user's and the total quota until it is used or expires.
+#[test]
+fn even_port_reservations_count_against_the_quotas() {
+    let mut h = harness("[policy]\nmax_allocations = 10\nmax_allocations_per_user = 3\n");
+    let even = |h: &mut H, port: u16| {
+        let ft = udp(&format!("198.51.100.7:{port}"));
+        h.allocate_with(
+            &ft,
+            alice(),
+            AllocateOptions {
+                even_port: Some(true),
+                ..Default::default()
+            },
+            SignOptions::default(),
+        )
+    };
+    assert!(even(&mut h, 40000).is_ok());
+    assert_eq!(
+        h.shared.allocations(),
+        2,
+        "the allocation and its held port"
+    );
+    assert_eq!(even(&mut h, 40001).err(), Some(486), "3 + 1 held > 3");
+    assert_eq!(
+        h.shared.allocations(),
+        2,
+        "the refusal gave back what it took"
+    );
+    // A plain allocation still fits the third unit; then nothing more.
+    h.allocate(&udp("198.51.100.7:40002"), alice(), Default::default());
+    assert_eq!(
+        h.allocate_with(
+            &udp("198.51.100.7:40003"),
+            alice(),
+            Default::default(),
+            SignOptions::default()
+        )
+        .err(),
+        Some(486)
+    );
+    // Another user is not charged for alice's reservation.
+    h.allocate(
+        &udp("198.51.100.8:40000"),
+        rest("bob", 1_900_000_000),
+        Default::default(),
+    );
+    assert_eq!(h.shared.allocations(), 4);
+    // The reservation expires: its unit comes back.
+    h.advance(RESERVATION_LIFETIME);
+    assert_eq!(h.shared.allocations(), 3);
+    h.allocate(&udp("198.51.100.7:40004"), alice(), Default::default());
+    // Over the total quota: 10 allocations, a user with 5 EVEN-PORT pairs
+    // would pin 10 ports.
+    let mut h = harness("[policy]\nmax_allocations = 4\nmax_allocations_per_user = 100\n");
+    assert!(even(&mut h, 41000).is_ok());
+    assert!(even(&mut h, 41001).is_ok());
+    assert_eq!(h.shared.allocations(), 4);
+    assert_eq!(even(&mut h, 41002).err(), Some(486), "total reached");
+    assert_eq!(
+        h.allocate_with(
+            &udp("198.51.100.9:1"),
+            rest("carol", 1_900_000_000),
+            Default::default(),
+            SignOptions::default()
+        )
+        .err(),
+        Some(486),
+        "held ports count in the total"
     );
 }
