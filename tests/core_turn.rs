@@ -2064,3 +2064,146 @@ fn even_port_reservations_count_against_the_quotas() {
         "held ports count in the total"
     );
 }
+
+// --- Bounds (issue 12 item 7) ----------------------------------------------
+
+/// An Allocate with USERNAME, REALM, NONCE and a MESSAGE-INTEGRITY (of a
+/// key that does not matter: the bounds come first).
+fn signed_with(h: &mut H, username: &str, realm: &str, nonce: &str) -> Vec<u8> {
+    let mut req = Vec::new();
+    let tid = h.tid();
+    let mut b = MessageBuilder::new(
+        &mut req,
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+    );
+    b.requested_transport(17)
+        .text(attr::USERNAME, username)
+        .text(attr::REALM, realm)
+        .text(attr::NONCE, nonce)
+        .integrity(&turnpike_proto::wire::IntegrityKey::new(b"whatever"));
+    req
+}
+
+#[test]
+fn oversized_username_realm_or_nonce_is_400_before_any_hmac() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let long = |n: usize| "x".repeat(n);
+    let reason = |h: &mut H, req: &[u8]| {
+        let resp = h.send(&ft, req).unwrap();
+        let m = Message::parse(&resp).unwrap();
+        let e = m.error_code().unwrap().unwrap();
+        (e.code, e.reason.to_string())
+    };
+    // A forged nonce: were the nonce's HMAC computed first, this would be
+    // 438; the bounds come before it.
+    for (user, realm, nonce, want) in [
+        (
+            long(509),
+            "example.org".to_string(),
+            "forged".to_string(),
+            "USERNAME too long",
+        ),
+        (
+            long(30_000),
+            "example.org".to_string(),
+            "forged".to_string(),
+            "USERNAME too long",
+        ),
+        (
+            "alice".to_string(),
+            long(764),
+            "forged".to_string(),
+            "REALM too long",
+        ),
+        (
+            "alice".to_string(),
+            "example.org".to_string(),
+            long(764),
+            "NONCE too long",
+        ),
+        (
+            "alice".to_string(),
+            "example.org".to_string(),
+            "é".repeat(764),
+            "NONCE too long",
+        ),
+    ] {
+        let req = signed_with(&mut h, &user, &realm, &nonce);
+        assert_eq!(
+            reason(&mut h, &req),
+            (400, want.to_string()),
+            "{}",
+            user.len()
+        );
+    }
+    // At the bounds: on to the nonce check (438).
+    let req = signed_with(&mut h, &long(508), &long(763), "forged");
+    assert_eq!(reason(&mut h, &req).0, 438);
+    assert_eq!(h.server.cached_keys(), 0);
+    assert_eq!(
+        h.counters.auth_failure_count(AuthFailureReason::BadRequest),
+        5
+    );
+}
+
+/// More than 128 attributes: the message does not parse; dropped
+/// unanswered and counted as malformed, authenticated or not.
+#[test]
+fn more_than_128_attributes_is_dropped() {
+    let mut h = harness("[policy]\nmax_permissions = 10000\n");
+    let ft = udp("198.51.100.7:40000");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    let peers = |n: usize| -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([198, 51, 100, (i % 200) as u8 + 1], 1000 + i as u16)))
+            .collect()
+    };
+    let malformed = h.counters.dropped_count(DropReason::Malformed);
+    for n in [124, 2700] {
+        // 124 peers + USERNAME, REALM, NONCE, MESSAGE-INTEGRITY,
+        // FINGERPRINT = 129 attributes.
+        let mut req = Vec::new();
+        let tid = h.tid();
+        client::create_permission(&mut req, tid, &peers(n), &s);
+        assert!(h.send(&ft, &req).is_none(), "{n} peers");
+    }
+    assert_eq!(
+        h.counters.dropped_count(DropReason::Malformed),
+        malformed + 2
+    );
+    // 123 peers (128 attributes) parse and are answered.
+    let ok: Vec<String> = peers(123).iter().map(SocketAddr::to_string).collect();
+    let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+    assert_eq!(h.create_permission(&ft, &s, &ok), 200);
+}
+
+/// CreatePermission checks the cap on the number of addresses before it
+/// looks for duplicates; duplicates count once against the cap.
+#[test]
+fn create_permission_cap_before_duplicates() {
+    let mut h = harness("[policy]\nmax_permissions = 4\n");
+    let ft = udp("198.51.100.7:40000");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    let five = ["198.51.100.1:1"; 5];
+    assert_eq!(h.create_permission(&ft, &s, &five), 508, "5 addresses > 4");
+    assert_eq!(h.counters.permissions_active.get(), 0);
+    let dup = [
+        "198.51.100.1:1",
+        "198.51.100.1:2",
+        "198.51.100.2:1",
+        "198.51.100.1:3",
+    ];
+    assert_eq!(h.create_permission(&ft, &s, &dup), 200);
+    assert_eq!(h.counters.permissions_active.get(), 2, "duplicates once");
+    let more = ["198.51.100.3:1", "198.51.100.4:1", "198.51.100.1:9"];
+    assert_eq!(h.create_permission(&ft, &s, &more), 200, "2 + 2 new = 4");
+    assert_eq!(h.counters.permissions_active.get(), 4);
+    assert_eq!(h.create_permission(&ft, &s, &["198.51.100.5:1"]), 508);
+    assert_eq!(
+        h.create_permission(&ft, &s, &["198.51.100.4:7", "198.51.100.1:7"]),
+        200,
+        "refreshing existing ones needs no room"
+    );
+}

@@ -273,6 +273,7 @@ impl Authenticator {
         if !msg.has_integrity() {
             return Err(AuthFailure::Challenge);
         }
+        check_lengths(msg)?;
         let username = match (msg.username(), msg.userhash()) {
             (Ok(Some(u)), _) => Cow::Borrowed(u),
             (_, Ok(Some(h))) => match self.creds.userhashes.get(h) {
@@ -381,6 +382,30 @@ impl Authenticator {
         }
         Err(AuthFailure::BadIntegrity)
     }
+}
+
+/// RFC 8489 §14.3: USERNAME is less than 509 bytes.
+pub const MAX_USERNAME: usize = 508;
+/// RFC 8489 §14.9, §14.10: REALM and NONCE are at most 763 bytes (and
+/// fewer than 128 characters; turnpike enforces the byte bound, which
+/// every value of more than 763 characters exceeds too).
+pub const MAX_REALM_OR_NONCE: usize = 763;
+
+/// USERNAME, REALM and NONCE within RFC 8489's bounds, checked before any
+/// HMAC (the nonce's included) is computed over them: a 30 KB username is
+/// a 400, never a key derivation or a log line.
+fn check_lengths(msg: &Message<'_>) -> Result<(), AuthFailure> {
+    let len = |typ| msg.get(typ).map_or(0, |a| a.value.len());
+    if len(crate::wire::attr::USERNAME) > MAX_USERNAME {
+        return Err(AuthFailure::BadRequest("USERNAME too long"));
+    }
+    if len(crate::wire::attr::REALM) > MAX_REALM_OR_NONCE {
+        return Err(AuthFailure::BadRequest("REALM too long"));
+    }
+    if len(crate::wire::attr::NONCE) > MAX_REALM_OR_NONCE {
+        return Err(AuthFailure::BadRequest("NONCE too long"));
+    }
+    Ok(())
 }
 
 /// RFC 8489 §9.2.4: which password algorithm the request uses. Neither

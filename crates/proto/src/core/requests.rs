@@ -327,6 +327,12 @@ impl Server {
 
     /// CreatePermission, RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked
     /// before any is installed, so the request is all or nothing.
+    ///
+    /// Cheap against a hostile client (issue 12): more addresses than the
+    /// permission cap is a 508 before anything is decoded twice; the
+    /// duplicate scan sorts the addresses (n log n with n at most the cap,
+    /// the parser allows 128 attributes in all), never compares each with
+    /// every other.
     fn create_permission(
         &mut self,
         now: Instant,
@@ -336,30 +342,39 @@ impl Server {
         out: &mut Vec<u8>,
     ) -> Result<(), Reject> {
         let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
-        let mut count = 0;
-        let mut new = 0;
-        for (i, p) in msg.xor_peer_addresses().enumerate() {
-            let p = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?)?;
-            let seen_before = msg
-                .xor_peer_addresses()
-                .take(i)
-                .any(|q| q.is_ok_and(|q| canonical_addr(q).ip() == p.ip()));
-            if !seen_before && !a.permissions.iter().any(|x| x.ip == p.ip()) {
-                new += 1;
-            }
-            count += 1;
-        }
+        let count = msg
+            .attributes()
+            .filter(|x| x.typ == attr::XOR_PEER_ADDRESS)
+            .count();
         if count == 0 {
             return Err(Reject::new(400, "Missing XOR-PEER-ADDRESS"));
         }
+        if count > self.cfg.max_permissions {
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(508, "Insufficient Capacity (permissions)"));
+        }
+        let mut ips: smallvec::SmallVec<[std::net::IpAddr; 8]> =
+            smallvec::SmallVec::with_capacity(count);
+        for p in msg.xor_peer_addresses() {
+            ips.push(self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?)?.ip());
+        }
+        ips.sort_unstable();
+        ips.dedup();
+        let mut have: smallvec::SmallVec<[std::net::IpAddr; 8]> =
+            a.permissions.iter().map(|x| x.ip).collect();
+        have.sort_unstable();
+        let new = ips
+            .iter()
+            .filter(|ip| have.binary_search(ip).is_err())
+            .count();
         if a.permissions.len() + new > self.cfg.max_permissions {
             self.counters.quota_refusals.inc();
             return Err(Reject::new(508, "Insufficient Capacity (permissions)"));
         }
         let a = self.table.get_mut(slot).ok_or(ALLOCATION_MISMATCH)?;
         let mut added = 0;
-        for p in msg.xor_peer_addresses().flatten() {
-            added += i64::from(a.permit(canonical_addr(p).ip(), now + PERMISSION_LIFETIME));
+        for ip in ips {
+            added += i64::from(a.permit(ip, now + PERMISSION_LIFETIME));
         }
         self.counters.permissions_active.add(added);
         self.reschedule(slot);
