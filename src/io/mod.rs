@@ -152,6 +152,27 @@ impl ServerHandle {
     }
 }
 
+/// A username as logs show it: control characters (newline, carriage
+/// return, ESC, DEL, the C1 range, ...) and backslashes escaped the way
+/// Rust's `escape_debug` writes them (`\n`, `\u{1b}`, `\\`), so a
+/// client's username can neither forge a log line nor drive a terminal.
+/// Anything else is kept as is; a name without such characters is not
+/// copied.
+pub fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A client address as logs show it when `log.redact_client_ips` is on:
 /// the IPv4 /24 or IPv6 /48 it is in, without the port. Lines of one
 /// network still correlate; the host is not recorded.
@@ -306,6 +327,24 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usernames_are_escaped_for_logs() {
+        assert!(matches!(
+            super::log_safe("1700000000:alice"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            super::log_safe("eve\n2026-12-04T00:00:00Z  INFO forged\x1b[2J"),
+            "eve\\n2026-12-04T00:00:00Z  INFO forged\\u{1b}[2J"
+        );
+        assert_eq!(
+            super::log_safe("a\r\t\u{7f}\u{85}b"),
+            "a\\r\\t\\u{7f}\\u{85}b"
+        );
+        assert_eq!(super::log_safe("dom\\user"), "dom\\\\user");
+        assert_eq!(super::log_safe("zoë 'q' \"q\""), "zoë 'q' \"q\"");
+    }
+
     #[test]
     fn redaction_keeps_the_network_only() {
         assert_eq!(
