@@ -873,6 +873,17 @@ hostile_rows! {
         attack: amplification::unauthenticated_answers_within_3x,
         ..BASE
     };
+    /// A 30 KB USERNAME: 400 before any HMAC, not logged.
+    thirty_kb_username_is_a_400: Case {
+        attack: amplification::thirty_kb_username_is_400,
+        ..BASE
+    };
+    /// One CreatePermission with 2,700 XOR-PEER-ADDRESS held a shard for
+    /// ~110 ms: now it does not parse (over 128 attributes) and is dropped.
+    create_permission_with_2700_peers_is_dropped: Case {
+        attack: amplification::create_permission_with_2700_peers_is_dropped,
+        ..BASE
+    };
 }
 
 /// Send one request on `stream` (with `Connection: close`) and read the

@@ -266,3 +266,76 @@ fn rate_limit_caps_answers_per_source_while_another_is_served() {
     });
     assert!(server.stop(Signal::Int).success());
 }
+
+// --- Bounds (issue 12 item 7) ----------------------------------------------
+
+/// Row: a 30 KB USERNAME (a REST username, signed with the right key) is
+/// a 400 before any HMAC, and never reaches the logs.
+pub(super) fn thirty_kb_username_is_400(f: &mut Fixture) {
+    let user = "u".repeat(30_000);
+    let creds = Credentials::rest(SECRET, &user, unix_now() + 3600);
+    let mut c = TurnClient::udp(f.udp_addr());
+    let session = c.challenge(creds);
+    let mut req = Vec::new();
+    turnpike_proto::client::allocate(&mut req, new_tid(), &Default::default(), Some(&session));
+    assert!(req.len() > 30_000);
+    let resp = c.request(&req);
+    let m = Message::parse(&resp).unwrap();
+    let e = m.error_code().unwrap().unwrap();
+    assert_eq!((e.code, e.reason), (400, "USERNAME too long"));
+    assert!(!m.has_integrity(), "no key was derived to sign it");
+    f.bystander_served(2, "after the 30 KB username");
+    let metrics = f.metrics();
+    assert_eq!(
+        metrics.value("turnpike_auth_failures_total", &[("reason", "bad_request")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.value_or_zero("turnpike_allocations_created_total", &[]),
+        0.0
+    );
+    assert!(!f.server.stderr_text().contains(&user[..600]), "logged");
+}
+
+/// Row: one authenticated CreatePermission with 2,700 XOR-PEER-ADDRESS
+/// (32 KB, one datagram) is dropped unanswered (more than 128
+/// attributes: it does not parse), counted as malformed; the allocation
+/// keeps working.
+pub(super) fn create_permission_with_2700_peers_is_dropped(f: &mut Fixture) {
+    let mut c = TurnClient::udp(f.udp_addr());
+    c.allocate(Credentials::rest(SECRET, "many-peers", unix_now() + 3600))
+        .expect("allocate");
+    let before = f.metrics();
+    let peers: Vec<SocketAddr> = (0..2700u16)
+        .map(|i| SocketAddr::from((OPERATOR, 20_000 + i)))
+        .collect();
+    let mut req = Vec::new();
+    turnpike_proto::client::create_permission(
+        &mut req,
+        new_tid(),
+        &peers,
+        c.session.as_ref().unwrap(),
+    );
+    assert!(req.len() > 2700 * 12 && req.len() < 65_507, "{}", req.len());
+    for _ in 0..10 {
+        c.send_raw(&req);
+    }
+    // Answered in order after the big ones: they were handled (dropped).
+    assert_eq!(c.create_permission(&[SocketAddr::from((OPERATOR, 9))]), 200);
+    f.bystander_served(2, "after the 2,700-address CreatePermissions");
+    let after = f.metrics();
+    let malformed =
+        |m: &Scrape| m.value("turnpike_dropped_packets_total", &[("reason", "malformed")]);
+    assert_eq!(malformed(&after) - malformed(&before), 10.0);
+    let cp: Vec<_> = after
+        .series("turnpike_requests_total")
+        .into_iter()
+        .filter(|s| {
+            s.labels
+                .iter()
+                .any(|(k, v)| k == "method" && v == "create_permission")
+        })
+        .collect();
+    assert_eq!(cp.len(), 1, "only the small one answered: {cp:?}");
+    assert_eq!(after.value("turnpike_permissions_active", &[]), 1.0);
+}
