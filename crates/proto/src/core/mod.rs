@@ -33,6 +33,7 @@
 //! reserve, install), `lifecycle` (timeouts, deletion, admin, shutdown),
 //! `binding` (the Binding responder); and the parts with a public face:
 //! [`allocation`] (one allocation's state), [`auth`], [`policy`],
+//! [`ratelimit`] (the per-source bucket on unauthenticated UDP answers),
 //! [`shared`] (port pools, quotas, reservations), [`directory`] (the
 //! relay directory), [`counters`].
 
