@@ -41,7 +41,6 @@ pub fn to_core(c: &Config) -> CoreConfig {
         unauth_limit: RateLimit {
             rate: c.limits.unauth_rate,
             burst: c.limits.unauth_burst,
-            slots: c.limits.rate_limit_slots,
         },
     }
 }

@@ -82,8 +82,9 @@ pub struct Limits {
     /// Answers one source may get at once after a quiet spell.
     #[serde(default = "default_unauth_burst")]
     pub unauth_burst: u32,
-    /// Buckets in each shard's fixed table; sources whose hashes collide
-    /// share one.
+    /// Buckets in the server's fixed table (8 bytes each, one
+    /// table for every shard); sources whose hashes collide share one.
+    /// Read at start only.
     #[serde(default = "default_rate_limit_slots")]
     pub rate_limit_slots: usize,
     // --- TCP/TLS connections ---
@@ -111,7 +112,7 @@ fn default_unauth_burst() -> u32 {
 }
 
 fn default_rate_limit_slots() -> usize {
-    turnpike_proto::core::RateLimit::default().slots
+    turnpike_proto::core::ratelimit::DEFAULT_SLOTS
 }
 
 // --- TCP/TLS connections: defaults ---

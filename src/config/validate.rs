@@ -299,6 +299,17 @@ impl Config {
     /// `[limits]` of the unauthenticated UDP rate limit.
     pub(super) fn validate_rate_limit(&self, file: &str) -> Result<(), ConfigError> {
         let l = &self.limits;
+        if l.unauth_burst > turnpike_proto::core::ratelimit::MAX_BURST {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.unauth_burst",
+                format!("{} is out of range", l.unauth_burst),
+                format!(
+                    "use at most {} (the default is 2000)",
+                    turnpike_proto::core::ratelimit::MAX_BURST
+                ),
+            ));
+        }
         if l.unauth_rate > 0 && l.unauth_burst == 0 {
             return Err(ConfigError::invalid(
                 file,
@@ -312,7 +323,7 @@ impl Config {
                 file,
                 "limits.rate_limit_slots",
                 format!("{} is out of range", l.rate_limit_slots),
-                "use between 1 and 1048576 (the default is 4096, 64 KiB per shard)",
+                "use between 1 and 1048576 (the default is 4096 buckets, 32 KiB)",
             ));
         }
         Ok(())

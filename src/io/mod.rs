@@ -270,8 +270,14 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();
-    let shared = Arc::new(Shared::new(cfg.relay.ports));
     let mut os_rng = rand::rngs::OsRng;
+    // One table for the server; its hash key from the OS, unknown to
+    // whoever picks source addresses.
+    let limiter = turnpike_proto::core::ratelimit::Limiter::new(
+        cfg.limits.rate_limit_slots,
+        os_rng.try_next_u64().expect("OS randomness"),
+    );
+    let shared = Arc::new(Shared::new(cfg.relay.ports).with_rate_limit(limiter));
     let mut nonce_key = [0u8; 32];
     os_rng
         .try_fill_bytes(&mut nonce_key)

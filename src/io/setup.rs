@@ -10,9 +10,7 @@ use turnpike_proto::core::{CoreConfig, Credentials};
 /// host's primary address, alternate servers resolved to addresses.
 pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
     let mut c = crate::config::to_core(cfg);
-    let shards = super::shard_count(cfg);
-    c.publish_relays = shards > 1;
-    c.unauth_limit = per_shard(c.unauth_limit, shards);
+    c.publish_relays = super::shard_count(cfg) > 1;
     for fam in [&mut c.relay4, &mut c.relay6].into_iter().flatten() {
         if fam.advertised.is_unspecified() {
             fam.advertised = primary_address(fam.bind.is_ipv6());
@@ -34,18 +32,6 @@ pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
         })
         .collect();
     c
-}
-
-/// `limits.unauth_rate` and `unauth_burst` are per server: a source's
-/// datagrams spread over the shards by source port (SO_REUSEPORT hashes
-/// the four-tuple), so each shard's core gets its share, rounded up.
-fn per_shard(l: turnpike_proto::core::RateLimit, shards: usize) -> turnpike_proto::core::RateLimit {
-    let n = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
-    turnpike_proto::core::RateLimit {
-        rate: l.rate.div_ceil(n),
-        burst: l.burst.div_ceil(n).max(u32::from(l.rate > 0)),
-        slots: l.slots,
-    }
 }
 
 /// Credentials from `[auth]`, reading secret files (the only file reads

@@ -173,7 +173,7 @@ pub(super) fn unauthenticated_answers_within_3x(f: &mut Fixture) {
 
 fn own_server(limits: &str) -> TestServer {
     TestServer::start(&format!(
-        "[server]\nrealm = \"{REALM}\"\nthreads = 1\n\
+        "[server]\nrealm = \"{REALM}\"\nthreads = 2\n\
          [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
          [[listen]]\ntransport = \"udp\"\naddr = \"[::1]:0\"\n\
          [relay]\nbind_ip = \"127.0.0.1\"\nports = \"43100-43149\"\n\
@@ -201,17 +201,21 @@ fn amplification_smallest_triggers_ipv4_and_ipv6() {
     assert!(server.stop(Signal::Int).success());
 }
 
-/// N Bindings in a burst from one source: the bucket's burst is answered,
-/// the rest held back and counted; another source is still answered.
+/// N Bindings in a burst from one source, from several ports (so over
+/// both shards): the bucket's burst is answered, once for the source, the
+/// rest held back and counted; another source is still answered.
 #[test]
 fn rate_limit_caps_answers_per_source_while_another_is_served() {
     const N: usize = 200;
+    const PORTS: usize = 8;
     const BURST: usize = 20;
     let mut server = own_server("unauth_rate = 10\nunauth_burst = 20\n");
     let addr = server.addr(Transport::Udp, false);
-    let flood = UdpSocket::bind((BYSTANDER, 0)).unwrap();
-    for _ in 0..N {
-        flood
+    let socks: Vec<UdpSocket> = (0..PORTS)
+        .map(|_| UdpSocket::bind((BYSTANDER, 0)).unwrap())
+        .collect();
+    for i in 0..N {
+        socks[i % PORTS]
             .send_to(&binding_request(new_tid(), false), addr)
             .unwrap();
     }
@@ -226,15 +230,17 @@ fn rate_limit_caps_answers_per_source_while_another_is_served() {
         let m = scrape(http);
         (accounted(&m) >= N as f64).then_some(m)
     });
-    flood
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     let (mut answers, mut bytes) = (0usize, 0usize);
     let mut buf = [0u8; 1500];
-    while let Ok((n, _)) = flood.recv_from(&mut buf) {
-        answers += 1;
-        bytes += n;
+    for s in &socks {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            answers += 1;
+            bytes += n;
+        }
     }
+    let flood = &socks[0];
     let answered = m.value("turnpike_binding_requests_total", &[]) as usize;
     let limited = m.value("turnpike_rate_limited_total", &[("reason", "binding")]) as usize;
     assert_eq!(answered + limited, N);
@@ -338,4 +344,64 @@ pub(super) fn create_permission_with_2700_peers_is_dropped(f: &mut Fixture) {
         .collect();
     assert_eq!(cp.len(), 1, "only the small one answered: {cp:?}");
     assert_eq!(after.value("turnpike_permissions_active", &[]), 1.0);
+}
+
+/// Row: a flood of Bindings from one attacker address, with the default
+/// limits (1,000 answers/s per source, burst 2,000) and 5,000 requests a
+/// second: at most the burst and the rate are answered, the rest counted,
+/// every answer is small, and the bystander is served
+/// throughout. Paced (5 datagrams a millisecond) so that the kernel's
+/// socket buffers never overflow: the bystander's requests, which it does
+/// not retransmit, must not be lost to the flood itself.
+pub(super) fn unauthenticated_flood_is_rate_limited(f: &mut Fixture) {
+    const N: usize = 5_000;
+    let server = f.udp_addr();
+    let sock = UdpSocket::bind((ATTACKER, 0)).unwrap();
+    let rx = sock.try_clone().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut n, mut bytes, mut largest) = (0usize, 0usize, 0usize);
+        let mut buf = [0u8; 1500];
+        while let Ok((len, _)) = rx.recv_from(&mut buf) {
+            n += 1;
+            bytes += len;
+            largest = largest.max(len);
+        }
+        (n, bytes, largest)
+    });
+    let req = binding_request(new_tid(), false);
+    let t0 = Instant::now();
+    for chunk in 0..N / 5 {
+        for _ in 0..5 {
+            sock.send_to(&req, server).unwrap();
+        }
+        if chunk % 200 == 0 {
+            f.bystander_served(0, "during the flood");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    f.bystander_served(2, "right after the flood");
+    let (answered, bytes, largest) = reader.join().unwrap();
+    // The limit, not a timing: at most the burst plus what the rate
+    // refilled while anything could be answered (until the reader gave
+    // up), from however long that really took.
+    let refilled = 1000.0 * t0.elapsed().as_secs_f64();
+    assert!(largest <= 3 * req.len(), "{largest} bytes");
+    assert_eq!(
+        bytes,
+        answered * 32,
+        "every answer a 32-byte Binding success"
+    );
+    assert!(answered >= 1, "the burst is answered");
+    assert!(
+        answered as f64 <= 2000.0 + refilled + 1.0,
+        "{answered} of {N} answered; the limit allows 2000 + {refilled:.0}"
+    );
+    assert!(answered < N, "{answered} of {N} answered");
+    let m = f.metrics();
+    let limited = m.value("turnpike_rate_limited_total", &[("reason", "binding")]);
+    eprintln!("{answered} of {N} answered, {limited} rate limited");
+    assert!(limited > 0.0, "counted");
+    assert!(answered as f64 + limited <= N as f64);
 }

@@ -66,9 +66,7 @@ pub struct CoreConfig {
     /// with one shard, so the shell turns it off then.
     pub publish_relays: bool,
     /// Unauthenticated UDP answers (401, 438, 400, 420, Binding) per
-    /// source network, for this core (the shell divides the configured
-    /// per-server rate among its shards: a source's datagrams spread over
-    /// them by source port).
+    /// source network, for the whole server (the table is in [`Shared`]).
     pub unauth_limit: RateLimit,
 }
 

@@ -59,8 +59,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 
 pub use allocation::{Allocation, Traffic};
 pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
@@ -97,27 +97,21 @@ pub struct Server {
     timers: Timers,
     events: VecDeque<Event>,
     next_id: u64,
-    /// Unauthenticated UDP answers per source network.
-    limiter: ratelimit::Limiter,
 }
 
 impl Server {
     pub fn new(s: Setup) -> Self {
-        let mut rng = StdRng::seed_from_u64(s.seed);
-        // The rate limit's hash key: from the shell's randomness (the
-        // seed), unknown to whoever picks source addresses.
-        let limiter = ratelimit::Limiter::new(s.cfg.unauth_limit, rng.next_u64());
+        s.shared.rate_limit.configure(s.cfg.unauth_limit);
         Server {
             table: Table::new(s.shared.pool(Family::V4).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
             cfg: s.cfg,
             counters: s.counters,
             shared: s.shared,
-            rng,
+            rng: StdRng::seed_from_u64(s.seed),
             timers: Timers::default(),
             events: VecDeque::new(),
             next_id: u64::from(s.shard) << 48,
-            limiter,
         }
     }
 
@@ -146,9 +140,7 @@ impl Server {
     /// Swap in a new configuration (reload): peer policy, quotas, caps,
     /// lifetimes, draining. Live allocations keep relaying.
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
-        if cfg.unauth_limit != self.limiter.limit() {
-            self.limiter.set_limit(cfg.unauth_limit);
-        }
+        self.shared.rate_limit.configure(cfg.unauth_limit);
         self.cfg = cfg;
     }
 

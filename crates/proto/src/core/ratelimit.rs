@@ -2,20 +2,27 @@
 //! 400, 420, Binding success): what a spoofed source can make the server
 //! send to its victim.
 //!
-//! Memory is bounded by construction: a fixed table of buckets, allocated
-//! once, indexed by a keyed hash of the source's network, an IPv4 address
-//! (/32, IPv4-mapped IPv6 included) or an IPv6 /64. There is no map that
-//! grows per address. Two networks whose hashes collide share a bucket:
-//! they are limited together, which errs on the side of sending less. The
-//! hash key comes in from the shell's RNG (through the core's seed), so an
-//! outsider cannot choose which networks collide.
+//! One table for the whole server, in [`super::Shared`]: the kernel
+//! spreads a source's datagrams over the shards by source port, so
+//! per-shard tables would give a source one rate per shard. Each bucket is
+//! one `AtomicU64` updated with compare-and-swap, so shards never lock.
 //!
-//! Time is the `now` passed in; tokens are counted in thousandths so any
-//! rate refills exactly, one thousandth token per millisecond per
+//! Memory is bounded by construction: a fixed table of buckets, allocated
+//! once at start, indexed by a keyed hash of the source's network, an IPv4
+//! address (/32, IPv4-mapped IPv6 included) or an IPv6 /64. There is no
+//! map that grows per address. Two networks whose hashes collide share a
+//! bucket: they are limited together, which errs on the side of sending
+//! less. The hash key comes in from the shell's RNG, so an outsider cannot
+//! choose which networks collide.
+//!
+//! Time is the `now` passed in; tokens are counted in thousandths, so any
+//! rate refills exactly: one thousandth of a token per millisecond per
 //! answer-per-second of rate.
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 /// How many unauthenticated answers one source network gets.
@@ -23,19 +30,14 @@ use std::time::Instant;
 pub struct RateLimit {
     /// Answers per second, refilled continuously; 0 turns the limit off.
     pub rate: u32,
-    /// Answers a source may receive at once after a quiet spell.
+    /// Answers a source may receive at once after a quiet spell (at most
+    /// [`MAX_BURST`]).
     pub burst: u32,
-    /// Buckets in the table (at least 1).
-    pub slots: usize,
 }
 
 impl RateLimit {
     /// Off: every answer is sent.
-    pub const OFF: RateLimit = RateLimit {
-        rate: 0,
-        burst: 0,
-        slots: 1,
-    };
+    pub const OFF: RateLimit = RateLimit { rate: 0, burst: 0 };
 }
 
 impl Default for RateLimit {
@@ -44,83 +46,73 @@ impl Default for RateLimit {
         RateLimit {
             rate: 1000,
             burst: 2000,
-            slots: 4096,
         }
     }
 }
+
+/// Buckets of a table unless the shell says otherwise.
+pub const DEFAULT_SLOTS: usize = 4096;
+/// The largest burst a bucket holds (24 bits of thousandths).
+pub const MAX_BURST: u32 = 16_000;
 
 /// Thousandths of a token per answer.
 const MILLI: u64 = 1000;
+/// A bucket: the milliseconds since the epoch of its last refill (the high
+/// 40 bits, 34 years) and its thousandths of a token (the low 24).
+const TOKEN_BITS: u32 = 24;
+const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
+const STAMP_MAX: u64 = (1 << (64 - TOKEN_BITS)) - 1;
+/// A bucket never used: full, whatever the burst.
+const FRESH: u64 = TOKEN_MASK;
 
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    /// Thousandths of a token.
-    tokens: u64,
-    /// Milliseconds since the limiter's epoch at the last refill.
-    stamp: u64,
-}
-
-/// The table of buckets (one per shard core).
+/// The table of buckets, shared by every shard's core.
 #[derive(Debug)]
 pub struct Limiter {
-    limit: RateLimit,
+    rate: AtomicU32,
+    burst: AtomicU32,
     hasher: foldhash::fast::FixedState,
-    buckets: Box<[Bucket]>,
+    buckets: Box<[AtomicU64]>,
     /// The first `now` seen; stamps count from here.
-    epoch: Option<Instant>,
+    epoch: OnceLock<Instant>,
+}
+
+impl Default for Limiter {
+    /// [`DEFAULT_SLOTS`] buckets with a fixed key, off until configured.
+    fn default() -> Self {
+        Limiter::new(DEFAULT_SLOTS, 0)
+    }
 }
 
 impl Limiter {
-    /// A table for `limit`, every bucket full. `key` keys the hash.
-    pub fn new(limit: RateLimit, key: u64) -> Self {
-        let slots = if limit.rate == 0 {
-            1
-        } else {
-            limit.slots.max(1)
-        };
+    /// A table of `slots` buckets (at least one), every one full; `key`
+    /// keys the hash. Off until [`Limiter::configure`]d.
+    pub fn new(slots: usize, key: u64) -> Self {
         Limiter {
-            limit,
+            rate: AtomicU32::new(0),
+            burst: AtomicU32::new(0),
             hasher: foldhash::fast::FixedState::with_seed(key),
-            buckets: vec![
-                Bucket {
-                    tokens: u64::from(limit.burst) * MILLI,
-                    stamp: 0,
-                };
-                slots
-            ]
-            .into_boxed_slice(),
-            epoch: None,
+            buckets: (0..slots.max(1)).map(|_| AtomicU64::new(FRESH)).collect(),
+            epoch: OnceLock::new(),
         }
     }
 
+    /// Set the rate and burst (start and reload; every core calls it with
+    /// the same values). Buckets keep their levels, capped at the burst.
+    pub fn configure(&self, limit: RateLimit) {
+        self.rate.store(limit.rate, Relaxed);
+        self.burst.store(limit.burst.min(MAX_BURST), Relaxed);
+    }
+
     pub fn limit(&self) -> RateLimit {
-        self.limit
+        RateLimit {
+            rate: self.rate.load(Relaxed),
+            burst: self.burst.load(Relaxed),
+        }
     }
 
     /// Buckets held (fixed at construction).
     pub fn slots(&self) -> usize {
         self.buckets.len()
-    }
-
-    /// Take a new limit (reload). Same table size: the buckets keep their
-    /// levels, capped at the new burst; another size: a new, full table.
-    pub fn set_limit(&mut self, limit: RateLimit) {
-        let slots = if limit.rate == 0 {
-            1
-        } else {
-            limit.slots.max(1)
-        };
-        if slots != self.buckets.len() {
-            let key = self.hasher.clone();
-            *self = Limiter::new(limit, 0);
-            self.hasher = key;
-            return;
-        }
-        self.limit = limit;
-        let cap = u64::from(limit.burst) * MILLI;
-        for b in self.buckets.iter_mut() {
-            b.tokens = b.tokens.min(cap);
-        }
     }
 
     /// The network an address is limited by: IPv4 (also IPv4-mapped
@@ -149,28 +141,36 @@ impl Limiter {
 
     /// Whether one more answer may go to `ip` at `now`; takes its token if
     /// so.
-    pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if self.limit.rate == 0 {
+    pub fn allow(&self, now: Instant, ip: IpAddr) -> bool {
+        let rate = u64::from(self.rate.load(Relaxed));
+        if rate == 0 {
             return true;
         }
-        let epoch = *self.epoch.get_or_insert(now);
-        let ms =
-            u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX);
-        let cap = u64::from(self.limit.burst) * MILLI;
-        let rate = u64::from(self.limit.rate);
-        let i = self.slot(ip);
-        let b = &mut self.buckets[i];
-        let elapsed = ms.saturating_sub(b.stamp);
-        b.tokens = b
-            .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(cap);
-        b.stamp = b.stamp.max(ms);
-        if b.tokens >= MILLI {
-            b.tokens -= MILLI;
-            true
-        } else {
-            false
+        let cap = u64::from(self.burst.load(Relaxed)) * MILLI;
+        let epoch = *self.epoch.get_or_init(|| now);
+        let ms = u64::try_from(now.saturating_duration_since(epoch).as_millis())
+            .unwrap_or(u64::MAX)
+            .min(STAMP_MAX);
+        let bucket = &self.buckets[self.slot(ip)];
+        let mut cur = bucket.load(Relaxed);
+        loop {
+            let (stamp, tokens) = (cur >> TOKEN_BITS, cur & TOKEN_MASK);
+            // Another shard may have read a slightly later clock: no
+            // refill then, and the later stamp stays.
+            let (stamp, elapsed) = if ms > stamp {
+                (ms, ms - stamp)
+            } else {
+                (stamp, 0)
+            };
+            let tokens = tokens.saturating_add(elapsed.saturating_mul(rate)).min(cap);
+            if tokens < MILLI {
+                return false;
+            }
+            let next = stamp << TOKEN_BITS | (tokens - MILLI);
+            match bucket.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
         }
     }
 }
@@ -190,30 +190,32 @@ mod tests {
     }
 
     fn limited(rate: u32, burst: u32, slots: usize) -> Limiter {
-        Limiter::new(RateLimit { rate, burst, slots }, 42)
+        let l = Limiter::new(slots, 42);
+        l.configure(RateLimit { rate, burst });
+        l
     }
 
-    fn count(l: &mut Limiter, now: Instant, who: IpAddr, n: usize) -> usize {
+    fn count(l: &Limiter, now: Instant, who: IpAddr, n: usize) -> usize {
         (0..n).filter(|_| l.allow(now, who)).count()
     }
 
     #[test]
     fn a_source_gets_its_burst_then_the_rate() {
         let t0 = Instant::now();
-        let mut l = limited(1000, 2000, 4096);
+        let l = limited(1000, 2000, 4096);
         let a = ip("192.0.2.1");
-        assert_eq!(count(&mut l, t0, a, 5000), 2000, "the burst, at once");
-        assert_eq!(count(&mut l, t0, a, 10), 0, "then nothing more");
+        assert_eq!(count(&l, t0, a, 5000), 2000, "the burst, at once");
+        assert_eq!(count(&l, t0, a, 10), 0, "then nothing more");
         let t1 = t0 + Duration::from_millis(250);
-        assert_eq!(count(&mut l, t1, a, 5000), 250, "250 ms refill 250");
+        assert_eq!(count(&l, t1, a, 5000), 250, "250 ms refill 250");
         let t2 = t1 + Duration::from_secs(60);
-        assert_eq!(count(&mut l, t2, a, 5000), 2000, "never above the burst");
+        assert_eq!(count(&l, t2, a, 5000), 2000, "never above the burst");
     }
 
     #[test]
     fn fractional_rates_refill_exactly() {
         let t0 = Instant::now();
-        let mut l = limited(3, 1, 16);
+        let l = limited(3, 1, 16);
         let a = ip("192.0.2.1");
         assert!(l.allow(t0, a));
         assert!(!l.allow(t0 + Duration::from_millis(333), a), "0.999 token");
@@ -223,20 +225,20 @@ mod tests {
     #[test]
     fn sources_are_limited_apart() {
         let t0 = Instant::now();
-        let mut l = limited(10, 20, 4096);
+        let l = limited(10, 20, 4096);
         let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
         assert_ne!(l.slot(a), l.slot(b), "distinct slots for this key");
-        assert_eq!(count(&mut l, t0, a, 100), 20);
-        assert_eq!(count(&mut l, t0, b, 100), 20, "b is not charged for a");
+        assert_eq!(count(&l, t0, a, 100), 20);
+        assert_eq!(count(&l, t0, b, 100), 20, "b is not charged for a");
     }
 
     #[test]
     fn an_ipv6_slash_64_is_one_source_and_mapped_ipv4_is_ipv4() {
         let t0 = Instant::now();
-        let mut l = limited(10, 20, 4096);
-        assert_eq!(count(&mut l, t0, ip("2001:db8:1:2::1"), 15), 15);
+        let l = limited(10, 20, 4096);
+        assert_eq!(count(&l, t0, ip("2001:db8:1:2::1"), 15), 15);
         assert_eq!(
-            count(&mut l, t0, ip("2001:db8:1:2:ffff:1:2:3"), 15),
+            count(&l, t0, ip("2001:db8:1:2:ffff:1:2:3"), 15),
             5,
             "the same /64 shares the bucket"
         );
@@ -257,14 +259,14 @@ mod tests {
             Limiter::network(ip("192.0.2.8")),
             "IPv4 by address (/32)"
         );
-        assert_eq!(count(&mut l, t0, ip("192.0.2.7"), 15), 15);
-        assert_eq!(count(&mut l, t0, ip("::ffff:192.0.2.7"), 15), 5);
+        assert_eq!(count(&l, t0, ip("192.0.2.7"), 15), 15);
+        assert_eq!(count(&l, t0, ip("::ffff:192.0.2.7"), 15), 5);
     }
 
     #[test]
     fn the_table_never_grows() {
         let t0 = Instant::now();
-        let mut l = limited(1, 1, 64);
+        let l = limited(1, 1, 64);
         for i in 0..100_000u32 {
             l.allow(t0, IpAddr::V4(i.into()));
             l.allow(t0, IpAddr::V6((u128::from(i) << 64).into()));
@@ -276,15 +278,8 @@ mod tests {
 
     #[test]
     fn the_hash_key_decides_collisions() {
-        let a = limited(1, 1, 4096);
-        let b = Limiter::new(
-            RateLimit {
-                rate: 1,
-                burst: 1,
-                slots: 4096,
-            },
-            43,
-        );
+        let a = Limiter::new(4096, 42);
+        let b = Limiter::new(4096, 43);
         let differ = (0..64u32)
             .filter(|&i| {
                 let x = IpAddr::V4(i.into());
@@ -295,26 +290,59 @@ mod tests {
     }
 
     #[test]
-    fn rate_zero_is_off_and_reload_keeps_levels() {
+    fn rate_zero_is_off_and_reconfiguring_keeps_levels() {
         let t0 = Instant::now();
-        let mut l = Limiter::new(RateLimit::OFF, 1);
-        assert_eq!(count(&mut l, t0, ip("192.0.2.1"), 10_000), 10_000);
-        assert_eq!(l.slots(), 1);
-        let mut l = limited(10, 20, 128);
+        let l = Limiter::default();
+        assert_eq!(count(&l, t0, ip("192.0.2.1"), 10_000), 10_000, "off");
+        let l = limited(10, 20, 128);
         let a = ip("192.0.2.1");
-        assert_eq!(count(&mut l, t0, a, 15), 15);
-        l.set_limit(RateLimit {
+        assert_eq!(count(&l, t0, a, 15), 15);
+        l.configure(RateLimit {
             rate: 10,
             burst: 10,
-            slots: 128,
         });
-        assert_eq!(count(&mut l, t0, a, 15), 5, "level kept (5 left)");
-        l.set_limit(RateLimit {
+        assert_eq!(count(&l, t0, a, 15), 5, "level kept (5 left)");
+        l.configure(RateLimit {
             rate: 10,
             burst: 10,
-            slots: 256,
         });
-        assert_eq!(l.slots(), 256);
-        assert_eq!(count(&mut l, t0, a, 15), 10, "a new table is full");
+        let b = ip("192.0.2.2");
+        assert_eq!(
+            count(&l, t0, b, 15),
+            10,
+            "a fresh bucket holds the new burst"
+        );
+        l.configure(RateLimit::OFF);
+        assert_eq!(count(&l, t0, a, 100), 100);
+    }
+
+    /// Shards share the table: a source's datagrams on several threads
+    /// draw on one bucket, exactly.
+    #[test]
+    fn threads_share_one_bucket_exactly() {
+        let t0 = Instant::now();
+        let l = std::sync::Arc::new(limited(1000, 2000, 64));
+        let a = ip("192.0.2.1");
+        let got: usize = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || count(&l, t0, a, 1000))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(got, 2000, "the burst, across four threads");
+    }
+
+    #[test]
+    fn a_later_clock_on_another_shard_is_no_refill() {
+        let t0 = Instant::now();
+        let l = limited(1000, 2, 16);
+        let a = ip("192.0.2.1");
+        let t1 = t0 + Duration::from_millis(5);
+        assert_eq!(count(&l, t1, a, 2), 2);
+        assert_eq!(count(&l, t0, a, 2), 0, "an earlier now refills nothing");
+        assert_eq!(count(&l, t1 + Duration::from_millis(1), a, 2), 1);
     }
 }

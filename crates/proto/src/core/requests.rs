@@ -219,12 +219,12 @@ impl Server {
     /// The per-source rate limit on unauthenticated UDP answers
     /// ([`super::ratelimit`]): whether this one may go; counted if not.
     pub(super) fn unauth_allowed(
-        &mut self,
+        &self,
         now: Instant,
         ft: &FiveTuple,
         why: RateLimitReason,
     ) -> bool {
-        if ft.transport != Transport::Udp || self.limiter.allow(now, ft.client.0.ip()) {
+        if ft.transport != Transport::Udp || self.shared.rate_limit.allow(now, ft.client.0.ip()) {
             return true;
         }
         self.counters.rate_limited(why);

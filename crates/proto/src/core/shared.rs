@@ -141,6 +141,9 @@ pub struct Shared {
     per_user: Mutex<HashMap<String, usize>>,
     /// Allocations with UDP clients, for direct delivery across shards.
     pub directory: super::directory::Directory,
+    /// The per-source limit on unauthenticated UDP answers, one table for
+    /// every shard ([`super::ratelimit`]).
+    pub rate_limit: super::ratelimit::Limiter,
 }
 
 /// Why an allocation could not be counted against the quotas.
@@ -159,7 +162,15 @@ impl Shared {
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
             directory: super::directory::Directory::new(ports),
+            rate_limit: super::ratelimit::Limiter::default(),
         }
+    }
+
+    /// Use `limiter` (the shell's: its table size, its hash key drawn from
+    /// the OS) instead of the default table.
+    pub fn with_rate_limit(mut self, limiter: super::ratelimit::Limiter) -> Self {
+        self.rate_limit = limiter;
+        self
     }
 
     pub fn pool(&self, family: Family) -> &PortPool {
