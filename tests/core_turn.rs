@@ -23,6 +23,9 @@ use turnpike_proto::wire::{
     ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
 
+#[path = "core_turn/policy.rs"]
+mod policy;
+
 const SECRET: &str = "s3cret";
 const SECRET2: &str = "n3w-s3cret";
 

@@ -16,6 +16,21 @@ pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
             fam.advertised = primary_address(fam.bind.is_ipv6());
         }
     }
+    // The server's own addresses, read now (start and every reload):
+    // the advertised ones as resolved, and every interface address.
+    let advertised: Vec<_> = [c.relay4, c.relay6]
+        .into_iter()
+        .flatten()
+        .map(|r| r.advertised)
+        .collect();
+    let own = c.policy.own_mut();
+    own.add_ips(advertised);
+    match turnpike_sys::iface::addresses() {
+        Ok(list) => own.add_ips(list.into_iter().map(|a| a.ip)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list interface addresses; only configured ones count as this server's own")
+        }
+    }
     c.alternate_servers = cfg
         .http
         .alternate_servers
@@ -118,6 +133,19 @@ pub(crate) fn warn_if_own_address_refused(c: &CoreConfig) {
                  set relay.public_ip to the public address, or add it to policy.allow_peers"
             );
         }
+    }
+}
+
+/// `policy.allow_peers` entries that open what the default policy keeps
+/// closed for good reasons: loopback (services on this host), the cloud
+/// metadata address, everything (a /0). Logged at start and on reload.
+pub(crate) fn warn_dangerous_allow_peers(c: &CoreConfig) {
+    for (i, cidr, why) in c.policy.dangerous_allows() {
+        tracing::warn!(
+            key = %format!("policy.allow_peers[{i}]"),
+            entry = %cidr,
+            "dangerous peer policy: {why}; allow only the networks relays must reach"
+        );
     }
 }
 

@@ -65,7 +65,7 @@ pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
 pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
-pub use policy::PeerPolicy;
+pub use policy::{OwnAddresses, PeerPolicy};
 pub use shared::{PortChoice, Shared};
 pub use types::{
     ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, Family, FiveTuple,

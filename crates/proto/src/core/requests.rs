@@ -230,13 +230,14 @@ impl Server {
     }
 
     /// Canonicalise a peer address and check it against the allocation's
-    /// family (443) and the peer policy (403).
+    /// family (443) and the peer policy (403), its port too: the server's
+    /// own addresses only on relay ports ([`super::PeerPolicy::allows_peer`]).
     fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<PeerAddr, Reject> {
         let peer = PeerAddr(canonical_addr(peer));
         if peer.0.is_ipv6() != a.relay.is_ipv6() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        if !self.cfg.policy.allows(peer.ip()) {
+        if !self.cfg.policy.allows_peer(peer.0) {
             self.counters.policy_refusals.inc();
             return Err(Reject::new(403, "Forbidden"));
         }
