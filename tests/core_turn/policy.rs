@@ -93,6 +93,11 @@ fn own_addresses_are_peers_only_on_relay_ports() {
     }
     // A relay port of the own address: clients relaying to each other.
     assert_eq!(h.create_permission(&ft, &s, &["203.0.113.10:50050"]), 200);
+    // A permission's port is ignored (RFC 8656 §9.1) and ICE agents send
+    // port 0: the address alone is judged then; the port of every
+    // datagram is judged below.
+    assert_eq!(h.create_permission(&ft, &s, &["203.0.113.10:0"]), 200);
+    assert_eq!(h.create_permission(&ft, &s, &["127.0.0.1:0"]), 403);
     assert_eq!(h.channel_bind(&ft, &s, 0x4001, "203.0.113.10:50051"), 200);
     // The permission is per address; a Send indication to the listener
     // port is still dropped (counted), one to a relay port leaves.

@@ -20,6 +20,14 @@ use crate::wire::{
     is_valid_channel,
 };
 
+/// What a peer address in a request is for: a permission (per address,
+/// its port ignored) or a channel (address and port).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PeerUse {
+    Permission,
+    Channel,
+}
+
 /// How to sign the response to an authenticated request: with its key,
 /// the way the request was signed (RFC 8489 §9.2.4).
 #[derive(Clone, Copy)]
@@ -247,12 +255,24 @@ impl Server {
     /// Canonicalise a peer address and check it against the allocation's
     /// family (443) and the peer policy (403), its port too: the server's
     /// own addresses only on relay ports ([`super::PeerPolicy::allows_peer`]).
-    fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<PeerAddr, Reject> {
+    /// A permission's port is ignored (RFC 8656 §9.1) and ICE agents send
+    /// 0: then the address alone is judged, and the port of each datagram
+    /// later (ChannelBind, every Send indication).
+    fn check_peer(
+        &self,
+        a: &Allocation,
+        peer: SocketAddr,
+        use_: PeerUse,
+    ) -> Result<PeerAddr, Reject> {
         let peer = PeerAddr(canonical_addr(peer));
         if peer.0.is_ipv6() != a.relay.is_ipv6() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        if !self.cfg.policy.allows_peer(peer.0) {
+        let allowed = match use_ {
+            PeerUse::Permission if peer.0.port() == 0 => self.cfg.policy.allows(peer.ip()),
+            _ => self.cfg.policy.allows_peer(peer.0),
+        };
+        if !allowed {
             self.counters.policy_refusals.inc();
             return Err(Reject::new(403, "Forbidden"));
         }
@@ -273,7 +293,7 @@ impl Server {
         let mut count = 0;
         let mut new = 0;
         for (i, p) in msg.xor_peer_addresses().enumerate() {
-            let p = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?)?;
+            let p = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?, PeerUse::Permission)?;
             let seen_before = msg
                 .xor_peer_addresses()
                 .take(i)
@@ -330,7 +350,7 @@ impl Server {
             Ok(Some(p)) => p,
             _ => return Err(BAD_PEER_ADDRESS),
         };
-        let peer = self.check_peer(a, peer)?;
+        let peer = self.check_peer(a, peer, PeerUse::Channel)?;
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
         if by_number != by_peer {
