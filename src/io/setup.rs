@@ -155,3 +155,36 @@ pub(crate) fn ipv6_unavailable(e: &std::io::Error) -> bool {
         Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Issue 12: the core's own-address set is the configured addresses
+    /// (here the advertised public_ip) plus every interface address, read
+    /// when the core config is made (at start and on every reload); the
+    /// listener's port is never a peer, a relay port is.
+    #[test]
+    fn own_addresses_are_the_configured_ones_and_every_interface() {
+        let cfg = Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n\
+             [relay]\nbind_ip = \"0.0.0.0\"\npublic_ip = \"203.0.113.9\"\nports = \"50000-50099\"\n",
+            "t.toml",
+        )
+        .expect("test config");
+        let c = super::core_config(&cfg);
+        let own = c.policy.own();
+        let public: std::net::IpAddr = "203.0.113.9".parse().expect("literal");
+        assert!(own.ips().contains(&public));
+        for a in turnpike_sys::iface::addresses().expect("getifaddrs") {
+            let ip = turnpike_proto::core::policy::canonical_ip(a.ip);
+            assert!(own.contains(ip), "{} ({}) is ours", a.ip, a.interface);
+        }
+        assert_eq!(own.listener_ports(), [3478]);
+        let peer = |s: &str| c.policy.allows_peer(s.parse().expect("literal"));
+        assert!(!peer("203.0.113.9:3478"), "the listener");
+        assert!(!peer("203.0.113.9:53"), "another port");
+        assert!(peer("203.0.113.9:50000"), "a relay port");
+        assert!(peer("198.51.100.1:3478"), "someone else's port 3478");
+    }
+}
