@@ -23,6 +23,11 @@ use turnpike_proto::wire::{
     ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
 
+#[path = "core_turn/lifecycle.rs"]
+mod lifecycle;
+#[path = "core_turn/policy.rs"]
+mod policy;
+
 const SECRET: &str = "s3cret";
 const SECRET2: &str = "n3w-s3cret";
 
@@ -1390,24 +1395,26 @@ fn secret_rotation() {
     let mut h = harness("");
     let mut cfg = base_config("");
     cfg.auth.secrets = vec![SECRET2.into(), SECRET.into()];
-    h.server
-        .set_credentials(Arc::new(turnpike::io::credentials(&cfg).unwrap()));
+    let creds = Arc::new(turnpike::io::credentials(&cfg).unwrap());
+    assert_eq!(h.server.set_credentials(h.now, creds, &mut h.io), 0);
     let exp = h.now.unix + 3600;
-    let (s_old, _, relay) = h.allocate(
+    let (s_old, _, relay_old) = h.allocate(
         &udp("198.51.100.7:1"),
         Credentials::rest(SECRET, "u", exp),
         Default::default(),
     );
-    h.allocate(
+    let (s_new, _, relay_new) = h.allocate(
         &udp("198.51.100.7:2"),
         Credentials::rest(SECRET2, "u", exp),
         Default::default(),
     );
-    // Drop the old secret: new Allocates with it fail, the live allocation
-    // made with it keeps working.
+    // Drop the old secret: new Allocates with it fail, and the live
+    // allocation made with it ends at once (issue 12); the one made with
+    // the remaining secret keeps working.
     cfg.auth.secrets = vec![SECRET2.into()];
-    h.server
-        .set_credentials(Arc::new(turnpike::io::credentials(&cfg).unwrap()));
+    let creds = Arc::new(turnpike::io::credentials(&cfg).unwrap());
+    assert_eq!(h.server.set_credentials(h.now, creds, &mut h.io), 1);
+    assert_eq!(h.counters.ended_count(EndReason::Revoked), 1);
     let err = h
         .allocate_with(
             &udp("198.51.100.7:3"),
@@ -1424,9 +1431,16 @@ fn secret_rotation() {
     );
     assert_eq!(
         h.create_permission(&udp("198.51.100.7:1"), &s_old, &["198.51.100.1:1"]),
+        401,
+        "the retired secret verifies nothing, and its allocation is gone"
+    );
+    assert!(h.peer_sends(relay_old, "198.51.100.1:1", b"x").is_none());
+    assert_eq!(h.server.allocation_count(), 2);
+    assert_eq!(
+        h.create_permission(&udp("198.51.100.7:2"), &s_new, &["198.51.100.1:1"]),
         200
     );
-    assert!(h.peer_sends(relay, "198.51.100.1:1", b"x").is_some());
+    assert!(h.peer_sends(relay_new, "198.51.100.1:1", b"x").is_some());
 }
 
 #[test]

@@ -25,6 +25,8 @@
 #[path = "hostile/amplification.rs"]
 mod amplification;
 mod common;
+#[path = "hostile/policy.rs"]
+mod policy;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -867,6 +869,42 @@ hostile_rows! {
         auth: false,
         attack: generated_secret_not_on_stdout,
         after_stop: generated_secret_file_removed,
+        ..BASE
+    };
+    // --- policy (issue 12 items 2 and 4) ---
+    /// 6to4, Teredo, NAT64 and mapped spellings of refused IPv4 ranges, and
+    /// the own listener, on an IPv4 relay: 403 (443 for another family),
+    /// nothing reaches them.
+    peer_filter_bypass_forms_are_refused_on_an_ipv4_relay: Case {
+        attack: policy::ipv4_relay_refuses_bypass_forms,
+        ..BASE
+    };
+    /// The same on an IPv6 relay with 6to4, Teredo and SIIT allowed and a
+    /// NAT64 prefix configured: the embedded IPv4 address decides.
+    peer_filter_bypass_forms_are_refused_on_an_ipv6_relay: Case {
+        attack: policy::ipv6_relay_refuses_bypass_forms,
+        ..BASE
+    };
+    /// allow_peers = 0.0.0.0/0: the server's own addresses are still peers
+    /// only on relay ports.
+    own_addresses_are_peers_only_on_relay_ports: Case {
+        attack: policy::own_addresses_only_on_relay_ports,
+        ..BASE
+    };
+    /// A REST credential past its expiry: 401 for Refresh,
+    /// CreatePermission and ChannelBind; the lifetime stopped at the expiry.
+    expired_rest_credential_cannot_refresh_permit_or_bind: Case {
+        attack: policy::expired_rest_credential_is_refused,
+        ..BASE
+    };
+    /// A reload without a static user ends its allocation at once.
+    reload_removing_a_static_user_ends_its_allocation: Case {
+        attack: policy::reload_removing_a_user_ends_its_allocation,
+        ..BASE
+    };
+    /// A reload without the secret ends the allocations it verified.
+    reload_retiring_a_secret_ends_its_allocations: Case {
+        attack: policy::reload_retiring_a_secret_ends_its_allocations,
         ..BASE
     };
     // --- amplification (issue 12 items 1 and 7) ---

@@ -296,3 +296,40 @@ fn a_username_cannot_forge_a_log_line() {
         assert!(line.contains(&escaped), "{line}\nwants {escaped}");
     }
 }
+
+/// Issue 12: `policy.allow_peers` entries that open loopback, the cloud
+/// metadata address or everything (a /0) are warned about at start, each
+/// line naming its key; a private range that is none of these is not.
+#[test]
+fn dangerous_allow_peers_entries_are_warned_about_at_start() {
+    let text = config("format = \"json\"").replace(
+        "[auth]",
+        "[policy]\nallow_peers = [\"10.0.0.0/8\", \"127.0.0.1/32\", \"169.254.169.254/32\", \"::/0\"]\n\n[auth]",
+    );
+    let server = TestServer::start(&text);
+    server.wait_for_line(
+        &["dangerous peer policy", "policy.allow_peers[3]"],
+        std::time::Duration::from_secs(5),
+    );
+    let lines = json_lines(&server.stderr_text());
+    let keys: Vec<&str> = lines
+        .iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("dangerous peer policy"))
+        })
+        .map(|v| {
+            assert_eq!(v["level"], "WARN", "{v}");
+            v["fields"]["key"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "policy.allow_peers[1]",
+            "policy.allow_peers[2]",
+            "policy.allow_peers[3]"
+        ]
+    );
+}

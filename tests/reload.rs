@@ -109,27 +109,32 @@ fn relaying_client(server: &TestServer, secret: &str, peer: &std::net::UdpSocket
     c
 }
 
-/// Rotation, then both secrets: checked with fresh clients each time.
+/// Rotation in two reloads, checked with fresh clients each time: first
+/// both secrets (the new one signs, the old one still verifies: live
+/// allocations of the old one keep relaying), then the new one alone: the
+/// allocations made with the old secret end at once (issue 12), those made
+/// with the new one keep relaying.
 fn check_rotation(server: &TestServer, reload: &dyn Fn(usize)) {
     let udp = server.addr(Transport::Udp, false);
     let peer = udp_peer();
-    let mut live = relaying_client(server, OLD, &peer);
+    let mut live_old = relaying_client(server, OLD, &peer);
 
-    // Only the new secret.
-    rewrite(server, &config(&[NEW], &["127.0.0.1/32"], "", ""));
+    // Both: the new one first (it signs), the old one still verifies.
+    rewrite(server, &config(&[NEW, OLD], &["127.0.0.1/32"], "", ""));
     reload(1);
-    relay_both_ways(&mut live, 0x4000, &peer, "after rotation");
+    relay_both_ways(&mut live_old, 0x4000, &peer, "after the first reload");
     assert_eq!(
-        live.refresh(Some(600)),
+        live_old.refresh(Some(600)),
         200,
         "the live allocation refreshes"
     );
-    assert_eq!(
-        TurnClient::udp(udp).allocate(rest(OLD, "late")),
-        Err(401),
-        "the old secret no longer verifies"
+    let peer_new = udp_peer();
+    let mut live_new = relaying_client(server, NEW, &peer_new);
+    assert!(
+        TurnClient::udp(udp)
+            .allocate(rest(OLD, "old-again"))
+            .is_ok()
     );
-    assert!(TurnClient::udp(udp).allocate(rest(NEW, "new")).is_ok());
     // The API mints with the new secret.
     let r = get_auth(
         server.http_addr(),
@@ -143,20 +148,26 @@ fn check_rotation(server: &TestServer, reload: &dyn Fn(usize)) {
     );
     assert!(TurnClient::udp(udp).allocate(m.credentials()).is_ok());
 
-    // Both: the new one first (it signs), the old one still verifies.
-    rewrite(server, &config(&[NEW, OLD], &["127.0.0.1/32"], "", ""));
+    // Only the new secret: the old one's allocations end.
+    rewrite(server, &config(&[NEW], &["127.0.0.1/32"], "", ""));
     reload(2);
-    assert!(
-        TurnClient::udp(udp)
-            .allocate(rest(OLD, "old-again"))
-            .is_ok()
+    server.wait_for_line(
+        &["allocation ended", "credential_revoked"],
+        std::time::Duration::from_secs(5),
     );
-    assert!(
-        TurnClient::udp(udp)
-            .allocate(rest(NEW, "new-again"))
-            .is_ok()
+    assert_eq!(
+        live_old.refresh(Some(600)),
+        401,
+        "the old secret's allocation is gone and its key verifies nothing"
     );
-    relay_both_ways(&mut live, 0x4000, &peer, "after the second reload");
+    relay_both_ways(&mut live_new, 0x4000, &peer_new, "after rotation");
+    assert_eq!(live_new.refresh(Some(600)), 200);
+    assert_eq!(
+        TurnClient::udp(udp).allocate(rest(OLD, "late")),
+        Err(401),
+        "the old secret no longer verifies"
+    );
+    assert!(TurnClient::udp(udp).allocate(rest(NEW, "new")).is_ok());
 
     let m = scrape(server.http_addr());
     assert_eq!(
@@ -164,8 +175,16 @@ fn check_rotation(server: &TestServer, reload: &dyn Fn(usize)) {
             "turnpike_auth_failures_total",
             &[("reason", "bad_integrity")]
         ),
-        1.0,
-        "exactly the one refused Allocate"
+        2.0,
+        "the refused Refresh and the refused Allocate"
+    );
+    assert_eq!(
+        m.value(
+            "turnpike_allocations_deleted_total",
+            &[("reason", "credential_revoked")]
+        ),
+        2.0,
+        "the live client's and the old-again client's allocations"
     );
 }
 

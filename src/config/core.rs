@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use turnpike_proto::core::{CoreConfig, PeerPolicy, RateLimit, RelayFamily, StaticCredential};
+use turnpike_proto::core::{
+    CoreConfig, OwnAddresses, PeerPolicy, RateLimit, RelayFamily, StaticCredential,
+};
 
 use super::{Config, UserCredential, parse_hex_key};
 
@@ -27,7 +29,9 @@ pub fn to_core(c: &Config) -> CoreConfig {
         relay6: fam(c.relay.bind_ip6, c.relay.public_ip6),
         max_lifetime: c.policy.max_lifetime.0,
         policy: PeerPolicy::new(&c.policy.allow_peers, &c.policy.deny_peers)
-            .expect("validated peer lists"),
+            .and_then(|p| p.with_nat64(&c.policy.nat64_prefixes))
+            .expect("validated peer lists")
+            .with_own(own_addresses(c)),
         max_allocations: c.policy.max_allocations,
         max_allocations_per_user: c.policy.max_allocations_per_user,
         max_permissions: c.policy.max_permissions,
@@ -43,6 +47,26 @@ pub fn to_core(c: &Config) -> CoreConfig {
             burst: c.limits.unauth_burst,
         },
     }
+}
+
+/// The server's own addresses as far as the file says (listener, relay and
+/// advertised addresses; listener ports; the relay port range). The shell
+/// adds every interface address and the ports port-0 listeners got (see
+/// `io::setup::core_config`).
+fn own_addresses(c: &Config) -> OwnAddresses {
+    let ips = c
+        .listen
+        .iter()
+        .map(|l| l.addr.ip())
+        .chain(c.relay.bind_ip)
+        .chain(c.relay.bind_ip6)
+        .chain(c.relay.public_ip)
+        .chain(c.relay.public_ip6);
+    OwnAddresses::new(
+        ips,
+        c.listen.iter().map(|l| l.addr.port()),
+        (c.relay.ports.low, c.relay.ports.high),
+    )
 }
 
 /// `[auth] users` as the core takes them. A key that does not parse cannot

@@ -116,6 +116,7 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "policy",
     "allow_peers",
     "deny_peers",
+    "nat64_prefixes",
     "max_allocations",
     "max_allocations_per_user",
     "max_lifetime",

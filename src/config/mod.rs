@@ -354,6 +354,12 @@ pub struct Policy {
     pub allow_peers: Vec<String>,
     /// CIDRs relaying must never reach (checked before `allow_peers`).
     pub deny_peers: Vec<String>,
+    /// Network-specific NAT64 prefixes (RFC 6052: /32, /40, /48, /56, /64
+    /// or /96), treated like the well-known `64:ff9b::/96`: relaying to
+    /// them is allowed and the IPv4 address they embed is judged by the
+    /// policy, so the translator cannot carry a relay into a refused IPv4
+    /// range.
+    pub nat64_prefixes: Vec<String>,
     /// Allocations in total (all users, all threads).
     pub max_allocations: usize,
     /// Allocations per user (REST credentials count by the part after ':').
@@ -378,6 +384,7 @@ impl Default for Policy {
         Policy {
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
+            nat64_prefixes: Vec::new(),
             max_allocations: 10_000,
             max_allocations_per_user: 10,
             max_lifetime: Span::secs(3600),

@@ -268,6 +268,16 @@ impl Config {
                 }
             }
         }
+        for (i, c) in p.nat64_prefixes.iter().enumerate() {
+            if let Err(e) = c.parse::<turnpike_proto::core::policy::Nat64Prefix>() {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("policy.nat64_prefixes[{i}]"),
+                    e,
+                    "write the IPv6 prefix of your NAT64 translator, e.g. \"2001:db8:64::/96\"",
+                ));
+            }
+        }
         if p.max_lifetime.0.as_secs() < 10 || p.max_lifetime.0.as_secs() > u64::from(u32::MAX) {
             return Err(ConfigError::invalid(
                 file,
@@ -576,5 +586,26 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("http.api_keys[1]"), "{text}");
         assert!(!text.contains("shared-key-22"), "never the value: {text}");
+    }
+
+    #[test]
+    fn nat64_prefixes_must_be_rfc_6052_ipv6_prefixes() {
+        for (bad, why) in [
+            ("2001:db8::/33", "/33"),
+            ("10.0.0.0/8", "IPv6"),
+            ("2001:db8::1/96", "host bits"),
+        ] {
+            let e = refused(&format!(
+                "[policy]\nnat64_prefixes = [\"2001:db8:64::/96\", \"{bad}\"]"
+            ));
+            assert_eq!(e.key(), Some("policy.nat64_prefixes[1]"), "{bad}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let c = Config::parse(
+            &format!("{L}[policy]\nnat64_prefixes = [\"2001:db8:64::/96\", \"2001:db8:100::/40\"]"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.policy.nat64_prefixes.len(), 2);
     }
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -79,30 +80,42 @@ fn unauthorized() -> Response {
 /// 404, whatever the caller presents; an API key never opens them.
 ///
 /// `None` lets the caller in; `Some` is the answer that turns it away.
-fn admin_refusal(
-    state: &AppState,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-) -> Option<Response> {
-    let cfg = state.config();
-    if cfg.http.admin_keys.is_empty() {
-        return Some(error(
-            StatusCode::NOT_FOUND,
-            "admin_disabled",
-            "the admin routes are off: set http.admin_keys to turn them on",
-        ));
+/// Proof that a request carries an admin key. As an extractor it answers
+/// before the admin handler runs: 404 while no `http.admin_keys` are set
+/// (never falling back to API keys), 401 for a wrong or missing key, and
+/// 401 with the reason for a key in the URL (admin keys are taken only as
+/// `Authorization: Bearer KEY`).
+pub(super) struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        let cfg = state.config();
+        if cfg.http.admin_keys.is_empty() {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "admin_disabled",
+                "the admin routes are off: set http.admin_keys to turn them on",
+            ));
+        }
+        let bearer = bearer_key(&parts.headers);
+        if key_ok(bearer, &cfg.http.admin_keys) {
+            return Ok(Admin);
+        }
+        let key_in_url = Params::try_from_uri(&parts.uri).is_ok_and(|q| q.contains_key("key"));
+        if bearer.is_none() && key_in_url {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin routes take their key only as `Authorization: Bearer KEY`, never in the URL",
+            ));
+        }
+        Err(unauthorized())
     }
-    if key_ok(bearer_key(headers), &cfg.http.admin_keys) {
-        return None;
-    }
-    if bearer_key(headers).is_none() && params.contains_key("key") {
-        return Some(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "admin routes take their key only as `Authorization: Bearer KEY`, never in the URL",
-        ));
-    }
-    Some(unauthorized())
 }
 
 /// `GET /api/v1/credentials?username=NAME[&ttl=SECONDS]`, and the TURN REST
@@ -198,14 +211,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub(super) async fn sessions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Response {
-    if let Some(refused) = admin_refusal(&state, &headers, &p) {
-        return refused;
-    }
+pub(super) async fn sessions(State(state): State<Arc<AppState>>, _: Admin) -> Response {
     let list: Vec<_> = state
         .handle
         .sessions()
@@ -237,12 +243,8 @@ pub(super) async fn sessions(
 pub(super) async fn delete_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
+    _: Admin,
 ) -> Response {
-    if let Some(refused) = admin_refusal(&state, &headers, &p) {
-        return refused;
-    }
     let Ok(id) = id.parse::<u64>() else {
         return bad_param("id", "not a session id");
     };
@@ -253,14 +255,7 @@ pub(super) async fn delete_session(
     }
 }
 
-pub(super) async fn drain(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Response {
-    if let Some(refused) = admin_refusal(&state, &headers, &p) {
-        return refused;
-    }
+pub(super) async fn drain(State(state): State<Arc<AppState>>, _: Admin) -> Response {
     let _ = state.ops.send(Op::Drain);
     (
         StatusCode::ACCEPTED,
@@ -269,14 +264,7 @@ pub(super) async fn drain(
         .into_response()
 }
 
-pub(super) async fn reload(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Response {
-    if let Some(refused) = admin_refusal(&state, &headers, &p) {
-        return refused;
-    }
+pub(super) async fn reload(State(state): State<Arc<AppState>>, _: Admin) -> Response {
     let (tx, rx) = oneshot::channel();
     if state.ops.send(Op::Reload(tx)).is_err() {
         return error(

@@ -117,6 +117,13 @@ impl ServerHandle {
             }
         }
         let mut core = setup::core_config(new);
+        // Listeners and the relay port range stay as started (both need a
+        // restart), so the own-address rule keeps judging by them.
+        let own = core.policy.own_mut();
+        own.add_listener_ports(self.listeners.iter().map(|l| l.addr.port()));
+        let ports = self.start_cfg.relay.ports;
+        own.set_relay_ports((ports.low, ports.high));
+        setup::warn_dangerous_allow_peers(&core);
         let mut notes = Vec::new();
         {
             let mut cur = self.core_cfg.lock().unwrap_or_else(|e| e.into_inner());

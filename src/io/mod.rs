@@ -18,7 +18,10 @@ mod stream;
 mod udp;
 
 pub use control::ReloadError;
-use setup::{check_relay_addresses, ipv6_unavailable, warn_if_own_address_refused};
+use setup::{
+    check_relay_addresses, ipv6_unavailable, warn_dangerous_allow_peers,
+    warn_if_own_address_refused,
+};
 pub use setup::{credentials, primary_address};
 
 use std::net::SocketAddr;
@@ -203,10 +206,11 @@ pub fn shard_count(cfg: &Config) -> usize {
 /// warning on hosts without IPv6, so the default works everywhere.
 pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let shards = shard_count(cfg);
-    let core_cfg = Arc::new(setup::core_config(cfg));
+    let mut core_cfg = setup::core_config(cfg);
     let creds = Arc::new(credentials(cfg)?);
     check_relay_addresses(cfg)?;
     warn_if_own_address_refused(&core_cfg);
+    warn_dangerous_allow_peers(&core_cfg);
     let mut per_shard: Vec<shard::Sockets> = (0..shards)
         .map(|_| shard::Sockets {
             gso: cfg.server.udp_gso,
@@ -267,6 +271,12 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             s.push(l.transport, addr, sock, tls.clone());
         }
     }
+    // Port-0 listeners have their ports now: no peer may be one of them.
+    core_cfg
+        .policy
+        .own_mut()
+        .add_listener_ports(listeners.iter().map(|l| l.addr.port()));
+    let core_cfg = Arc::new(core_cfg);
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();

@@ -16,6 +16,21 @@ pub(crate) fn core_config(cfg: &Config) -> CoreConfig {
             fam.advertised = primary_address(fam.bind.is_ipv6());
         }
     }
+    // The server's own addresses, read now (start and every reload):
+    // the advertised ones as resolved, and every interface address.
+    let advertised: Vec<_> = [c.relay4, c.relay6]
+        .into_iter()
+        .flatten()
+        .map(|r| r.advertised)
+        .collect();
+    let own = c.policy.own_mut();
+    own.add_ips(advertised);
+    match turnpike_sys::iface::addresses() {
+        Ok(list) => own.add_ips(list.into_iter().map(|a| a.ip)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list interface addresses; only configured ones count as this server's own")
+        }
+    }
     c.alternate_servers = cfg
         .http
         .alternate_servers
@@ -121,9 +136,55 @@ pub(crate) fn warn_if_own_address_refused(c: &CoreConfig) {
     }
 }
 
+/// `policy.allow_peers` entries that open what the default policy keeps
+/// closed for good reasons: loopback (services on this host), the cloud
+/// metadata address, everything (a /0). Logged at start and on reload.
+pub(crate) fn warn_dangerous_allow_peers(c: &CoreConfig) {
+    for (i, cidr, why) in c.policy.dangerous_allows() {
+        tracing::warn!(
+            key = %format!("policy.allow_peers[{i}]"),
+            entry = %cidr,
+            "dangerous peer policy: {why}; allow only the networks relays must reach"
+        );
+    }
+}
+
 pub(crate) fn ipv6_unavailable(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Issue 12: the core's own-address set is the configured addresses
+    /// (here the advertised public_ip) plus every interface address, read
+    /// when the core config is made (at start and on every reload); the
+    /// listener's port is never a peer, a relay port is.
+    #[test]
+    fn own_addresses_are_the_configured_ones_and_every_interface() {
+        let cfg = Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"0.0.0.0:3478\"\n\
+             [relay]\nbind_ip = \"0.0.0.0\"\npublic_ip = \"203.0.113.9\"\nports = \"50000-50099\"\n",
+            "t.toml",
+        )
+        .expect("test config");
+        let c = super::core_config(&cfg);
+        let own = c.policy.own();
+        let public: std::net::IpAddr = "203.0.113.9".parse().expect("literal");
+        assert!(own.ips().contains(&public));
+        for a in turnpike_sys::iface::addresses().expect("getifaddrs") {
+            let ip = turnpike_proto::core::policy::canonical_ip(a.ip);
+            assert!(own.contains(ip), "{} ({}) is ours", a.ip, a.interface);
+        }
+        assert_eq!(own.listener_ports(), [3478]);
+        let peer = |s: &str| c.policy.allows_peer(s.parse().expect("literal"));
+        assert!(!peer("203.0.113.9:3478"), "the listener");
+        assert!(!peer("203.0.113.9:53"), "another port");
+        assert!(peer("203.0.113.9:50000"), "a relay port");
+        assert!(peer("198.51.100.1:3478"), "someone else's port 3478");
+    }
 }

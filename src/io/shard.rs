@@ -296,7 +296,9 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
     let mut core = shard.core.borrow_mut();
     match c {
         Control::Config(cfg) => core.set_config(cfg),
-        Control::Credentials(creds) => core.set_credentials(creds),
+        Control::Credentials(creds) => {
+            core.set_credentials(now, creds, &mut ShellIo { shard });
+        }
         Control::Sessions(tx) => {
             let _ = tx.send(core.sessions(now));
         }

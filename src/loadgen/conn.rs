@@ -281,59 +281,26 @@ impl Conn {
                 n
             }
             Sock::Tcp(s) => {
-                let mut chunk = [0u8; 16384];
-                loop {
-                    match s.read(&mut chunk) {
-                        Ok(0) => {
-                            self.closed = true;
-                            break;
-                        }
-                        Ok(k) => self.rbuf.extend_from_slice(&chunk[..k]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            self.closed = true;
-                            break;
-                        }
-                    }
-                    if self.rbuf.len() > STREAM_BUF {
-                        break;
-                    }
-                }
+                self.closed |= read_available(&mut self.rbuf, |rbuf| {
+                    let mut chunk = [0u8; 16384];
+                    let k = s.read(&mut chunk)?;
+                    rbuf.extend_from_slice(&chunk[..k]);
+                    Ok(k)
+                });
                 self.split_frames(&mut f)
             }
             Sock::Tls(s, tls) => {
-                loop {
-                    match tls.read_tls(s) {
-                        Ok(0) => {
-                            self.closed = true;
-                            break;
-                        }
-                        Ok(_) => {
-                            if tls.process_new_packets().is_err() {
-                                self.closed = true;
-                                break;
-                            }
-                            let mut chunk = [0u8; 16384];
-                            loop {
-                                match tls.reader().read(&mut chunk) {
-                                    Ok(0) => break,
-                                    Ok(k) => self.rbuf.extend_from_slice(&chunk[..k]),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            self.closed = true;
-                            break;
+                self.closed |= read_available(&mut self.rbuf, |rbuf| {
+                    let k = tls.read_tls(s)?;
+                    if k > 0 {
+                        tls.process_new_packets().map_err(io::Error::other)?;
+                        let mut chunk = [0u8; 16384];
+                        while let Ok(n @ 1..) = tls.reader().read(&mut chunk) {
+                            rbuf.extend_from_slice(&chunk[..n]);
                         }
                     }
-                    if self.rbuf.len() > STREAM_BUF {
-                        break;
-                    }
-                }
+                    Ok(k)
+                });
                 // Key updates or alerts may want to be written.
                 let _ = self.flush();
                 self.split_frames(&mut f)
@@ -387,4 +354,23 @@ fn handshake(
     tcp.set_read_timeout(None)?;
     tcp.set_write_timeout(None)?;
     Ok(tls)
+}
+
+/// Reads what a non-blocking stream has now into `rbuf`, one `read_once`
+/// at a time, until it would block or `rbuf` passes `STREAM_BUF`. True when
+/// the stream ended (EOF or an error other than "would block").
+fn read_available(
+    rbuf: &mut Vec<u8>,
+    mut read_once: impl FnMut(&mut Vec<u8>) -> io::Result<usize>,
+) -> bool {
+    while rbuf.len() <= STREAM_BUF {
+        match read_once(rbuf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, AllocateOptions, Credentials, Session, SignOptions};
 use crate::core::{
-    ClientAddr, ClientOutput, CoreConfig, Counters, FiveTuple, Fragmentation, Now, PEER_HEADROOM,
-    PEER_TAILROOM, PeerAddr, PeerOutput, PeerPolicy, PortRange, RelayFamily, RelayId, RelayIo,
-    Server, Setup, Shared, StaticCredential, Transport,
+    ClientAddr, ClientOutput, CoreConfig, Counters, FiveTuple, Fragmentation, Now, OwnAddresses,
+    PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput, PeerPolicy, PortRange, RelayFamily,
+    RelayId, RelayIo, Server, Setup, Shared, StaticCredential, Transport,
 };
 use crate::wire::{Class, Message, TransactionId};
 
@@ -322,7 +322,9 @@ pub fn sim_config(relay_ip: &str, secret: &str, allow: &[&str]) -> SimConfig {
             }),
             relay6: None,
             max_lifetime: Duration::from_secs(3600),
-            policy: PeerPolicy::new(&allow, &[]).expect("valid CIDRs"),
+            policy: PeerPolicy::new(&allow, &[])
+                .expect("valid CIDRs")
+                .with_own(OwnAddresses::new([bind], [], (10000, 60000))),
             max_allocations: 1_000_000,
             max_allocations_per_user: 1_000_000,
             max_permissions: 64,

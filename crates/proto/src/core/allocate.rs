@@ -343,7 +343,7 @@ impl Server {
                 .push(now.mono + RESERVATION_LIFETIME, Due::Reservation(t));
             t
         });
-        let life = self.granted_lifetime(lifetime);
+        let life = self.granted_lifetime(lifetime, authed.rest_expiry, now.unix);
         let relay = SocketAddr::new(fam.bind, port);
         let advertised = SocketAddr::new(fam.advertised_for(ft.server), port);
         let id = self.next_id;
@@ -376,6 +376,7 @@ impl Server {
                 quota_user: authed.quota_user().into(),
                 key: KeyBytes::of(&authed.key),
                 password_algorithm: authed.password_algorithm,
+                rest_expiry: authed.rest_expiry,
                 created: now.mono,
                 expires,
                 next_check: expires,

@@ -40,7 +40,11 @@ impl KeyBytes {
     }
 
     pub fn key(&self) -> IntegrityKey {
-        IntegrityKey::new(&self.bytes[..usize::from(self.len)])
+        IntegrityKey::new(self.as_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -179,6 +183,9 @@ pub struct Allocation {
     pub quota_user: Box<str>,
     pub key: KeyBytes,
     pub password_algorithm: PasswordAlgorithm,
+    /// The Unix time the REST credential expires (`None`: a static user).
+    /// Requests after it get 401; the lifetime never runs past it.
+    pub rest_expiry: Option<u64>,
     pub created: Instant,
     pub expires: Instant,
     /// The deadline this allocation is filed under in the timer heap.

@@ -107,6 +107,29 @@ impl Credentials {
     pub fn nonce_lifetime(&self) -> u64 {
         self.nonce_lifetime
     }
+
+    /// Whether every key `old` verifies, these verify too: the same realm,
+    /// each old secret still here, each old static user here with the same
+    /// keys. Then a reload from `old` to these revokes nothing.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "`all` over the users: the answer does not depend on the order"
+    )]
+    pub fn covers(&self, old: &Credentials) -> bool {
+        let same = |a: &IntegrityKey, b: &IntegrityKey| a.as_bytes() == b.as_bytes();
+        self.realm == old.realm
+            && old.secrets.iter().all(|s| self.secrets.contains(s))
+            && old.users.iter().all(|(name, u)| {
+                self.users.get(name).is_some_and(|n| {
+                    same(&n.md5, &u.md5)
+                        && match (&n.sha256, &u.sha256) {
+                            (Some(a), Some(b)) => same(a, b),
+                            (None, None) => true,
+                            _ => false,
+                        }
+                })
+            })
+    }
 }
 
 pub use crate::rest::{parse_rest_username, rest_password};
@@ -168,6 +191,9 @@ pub struct Authed<'m> {
     /// signed the same way).
     pub integrity: Integrity,
     pub password_algorithm: PasswordAlgorithm,
+    /// The Unix time a REST username expires at (`None` for a static
+    /// user): no lifetime granted runs past it.
+    pub rest_expiry: Option<u64>,
 }
 
 impl Authed<'_> {
@@ -300,34 +326,40 @@ impl Authenticator {
         };
         let verify = |key: &IntegrityKey| msg.verify_integrity(key).is_ok();
 
+        let rest_expiry = self.rest_expiry(&username);
         if let Some((u, key, a)) = existing {
             if u == username && a == alg {
-                return if verify(key) {
-                    Ok(Authed {
-                        username,
-                        key: key.clone(),
-                        integrity,
-                        password_algorithm: alg,
-                    })
-                } else {
-                    Err(AuthFailure::BadIntegrity)
-                };
+                if !verify(key) {
+                    return Err(AuthFailure::BadIntegrity);
+                }
+                // The allocation's own key: its REST expiry still holds
+                // (issue 12: an expired credential neither refreshes nor
+                // adds permissions or channels).
+                if rest_expiry.is_some_and(|e| e <= wall) {
+                    return Err(AuthFailure::ExpiredUsername);
+                }
+                return Ok(Authed {
+                    username,
+                    key: key.clone(),
+                    integrity,
+                    password_algorithm: alg,
+                    rest_expiry,
+                });
             }
         }
         let cache_key = (username.to_string(), alg);
         if let Some(key) = self.cache.get(&cache_key).map(KeyBytes::key) {
             if verify(&key) {
                 // REST usernames expire even when their key is cached.
-                if let Some((exp, _)) = parse_rest_username(&username) {
-                    if exp < wall && !self.creds.users.contains_key(username.as_ref()) {
-                        return Err(AuthFailure::ExpiredUsername);
-                    }
+                if rest_expiry.is_some_and(|e| e <= wall) {
+                    return Err(AuthFailure::ExpiredUsername);
                 }
                 return Ok(Authed {
                     username,
                     key,
                     integrity,
                     password_algorithm: alg,
+                    rest_expiry,
                 });
             }
         }
@@ -341,6 +373,40 @@ impl Authenticator {
             key,
             integrity,
             password_algorithm: alg,
+            rest_expiry,
+        })
+    }
+
+    /// The expiry of a REST username: `None` for a static user (whose name
+    /// may look like one) and for a name that is not `expiry:user`. A
+    /// credential is expired once the wall clock reaches its expiry: a
+    /// lifetime of zero seconds is left then.
+    pub fn rest_expiry(&self, username: &str) -> Option<u64> {
+        if self.creds.users.contains_key(username) {
+            return None;
+        }
+        parse_rest_username(username).map(|(e, _)| e)
+    }
+
+    /// Whether the allocation key `key` of `username` (for `alg`) still
+    /// verifies with the credentials in force: the static user's key, or
+    /// the key one of the secrets derives for the REST username. After a
+    /// reload that removed the user or the last secret that verified it,
+    /// it does not.
+    pub fn still_verifies(&self, username: &str, alg: PasswordAlgorithm, key: &[u8]) -> bool {
+        let same = |k: &IntegrityKey| bool::from(k.as_bytes().ct_eq(key));
+        if let Some(u) = self.creds.users.get(username) {
+            return match alg {
+                PasswordAlgorithm::Md5 => same(&u.md5),
+                PasswordAlgorithm::Sha256 => u.sha256.as_ref().is_some_and(same),
+            };
+        }
+        if parse_rest_username(username).is_none() {
+            return false;
+        }
+        self.creds.secrets.iter().any(|secret| {
+            let password = rest_password(secret, username);
+            same(&long_term_key(alg, username, &self.creds.realm, &password))
         })
     }
 
@@ -370,7 +436,7 @@ impl Authenticator {
         if self.creds.secrets.is_empty() {
             return Err(AuthFailure::UnknownUser);
         }
-        if expiry < wall {
+        if expiry <= wall {
             return Err(AuthFailure::ExpiredUsername);
         }
         for secret in &self.creds.secrets {

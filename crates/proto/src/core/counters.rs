@@ -121,13 +121,15 @@ labelled!(
 );
 
 labelled!(
-    /// Why an allocation ended.
+    /// Why an allocation ended. `Revoked`: a reload removed its static
+    /// user, or the last secret that verified its REST username.
     EndReason {
         Expired => "expired",
         Refreshed0 => "deleted",
         ConnectionClosed => "connection_closed",
         Admin => "admin",
         Shutdown => "shutdown",
+        Revoked => "credential_revoked",
     }
 );
 

@@ -53,7 +53,15 @@ impl Server {
             self.counters.dropped(DropReason::Malformed);
             return ClientOutput::None;
         };
-        self.relay_out(now, slot, PeerAddr(canonical_addr(peer)), data, out)
+        let peer = PeerAddr(canonical_addr(peer));
+        // The permission is per address; the port is judged here: one of
+        // the server's own addresses only on a relay port (ChannelData
+        // needs no check, its channel's peer was judged at ChannelBind).
+        if !self.cfg.policy.own_port_allowed(peer.0) {
+            self.counters.dropped(DropReason::PeerPolicy);
+            return ClientOutput::None;
+        }
+        self.relay_out(now, slot, peer, data, out)
     }
 
     /// ChannelData from a client, RFC 8656 §12.6.

@@ -69,7 +69,7 @@ pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{
     AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
 };
-pub use policy::PeerPolicy;
+pub use policy::{OwnAddresses, PeerPolicy};
 pub use ratelimit::RateLimit;
 pub use shared::{PortChoice, Shared};
 pub use types::{
@@ -144,9 +144,39 @@ impl Server {
         self.cfg = cfg;
     }
 
-    /// Swap in new credentials (reload). Live allocations keep their keys.
-    pub fn set_credentials(&mut self, creds: Arc<Credentials>) {
+    /// Swap in new credentials (reload), and end at once every allocation
+    /// whose key no longer verifies with them: its static user was removed
+    /// (or its password changed), or the last secret that derived its REST
+    /// key is gone (counted as [`EndReason::Revoked`]). Ending them, rather
+    /// than refusing their next request, stops their relaying now: a
+    /// revoked credential keeps no relay, port or quota until the
+    /// allocation's lifetime runs out. Returns how many ended.
+    pub fn set_credentials<I: RelayIo>(
+        &mut self,
+        now: Now,
+        creds: Arc<Credentials>,
+        io: &mut I,
+    ) -> usize {
+        let unchanged_or_wider = creds.covers(self.auth.credentials());
         self.auth.set_credentials(creds);
+        if unchanged_or_wider {
+            // Nothing removed: every key that verified still does.
+            return 0;
+        }
+        let revoked: Vec<u32> = self
+            .table
+            .iter()
+            .filter(|(_, a)| {
+                !self
+                    .auth
+                    .still_verifies(&a.username, a.password_algorithm, a.key.as_bytes())
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &revoked {
+            self.delete(slot, now.mono, EndReason::Revoked, io);
+        }
+        revoked.len()
     }
 
     /// Allocations alive on this core.

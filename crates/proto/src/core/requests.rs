@@ -20,6 +20,14 @@ use crate::wire::{
     is_valid_channel,
 };
 
+/// What a peer address in a request is for: a permission (per address,
+/// its port ignored) or a channel (address and port).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PeerUse {
+    Permission,
+    Channel,
+}
+
 /// How to sign the response to an authenticated request: with its key,
 /// the way the request was signed (RFC 8489 §9.2.4).
 #[derive(Clone, Copy)]
@@ -95,7 +103,9 @@ impl Server {
         let tid = msg.transaction_id();
         if let Some(a) = slot.and_then(|s| self.table.get(s)) {
             if let Some((t, bytes)) = &a.last_response {
-                if *t == tid {
+                // Not once the credential has expired: the retransmission
+                // authenticates again and gets 401.
+                if *t == tid && a.rest_expiry.is_none_or(|e| e > now.unix) {
                     out.extend_from_slice(bytes);
                     return ClientOutput::Reply;
                 }
@@ -147,7 +157,7 @@ impl Server {
             return ClientOutput::Reply;
         }
         let done = match method {
-            Method::REFRESH => self.refresh(now.mono, slot, msg, sign, out, io),
+            Method::REFRESH => self.refresh(now, slot, msg, &authed, out, io),
             Method::CREATE_PERMISSION => self.create_permission(now.mono, slot, msg, sign, out),
             _ => self.channel_bind(now.mono, slot, msg, sign, out),
         };
@@ -270,24 +280,37 @@ impl Server {
     }
 
     /// RFC 8656 §7.2 lifetime rule: min(requested, maximum), but never
-    /// below the default (600 s) unless the maximum itself is lower.
-    pub(super) fn granted_lifetime(&self, requested: Option<u32>) -> Duration {
+    /// below the default (600 s) unless the maximum itself is lower; and
+    /// never past a REST credential's expiry (`rest_expiry`, Unix seconds;
+    /// authentication refused it once `wall` reached it, so at least a
+    /// second is left).
+    pub(super) fn granted_lifetime(
+        &self,
+        requested: Option<u32>,
+        rest_expiry: Option<u64>,
+        wall: u64,
+    ) -> Duration {
         let max = self.cfg.max_lifetime;
         let want = requested.map_or(DEFAULT_LIFETIME, |s| Duration::from_secs(u64::from(s)));
-        want.min(max).max(DEFAULT_LIFETIME.min(max))
+        let life = want.min(max).max(DEFAULT_LIFETIME.min(max));
+        match rest_expiry {
+            Some(e) => life.min(Duration::from_secs(e.saturating_sub(wall))),
+            None => life,
+        }
     }
 
     /// Refresh, RFC 8656 §7.3: LIFETIME 0 deletes, anything else sets a
-    /// new expiry by the §7.2 rule.
+    /// new expiry by the §7.2 rule, clamped to the credential's expiry.
     fn refresh<I: RelayIo>(
         &mut self,
-        now: Instant,
+        now: Now,
         slot: u32,
         msg: &Message<'_>,
-        sign: Option<Signer<'_>>,
+        authed: &Authed<'_>,
         out: &mut Vec<u8>,
         io: &mut I,
     ) -> Result<(), Reject> {
+        let sign = Some(Signer::of(authed));
         let Ok(requested) = msg.lifetime() else {
             return Err(Reject::new(400, "Bad LIFETIME"));
         };
@@ -300,29 +323,42 @@ impl Server {
         let life = if requested == Some(0) {
             Duration::ZERO
         } else {
-            self.granted_lifetime(requested)
+            self.granted_lifetime(requested, authed.rest_expiry, now.unix)
         };
         let mut b = MessageBuilder::response(out, msg, Class::Success);
         b.lifetime(life.as_secs() as u32);
         self.finish(b, msg, sign);
         self.counters.answered(Method::REFRESH, 200);
         if life.is_zero() {
-            self.delete(slot, now, EndReason::Refreshed0, io);
+            self.delete(slot, now.mono, EndReason::Refreshed0, io);
         } else if let Some(a) = self.table.get_mut(slot) {
-            a.expires = now + life;
+            a.expires = now.mono + life;
             self.reschedule(slot);
         }
         Ok(())
     }
 
     /// Canonicalise a peer address and check it against the allocation's
-    /// family (443) and the peer policy (403).
-    fn check_peer(&self, a: &Allocation, peer: SocketAddr) -> Result<PeerAddr, Reject> {
+    /// family (443) and the peer policy (403), its port too: the server's
+    /// own addresses only on relay ports ([`super::PeerPolicy::allows_peer`]).
+    /// A permission's port is ignored (RFC 8656 §9.1) and ICE agents send
+    /// 0: then the address alone is judged, and the port of each datagram
+    /// later (ChannelBind, every Send indication).
+    fn check_peer(
+        &self,
+        a: &Allocation,
+        peer: SocketAddr,
+        use_: PeerUse,
+    ) -> Result<PeerAddr, Reject> {
         let peer = PeerAddr(canonical_addr(peer));
         if peer.0.is_ipv6() != a.relay.is_ipv6() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        if !self.cfg.policy.allows(peer.ip()) {
+        let allowed = match use_ {
+            PeerUse::Permission if peer.0.port() == 0 => self.cfg.policy.allows(peer.ip()),
+            _ => self.cfg.policy.allows_peer(peer.0),
+        };
+        if !allowed {
             self.counters.policy_refusals.inc();
             return Err(Reject::new(403, "Forbidden"));
         }
@@ -364,7 +400,9 @@ impl Server {
             smallvec::SmallVec::with_capacity(count);
         let mut new = 0;
         for p in msg.xor_peer_addresses() {
-            let ip = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?)?.ip();
+            let ip = self
+                .check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?, PeerUse::Permission)?
+                .ip();
             if seen.insert(ip) {
                 ips.push(ip);
                 new += usize::from(!have.contains(&ip));
@@ -414,7 +452,7 @@ impl Server {
             Ok(Some(p)) => p,
             _ => return Err(BAD_PEER_ADDRESS),
         };
-        let peer = self.check_peer(a, peer)?;
+        let peer = self.check_peer(a, peer, PeerUse::Channel)?;
         let by_number = a.channels.iter().position(|c| c.number == number);
         let by_peer = a.channels.iter().position(|c| c.peer == peer);
         if by_number != by_peer {
