@@ -908,11 +908,21 @@ hostile_rows! {
         ..BASE
     };
     // --- amplification (issue 12 items 1 and 7) ---
-    /// The smallest trigger of every unauthenticated UDP answer gets at
-    /// most 3x its bytes back (or nothing): 401 was 6.2x, 400 3.4x, 420
-    /// 3.2x.
-    unauthenticated_udp_answers_are_at_most_3x: Case {
-        attack: amplification::unauthenticated_answers_within_3x,
+    /// The smallest trigger of each unauthenticated UDP answer gets at
+    /// most 3x its bytes back, or nothing: 401 was 6.2x.
+    unauthenticated_401_is_at_most_3x: Case {
+        attack: amplification::unauthenticated_401_within_3x,
+        ..BASE
+    };
+    /// An unknown method got a 400 of 3.4x: now nothing.
+    unknown_method_gets_no_answer: Case {
+        attack: amplification::unknown_method_gets_nothing,
+        ..BASE
+    };
+    /// A Binding with an unknown comprehension-required attribute got a
+    /// 420 of 3.2x.
+    unknown_attribute_420_and_binding_are_at_most_3x: Case {
+        attack: amplification::binding_answers_within_3x,
         ..BASE
     };
     /// No per-source limit: spoofed sources bounced floods off the server.
