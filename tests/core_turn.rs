@@ -2221,3 +2221,30 @@ fn create_permission_cap_before_duplicates() {
         "refreshing existing ones needs no room"
     );
 }
+
+/// A reload changes the unauthenticated rate limit at once (the table is
+/// kept: levels stay, capped at the new burst).
+#[test]
+fn a_reload_changes_the_rate_limit() {
+    let mut h = harness("[limits]\nunauth_rate = 10\nunauth_burst = 20\n");
+    let ft = udp("198.51.100.7:40000");
+    let answered = |h: &mut H, n: usize| {
+        (0..n)
+            .filter(|_| {
+                let req = bare(h, Method::BINDING, |_| {});
+                h.send(&ft, &req).is_some()
+            })
+            .count()
+    };
+    assert_eq!(answered(&mut h, 30), 20);
+    let off = base_config("[limits]\nunauth_rate = 0\n");
+    h.server
+        .set_config(Arc::new(turnpike::config::to_core(&off)));
+    assert_eq!(answered(&mut h, 30), 30, "off");
+    let on = base_config("[limits]\nunauth_rate = 10\nunauth_burst = 5\n");
+    h.server
+        .set_config(Arc::new(turnpike::config::to_core(&on)));
+    assert_eq!(answered(&mut h, 30), 0, "still spent");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(answered(&mut h, 30), 5, "refilled to the new burst");
+}
