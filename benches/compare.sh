@@ -201,6 +201,12 @@ EOF
 
 sed "s/^threads = THREADS/threads = $CORES/" "$WORK/turnpike.toml" >"$WORK/turnpike.$CORES.toml"
 sed "s/^threads = THREADS/threads = 1/" "$WORK/turnpike.toml" >"$WORK/turnpike.1.toml"
+# The build under test rate-limits unauthenticated answers per source
+# ([limits] unauth_rate, issue 12); every load comes from 127.0.0.1, so it
+# is turned off there (the baseline build does not know the key).
+for t in "$CORES" 1; do
+  { cat "$WORK/turnpike.$t.toml"; printf '[limits]\nunauth_rate = 0\n'; } >"$WORK/turnpike-new.$t.toml"
+done
 TP_CMD=("$TP" --log-level warn serve --config)
 CT_CMD=(turnserver --use-auth-secret "--static-auth-secret=$SECRET" --realm=bench
   --listening-ip=127.0.0.1 "--listening-port=$PORT" --relay-ip=127.0.0.1
@@ -224,7 +230,7 @@ start_server() { # $1 = a server of SERVERS, $2 = threads, $3 = CPU list to pin 
   # taskset execs the server, so $! is the server's pid.
   [ -z "${3:-}" ] || pin=(taskset -c "$3")
   case "$1" in
-    turnpike) ${pin[@]+"${pin[@]}"} "${TP_CMD[@]}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
+    turnpike) ${pin[@]+"${pin[@]}"} "${TP_CMD[@]}" "$WORK/turnpike-new.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
     coturn) ${pin[@]+"${pin[@]}"} "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
     turnpike-base) ${pin[@]+"${pin[@]}"} "$BASELINE" "${TP_CMD[@]:1}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike-base.out" 2>>"$WORK/turnpike-base.err" & ;;
     coturn-new) ${pin[@]+"${pin[@]}"} "$COTURN_PREFIX/bin/turnserver" "${CT_CMD[@]:1}" "--relay-threads=$2" >>"$WORK/coturn-new.out" 2>&1 & ;;

@@ -637,7 +637,6 @@ fn classify(
     malformed: bool,
     input_len: usize,
 ) -> Result<(Outcome, usize), String> {
-    let sw = default_software();
     let mut case_reply: Option<Outcome> = None;
     let mut reply_len = 0;
     let mut probe_answered = false;
@@ -661,7 +660,7 @@ fn classify(
                 &Expect {
                     tid,
                     mapped,
-                    software: Some(&sw),
+                    software: None,
                     fingerprint: false,
                 },
             );
@@ -686,7 +685,7 @@ fn classify(
                         &Expect {
                             tid,
                             mapped,
-                            software: Some(&sw),
+                            software: None,
                             fingerprint,
                         },
                     );
@@ -696,8 +695,8 @@ fn classify(
                     let (code, unknown) = check_binding_error(m, tid);
                     assert_eq!(
                         parsed.software().unwrap(),
-                        Some(sw.as_str()),
-                        "SOFTWARE in the error"
+                        None,
+                        "no SOFTWARE in an unauthenticated error (amplification)"
                     );
                     Outcome::Error {
                         code,
@@ -807,7 +806,6 @@ fn run_tcp(case: &Case, server: SocketAddr) -> Result<(Outcome, usize), String> 
 
 /// A fresh TCP connection and a fresh UDP socket are both answered.
 fn assert_alive(server: &TestServer) {
-    let sw = default_software();
     let sock = udp_client(false);
     let tid = new_tid();
     let resp = udp_roundtrip(
@@ -820,7 +818,7 @@ fn assert_alive(server: &TestServer) {
         &Expect {
             tid,
             mapped: sock.local_addr().unwrap(),
-            software: Some(&sw),
+            software: None,
             fingerprint: true,
         },
     );
@@ -833,7 +831,7 @@ fn assert_alive(server: &TestServer) {
         &Expect {
             tid,
             mapped,
-            software: Some(&sw),
+            software: None,
             fingerprint: true,
         },
     );
@@ -990,13 +988,12 @@ fn tls_listener_refuses_plaintext() {
     let mapped = tls.sock.local_addr().unwrap();
     let tid = new_tid();
     let resp = FrameReader::new(tls).roundtrip(&binding_request(tid, false));
-    let sw = default_software();
     check_binding_success(
         &resp,
         &Expect {
             tid,
             mapped,
-            software: Some(&sw),
+            software: None,
             fingerprint: false,
         },
     );

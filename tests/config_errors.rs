@@ -402,3 +402,33 @@ fn the_sample_ships_no_credentials() {
         );
     }
 }
+
+/// `[limits]` of the unauthenticated rate limit: defaults, and the values
+/// refused (issue 12 item 1).
+#[test]
+fn unauthenticated_rate_limit_keys() {
+    let d = turnpike::config::Config::embedded().limits;
+    assert_eq!(
+        (d.unauth_rate, d.unauth_burst, d.rate_limit_slots),
+        (1000, 2000, 4096)
+    );
+    let base = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n[limits]\n";
+    refused(
+        &format!("{base}unauth_burst = 0\n"),
+        &["limits.unauth_burst", "unauth_rate = 0"],
+    );
+    refused(
+        &format!("{base}rate_limit_slots = 0\n"),
+        &["limits.rate_limit_slots", "out of range"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("off.toml");
+    std::fs::write(
+        &path,
+        format!("{base}unauth_rate = 0\nunauth_burst = 0\nrate_limit_slots = 64\n"),
+    )
+    .unwrap();
+    let c = check_ok(&path);
+    assert_eq!(c.limits.unauth_rate, 0, "0 turns the limit off");
+    assert_eq!(c.limits.rate_limit_slots, 64);
+}

@@ -16,7 +16,7 @@ use turnpike_proto::client::{self, AllocateOptions, Credentials, Session, SignOp
 use turnpike_proto::core::{
     AuthFailureReason, ChannelNumber, ClientAddr, ClientOutput, Counters, DropReason, EndReason,
     Family, FiveTuple, Fragmentation, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAddr, PeerOutput,
-    RelayId, Server, Setup, Shared,
+    RESERVATION_LIFETIME, RelayId, Server, Setup, Shared,
 };
 use turnpike_proto::sim::MemIo;
 use turnpike_proto::wire::{
@@ -313,7 +313,8 @@ fn binding_reports_source_address() {
     assert_eq!(m.class(), Class::Success);
     assert_eq!(m.transaction_id(), tid);
     assert_eq!(m.xor_mapped_address().unwrap(), Some(ft.client.0));
-    assert_eq!(m.software().unwrap(), Some("turnpike-test"));
+    // Unauthenticated: no SOFTWARE (amplification, issue 12).
+    assert_eq!(m.software().unwrap(), None);
     assert_eq!(m.check_fingerprint(), Some(true));
     assert_eq!(h.counters.binding_requests.get(), 1);
 }
@@ -1629,7 +1630,8 @@ fn malformed_and_stray_packets_are_dropped_and_counted() {
     assert!(h.send(&ft, &cd).is_none(), "ChannelData without allocation");
     assert_eq!(h.counters.dropped_count(DropReason::Malformed), 2);
     assert_eq!(h.counters.dropped_count(DropReason::NoAllocation), 1);
-    // Unknown method request → 400.
+    // Unknown method request → nothing (a 400 would feed a reflection),
+    // counted; over TCP too.
     let mut req = Vec::new();
     let tid = h.tid();
     MessageBuilder::new(
@@ -1637,7 +1639,10 @@ fn malformed_and_stray_packets_are_dropped_and_counted() {
         MessageType::new(Method(0x0ff), Class::Request),
         tid,
     );
-    assert_eq!(h.expect_code(&ft, &req), 400);
+    assert!(h.send(&ft, &req).is_none());
+    assert!(h.send(&tcp("198.51.100.7:40001"), &req).is_none());
+    assert_eq!(h.counters.dropped_count(DropReason::UnknownMethod), 2);
+    assert_eq!(h.counters.answered_count(Method(0x0ff), 400), 0);
     // Data from a peer on a relay that doesn't exist.
     assert!(h.peer_sends(RelayId(77), "198.51.100.1:1", b"x").is_none());
 }
@@ -1764,4 +1769,482 @@ fn datagram_too_large_for_a_data_indication_is_dropped_and_counted() {
         Message::parse(&msg).unwrap().data().unwrap().len(),
         ok.len()
     );
+}
+
+// --- Amplification and the unauthenticated rate limit (issue 12) -----------
+
+/// A bare request: header, then `attrs`.
+fn bare(h: &mut H, method: Method, attrs: impl FnOnce(&mut MessageBuilder<'_>)) -> Vec<u8> {
+    let mut req = Vec::new();
+    let tid = h.tid();
+    let mut b = MessageBuilder::new(&mut req, MessageType::new(method, Class::Request), tid);
+    attrs(&mut b);
+    req
+}
+
+/// Every unauthenticated UDP answer is at most three times its request,
+/// from IPv4 and IPv6 sources: the smallest trigger of each answer.
+#[test]
+fn unauthenticated_udp_answers_are_at_most_three_times_the_request() {
+    let mut h = harness("");
+    for src in ["198.51.100.7:40000", "[2001:db8::7]:40000"] {
+        let ft = udp(src);
+        let peer = addr("198.51.100.1:9");
+        let cases: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+            (
+                "Binding, 20 bytes",
+                bare(&mut h, Method::BINDING, |_| {}),
+                Some(200),
+            ),
+            (
+                "Binding with an unknown comprehension-required attribute",
+                bare(&mut h, Method::BINDING, |b| {
+                    b.attr(0x7f01, &[]);
+                }),
+                Some(420),
+            ),
+            // The realm "example.org" does not fit a 401 in 60 bytes.
+            (
+                "Allocate, 20 bytes",
+                bare(&mut h, Method::ALLOCATE, |_| {}),
+                None,
+            ),
+            (
+                "Allocate with REQUESTED-TRANSPORT",
+                bare(&mut h, Method::ALLOCATE, |b| {
+                    b.requested_transport(17);
+                }),
+                Some(401),
+            ),
+            (
+                "Refresh, 20 bytes",
+                bare(&mut h, Method::REFRESH, |_| {}),
+                None,
+            ),
+            (
+                "CreatePermission, 20 bytes",
+                bare(&mut h, Method::CREATE_PERMISSION, |_| {}),
+                None,
+            ),
+            (
+                "CreatePermission with XOR-PEER-ADDRESS",
+                bare(&mut h, Method::CREATE_PERMISSION, |b| {
+                    b.xor_address(attr::XOR_PEER_ADDRESS, peer);
+                }),
+                Some(401),
+            ),
+            (
+                "ChannelBind, 20 bytes",
+                bare(&mut h, Method::CHANNEL_BIND, |_| {}),
+                None,
+            ),
+            (
+                "an unknown method",
+                bare(&mut h, Method(0x0ff), |_| {}),
+                None,
+            ),
+            (
+                "MESSAGE-INTEGRITY without USERNAME",
+                bare(&mut h, Method::ALLOCATE, |b| {
+                    b.integrity(&turnpike_proto::wire::IntegrityKey::new(b"k"));
+                }),
+                Some(400),
+            ),
+        ];
+        for (what, req, want) in cases {
+            let got = h.send(&ft, &req);
+            match (&got, want) {
+                (None, None) => {}
+                (Some(resp), Some(code)) => {
+                    assert!(
+                        resp.len() <= 3 * req.len(),
+                        "{src} {what}: {} bytes for {}",
+                        resp.len(),
+                        req.len()
+                    );
+                    let m = Message::parse(resp).unwrap();
+                    let c = match m.class() {
+                        Class::Success => 200,
+                        _ => m.error_code().unwrap().unwrap().code,
+                    };
+                    assert_eq!(c, code, "{src} {what}");
+                    assert_eq!(m.software().unwrap(), None, "{src} {what}: no SOFTWARE");
+                    if code == 401 {
+                        assert_eq!(m.realm().unwrap(), Some("example.org"));
+                        assert!(m.nonce().unwrap().is_some(), "{src} {what}");
+                    }
+                }
+                _ => panic!("{src} {what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+    assert_eq!(h.counters.dropped_count(DropReason::UnknownMethod), 2);
+    assert_eq!(
+        h.counters.dropped_count(DropReason::Amplification),
+        8,
+        "20-byte Allocate, Refresh, CreatePermission, ChannelBind, twice"
+    );
+}
+
+/// The 438 to a request with a stale nonce is small against that
+/// request (it carries USERNAME, REALM, NONCE and MESSAGE-INTEGRITY).
+#[test]
+fn stale_nonce_answer_is_within_three_times() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let session = h.challenge(&ft, alice(), SignOptions::default());
+    h.advance(Duration::from_secs(3 * 3600));
+    let mut req = Vec::new();
+    let tid = h.tid();
+    client::allocate(&mut req, tid, &AllocateOptions::default(), Some(&session));
+    let resp = h.send(&ft, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.error_code().unwrap().unwrap().code, 438);
+    assert!(resp.len() <= 3 * req.len());
+    assert!(m.nonce().unwrap().is_some());
+}
+
+/// A 401 that had no room for PASSWORD-ALGORITHMS, the nonce cookie or a
+/// reason phrase still lets a client authenticate (MD5, RFC 5389 style).
+#[test]
+fn a_compact_401_still_authenticates() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let req = bare(&mut h, Method::ALLOCATE, |b| {
+        b.requested_transport(17);
+    });
+    let resp = h.send(&ft, &req).unwrap();
+    let m = Message::parse(&resp).unwrap();
+    let e = m.error_code().unwrap().unwrap();
+    assert_eq!((e.code, e.reason), (401, "Unauthorized"));
+    assert!(m.password_algorithms().is_none(), "no room for it");
+    let nonce = m.nonce().unwrap().unwrap();
+    assert!(!nonce.starts_with("obMatJos2"), "{nonce}");
+    assert_eq!(nonce.len(), 16);
+    let session = Session::from_challenge(&m, alice(), SignOptions::default()).unwrap();
+    let mut req = Vec::new();
+    let tid = h.tid();
+    client::allocate(&mut req, tid, &AllocateOptions::default(), Some(&session));
+    let m2 = h.send(&ft, &req).unwrap();
+    let m2 = Message::parse(&m2).unwrap();
+    assert_eq!(m2.class(), Class::Success);
+    assert!(session.verify(&m2));
+    // Signed answers keep SOFTWARE.
+    assert_eq!(m2.software().unwrap(), Some("turnpike-test"));
+    // Over TCP the handshake proved the address: the full 401.
+    let req = bare(&mut h, Method::ALLOCATE, |_| {});
+    let m = h.send(&tcp("198.51.100.7:40001"), &req).unwrap();
+    let m = Message::parse(&m).unwrap();
+    assert_eq!(m.error_code().unwrap().unwrap().reason, "Unauthorized");
+    assert!(m.nonce().unwrap().unwrap().starts_with("obMatJos2wAAA"));
+    let algs: Vec<u16> = m.password_algorithms().unwrap().map(|(a, _)| a).collect();
+    assert_eq!(algs, [2, 1]);
+}
+
+#[test]
+fn the_rate_limit_caps_unauthenticated_answers_per_source() {
+    let mut h = harness("[limits]\nunauth_rate = 10\nunauth_burst = 20\n");
+    let binding = |h: &mut H| bare(h, Method::BINDING, |_| {});
+    let answered = |h: &mut H, src: &str, n: usize| {
+        (0..n)
+            .filter(|_| {
+                let req = binding(h);
+                h.send(&udp(src), &req).is_some()
+            })
+            .count()
+    };
+    // An allocation made before the flood keeps working through it.
+    let ft = udp("198.51.100.7:39999");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    assert_eq!(
+        answered(&mut h, "198.51.100.7:40000", 100),
+        19,
+        "the burst (one went to the 401)"
+    );
+    assert_eq!(answered(&mut h, "198.51.100.7:40001", 10), 0, "any port");
+    assert_eq!(
+        h.refresh(&ft, &s, Some(600)).0,
+        200,
+        "authenticated: not limited"
+    );
+    assert_eq!(
+        answered(&mut h, "198.51.100.8:40000", 100),
+        20,
+        "another source"
+    );
+    assert_eq!(answered(&mut h, "[2001:db8:0:1::1]:1", 15), 15);
+    assert_eq!(
+        answered(&mut h, "[2001:db8:0:1::2]:1", 15),
+        5,
+        "the same /64"
+    );
+    assert_eq!(
+        answered(&mut h, "[2001:db8:0:2::1]:1", 15),
+        15,
+        "another /64"
+    );
+    let tcp_req = binding(&mut h);
+    assert!(
+        h.send(&tcp("198.51.100.7:40002"), &tcp_req).is_some(),
+        "TCP is not limited"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(answered(&mut h, "198.51.100.7:40000", 100), 10, "the rate");
+    assert_eq!(
+        h.counters
+            .rate_limited_count(turnpike_proto::core::RateLimitReason::Binding),
+        81 + 10 + 80 + 10 + 90
+    );
+    // 401s are limited too, and counted by their own reason.
+    let alloc = bare(&mut h, Method::ALLOCATE, |b| {
+        b.requested_transport(17);
+    });
+    assert!(h.send(&udp("198.51.100.7:40000"), &alloc).is_none());
+    assert_eq!(
+        h.counters
+            .rate_limited_count(turnpike_proto::core::RateLimitReason::Unauthorized),
+        1
+    );
+}
+
+/// Issue 12: an EVEN-PORT reservation (R bit) holds a port, so it counts
+/// against the user's and the total quota until it is used or expires.
+#[test]
+fn even_port_reservations_count_against_the_quotas() {
+    let mut h = harness("[policy]\nmax_allocations = 10\nmax_allocations_per_user = 3\n");
+    let even = |h: &mut H, port: u16| {
+        let ft = udp(&format!("198.51.100.7:{port}"));
+        h.allocate_with(
+            &ft,
+            alice(),
+            AllocateOptions {
+                even_port: Some(true),
+                ..Default::default()
+            },
+            SignOptions::default(),
+        )
+    };
+    assert!(even(&mut h, 40000).is_ok());
+    assert_eq!(
+        h.shared.allocations(),
+        2,
+        "the allocation and its held port"
+    );
+    assert_eq!(even(&mut h, 40001).err(), Some(486), "3 + 1 held > 3");
+    assert_eq!(
+        h.shared.allocations(),
+        2,
+        "the refusal gave back what it took"
+    );
+    // A plain allocation still fits the third unit; then nothing more.
+    h.allocate(&udp("198.51.100.7:40002"), alice(), Default::default());
+    assert_eq!(
+        h.allocate_with(
+            &udp("198.51.100.7:40003"),
+            alice(),
+            Default::default(),
+            SignOptions::default()
+        )
+        .err(),
+        Some(486)
+    );
+    // Another user is not charged for alice's reservation.
+    h.allocate(
+        &udp("198.51.100.8:40000"),
+        rest("bob", 1_900_000_000),
+        Default::default(),
+    );
+    assert_eq!(h.shared.allocations(), 4);
+    // The reservation expires: its unit comes back.
+    h.advance(RESERVATION_LIFETIME);
+    assert_eq!(h.shared.allocations(), 3);
+    h.allocate(&udp("198.51.100.7:40004"), alice(), Default::default());
+    // Over the total quota: 10 allocations, a user with 5 EVEN-PORT pairs
+    // would pin 10 ports.
+    let mut h = harness("[policy]\nmax_allocations = 4\nmax_allocations_per_user = 100\n");
+    assert!(even(&mut h, 41000).is_ok());
+    assert!(even(&mut h, 41001).is_ok());
+    assert_eq!(h.shared.allocations(), 4);
+    assert_eq!(even(&mut h, 41002).err(), Some(486), "total reached");
+    assert_eq!(
+        h.allocate_with(
+            &udp("198.51.100.9:1"),
+            rest("carol", 1_900_000_000),
+            Default::default(),
+            SignOptions::default()
+        )
+        .err(),
+        Some(486),
+        "held ports count in the total"
+    );
+}
+
+// --- Bounds (issue 12 item 7) ----------------------------------------------
+
+/// An Allocate with USERNAME, REALM, NONCE and a MESSAGE-INTEGRITY (of a
+/// key that does not matter: the bounds come first).
+fn signed_with(h: &mut H, username: &str, realm: &str, nonce: &str) -> Vec<u8> {
+    let mut req = Vec::new();
+    let tid = h.tid();
+    let mut b = MessageBuilder::new(
+        &mut req,
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+    );
+    b.requested_transport(17)
+        .text(attr::USERNAME, username)
+        .text(attr::REALM, realm)
+        .text(attr::NONCE, nonce)
+        .integrity(&turnpike_proto::wire::IntegrityKey::new(b"whatever"));
+    req
+}
+
+#[test]
+fn oversized_username_realm_or_nonce_is_400_before_any_hmac() {
+    let mut h = harness("");
+    let ft = udp("198.51.100.7:40000");
+    let long = |n: usize| "x".repeat(n);
+    let reason = |h: &mut H, req: &[u8]| {
+        let resp = h.send(&ft, req).unwrap();
+        let m = Message::parse(&resp).unwrap();
+        let e = m.error_code().unwrap().unwrap();
+        (e.code, e.reason.to_string())
+    };
+    // A forged nonce: were the nonce's HMAC computed first, this would be
+    // 438; the bounds come before it.
+    for (user, realm, nonce, want) in [
+        (
+            long(509),
+            "example.org".to_string(),
+            "forged".to_string(),
+            "USERNAME too long",
+        ),
+        (
+            long(30_000),
+            "example.org".to_string(),
+            "forged".to_string(),
+            "USERNAME too long",
+        ),
+        (
+            "alice".to_string(),
+            long(764),
+            "forged".to_string(),
+            "REALM too long",
+        ),
+        (
+            "alice".to_string(),
+            "example.org".to_string(),
+            long(764),
+            "NONCE too long",
+        ),
+        (
+            "alice".to_string(),
+            "example.org".to_string(),
+            "é".repeat(764),
+            "NONCE too long",
+        ),
+    ] {
+        let req = signed_with(&mut h, &user, &realm, &nonce);
+        assert_eq!(
+            reason(&mut h, &req),
+            (400, want.to_string()),
+            "{}",
+            user.len()
+        );
+    }
+    // At the bounds: on to the nonce check (438).
+    let req = signed_with(&mut h, &long(508), &long(763), "forged");
+    assert_eq!(reason(&mut h, &req).0, 438);
+    assert_eq!(h.server.cached_keys(), 0);
+    assert_eq!(
+        h.counters.auth_failure_count(AuthFailureReason::BadRequest),
+        5
+    );
+}
+
+/// More than 128 attributes: the message does not parse; dropped
+/// unanswered and counted as malformed, authenticated or not.
+#[test]
+fn more_than_128_attributes_is_dropped() {
+    let mut h = harness("[policy]\nmax_permissions = 10000\n");
+    let ft = udp("198.51.100.7:40000");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    let peers = |n: usize| -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([198, 51, 100, (i % 200) as u8 + 1], 1000 + i as u16)))
+            .collect()
+    };
+    let malformed = h.counters.dropped_count(DropReason::Malformed);
+    for n in [124, 2700] {
+        // 124 peers + USERNAME, REALM, NONCE, MESSAGE-INTEGRITY,
+        // FINGERPRINT = 129 attributes.
+        let mut req = Vec::new();
+        let tid = h.tid();
+        client::create_permission(&mut req, tid, &peers(n), &s);
+        assert!(h.send(&ft, &req).is_none(), "{n} peers");
+    }
+    assert_eq!(
+        h.counters.dropped_count(DropReason::Malformed),
+        malformed + 2
+    );
+    // 123 peers (128 attributes) parse and are answered.
+    let ok: Vec<String> = peers(123).iter().map(SocketAddr::to_string).collect();
+    let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+    assert_eq!(h.create_permission(&ft, &s, &ok), 200);
+}
+
+/// CreatePermission checks the cap on the number of addresses before it
+/// looks for duplicates; duplicates count once against the cap.
+#[test]
+fn create_permission_cap_before_duplicates() {
+    let mut h = harness("[policy]\nmax_permissions = 4\n");
+    let ft = udp("198.51.100.7:40000");
+    let (s, _, _) = h.allocate(&ft, alice(), Default::default());
+    let five = ["198.51.100.1:1"; 5];
+    assert_eq!(h.create_permission(&ft, &s, &five), 508, "5 addresses > 4");
+    assert_eq!(h.counters.permissions_active.get(), 0);
+    let dup = [
+        "198.51.100.1:1",
+        "198.51.100.1:2",
+        "198.51.100.2:1",
+        "198.51.100.1:3",
+    ];
+    assert_eq!(h.create_permission(&ft, &s, &dup), 200);
+    assert_eq!(h.counters.permissions_active.get(), 2, "duplicates once");
+    let more = ["198.51.100.3:1", "198.51.100.4:1", "198.51.100.1:9"];
+    assert_eq!(h.create_permission(&ft, &s, &more), 200, "2 + 2 new = 4");
+    assert_eq!(h.counters.permissions_active.get(), 4);
+    assert_eq!(h.create_permission(&ft, &s, &["198.51.100.5:1"]), 508);
+    assert_eq!(
+        h.create_permission(&ft, &s, &["198.51.100.4:7", "198.51.100.1:7"]),
+        200,
+        "refreshing existing ones needs no room"
+    );
+}
+
+/// A reload changes the unauthenticated rate limit at once (the table is
+/// kept: levels stay, capped at the new burst).
+#[test]
+fn a_reload_changes_the_rate_limit() {
+    let mut h = harness("[limits]\nunauth_rate = 10\nunauth_burst = 20\n");
+    let ft = udp("198.51.100.7:40000");
+    let answered = |h: &mut H, n: usize| {
+        (0..n)
+            .filter(|_| {
+                let req = bare(h, Method::BINDING, |_| {});
+                h.send(&ft, &req).is_some()
+            })
+            .count()
+    };
+    assert_eq!(answered(&mut h, 30), 20);
+    let off = base_config("[limits]\nunauth_rate = 0\n");
+    h.server
+        .set_config(Arc::new(turnpike::config::to_core(&off)));
+    assert_eq!(answered(&mut h, 30), 30, "off");
+    let on = base_config("[limits]\nunauth_rate = 10\nunauth_burst = 5\n");
+    h.server
+        .set_config(Arc::new(turnpike::config::to_core(&on)));
+    assert_eq!(answered(&mut h, 30), 0, "still spent");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(answered(&mut h, 30), 5, "refilled to the new burst");
 }

@@ -388,3 +388,32 @@ fn every_single_bit_flip_of_the_seeds() {
         }
     }
 }
+
+/// Issue 12: more than 128 attributes is a parse error of its own
+/// (`TooManyAttributes`), which every probe accepts as a refusal.
+#[test]
+fn more_than_128_attributes_is_refused_not_a_crash() {
+    let tid = TransactionId::new([0x22; 12]);
+    for n in [128usize, 129, 2700] {
+        let mut m = Vec::new();
+        let mut b = MessageBuilder::new(
+            &mut m,
+            MessageType::new(Method::CREATE_PERMISSION, Class::Request),
+            tid,
+        );
+        for i in 0..n {
+            b.attr(0xc001, &(i as u32).to_be_bytes());
+        }
+        let parsed = Message::parse(&m);
+        if n <= turnpike_proto::wire::MAX_ATTRIBUTES {
+            assert!(parsed.is_ok(), "{n}: {parsed:?}");
+        } else {
+            assert_eq!(
+                parsed.err(),
+                Some(turnpike_proto::wire::ParseError::TooManyAttributes),
+                "{n}"
+            );
+        }
+        probe_all(&m);
+    }
+}

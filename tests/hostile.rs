@@ -22,6 +22,8 @@
     reason = "a test: unwrap is its assertion, and it reads the clock to bound its waits"
 )]
 
+#[path = "hostile/amplification.rs"]
+mod amplification;
 mod common;
 #[path = "hostile/policy.rs"]
 mod policy;
@@ -345,6 +347,10 @@ impl Bystander {
                     assert_eq!(r.status, 200, "bystander's credentials: {}", r.text());
                     assert!(Minted::parse(&r.json()).username.ends_with(":bystander"));
                     progress.rounds.fetch_add(1, Ordering::SeqCst);
+                    // Well-behaved: under the per-source limit on
+                    // unauthenticated answers (limits.unauth_rate,
+                    // 1,000/s); unpaced, this loop asks ~1,400 Bindings/s.
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             })
         };
@@ -899,6 +905,40 @@ hostile_rows! {
     /// A reload without the secret ends the allocations it verified.
     reload_retiring_a_secret_ends_its_allocations: Case {
         attack: policy::reload_retiring_a_secret_ends_its_allocations,
+        ..BASE
+    };
+    // --- amplification (issue 12 items 1 and 7) ---
+    /// The smallest trigger of each unauthenticated UDP answer gets at
+    /// most 3x its bytes back, or nothing: 401 was 6.2x.
+    unauthenticated_401_is_at_most_3x: Case {
+        attack: amplification::unauthenticated_401_within_3x,
+        ..BASE
+    };
+    /// An unknown method got a 400 of 3.4x: now nothing.
+    unknown_method_gets_no_answer: Case {
+        attack: amplification::unknown_method_gets_nothing,
+        ..BASE
+    };
+    /// A Binding with an unknown comprehension-required attribute got a
+    /// 420 of 3.2x.
+    unknown_attribute_420_and_binding_are_at_most_3x: Case {
+        attack: amplification::binding_answers_within_3x,
+        ..BASE
+    };
+    /// No per-source limit: spoofed sources bounced floods off the server.
+    unauthenticated_udp_flood_is_rate_limited: Case {
+        attack: amplification::unauthenticated_flood_is_rate_limited,
+        ..BASE
+    };
+    /// A 30 KB USERNAME: 400 before any HMAC, not logged.
+    thirty_kb_username_is_a_400: Case {
+        attack: amplification::thirty_kb_username_is_400,
+        ..BASE
+    };
+    /// One CreatePermission with 2,700 XOR-PEER-ADDRESS held a shard for
+    /// ~110 ms: now it does not parse (over 128 attributes) and is dropped.
+    create_permission_with_2700_peers_is_dropped: Case {
+        attack: amplification::create_permission_with_2700_peers_is_dropped,
         ..BASE
     };
 }

@@ -268,6 +268,35 @@ fn start_up_errors_are_json_with_log_format_json() {
     }
 }
 
+/// Issue 12: a username with a newline and ESC cannot forge a log line or
+/// drive a terminal in the text format: it is logged escaped.
+#[test]
+fn a_username_cannot_forge_a_log_line() {
+    let mut server = TestServer::start(&config(""));
+    let forged = "2026-12-04T00:00:00.000000Z  INFO turnpike: forged by eve";
+    let user = format!("eve\n{forged}\x1b[2J\x1b]0;pwned\x07");
+    let (_, username, _) = allocation_cycle(&server, &user, 0);
+    let status = server.stop(Signal::Int);
+    assert!(status.success(), "{status}");
+    let text = server.stderr_text();
+    assert!(
+        !text.lines().any(|l| l.starts_with(forged)),
+        "a forged line:\n{text}"
+    );
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    let escaped = username
+        .replace('\n', "\\n")
+        .replace('\x1b', "\\u{1b}")
+        .replace('\x07', "\\u{7}");
+    for what in ["allocation created", "allocation ended"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line:\n{text}"));
+        assert!(line.contains(&escaped), "{line}\nwants {escaped}");
+    }
+}
+
 /// Issue 12: `policy.allow_peers` entries that open loopback, the cloud
 /// metadata address or everything (a /0) are warned about at start, each
 /// line naming its key; a private range that is none of these is not.

@@ -76,6 +76,10 @@ struct Client {
 }
 
 fn connect(turn: SocketAddr) -> Client {
+    connect_as(turn, "alice", "alice-password")
+}
+
+fn connect_as(turn: SocketAddr, user: &str, password: &str) -> Client {
     let sock = udp_client(false);
     let mut b = Vec::new();
     client::allocate(&mut b, new_tid(), &AllocateOptions::default(), None);
@@ -83,7 +87,7 @@ fn connect(turn: SocketAddr) -> Client {
     let msg = Message::parse(&resp).expect("401 parses");
     let session = Session::from_challenge(
         &msg,
-        Credentials::new("alice", "alice-password"),
+        Credentials::new(user, password),
         SignOptions::default(),
     )
     .expect("401 with REALM and NONCE");
@@ -221,27 +225,43 @@ fn a_refused_token_lets_the_held_port_go() {
     let srv = TestServer::start(
         &loopback_relay_config(
             &format!("{low}-{high}"),
-            "users = { alice = \"alice-password\" }",
+            "users = { alice = \"alice-password\", bob = \"bob-password\" }",
         )
         .replace(
             "max_allocations_per_user = 100",
-            "max_allocations_per_user = 1",
+            "max_allocations_per_user = 2",
         ),
     );
     let turn = srv.addr(Transport::Udp, false);
     let rtp = connect(turn);
+    // The allocation and its held port: alice's two quota units.
     let (relayed, token) = rtp.allocate(&even_port_r()).expect("EVEN-PORT R=1");
     let reserved = relayed.port() + 1;
     assert!(
         UdpSocket::bind((Ipv4Addr::LOCALHOST, reserved)).is_err(),
         "the reserved port {reserved} is held by the server"
     );
-    let rtcp = connect(turn);
+    assert_eq!(
+        connect(turn)
+            .allocate(&AllocateOptions::default())
+            .map(|_| ()),
+        Err(486),
+        "the held port counts against alice's quota"
+    );
+    // bob, at his quota, redeems alice's token.
+    let bobs: Vec<Client> = (0..2)
+        .map(|_| connect_as(turn, "bob", "bob-password"))
+        .collect();
+    for b in &bobs {
+        b.allocate(&AllocateOptions::default())
+            .expect("bob's allocation");
+    }
+    let rtcp = connect_as(turn, "bob", "bob-password");
     assert_eq!(
         rtcp.allocate(&with_token(token.expect("token")))
             .map(|_| ()),
         Err(486),
-        "second allocation of a one-allocation user"
+        "a third allocation of a two-allocation user"
     );
     assert!(
         UdpSocket::bind((Ipv4Addr::LOCALHOST, reserved)).is_ok(),

@@ -283,6 +283,10 @@ allow_peers = ["127.0.0.1/32"]
 max_allocations = 10000
 max_allocations_per_user = 10000
 max_lifetime = "10s"
+
+# Thousands of 401s to one loopback address: a load, not a reflection.
+[limits]
+unauth_rate = 0
 "#
     ));
     let expiry = SystemTime::now()
@@ -518,6 +522,10 @@ secrets = ["{SECRET}"]
 [policy]
 max_allocations = 10000
 max_allocations_per_user = 10000
+
+# 4200 401s to one loopback address: a load, not a reflection.
+[limits]
+unauth_rate = 0
 "#
     ));
     let addr = server.addr(Transport::Udp, false);

@@ -30,6 +30,18 @@ fn unit_has_the_operational_settings() {
     // The code and the unit agree: an API drain or a drain cut by its
     // deadline exits 75, a failure, which Restart=on-failure restarts.
     assert_eq!(directive("Restart"), ["on-failure"]);
+    // A panic aborts the release build (SIGABRT, an unclean exit), which
+    // Restart=on-failure restarts too.
+    let manifest = include_str!("../Cargo.toml");
+    let release = manifest
+        .split("[profile.release]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .unwrap();
+    assert!(
+        release.lines().any(|l| l.trim() == "panic = \"abort\""),
+        "[profile.release] panic = \"abort\": {release}"
+    );
     assert!(
         directive("SuccessExitStatus")
             .iter()

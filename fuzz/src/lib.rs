@@ -164,6 +164,7 @@ pub fn probe_stream(stream: &[u8]) {
                                     ParseError::AttributeOverflow(_)
                                         | ParseError::FingerprintNotLast
                                         | ParseError::BadSecurityAttrLength
+                                        | ParseError::TooManyAttributes
                                 ),
                                 "framed STUN failed a header check: {e:?}"
                             ),

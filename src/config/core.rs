@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use turnpike_proto::core::{CoreConfig, OwnAddresses, PeerPolicy, RelayFamily, StaticCredential};
+use turnpike_proto::core::{
+    CoreConfig, OwnAddresses, PeerPolicy, RateLimit, RelayFamily, StaticCredential,
+};
 
 use super::{Config, UserCredential, parse_hex_key};
 
@@ -40,6 +42,10 @@ pub fn to_core(c: &Config) -> CoreConfig {
         alternate_servers: Vec::new(),
         redact_client_ips: c.log.redact_client_ips,
         publish_relays: true,
+        unauth_limit: RateLimit {
+            rate: c.limits.unauth_rate,
+            burst: c.limits.unauth_burst,
+        },
     }
 }
 

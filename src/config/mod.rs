@@ -67,13 +67,55 @@ pub struct Config {
 
 /// `[limits]`: what one stranger may cost the server (hardening against
 /// amplification and exhaustion). Every limit is on by default.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Each field has its own serde default function, next to its region
+/// below; [`Limits::default`] calls the same functions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     // --- unauthenticated UDP responses (rate limit) ---
-
+    /// Unauthenticated UDP answers (401, 438, 400, 420, Binding success)
+    /// per second to one source (an IPv4 address or an IPv6 /64), for the
+    /// whole server; 0 turns the limit off.
+    #[serde(default = "default_unauth_rate")]
+    pub unauth_rate: u32,
+    /// Answers one source may get at once after a quiet spell.
+    #[serde(default = "default_unauth_burst")]
+    pub unauth_burst: u32,
+    /// Buckets in the server's fixed table (8 bytes each, one
+    /// table for every shard); sources whose hashes collide share one.
+    /// Read at start only.
+    #[serde(default = "default_rate_limit_slots")]
+    pub rate_limit_slots: usize,
     // --- TCP/TLS connections ---
 }
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // --- unauthenticated UDP responses (rate limit) ---
+            unauth_rate: default_unauth_rate(),
+            unauth_burst: default_unauth_burst(),
+            rate_limit_slots: default_rate_limit_slots(),
+            // --- TCP/TLS connections ---
+        }
+    }
+}
+
+// --- unauthenticated UDP responses (rate limit): defaults ---
+fn default_unauth_rate() -> u32 {
+    turnpike_proto::core::RateLimit::default().rate
+}
+
+fn default_unauth_burst() -> u32 {
+    turnpike_proto::core::RateLimit::default().burst
+}
+
+fn default_rate_limit_slots() -> usize {
+    turnpike_proto::core::ratelimit::DEFAULT_SLOTS
+}
+
+// --- TCP/TLS connections: defaults ---
 
 /// `[http]`: the credentials API, metrics, health and admin endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ impl Config {
         self.validate_auth(file)?;
         self.validate_policy(file)?;
         self.validate_http(file)?;
+        self.validate_rate_limit(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -305,6 +306,39 @@ impl Config {
 }
 
 impl Config {
+    /// `[limits]` of the unauthenticated UDP rate limit.
+    pub(super) fn validate_rate_limit(&self, file: &str) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.unauth_burst > turnpike_proto::core::ratelimit::MAX_BURST {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.unauth_burst",
+                format!("{} is out of range", l.unauth_burst),
+                format!(
+                    "use at most {} (the default is 2000)",
+                    turnpike_proto::core::ratelimit::MAX_BURST
+                ),
+            ));
+        }
+        if l.unauth_rate > 0 && l.unauth_burst == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.unauth_burst",
+                "zero would answer no unauthenticated request",
+                "set a burst of at least one (the default is 2000), or unauth_rate = 0 to turn the limit off",
+            ));
+        }
+        if !(1..=1 << 20).contains(&l.rate_limit_slots) {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.rate_limit_slots",
+                format!("{} is out of range", l.rate_limit_slots),
+                "use between 1 and 1048576 (the default is 4096 buckets, 32 KiB)",
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate_http(&self, file: &str) -> Result<(), ConfigError> {
         let h = &self.http;
         for (list, name) in [(&h.api_keys, "api_keys"), (&h.admin_keys, "admin_keys")] {

@@ -10,7 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use super::HttpStats;
 use crate::config::Transport;
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
-use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason, Family};
+use turnpike_proto::core::{
+    AuthFailureReason, Counters, DropReason, EndReason, Family, RateLimitReason,
+};
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -108,6 +110,10 @@ fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {
     for r in AuthFailureReason::ALL {
         counter!("turnpike_auth_failures_total", "reason" => r.name())
             .absolute(sum(s, |c| c.auth_failure_count(*r)));
+    }
+    for r in RateLimitReason::ALL {
+        counter!("turnpike_rate_limited_total", "reason" => r.name())
+            .absolute(sum(s, |c| c.rate_limited_count(*r)));
     }
     counter!("turnpike_peer_policy_refusals_total").absolute(sum(s, |c| c.policy_refusals.get()));
     counter!("turnpike_quota_refusals_total").absolute(sum(s, |c| c.quota_refusals.get()));

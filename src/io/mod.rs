@@ -155,6 +155,27 @@ impl ServerHandle {
     }
 }
 
+/// A username as logs show it: control characters (newline, carriage
+/// return, ESC, DEL, the C1 range, ...) and backslashes escaped the way
+/// Rust's `escape_debug` writes them (`\n`, `\u{1b}`, `\\`), so a
+/// client's username can neither forge a log line nor drive a terminal.
+/// Anything else is kept as is; a name without such characters is not
+/// copied.
+pub fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A client address as logs show it when `log.redact_client_ips` is on:
 /// the IPv4 /24 or IPv6 /48 it is in, without the port. Lines of one
 /// network still correlate; the host is not recorded.
@@ -259,8 +280,14 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();
-    let shared = Arc::new(Shared::new(cfg.relay.ports));
     let mut os_rng = rand::rngs::OsRng;
+    // One table for the server; its hash key from the OS, unknown to
+    // whoever picks source addresses.
+    let limiter = turnpike_proto::core::ratelimit::Limiter::new(
+        cfg.limits.rate_limit_slots,
+        os_rng.try_next_u64().expect("OS randomness"),
+    );
+    let shared = Arc::new(Shared::new(cfg.relay.ports).with_rate_limit(limiter));
     let mut nonce_key = [0u8; 32];
     os_rng
         .try_fill_bytes(&mut nonce_key)
@@ -316,6 +343,24 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usernames_are_escaped_for_logs() {
+        assert!(matches!(
+            super::log_safe("1700000000:alice"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            super::log_safe("eve\n2026-12-04T00:00:00Z  INFO forged\x1b[2J"),
+            "eve\\n2026-12-04T00:00:00Z  INFO forged\\u{1b}[2J"
+        );
+        assert_eq!(
+            super::log_safe("a\r\t\u{7f}\u{85}b"),
+            "a\\r\\t\\u{7f}\\u{85}b"
+        );
+        assert_eq!(super::log_safe("dom\\user"), "dom\\\\user");
+        assert_eq!(super::log_safe("zoë 'q' \"q\""), "zoë 'q' \"q\"");
+    }
+
     #[test]
     fn redaction_keeps_the_network_only() {
         assert_eq!(

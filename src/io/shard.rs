@@ -132,7 +132,7 @@ pub(crate) fn log_events(core: &mut Server) {
                 lifetime,
             } => tracing::info!(
                 id,
-                user = %username,
+                user = %super::log_safe(&username),
                 client = %client(ft.client.0),
                 server = %ft.server,
                 transport = %ft.transport,
@@ -150,7 +150,7 @@ pub(crate) fn log_events(core: &mut Server) {
                 traffic,
             } => tracing::info!(
                 id,
-                user = %username,
+                user = %super::log_safe(&username),
                 client = %client(ft.client.0),
                 server = %ft.server,
                 transport = %ft.transport,

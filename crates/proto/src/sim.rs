@@ -335,6 +335,7 @@ pub fn sim_config(relay_ip: &str, secret: &str, allow: &[&str]) -> SimConfig {
             alternate_servers: Vec::new(),
             redact_client_ips: false,
             publish_relays: true,
+            unauth_limit: crate::core::RateLimit::default(),
         },
         secrets: vec![secret.to_string()],
         users: [("sim".to_string(), StaticCredential::Password("sim".into()))].into(),

@@ -193,6 +193,26 @@ impl Server {
             self.counters.quota_refusals.inc();
             return Err(Reject::new(486, "Allocation Quota Reached"));
         }
+        // EVEN-PORT with the R bit holds a second port: it counts against
+        // the quotas too, until it is used or expires.
+        let holds_next = reservation.is_none() && req.port == PortChoice::EvenPair;
+        if holds_next
+            && self
+                .shared
+                .acquire(
+                    authed.quota_user(),
+                    self.cfg.max_allocations,
+                    self.cfg.max_allocations_per_user,
+                )
+                .is_err()
+        {
+            self.shared.release(authed.quota_user());
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(
+                486,
+                "Allocation Quota Reached (EVEN-PORT reservation)",
+            ));
+        }
         let slot = self.table.reserve();
         let bound = match reservation {
             Some(r) => self.bind_reserved(slot, relay.bind, r, req.fragmentation, io),
@@ -201,6 +221,9 @@ impl Server {
         let Some(port) = bound else {
             self.table.unreserve(slot);
             self.shared.release(authed.quota_user());
+            if holds_next {
+                self.shared.release(authed.quota_user());
+            }
             return Err(Reject::new(508, "Insufficient Capacity"));
         };
         Ok(Reserved {
@@ -208,7 +231,7 @@ impl Server {
             relay,
             port,
             family,
-            reserved_next: reservation.is_none() && req.port == PortChoice::EvenPair,
+            reserved_next: holds_next,
             lifetime: req.lifetime,
             additional: req.additional,
         })
@@ -314,6 +337,7 @@ impl Server {
                     port: port + 1,
                     expires: now.mono + RESERVATION_LIFETIME,
                 },
+                authed.quota_user(),
             );
             self.timers
                 .push(now.mono + RESERVATION_LIFETIME, Due::Reservation(t));

@@ -20,15 +20,19 @@ use super::ClientAddr;
 use super::allocation::KeyBytes;
 use crate::wire::{IntegrityKey, Message, PasswordAlgorithm, long_term_key, userhash};
 
-/// RFC 8489 §9.2: the nonce cookie announcing the security features.
-const NONCE_COOKIE: &str = "obMatJos2";
-/// Security feature set: bit 0 password algorithms, bit 1 username
-/// anonymity (both supported), base64 of the 24 bits 0xC00000.
-const NONCE_FEATURES: &str = "wAAA";
+/// RFC 8489 §9.2: the nonce cookie announcing the security features
+/// ("obMatJos2"), then the feature set: bit 0 password algorithms, bit 1
+/// username anonymity (both supported), base64 of the 24 bits 0xC00000
+/// ("wAAA"). A nonce without it (a compact 401, see
+/// `Server::reject_unsigned`) is just as valid: the client then uses MD5.
+pub const NONCE_SECURITY_PREFIX: &str = "obMatJos2wAAA";
 /// PASSWORD-ALGORITHMS we offer, strongest first (RFC 8489 §14.11).
 pub const OFFERED_ALGORITHMS: [u16; 2] = [0x0002, 0x0001];
-/// Bytes of HMAC-SHA256 kept in a nonce.
-const NONCE_TAG: usize = 12;
+/// Bytes of HMAC-SHA256 kept in a nonce: 64 bits. The nonce only proves
+/// that the client received our 401 at its address lately (a forgery buys
+/// no key); four bytes of issue time and these eight are 16 base64
+/// characters, which keeps the 401 small (amplification).
+const NONCE_TAG: usize = 8;
 /// Largest key cache before it is cleared (bounds memory under churn).
 const KEY_CACHE_MAX: usize = 16_384;
 
@@ -248,15 +252,16 @@ impl Authenticator {
     }
 
     /// A fresh nonce for `client` (RFC 8489 §9.2: cookie, feature set,
-    /// then our opaque part: issue time and tag).
+    /// then our opaque part: issue time and tag, 16 characters). Without
+    /// its first [`NONCE_SECURITY_PREFIX`]`.len()` characters it is the
+    /// compact nonce of a 401 without the security features.
     pub fn nonce(&self, client: ClientAddr, wall: u64) -> String {
         let issued = wall as u32;
         let mut raw = [0u8; 4 + NONCE_TAG];
         raw[..4].copy_from_slice(&issued.to_be_bytes());
         raw[4..].copy_from_slice(&self.nonce_tag(client, issued));
-        let mut s = String::with_capacity(NONCE_COOKIE.len() + NONCE_FEATURES.len() + 22);
-        s.push_str(NONCE_COOKIE);
-        s.push_str(NONCE_FEATURES);
+        let mut s = String::with_capacity(NONCE_SECURITY_PREFIX.len() + 16);
+        s.push_str(NONCE_SECURITY_PREFIX);
         URL_SAFE_NO_PAD.encode_string(raw, &mut s);
         s
     }
@@ -264,12 +269,7 @@ impl Authenticator {
     /// Whether `nonce` was issued by us to `client` and is not older than
     /// the nonce lifetime (RFC 8489 §9.2.4 → 438 otherwise).
     pub fn nonce_valid(&self, nonce: &str, client: ClientAddr, wall: u64) -> bool {
-        let Some(rest) = nonce
-            .strip_prefix(NONCE_COOKIE)
-            .and_then(|r| r.strip_prefix(NONCE_FEATURES))
-        else {
-            return false;
-        };
+        let rest = nonce.strip_prefix(NONCE_SECURITY_PREFIX).unwrap_or(nonce);
         let mut raw = [0u8; 4 + NONCE_TAG + 2];
         match URL_SAFE_NO_PAD.decode_slice(rest, &mut raw) {
             Ok(n) if n == 4 + NONCE_TAG => {}
@@ -299,6 +299,7 @@ impl Authenticator {
         if !msg.has_integrity() {
             return Err(AuthFailure::Challenge);
         }
+        check_lengths(msg)?;
         let username = match (msg.username(), msg.userhash()) {
             (Ok(Some(u)), _) => Cow::Borrowed(u),
             (_, Ok(Some(h))) => match self.creds.userhashes.get(h) {
@@ -449,6 +450,30 @@ impl Authenticator {
     }
 }
 
+/// RFC 8489 §14.3: USERNAME is less than 509 bytes.
+pub const MAX_USERNAME: usize = 508;
+/// RFC 8489 §14.9, §14.10: REALM and NONCE are at most 763 bytes (and
+/// fewer than 128 characters; turnpike enforces the byte bound, which
+/// every value of more than 763 characters exceeds too).
+pub const MAX_REALM_OR_NONCE: usize = 763;
+
+/// USERNAME, REALM and NONCE within RFC 8489's bounds, checked before any
+/// HMAC (the nonce's included) is computed over them: a 30 KB username is
+/// a 400, never a key derivation or a log line.
+fn check_lengths(msg: &Message<'_>) -> Result<(), AuthFailure> {
+    let len = |typ| msg.get(typ).map_or(0, |a| a.value.len());
+    if len(crate::wire::attr::USERNAME) > MAX_USERNAME {
+        return Err(AuthFailure::BadRequest("USERNAME too long"));
+    }
+    if len(crate::wire::attr::REALM) > MAX_REALM_OR_NONCE {
+        return Err(AuthFailure::BadRequest("REALM too long"));
+    }
+    if len(crate::wire::attr::NONCE) > MAX_REALM_OR_NONCE {
+        return Err(AuthFailure::BadRequest("NONCE too long"));
+    }
+    Ok(())
+}
+
 /// RFC 8489 §9.2.4: which password algorithm the request uses. Neither
 /// PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM: MD5 (legacy clients). Both:
 /// the list must be the one we offered and the choice one of ours.
@@ -536,6 +561,14 @@ mod tests {
             !other.nonce_valid(&n, c1, 1_000_000),
             "bound to the server key"
         );
+        assert_eq!(n.len(), NONCE_SECURITY_PREFIX.len() + 16);
+        let compact = &n[NONCE_SECURITY_PREFIX.len()..];
+        assert!(a.nonce_valid(compact, c1, 1_000_000), "the compact form");
+        assert!(!a.nonce_valid(compact, c1, 1_003_600), "expires too");
+        assert!(!a.nonce_valid(compact, c2, 1_000_000));
+        let mut forged = compact.to_string().into_bytes();
+        forged[15] = if forged[15] == b'A' { b'B' } else { b'A' };
+        assert!(!a.nonce_valid(std::str::from_utf8(&forged).unwrap(), c1, 1_000_000));
         assert!(!a.nonce_valid("obMatJos2wAAAgarbage", c1, 1_000_000));
         assert!(!a.nonce_valid("", c1, 1_000_000));
     }

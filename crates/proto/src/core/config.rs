@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Counters, Credentials, Family, PeerPolicy, Shared};
+use super::{Counters, Credentials, Family, PeerPolicy, RateLimit, Shared};
 
 /// A relay address family the server offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,9 @@ pub struct CoreConfig {
     /// other shards deliver to them directly ([`super::directory`]); pointless
     /// with one shard, so the shell turns it off then.
     pub publish_relays: bool,
+    /// Unauthenticated UDP answers (401, 438, 400, 420, Binding) per
+    /// source network, for the whole server (the table is in [`Shared`]).
+    pub unauth_limit: RateLimit,
 }
 
 impl CoreConfig {

@@ -79,8 +79,34 @@ labelled!(
         Bandwidth => "bandwidth",
         SendBufferFull => "send_buffer_full",
         TooLarge => "too_large",
+        Amplification => "amplification",
+        UnknownMethod => "unknown_method",
     }
 );
+
+labelled!(
+    /// Which unauthenticated UDP answer the per-source rate limit held
+    /// back ([`super::ratelimit`]).
+    RateLimitReason {
+        Unauthorized => "401",
+        StaleNonce => "438",
+        BadRequest => "400",
+        UnknownAttribute => "420",
+        Binding => "binding",
+    }
+);
+
+impl RateLimitReason {
+    /// The reason for an error answer with `code`.
+    pub fn of_code(code: u16) -> Self {
+        match code {
+            438 => RateLimitReason::StaleNonce,
+            400 => RateLimitReason::BadRequest,
+            420 => RateLimitReason::UnknownAttribute,
+            _ => RateLimitReason::Unauthorized,
+        }
+    }
+}
 
 labelled!(
     /// Why authentication failed (the 401 challenge itself is not a failure).
@@ -154,6 +180,7 @@ pub struct Counters {
     requests: [[Counter; RESULT_CODES.len()]; COUNTED_METHODS.len()],
     dropped: [Counter; DropReason::ALL.len()],
     auth_failures: [Counter; AuthFailureReason::ALL.len()],
+    rate_limited: [Counter; RateLimitReason::ALL.len()],
     ended: [Counter; EndReason::ALL.len()],
     /// Allocations alive, by client transport and relay family.
     active: [[Gauge; 2]; 3],
@@ -219,6 +246,15 @@ impl Counters {
 
     pub fn auth_failure_count(&self, why: AuthFailureReason) -> u64 {
         self.auth_failures[why as usize].get()
+    }
+
+    /// Count one unauthenticated answer the rate limit held back.
+    pub fn rate_limited(&self, why: RateLimitReason) {
+        self.rate_limited[why as usize].inc();
+    }
+
+    pub fn rate_limited_count(&self, why: RateLimitReason) -> u64 {
+        self.rate_limited[why as usize].get()
     }
 
     pub fn ended(&self, why: EndReason) {

@@ -33,6 +33,7 @@
 //! reserve, install), `lifecycle` (timeouts, deletion, admin, shutdown),
 //! `binding` (the Binding responder); and the parts with a public face:
 //! [`allocation`] (one allocation's state), [`auth`], [`policy`],
+//! [`ratelimit`] (the per-source bucket on unauthenticated UDP answers),
 //! [`shared`] (port pools, quotas, reservations), [`directory`] (the
 //! relay directory), [`counters`].
 
@@ -46,6 +47,7 @@ mod data;
 pub mod directory;
 mod lifecycle;
 pub mod policy;
+pub mod ratelimit;
 mod requests;
 pub mod shared;
 mod slots;
@@ -64,8 +66,11 @@ pub use allocation::{Allocation, Traffic};
 pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
 pub use config::{CoreConfig, RelayFamily, Setup};
-pub use counters::{AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge};
+pub use counters::{
+    AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
+};
 pub use policy::{OwnAddresses, PeerPolicy};
+pub use ratelimit::RateLimit;
 pub use shared::{PortChoice, Shared};
 pub use types::{
     ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, Family, FiveTuple,
@@ -96,6 +101,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(s: Setup) -> Self {
+        s.shared.rate_limit.configure(s.cfg.unauth_limit);
         Server {
             table: Table::new(s.shared.pool(Family::V4).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
@@ -134,6 +140,7 @@ impl Server {
     /// Swap in a new configuration (reload): peer policy, quotas, caps,
     /// lifetimes, draining. Live allocations keep relaying.
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
+        self.shared.rate_limit.configure(cfg.unauth_limit);
         self.cfg = cfg;
     }
 
@@ -238,7 +245,7 @@ impl Server {
             return ClientOutput::None;
         }
         match (msg.class(), msg.method()) {
-            (Class::Request, Method::BINDING) => binding::respond(self, &msg, ft, out),
+            (Class::Request, Method::BINDING) => binding::respond(self, now, &msg, ft, out),
             (Class::Request, _) => self.turn_request(now, ft, &msg, out, io),
             (Class::Indication, Method::SEND) => self.send_indication(now.mono, ft, &msg, out),
             _ => {

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, CHANNEL_LIFETIME, Channel, PERMISSION_LIFETIME};
-use super::auth::{AuthFailure, Authed, Integrity, OFFERED_ALGORITHMS};
+use super::auth::{AuthFailure, Authed, Integrity, NONCE_SECURITY_PREFIX, OFFERED_ALGORITHMS};
 use super::data::Publish;
 use super::policy::canonical_addr;
 use super::{
-    AuthFailureReason, ChannelNumber, ClientOutput, DEFAULT_LIFETIME, EndReason, FiveTuple, Now,
-    PeerAddr, RelayIo, Server,
+    AuthFailureReason, ChannelNumber, ClientOutput, DEFAULT_LIFETIME, DropReason, EndReason,
+    FiveTuple, Now, PeerAddr, RateLimitReason, RelayIo, Server, Transport,
 };
 use crate::wire::{
     Class, IntegrityKey, Message, MessageBuilder, Method, attr, is_rfc8656_channel,
@@ -44,6 +44,10 @@ impl<'k> Signer<'k> {
         }
     }
 }
+
+/// A set of addresses for membership tests only (never iterated: the
+/// order would not be reproducible).
+type IpSet = std::collections::HashSet<std::net::IpAddr, foldhash::fast::RandomState>;
 
 /// An error answer (RFC 8489 §6.3.4): the code and reason phrase of its
 /// ERROR-CODE. Every error response of the core is one.
@@ -90,8 +94,10 @@ impl Server {
             method,
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
         ) {
-            self.reject(msg, out, Reject::new(400, "Unsupported Method"), None);
-            return ClientOutput::Reply;
+            // Nobody who could authenticate sends these: a 400 would only
+            // feed a reflection (issue 12), so nothing goes back.
+            self.counters.dropped(DropReason::UnknownMethod);
+            return ClientOutput::None;
         }
         let slot = self.table.slot_of(ft);
         let tid = msg.transaction_id();
@@ -116,8 +122,11 @@ impl Server {
         ) {
             Ok(a) => a,
             Err(f) => {
-                self.auth_error(msg, ft, now.unix, f, out);
-                return ClientOutput::Reply;
+                return if self.auth_error(now, msg, ft, f, out) {
+                    ClientOutput::Reply
+                } else {
+                    ClientOutput::None
+                };
             }
         };
         let sign = Some(Signer::of(&authed));
@@ -162,17 +171,20 @@ impl Server {
         ClientOutput::Reply
     }
 
-    /// 401/438 carry REALM, a fresh NONCE and PASSWORD-ALGORITHMS so the
-    /// client can (re)compute its key (RFC 8489 §9.2.4); they are not
-    /// signed. 400 is plain.
+    /// 401/438 carry REALM and a fresh NONCE so the client can
+    /// (re)compute its key (RFC 8489 §9.2.4), and, where the amplification
+    /// budget leaves room, the security features (the nonce cookie and
+    /// PASSWORD-ALGORITHMS); they are not signed. 400 is plain. Whether
+    /// anything is sent: the rate limit and the budget decide
+    /// ([`Server::reject_unsigned`]).
     fn auth_error(
-        &self,
+        &mut self,
+        now: Now,
         msg: &Message<'_>,
         ft: &FiveTuple,
-        wall: u64,
         f: AuthFailure,
         out: &mut Vec<u8>,
-    ) {
+    ) -> bool {
         let reason = match f {
             AuthFailure::Challenge => None,
             AuthFailure::BadRequest(_) => Some(AuthFailureReason::BadRequest),
@@ -184,13 +196,87 @@ impl Server {
         if let Some(r) = reason {
             self.counters.auth_failed(r);
         }
-        self.reject_with(msg, out, f.into(), None, |b| {
-            if f.code() != 400 {
-                b.text(attr::REALM, self.auth.credentials().realm());
-                b.text(attr::NONCE, &self.auth.nonce(ft.client, wall));
+        let r = Reject::from(f);
+        if !self.unauth_allowed(now.mono, ft, RateLimitReason::of_code(r.code)) {
+            return false;
+        }
+        if r.code == 400 {
+            return self.reject_unsigned(msg, ft, out, r, false, |_, _| {});
+        }
+        let nonce = self.auth.nonce(ft.client, now.unix);
+        let realm = self.auth.credentials().realm();
+        self.reject_unsigned(msg, ft, out, r, true, |b, security| {
+            b.text(attr::REALM, realm);
+            if security {
+                b.text(attr::NONCE, &nonce);
                 b.password_algorithms(&OFFERED_ALGORITHMS);
+            } else {
+                b.text(attr::NONCE, &nonce[NONCE_SECURITY_PREFIX.len()..]);
             }
-        });
+        })
+    }
+
+    /// The most bytes an unauthenticated answer to `req` may have: over
+    /// UDP three times the request's, so a spoofed source gains at most
+    /// threefold (issue 12); over TCP/TLS the handshake proved the address.
+    pub(super) fn unauth_budget(ft: &FiveTuple, req: &Message<'_>) -> usize {
+        match ft.transport {
+            Transport::Udp => 3 * req.as_bytes().len(),
+            Transport::Tcp | Transport::Tls => usize::MAX,
+        }
+    }
+
+    /// The per-source rate limit on unauthenticated UDP answers
+    /// ([`super::ratelimit`]): whether this one may go; counted if not.
+    pub(super) fn unauth_allowed(
+        &self,
+        now: Instant,
+        ft: &FiveTuple,
+        why: RateLimitReason,
+    ) -> bool {
+        if ft.transport != Transport::Udp || self.shared.rate_limit.allow(now, ft.client.0.ip()) {
+            return true;
+        }
+        self.counters.rate_limited(why);
+        false
+    }
+
+    /// An unsigned error answer, fitted to [`Server::unauth_budget`]: the
+    /// fullest of (reason phrase and security features), (security
+    /// features), (reason phrase), (neither) that fits is sent; `extra`
+    /// writes the attributes after ERROR-CODE, with or without the security
+    /// features (`security` is false when the answer has none to offer).
+    /// Nothing fits: nothing is sent (RFC 8489 allows a server not to
+    /// answer), counted as dropped for amplification, and false returned.
+    pub(super) fn reject_unsigned(
+        &self,
+        req: &Message<'_>,
+        ft: &FiveTuple,
+        out: &mut Vec<u8>,
+        r: Reject,
+        security: bool,
+        extra: impl Fn(&mut MessageBuilder<'_>, bool),
+    ) -> bool {
+        let budget = Self::unauth_budget(ft, req);
+        let start = out.len();
+        for (with_reason, with_security) in
+            [(true, true), (false, true), (true, false), (false, false)]
+        {
+            if with_security && !security {
+                continue;
+            }
+            let mut b = MessageBuilder::response(out, req, Class::Error);
+            b.error_code(r.code, if with_reason { r.reason } else { "" });
+            extra(&mut b, with_security);
+            self.finish(b, req, None);
+            if out.len() - start <= budget {
+                self.counters.answered(req.method(), r.code);
+                return true;
+            }
+            out.truncate(start);
+        }
+        self.counters.dropped(DropReason::Amplification);
+        false
     }
 
     /// RFC 8656 §7.2 lifetime rule: min(requested, maximum), but never
@@ -281,6 +367,11 @@ impl Server {
 
     /// CreatePermission, RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked
     /// before any is installed, so the request is all or nothing.
+    ///
+    /// Cheap against a hostile client (issue 12): more addresses than the
+    /// permission cap is a 508 before any address is decoded; the
+    /// duplicate scan is linear (hash sets), never each address against
+    /// every other (and the parser allows 128 attributes in all).
     fn create_permission(
         &mut self,
         now: Instant,
@@ -290,21 +381,32 @@ impl Server {
         out: &mut Vec<u8>,
     ) -> Result<(), Reject> {
         let a = self.table.get(slot).ok_or(ALLOCATION_MISMATCH)?;
-        let mut count = 0;
-        let mut new = 0;
-        for (i, p) in msg.xor_peer_addresses().enumerate() {
-            let p = self.check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?, PeerUse::Permission)?;
-            let seen_before = msg
-                .xor_peer_addresses()
-                .take(i)
-                .any(|q| q.is_ok_and(|q| canonical_addr(q).ip() == p.ip()));
-            if !seen_before && !a.permissions.iter().any(|x| x.ip == p.ip()) {
-                new += 1;
-            }
-            count += 1;
-        }
+        let count = msg
+            .attributes()
+            .filter(|x| x.typ == attr::XOR_PEER_ADDRESS)
+            .count();
         if count == 0 {
             return Err(Reject::new(400, "Missing XOR-PEER-ADDRESS"));
+        }
+        if count > self.cfg.max_permissions {
+            self.counters.quota_refusals.inc();
+            return Err(Reject::new(508, "Insufficient Capacity (permissions)"));
+        }
+        // One pass over the addresses, one over the permissions: set
+        // lookups, never every address against every other.
+        let have: IpSet = a.permissions.iter().map(|x| x.ip).collect();
+        let mut seen = IpSet::with_capacity_and_hasher(count, Default::default());
+        let mut ips: smallvec::SmallVec<[std::net::IpAddr; 8]> =
+            smallvec::SmallVec::with_capacity(count);
+        let mut new = 0;
+        for p in msg.xor_peer_addresses() {
+            let ip = self
+                .check_peer(a, p.map_err(|_| BAD_PEER_ADDRESS)?, PeerUse::Permission)?
+                .ip();
+            if seen.insert(ip) {
+                ips.push(ip);
+                new += usize::from(!have.contains(&ip));
+            }
         }
         if a.permissions.len() + new > self.cfg.max_permissions {
             self.counters.quota_refusals.inc();
@@ -312,8 +414,8 @@ impl Server {
         }
         let a = self.table.get_mut(slot).ok_or(ALLOCATION_MISMATCH)?;
         let mut added = 0;
-        for p in msg.xor_peer_addresses().flatten() {
-            added += i64::from(a.permit(canonical_addr(p).ip(), now + PERMISSION_LIFETIME));
+        for ip in ips {
+            added += i64::from(a.permit(ip, now + PERMISSION_LIFETIME));
         }
         self.counters.permissions_active.add(added);
         self.reschedule(slot);
@@ -394,17 +496,18 @@ impl Server {
         Ok(())
     }
 
-    /// The trailing attributes of every response: SOFTWARE unless hidden,
-    /// MESSAGE-INTEGRITY(-SHA256) for an authenticated request, signed the
-    /// way the request was (RFC 8489 §9.2.4), FINGERPRINT if the request
-    /// carried one (§14.7).
+    /// The trailing attributes of every response: SOFTWARE (unless hidden)
+    /// and MESSAGE-INTEGRITY(-SHA256) for an authenticated request, signed
+    /// the way the request was (RFC 8489 §9.2.4) — an unauthenticated
+    /// answer carries no SOFTWARE, so that it stays small (issue 12:
+    /// amplification); FINGERPRINT if the request carried one (§14.7).
     pub(super) fn finish(
         &self,
         mut b: MessageBuilder<'_>,
         req: &Message<'_>,
         sign: Option<Signer<'_>>,
     ) {
-        if let Some(sw) = &self.cfg.software {
+        if let (Some(sw), Some(_)) = (&self.cfg.software, sign) {
             b.text(attr::SOFTWARE, sw);
         }
         match sign {

@@ -135,11 +135,15 @@ pub struct Reservation {
 pub struct Shared {
     pub ports4: PortPool,
     pub ports6: PortPool,
-    reservations: Mutex<HashMap<u64, Reservation>>,
+    /// Held ports by token, with the quota user each one is counted for.
+    reservations: Mutex<HashMap<u64, (Reservation, String)>>,
     total: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
     /// Allocations with UDP clients, for direct delivery across shards.
     pub directory: super::directory::Directory,
+    /// The per-source limit on unauthenticated UDP answers, one table for
+    /// every shard ([`super::ratelimit`]).
+    pub rate_limit: super::ratelimit::Limiter,
 }
 
 /// Why an allocation could not be counted against the quotas.
@@ -158,7 +162,15 @@ impl Shared {
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
             directory: super::directory::Directory::new(ports),
+            rate_limit: super::ratelimit::Limiter::default(),
         }
+    }
+
+    /// Use `limiter` (the shell's: its table size, its hash key drawn from
+    /// the OS) instead of the default table.
+    pub fn with_rate_limit(mut self, limiter: super::ratelimit::Limiter) -> Self {
+        self.rate_limit = limiter;
+        self
     }
 
     pub fn pool(&self, family: Family) -> &PortPool {
@@ -205,32 +217,44 @@ impl Shared {
         }
     }
 
-    pub fn reserve(&self, token: u64, r: Reservation) {
+    /// Hold `r` for `token`. The held port counts against `user`'s quota
+    /// and the total like an allocation (issue 12: one user must not pin
+    /// half the port range with EVEN-PORT): the caller has acquired that
+    /// unit ([`Shared::acquire`]); it is released when the reservation is
+    /// taken or expires.
+    pub fn reserve(&self, token: u64, r: Reservation, user: &str) {
         self.reservations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(token, r);
+            .insert(token, (r, user.to_string()));
     }
 
     /// Take a live reservation (the port stays claimed, now for the
-    /// caller). An expired one gives `None` and is left for
+    /// caller, who counts its own allocation; the reserving user's unit is
+    /// released). An expired one gives `None` and is left for
     /// [`Shared::expire_reservation`], whose timer is due, so the port and
     /// whatever the shell holds for it are released in one place.
     pub fn take_reservation(&self, token: u64, now: Instant) -> Option<Reservation> {
         let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&token)?.expires <= now {
+        if map.get(&token)?.0.expires <= now {
             return None;
         }
-        map.remove(&token)
+        let (r, user) = map.remove(&token)?;
+        drop(map);
+        self.release(&user);
+        Some(r)
     }
 
-    /// Drop a reservation if it has expired by `now`, releasing its port;
-    /// the dropped reservation is returned (its held socket goes too).
+    /// Drop a reservation if it has expired by `now`, releasing its port
+    /// and its quota unit; the dropped reservation is returned (its held
+    /// socket goes too).
     pub fn expire_reservation(&self, token: u64, now: Instant) -> Option<Reservation> {
         let mut map = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&token).is_some_and(|r| r.expires <= now) {
-            let r = map.remove(&token).expect("just seen");
+        if map.get(&token).is_some_and(|(r, _)| r.expires <= now) {
+            let (r, user) = map.remove(&token).expect("just seen");
+            drop(map);
             self.pool(Family::of_ip(r.ip)).release(r.port);
+            self.release(&user);
             return Some(r);
         }
         None
@@ -305,17 +329,24 @@ mod tests {
             port: port + 1,
             expires: t0 + std::time::Duration::from_secs(30),
         };
-        s.reserve(7, r);
+        // The held port is one of the user's quota units while held.
+        s.acquire("u", 10, 10).unwrap();
+        s.reserve(7, r, "u");
         assert_eq!(s.take_reservation(7, r.expires), None, "expired");
         assert!(
             s.pool(Family::V4).is_taken(port + 1),
             "left for the timer to release"
         );
+        assert_eq!(s.allocations(), 1, "still counted");
         assert_eq!(s.expire_reservation(7, r.expires), Some(r));
         assert!(!s.pool(Family::V4).is_taken(port + 1));
+        assert_eq!(s.allocations(), 0, "its quota unit released");
         assert_eq!(s.expire_reservation(7, r.expires), None, "only once");
-        s.reserve(8, r);
+        assert_eq!(s.allocations(), 0, "released once");
+        s.acquire("u", 10, 10).unwrap();
+        s.reserve(8, r, "u");
         assert_eq!(s.take_reservation(8, t0), Some(r), "live");
+        assert_eq!(s.allocations(), 0, "the taker counts its own");
         assert_eq!(s.expire_reservation(8, r.expires), None, "taken already");
     }
 

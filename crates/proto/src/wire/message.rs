@@ -29,7 +29,15 @@ pub enum ParseError {
     FingerprintNotLast,
     #[error("integrity or fingerprint attribute has the wrong length")]
     BadSecurityAttrLength,
+    #[error("more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
 }
+
+/// The most attributes a message may carry. No STUN or TURN message needs
+/// a tenth of it; more is an attack on whatever scans them (issue 12: a
+/// CreatePermission with 2,700 XOR-PEER-ADDRESS), so such a message does
+/// not parse, and the server drops it unanswered, counted as malformed.
+pub const MAX_ATTRIBUTES: usize = 128;
 
 /// Why MESSAGE-INTEGRITY(-SHA256) did not verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -109,7 +117,8 @@ impl<'a> Message<'a> {
     /// Rules enforced (RFC 8489 §5, §6.3, §14): header checks; every
     /// attribute and its padding inside the declared length; FINGERPRINT, if
     /// present, last; MESSAGE-INTEGRITY exactly 20 bytes;
-    /// MESSAGE-INTEGRITY-SHA256 16-32 bytes in steps of 4. Attributes after
+    /// MESSAGE-INTEGRITY-SHA256 16-32 bytes in steps of 4; at most
+    /// [`MAX_ATTRIBUTES`] attributes. Attributes after
     /// MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256 and FINGERPRINT
     /// are ignored (§14.5), as is anything but FINGERPRINT after
     /// MESSAGE-INTEGRITY-SHA256 (§14.6).
@@ -124,9 +133,14 @@ impl<'a> Message<'a> {
         let typ = MessageType::from_u16(u16::from_be_bytes([buf[0], buf[1]]));
         let (mut mi, mut mi256, mut fp) = (None, None, None);
         let mut pos = HEADER_LEN;
+        let mut count = 0;
         while pos < buf.len() {
             if fp.is_some() {
                 return Err(ParseError::FingerprintNotLast);
+            }
+            count += 1;
+            if count > MAX_ATTRIBUTES {
+                return Err(ParseError::TooManyAttributes);
             }
             if buf.len() - pos < 4 {
                 return Err(ParseError::AttributeOverflow(pos));

@@ -30,7 +30,7 @@ pub use builder::{MessageBuilder, data_indication_in_place};
 pub use channel_data::{ChannelData, ChannelDataError, is_rfc8656_channel, is_valid_channel};
 pub use framing::{Frame, FrameError, FrameKind, MAX_FRAME, classify, classify_bytes, frame_len};
 pub use integrity::{IntegrityKey, PasswordAlgorithm, fingerprint_of, long_term_key, userhash};
-pub use message::{IntegrityError, Message, ParseError, UnknownAttributes};
+pub use message::{IntegrityError, MAX_ATTRIBUTES, Message, ParseError, UnknownAttributes};
 
 /// The magic cookie, RFC 8489 §5.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
