@@ -135,6 +135,12 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "header_timeout",
     "idle_timeout",
     "limits",
+    // [limits]: TCP/TLS connections (max_connections,
+    // max_connections_per_ip and idle_timeout are listed under [http])
+    "first_request_timeout",
+    "frame_timeout",
+    "write_timeout",
+    "fd_reserve",
     "log",
     "format",
     "redact_client_ips",

@@ -43,6 +43,7 @@ impl Config {
         self.validate_auth(file)?;
         self.validate_policy(file)?;
         self.validate_http(file)?;
+        self.validate_connection_limits(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -295,6 +296,47 @@ impl Config {
 }
 
 impl Config {
+    /// `[limits]`, TCP/TLS connections.
+    pub(super) fn validate_connection_limits(&self, file: &str) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.max_connections",
+                "zero would refuse every TCP and TLS connection",
+                "set a positive cap, e.g. 10000 (the default); to serve no TCP or TLS, remove those [[listen]] entries",
+            ));
+        }
+        if l.max_connections_per_ip == 0 || l.max_connections_per_ip > l.max_connections {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.max_connections_per_ip",
+                format!(
+                    "{} is not between 1 and limits.max_connections ({})",
+                    l.max_connections_per_ip, l.max_connections
+                ),
+                "set it between 1 and max_connections; clients behind one large NAT share an address",
+            ));
+        }
+        for (name, span) in [
+            ("first_request_timeout", l.first_request_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("frame_timeout", l.frame_timeout),
+            ("write_timeout", l.write_timeout),
+        ] {
+            let s = span.0.as_secs();
+            if !(1..=3600).contains(&s) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("limits.{name}"),
+                    format!("{span} is out of range"),
+                    "use between 1s and 1h; the defaults are 10s (first_request_timeout, frame_timeout), 1m (idle_timeout) and 30s (write_timeout)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate_http(&self, file: &str) -> Result<(), ConfigError> {
         let h = &self.http;
         for (list, name) in [(&h.api_keys, "api_keys"), (&h.admin_keys, "admin_keys")] {

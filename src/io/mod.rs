@@ -9,6 +9,7 @@
 
 mod control;
 mod deliver;
+mod gate;
 mod poller;
 mod relay;
 mod setup;
@@ -18,6 +19,7 @@ mod stream;
 mod udp;
 
 pub use control::ReloadError;
+pub use gate::{ConnStats, Refused, Timeout};
 use setup::{check_relay_addresses, ipv6_unavailable, warn_if_own_address_refused};
 pub use setup::{credentials, primary_address};
 
@@ -103,6 +105,9 @@ pub struct ServerHandle {
     /// The configuration the server started with (to tell what a reload
     /// cannot change).
     start_cfg: Config,
+    /// The door of the TCP and TLS listeners (caps, descriptor reserve,
+    /// deadlines), shared by every shard.
+    gate: Arc<gate::Gate>,
 }
 
 impl ServerHandle {
@@ -121,6 +126,11 @@ impl ServerHandle {
     /// The counters of every shard (sum them for totals).
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
+    }
+
+    /// What the TCP and TLS listeners refused and cut (`/metrics`).
+    pub fn connection_stats(&self) -> &ConnStats {
+        &self.gate.stats
     }
 
     /// State shared by the shards (quotas, port pools).
@@ -246,6 +256,11 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             s.push(l.transport, addr, sock, tls.clone());
         }
     }
+    let conn_limits = gate::ConnLimits::of(&cfg.limits);
+    if per_shard.iter().any(|s| !s.stream.is_empty()) {
+        gate::warn_if_reserve_too_large(&conn_limits);
+    }
+    let gate = Arc::new(gate::Gate::new(conn_limits));
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();
@@ -276,7 +291,8 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             .name(format!("turnpike-shard-{id}"))
             .spawn({
                 let held = held.clone();
-                move || shard::run(id, sockets, setup, rx, ctl_rx, held)
+                let gate = gate.clone();
+                move || shard::run(id, sockets, setup, rx, ctl_rx, held, gate)
             })
             .map_err(StartError::Thread)?;
         threads.push(t);
@@ -301,6 +317,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         creds: Mutex::new(creds),
         certs,
         start_cfg: cfg.clone(),
+        gate,
     })
 }
 
