@@ -373,7 +373,11 @@ async fn accept_loop(
                 let acc = acc.clone();
                 tokio::task::spawn_local(async move {
                     let deadline = tokio::time::Instant::from_std(opened + limits.first_request);
-                    match tokio::time::timeout_at(deadline, acc.accept(stream)).await {
+                    // Pinned here so that a timed-out handshake's socket
+                    // is closed after it is counted.
+                    let accept = acc.accept(stream);
+                    tokio::pin!(accept);
+                    match tokio::time::timeout_at(deadline, &mut accept).await {
                         Ok(Ok(tls)) => super::stream::serve(shard, tls, conn, shutdown).await,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")

@@ -87,10 +87,14 @@ pub(crate) async fn serve<S>(
     });
     shard.conns.borrow_mut().insert(ft, out.clone());
     shard.counters.connections_open(ft.transport).add(1);
-    if let Err(kind) = run(&shard, stream, &conn, &out, shutdown).await {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    if let Err(kind) = run(&shard, &mut rd, &mut wr, &conn, &out, shutdown).await {
+        // Counted before the close, so whoever sees the close sees it
+        // counted.
         shard.gate.stats.timed_out(kind);
         tracing::debug!(client = %ft.client, kind = kind.name(), "connection closed by its deadline");
     }
+    drop((rd, wr));
     shard.conns.borrow_mut().remove(&ft);
     shard.counters.connections_open(ft.transport).add(-1);
     let now = crate::clock::now();
@@ -162,18 +166,19 @@ impl Deadlines {
 /// whole frame is there, then hand exactly that frame to the core. A
 /// stream out of step cannot be resynchronised, so it is closed (and
 /// counted as malformed). A missed deadline ends it with its kind.
-async fn run<S>(
+async fn run<R, W>(
     shard: &Rc<Shard>,
-    stream: S,
+    rd: &mut R,
+    wr: &mut W,
     conn: &Conn,
     out: &Rc<ConnOut>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Timeout>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let ft = &conn.ft;
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut reply = Vec::with_capacity(1500);
     let mut writing: Vec<u8> = Vec::with_capacity(1500);
@@ -185,7 +190,7 @@ where
         let n = tokio::select! {
             r = rd.read_buf(&mut inbuf) => r,
             _ = out.notify.notified() => {
-                if !flush(out, &mut writing, &mut wr, write_timeout).await? {
+                if !flush(out, &mut writing, wr, write_timeout).await? {
                     return Ok(());
                 }
                 continue;
@@ -229,7 +234,7 @@ where
         }
         inbuf.drain(..start);
         deadlines.read(now.mono, start > 0, !inbuf.is_empty());
-        if !flush(out, &mut writing, &mut wr, write_timeout).await? || closing {
+        if !flush(out, &mut writing, wr, write_timeout).await? || closing {
             return Ok(());
         }
     }
