@@ -585,4 +585,49 @@ mod tests {
         assert!(text.contains("http.api_keys[1]"), "{text}");
         assert!(!text.contains("shared-key-22"), "never the value: {text}");
     }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = Config::parse(L, "t.toml").unwrap();
+        let l = &c.limits;
+        assert_eq!((l.max_connections, l.max_connections_per_ip), (10_000, 256));
+        assert_eq!(l.first_request_timeout.0.as_secs(), 10);
+        assert_eq!(l.idle_timeout.0.as_secs(), 60);
+        assert_eq!(l.frame_timeout.0.as_secs(), 10);
+        assert_eq!(l.write_timeout.0.as_secs(), 30);
+        assert_eq!(l.fd_reserve, 128);
+        // A section that sets one key keeps the others' defaults.
+        let c = Config::parse(
+            &format!(
+                "{L}[limits]
+frame_timeout = \"2s\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.limits.frame_timeout.0.as_secs(), 2);
+        assert_eq!(c.limits.max_connections, 10_000);
+        for (extra, key) in [
+            ("max_connections = 0", "limits.max_connections"),
+            (
+                "max_connections_per_ip = 0",
+                "limits.max_connections_per_ip",
+            ),
+            (
+                "max_connections = 10\nmax_connections_per_ip = 11",
+                "limits.max_connections_per_ip",
+            ),
+            (
+                "first_request_timeout = \"0s\"",
+                "limits.first_request_timeout",
+            ),
+            ("idle_timeout = \"2h\"", "limits.idle_timeout"),
+            ("frame_timeout = 0", "limits.frame_timeout"),
+            ("write_timeout = \"1d\"", "limits.write_timeout"),
+        ] {
+            let e = refused(&format!("[limits]\n{extra}\n"));
+            assert_eq!(e.key(), Some(key), "{extra}: {e}");
+            assert!(e.to_string().contains("Fix:"), "{e}");
+        }
+    }
 }
