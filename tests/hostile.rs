@@ -895,6 +895,12 @@ hostile_rows! {
         attack: connections::stream_connections_capped_per_address,
         ..BASE
     };
+    stream_connections_are_capped_in_total: Case {
+        stream: true,
+        limits: "max_connections = 6\nmax_connections_per_ip = 2\nfirst_request_timeout = \"1h\"\nidle_timeout = \"1h\"",
+        attack: connections::stream_connections_capped_in_total,
+        ..BASE
+    };
     silent_and_idle_stream_connections_are_cut: Case {
         stream: true,
         limits: "first_request_timeout = \"1s\"\nidle_timeout = \"1s\"",

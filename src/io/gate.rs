@@ -253,17 +253,27 @@ fn fits(open: u64, reserve: u64, soft: u64) -> bool {
     open + reserve < soft
 }
 
-/// Warn at start when the reserve leaves no room for connections.
+/// Say at start when the descriptor limit, not `max_connections`, caps
+/// connections (and warn when the reserve leaves no room for them).
 pub(crate) fn warn_if_reserve_too_large(l: &ConnLimits) {
-    if let Ok((soft, _)) = turnpike_sys::process::nofile_limit() {
-        if l.fd_reserve + 64 >= soft {
-            tracing::warn!(
-                fd_reserve = l.fd_reserve,
-                nofile = soft,
-                "limits.fd_reserve leaves (almost) no file descriptors for TCP/TLS connections: \
-                 raise LimitNOFILE (ulimit -n) or lower limits.fd_reserve"
-            );
-        }
+    let Ok((soft, _)) = turnpike_sys::process::nofile_limit() else {
+        return;
+    };
+    if l.fd_reserve + 64 >= soft {
+        tracing::warn!(
+            fd_reserve = l.fd_reserve,
+            nofile = soft,
+            "limits.fd_reserve leaves (almost) no file descriptors for TCP/TLS connections: \
+             raise LimitNOFILE (ulimit -n) or lower limits.fd_reserve"
+        );
+    } else if l.caps.total as u64 + l.fd_reserve > soft {
+        tracing::info!(
+            max_connections = l.caps.total,
+            fd_reserve = l.fd_reserve,
+            nofile = soft,
+            "the file-descriptor limit caps TCP/TLS connections below limits.max_connections \
+             (connections are refused with reason fd_reserve first); raise LimitNOFILE for more"
+        );
     }
 }
 

@@ -193,6 +193,49 @@ pub(super) fn stream_connections_capped_per_address(f: &mut Fixture) {
     });
 }
 
+/// With `max_connections = 6` (2 per address): three addresses hold two
+/// connections each (TCP and TLS), and a seventh from a fourth address is
+/// closed at accept and counted; when one closes, the fourth gets in.
+pub(super) fn stream_connections_capped_in_total(f: &mut Fixture) {
+    let (tcp, tls, cfg) = (tcp_addr(f), tls_addr(f), turn_tls(f));
+    let mut held_tcp = Vec::new();
+    let mut held_tls = Vec::new();
+    for i in 3..6 {
+        let src = Ipv4Addr::new(127, 0, 0, i);
+        held_tcp.push(tcp_served(src, tcp));
+        held_tls.push(tls_served(src, tls, cfg.clone()));
+    }
+    let late = Ipv4Addr::new(127, 0, 0, 6);
+    let mut seventh = tcp_from(late, tcp);
+    super::assert_closed_without_a_byte(&mut seventh, "a connection past max_connections");
+    let mut eighth = tcp_from(late, tls);
+    super::assert_closed_without_a_byte(&mut eighth, "a TLS connection past max_connections");
+    wait_metric(
+        f,
+        "turnpike_connections_refused_total",
+        &[("reason", "max_connections")],
+        2.0,
+    );
+    assert_eq!(
+        f.metrics().value_or_zero(
+            "turnpike_connections_refused_total",
+            &[("reason", "max_connections_per_ip")]
+        ),
+        0.0
+    );
+    f.bystander_served(2, "while TCP/TLS connections are at their total cap");
+    drop(held_tls.pop());
+    wait_until("a freed slot to be taken by another address", GUARD, || {
+        let s = tcp_from(late, tcp);
+        let me = s.local_addr().unwrap();
+        let mut r = FrameReader::new(s);
+        r.send(&binding_request(new_tid(), true));
+        let frame = r.try_next_frame().ok()??;
+        let m = Message::parse(&frame).ok()?;
+        (m.class() == Class::Success && m.xor_mapped_address().ok()? == Some(me)).then_some(())
+    });
+}
+
 /// With `first_request_timeout` and `idle_timeout` at 1s: a TCP
 /// connection that sends nothing, a TLS connection that never starts its
 /// handshake, one that finishes it and sends nothing, and a connection
