@@ -184,9 +184,21 @@ where
     let mut writing: Vec<u8> = Vec::with_capacity(1500);
     let mut deadlines = Deadlines::new(conn.limits, conn.opened);
     let write_timeout = conn.limits.write;
+    // One timer for the connection's life, re-armed only when the next
+    // deadline comes earlier than the armed one, or when it fires before
+    // the deadline it stood for (deadlines mostly move later, frame after
+    // frame: no timer work per read).
+    let first = deadlines.next().0;
+    let timer = tokio::time::sleep_until(first.into());
+    tokio::pin!(timer);
+    let mut armed = first;
     loop {
         make_room(&mut inbuf);
-        let (deadline, kind) = deadlines.next();
+        let (deadline, _) = deadlines.next();
+        if deadline < armed || timer.is_elapsed() {
+            timer.as_mut().reset(deadline.into());
+            armed = deadline;
+        }
         let n = tokio::select! {
             r = rd.read_buf(&mut inbuf) => r,
             _ = out.notify.notified() => {
@@ -195,9 +207,14 @@ where
                 }
                 continue;
             }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+            () = &mut timer => {
+                let now = crate::clock::instant();
+                let (deadline, kind) = deadlines.next();
+                if now < deadline {
+                    continue;
+                }
                 if kind == Timeout::Idle && shard.core.borrow().has_allocation(ft) {
-                    deadlines.allocated(crate::clock::instant());
+                    deadlines.allocated(now);
                     continue;
                 }
                 return Err(kind);
