@@ -145,7 +145,8 @@ fn rest(user: &str) -> Credentials {
 /// With `max_connections_per_ip = 4`: four TCP and TLS connections from
 /// one address are served and held; a fifth (TCP) and a sixth (TLS) are
 /// closed at accept without a byte and counted; meanwhile TCP and TLS
-/// clients from other addresses are served; a freed slot is taken again.
+/// clients from other addresses are served; a reload that raises the cap
+/// lets one more in; a freed slot is taken again.
 pub(super) fn stream_connections_capped_per_address(f: &mut Fixture) {
     let (tcp, tls, cfg) = (tcp_addr(f), tls_addr(f), turn_tls(f));
     let mut held_tcp: Vec<_> = (0..3).map(|_| tcp_served(ATTACKER, tcp)).collect();
@@ -173,6 +174,14 @@ pub(super) fn stream_connections_capped_per_address(f: &mut Fixture) {
             .value("turnpike_connections_open", &[("transport", "tcp")]),
         5.0
     );
+    // A reload raises the cap for the connections that follow: a fifth
+    // from the attacker's address is served now.
+    let raised = f
+        .config_with(f.case.http, &super::default_auth(&f.case))
+        .replace("max_connections_per_ip = 4", "max_connections_per_ip = 5");
+    let r = f.reload_into(&raised);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let _fifth = tcp_served(ATTACKER, tcp);
     drop(held_tls);
     // The held connections were served and are not refused after the
     // fact: each still answers.
