@@ -256,11 +256,6 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             s.push(l.transport, addr, sock, tls.clone());
         }
     }
-    let conn_limits = gate::ConnLimits::of(&cfg.limits);
-    if per_shard.iter().any(|s| !s.stream.is_empty()) {
-        gate::warn_if_reserve_too_large(&conn_limits);
-    }
-    let gate = Arc::new(gate::Gate::new(conn_limits));
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut counters = Vec::new();
@@ -272,6 +267,11 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         .expect("OS randomness");
     let mut control = Vec::new();
     let held = Arc::new(relay::HeldPorts::default());
+    let conn_limits = gate::ConnLimits::of(&cfg.limits);
+    if per_shard.iter().any(|s| !s.stream.is_empty()) {
+        gate::warn_if_reserve_too_large(&conn_limits);
+    }
+    let gate = Arc::new(gate::Gate::new(conn_limits));
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
