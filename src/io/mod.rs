@@ -18,8 +18,9 @@ mod socket;
 mod stream;
 mod udp;
 
-pub use control::ReloadError;
 pub use gate::{ConnStats, Refused, Timeout};
+
+pub use control::ReloadError;
 use setup::{check_relay_addresses, ipv6_unavailable, warn_if_own_address_refused};
 pub use setup::{credentials, primary_address};
 
