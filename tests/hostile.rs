@@ -102,13 +102,12 @@ fn config_text(case: &Case, cert: Option<&TestCert>, http: &str, auth: &str) -> 
         None => String::new(),
     };
     let limits = case.limits;
-    let peer = connections::PEER;
     format!(
         "[server]\nrealm = \"hostile.test\"\n\
          [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
          {stream}\
          [relay]\nbind_ip = \"127.0.0.1\"\nports = \"43000-43099\"\n\
-         [policy]\nallow_peers = [\"127.0.0.1/32\", \"{peer}/32\"]\n\
+         [policy]\nallow_peers = [\"127.0.0.1/32\"]\n\
          {auth}\n\
          [http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\n{admin}{tls}{http}\n\
          [limits]\n{limits}\n"

@@ -21,8 +21,6 @@ use turnpike_proto::wire::{Class, Message};
 
 /// A second attacker address.
 const ATTACKER2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
-/// The address relayed peers send from (allowed by the rows' policy).
-pub(super) const PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
 fn tcp_addr(f: &Fixture) -> SocketAddr {
     f.server.addr(Transport::Tcp, false)
@@ -351,8 +349,13 @@ pub(super) fn never_reading_client_is_closed(f: &mut Fixture) {
     let tcp = tcp_addr(f);
     let mut sink = TurnClient::tcp(tcp);
     let relayed = sink.allocate(rest("sink")).expect("allocation over TCP");
-    let peer = UdpSocket::bind((PEER, 0)).unwrap();
-    assert_eq!(sink.create_permission(&[peer.local_addr().unwrap()]), 200);
+    // The peer is on 127.0.0.1, the one peer address the rows' policy
+    // allows. A permission is for an address, whatever the port (RFC 8656
+    // §9): it names a relay port, the only port on which the server's own
+    // addresses may be peers.
+    let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let permitted = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), relayed.port());
+    assert_eq!(sink.create_permission(&[permitted]), 200);
     // From here the client reads nothing.
     let stop = Arc::new(AtomicBool::new(false));
     let flood = {
