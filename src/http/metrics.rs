@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use super::HttpStats;
 use crate::config::Transport;
-use crate::io::{ConnStats, Refused, Timeout};
+use crate::io::{ConnRefusal, ConnStats, ConnTimeout};
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
 use turnpike_proto::core::{AuthFailureReason, Counters, DropReason, EndReason, Family};
 
@@ -58,11 +58,11 @@ impl Metrics {
 /// `turnpike_connections_open{transport}`.
 fn publish_connections(c: &ConnStats) {
     use metrics::counter;
-    for r in Refused::ALL {
+    for r in ConnRefusal::ALL {
         counter!("turnpike_connections_refused_total", "reason" => r.name())
             .absolute(c.refused_count(r));
     }
-    for k in Timeout::ALL {
+    for k in ConnTimeout::ALL {
         counter!("turnpike_connection_timeouts_total", "kind" => k.name())
             .absolute(c.timeout_count(k));
     }

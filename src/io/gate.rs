@@ -58,25 +58,25 @@ impl ConnLimits {
 /// Why a connection was refused at accept
 /// (`turnpike_connections_refused_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
+pub enum ConnRefusal {
     MaxConnections = 0,
     MaxConnectionsPerIp = 1,
     FdReserve = 2,
 }
 
-impl Refused {
-    pub const ALL: [Refused; 3] = [
-        Refused::MaxConnections,
-        Refused::MaxConnectionsPerIp,
-        Refused::FdReserve,
+impl ConnRefusal {
+    pub const ALL: [ConnRefusal; 3] = [
+        ConnRefusal::MaxConnections,
+        ConnRefusal::MaxConnectionsPerIp,
+        ConnRefusal::FdReserve,
     ];
 
     /// The metric label: the config key that refused it.
     pub fn name(self) -> &'static str {
         match self {
-            Refused::MaxConnections => "max_connections",
-            Refused::MaxConnectionsPerIp => "max_connections_per_ip",
-            Refused::FdReserve => "fd_reserve",
+            ConnRefusal::MaxConnections => "max_connections",
+            ConnRefusal::MaxConnectionsPerIp => "max_connections_per_ip",
+            ConnRefusal::FdReserve => "fd_reserve",
         }
     }
 }
@@ -84,7 +84,7 @@ impl Refused {
 /// Which deadline closed a connection
 /// (`turnpike_connection_timeouts_total{kind}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timeout {
+pub enum ConnTimeout {
     /// No whole frame within `first_request_timeout` of accept.
     FirstRequest = 0,
     /// No frame for `idle_timeout` on a connection without an allocation.
@@ -97,22 +97,22 @@ pub enum Timeout {
     Handshake = 4,
 }
 
-impl Timeout {
-    pub const ALL: [Timeout; 5] = [
-        Timeout::FirstRequest,
-        Timeout::Idle,
-        Timeout::Frame,
-        Timeout::Write,
-        Timeout::Handshake,
+impl ConnTimeout {
+    pub const ALL: [ConnTimeout; 5] = [
+        ConnTimeout::FirstRequest,
+        ConnTimeout::Idle,
+        ConnTimeout::Frame,
+        ConnTimeout::Write,
+        ConnTimeout::Handshake,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Timeout::FirstRequest => "first_request",
-            Timeout::Idle => "idle",
-            Timeout::Frame => "frame",
-            Timeout::Write => "write",
-            Timeout::Handshake => "handshake",
+            ConnTimeout::FirstRequest => "first_request",
+            ConnTimeout::Idle => "idle",
+            ConnTimeout::Frame => "frame",
+            ConnTimeout::Write => "write",
+            ConnTimeout::Handshake => "handshake",
         }
     }
 }
@@ -125,19 +125,19 @@ pub struct ConnStats {
 }
 
 impl ConnStats {
-    pub(crate) fn refused(&self, why: Refused) {
+    pub(crate) fn refused(&self, why: ConnRefusal) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn refused_count(&self, why: Refused) -> u64 {
+    pub fn refused_count(&self, why: ConnRefusal) -> u64 {
         self.refused[why as usize].load(Ordering::Relaxed)
     }
 
-    pub(crate) fn timed_out(&self, kind: Timeout) {
+    pub(crate) fn timed_out(&self, kind: ConnTimeout) {
         self.timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn timeout_count(&self, kind: Timeout) -> u64 {
+    pub fn timeout_count(&self, kind: ConnTimeout) -> u64 {
         self.timeouts[kind as usize].load(Ordering::Relaxed)
     }
 }
@@ -196,14 +196,14 @@ impl Gate {
         &self,
         stream: &impl AsRawFd,
         peer: std::net::IpAddr,
-    ) -> Result<(Slot, ConnLimits), Refused> {
+    ) -> Result<(Slot, ConnLimits), ConnRefusal> {
         let limits = self.limits();
         let r = match self.table.try_acquire(peer, limits.caps) {
-            Err(Refusal::Total) => Err(Refused::MaxConnections),
-            Err(Refusal::PerSource) => Err(Refused::MaxConnectionsPerIp),
+            Err(Refusal::Total) => Err(ConnRefusal::MaxConnections),
+            Err(Refusal::PerSource) => Err(ConnRefusal::MaxConnectionsPerIp),
             Ok(slot) if !self.fds_left(stream.as_raw_fd(), limits.fd_reserve) => {
                 drop(slot);
-                Err(Refused::FdReserve)
+                Err(ConnRefusal::FdReserve)
             }
             Ok(slot) => Ok((slot, limits)),
         };
@@ -308,14 +308,17 @@ mod tests {
         let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
         let _a1 = g.admit(&sock, a).unwrap();
         let _a2 = g.admit(&sock, a).unwrap();
-        assert_eq!(g.admit(&sock, a).unwrap_err(), Refused::MaxConnectionsPerIp);
+        assert_eq!(
+            g.admit(&sock, a).unwrap_err(),
+            ConnRefusal::MaxConnectionsPerIp
+        );
         let (_b1, l) = g.admit(&sock, b).unwrap();
         assert_eq!(l.caps.total, 3);
-        assert_eq!(g.admit(&sock, b).unwrap_err(), Refused::MaxConnections);
+        assert_eq!(g.admit(&sock, b).unwrap_err(), ConnRefusal::MaxConnections);
         assert_eq!(g.open(), 3);
-        assert_eq!(g.stats.refused_count(Refused::MaxConnections), 1);
-        assert_eq!(g.stats.refused_count(Refused::MaxConnectionsPerIp), 1);
-        assert_eq!(g.stats.refused_count(Refused::FdReserve), 0);
+        assert_eq!(g.stats.refused_count(ConnRefusal::MaxConnections), 1);
+        assert_eq!(g.stats.refused_count(ConnRefusal::MaxConnectionsPerIp), 1);
+        assert_eq!(g.stats.refused_count(ConnRefusal::FdReserve), 0);
     }
 
     #[test]
@@ -324,9 +327,9 @@ mod tests {
         let g = Gate::new(limits(10, 10, soft));
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(g.admit(&sock, a).unwrap_err(), Refused::FdReserve);
+        assert_eq!(g.admit(&sock, a).unwrap_err(), ConnRefusal::FdReserve);
         assert_eq!(g.open(), 0, "the refused connection holds no slot");
-        assert_eq!(g.stats.refused_count(Refused::FdReserve), 1);
+        assert_eq!(g.stats.refused_count(ConnRefusal::FdReserve), 1);
         // A reload to a small reserve lets connections in again.
         g.set_limits(limits(10, 10, 8));
         assert!(g.admit(&sock, a).is_ok());

@@ -18,7 +18,7 @@ mod socket;
 mod stream;
 mod udp;
 
-pub use gate::{ConnStats, Refused, Timeout};
+pub use gate::{ConnRefusal, ConnStats, ConnTimeout};
 
 pub use control::ReloadError;
 use setup::{check_relay_addresses, ipv6_unavailable, warn_if_own_address_refused};

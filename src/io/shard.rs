@@ -320,7 +320,7 @@ async fn accept_loop(
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use super::gate::Timeout;
+    use super::gate::ConnTimeout;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let transport = if acceptor.is_some() {
         Transport::Tls
@@ -383,7 +383,7 @@ async fn accept_loop(
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                         }
                         Err(_) => {
-                            shard.gate.stats.timed_out(Timeout::Handshake);
+                            shard.gate.stats.timed_out(ConnTimeout::Handshake);
                             tracing::debug!(client = %peer, "TLS handshake timed out (limits.first_request_timeout)");
                         }
                     }

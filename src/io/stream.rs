@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
 use super::deliver::deliver;
-use super::gate::{ConnLimits, Timeout};
+use super::gate::{ConnLimits, ConnTimeout};
 use super::relay::ShellIo;
 use super::shard::Shard;
 use turnpike_proto::core::{DropReason, FiveTuple};
@@ -128,16 +128,18 @@ impl Deadlines {
     }
 
     /// The next deadline and what missing it means.
-    fn next(&self) -> (Instant, Timeout) {
+    fn next(&self) -> (Instant, ConnTimeout) {
         let between = match self.last_frame {
             None => (
                 self.opened + self.limits.first_request,
-                Timeout::FirstRequest,
+                ConnTimeout::FirstRequest,
             ),
-            Some(t) => (t + self.limits.idle, Timeout::Idle),
+            Some(t) => (t + self.limits.idle, ConnTimeout::Idle),
         };
         match self.partial_since {
-            Some(t) if t + self.limits.frame < between.0 => (t + self.limits.frame, Timeout::Frame),
+            Some(t) if t + self.limits.frame < between.0 => {
+                (t + self.limits.frame, ConnTimeout::Frame)
+            }
             _ => between,
         }
     }
@@ -173,7 +175,7 @@ async fn run<R, W>(
     conn: &Conn,
     out: &Rc<ConnOut>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), Timeout>
+) -> Result<(), ConnTimeout>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -213,7 +215,7 @@ where
                 if now < deadline {
                     continue;
                 }
-                if kind == Timeout::Idle && shard.core.borrow().has_allocation(ft) {
+                if kind == ConnTimeout::Idle && shard.core.borrow().has_allocation(ft) {
                     deadlines.allocated(now);
                     continue;
                 }
@@ -273,13 +275,13 @@ fn make_room(inbuf: &mut Vec<u8>) {
 }
 
 /// Write out everything queued; false if the connection failed, a
-/// [`Timeout::Write`] if a write made no progress for `limit`.
+/// [`ConnTimeout::Write`] if a write made no progress for `limit`.
 async fn flush<W: AsyncWrite + Unpin>(
     out: &ConnOut,
     writing: &mut Vec<u8>,
     wr: &mut W,
     limit: Duration,
-) -> Result<bool, Timeout> {
+) -> Result<bool, ConnTimeout> {
     loop {
         std::mem::swap(&mut *out.buf.borrow_mut(), writing);
         if writing.is_empty() {
@@ -288,14 +290,14 @@ async fn flush<W: AsyncWrite + Unpin>(
         let mut done = 0;
         while done < writing.len() {
             match tokio::time::timeout(limit, wr.write(&writing[done..])).await {
-                Err(_) => return Err(Timeout::Write),
+                Err(_) => return Err(ConnTimeout::Write),
                 Ok(Ok(0) | Err(_)) => return Ok(false),
                 Ok(Ok(n)) => done += n,
             }
         }
         // TLS: push the records out of the session's buffer too.
         match tokio::time::timeout(limit, wr.flush()).await {
-            Err(_) => return Err(Timeout::Write),
+            Err(_) => return Err(ConnTimeout::Write),
             Ok(Err(_)) => return Ok(false),
             Ok(Ok(())) => {}
         }
@@ -346,7 +348,7 @@ mod tests {
         let d = Deadlines::new(limits(), t0);
         assert_eq!(
             d.next(),
-            (t0 + Duration::from_secs(10), Timeout::FirstRequest)
+            (t0 + Duration::from_secs(10), ConnTimeout::FirstRequest)
         );
     }
 
@@ -356,14 +358,14 @@ mod tests {
         let mut d = Deadlines::new(limits(), t0);
         let t1 = t0 + Duration::from_secs(2);
         d.read(t1, false, true);
-        assert_eq!(d.next(), (t1 + Duration::from_secs(5), Timeout::Frame));
+        assert_eq!(d.next(), (t1 + Duration::from_secs(5), ConnTimeout::Frame));
         // More bytes of the same frame do not move its deadline.
         d.read(t1 + Duration::from_secs(3), false, true);
-        assert_eq!(d.next(), (t1 + Duration::from_secs(5), Timeout::Frame));
+        assert_eq!(d.next(), (t1 + Duration::from_secs(5), ConnTimeout::Frame));
         // Once whole, the connection is idle from then on.
         let t2 = t1 + Duration::from_secs(4);
         d.read(t2, true, false);
-        assert_eq!(d.next(), (t2 + Duration::from_secs(60), Timeout::Idle));
+        assert_eq!(d.next(), (t2 + Duration::from_secs(60), ConnTimeout::Idle));
     }
 
     #[test]
@@ -374,7 +376,7 @@ mod tests {
         d.read(t0 + Duration::from_secs(8), false, true);
         assert_eq!(
             d.next(),
-            (t0 + Duration::from_secs(10), Timeout::FirstRequest)
+            (t0 + Duration::from_secs(10), ConnTimeout::FirstRequest)
         );
     }
 
@@ -385,7 +387,7 @@ mod tests {
         d.read(t0, true, false);
         let t1 = t0 + Duration::from_secs(60);
         d.allocated(t1);
-        assert_eq!(d.next(), (t1 + Duration::from_secs(60), Timeout::Idle));
+        assert_eq!(d.next(), (t1 + Duration::from_secs(60), ConnTimeout::Idle));
     }
 
     #[test]
@@ -443,7 +445,7 @@ mod tests {
         assert!(out.push(&[1; 100]));
         let mut writing = Vec::new();
         let r = flush(&out, &mut writing, &mut Stalled, Duration::from_millis(50)).await;
-        assert_eq!(r, Err(Timeout::Write));
+        assert_eq!(r, Err(ConnTimeout::Write));
     }
 
     #[test]
