@@ -21,7 +21,8 @@
 //! * [`config`]: the TOML configuration, its validation, and its mapping
 //!   onto the core's types.
 //! * [`credentials`], [`sd_notify`], [`tls`], [`clock`]: small services
-//!   of the shell.
+//!   of the shell; `conn_table`, the connection caps of the HTTP and the
+//!   TCP/TLS listeners.
 //! * [`http_client`]: the one HTTP client (ureq with the project's rustls
 //!   settings), for `ice-check --credentials-url` and the tests.
 //! * [`ice`]: the tokio driver of `turnpike ice-check` (the agent itself is
@@ -30,6 +31,7 @@
 
 pub mod clock;
 pub mod config;
+mod conn_table;
 pub mod credentials;
 pub mod http;
 pub mod http_client;

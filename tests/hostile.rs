@@ -25,6 +25,8 @@
 #[path = "hostile/amplification.rs"]
 mod amplification;
 mod common;
+#[path = "hostile/connections.rs"]
+mod connections;
 #[path = "hostile/policy.rs"]
 mod policy;
 
@@ -66,6 +68,10 @@ struct Case {
     attack: fn(&mut Fixture),
     /// Checks after the server stopped (SIGINT).
     after_stop: fn(&Fixture),
+    /// Lines of `[limits]`.
+    limits: &'static str,
+    /// Also serve TURN over TCP and TLS (a self-signed certificate).
+    stream: bool,
 }
 
 const BASE: Case = Case {
@@ -75,6 +81,8 @@ const BASE: Case = Case {
     auth: true,
     attack: |_| {},
     after_stop: |_| {},
+    limits: "",
+    stream: false,
 };
 
 /// The configuration a [`Case`] runs with; `http` and `auth` replace the
@@ -85,16 +93,28 @@ fn config_text(case: &Case, cert: Option<&TestCert>, http: &str, auth: &str) -> 
     } else {
         String::new()
     };
-    let tls = cert.map_or(String::new(), |c| {
+    let tls = cert.filter(|_| case.https).map_or(String::new(), |c| {
         format!("cert = {}\nkey = {}\n", c.cert_toml(), c.key_toml())
     });
+    let stream = match cert.filter(|_| case.stream) {
+        Some(c) => format!(
+            "[[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:0\"\n\
+             [[listen]]\ntransport = \"tls\"\naddr = \"127.0.0.1:0\"\ncert = {}\nkey = {}\n",
+            c.cert_toml(),
+            c.key_toml()
+        ),
+        None => String::new(),
+    };
+    let limits = case.limits;
     format!(
         "[server]\nrealm = \"hostile.test\"\n\
          [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         {stream}\
          [relay]\nbind_ip = \"127.0.0.1\"\nports = \"43000-43099\"\n\
          [policy]\nallow_peers = [\"127.0.0.1/32\"]\n\
          {auth}\n\
-         [http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\n{admin}{tls}{http}\n"
+         [http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\n{admin}{tls}{http}\n\
+         [limits]\n{limits}\n"
     )
 }
 
@@ -130,8 +150,12 @@ impl Fixture {
         self.server.addr(Transport::Udp, false)
     }
 
+    /// The client config for the API, when it is HTTPS.
     fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
-        self.cert.as_ref().map(TestCert::client_config)
+        self.cert
+            .as_ref()
+            .filter(|_| self.case.https)
+            .map(TestCert::client_config)
     }
 
     /// One request to the API from the operator's address (127.0.0.1),
@@ -381,7 +405,7 @@ impl Drop for Bystander {
 /// Run one row: start its server, the bystander, the attack; the bystander
 /// is still served after; the server stops cleanly.
 fn run(case: Case) {
-    let cert = case.https.then(self_signed_cert);
+    let cert = (case.https || case.stream).then(self_signed_cert);
     let text = config_text(&case, cert.as_ref(), case.http, &default_auth(&case));
     let server = TestServer::start(&text);
     let mut f = Fixture {
@@ -939,6 +963,49 @@ hostile_rows! {
     /// ~110 ms: now it does not parse (over 128 attributes) and is dropped.
     create_permission_with_2700_peers_is_dropped: Case {
         attack: amplification::create_permission_with_2700_peers_is_dropped,
+        ..BASE
+    };
+    // --- connections (issue 12 item 3) ---
+    stream_connections_are_capped_per_address: Case {
+        stream: true,
+        limits: "max_connections = 16\nmax_connections_per_ip = 4\nfirst_request_timeout = \"1h\"\nidle_timeout = \"1h\"",
+        attack: connections::stream_connections_capped_per_address,
+        ..BASE
+    };
+    stream_connections_are_capped_in_total: Case {
+        stream: true,
+        limits: "max_connections = 6\nmax_connections_per_ip = 2\nfirst_request_timeout = \"1h\"\nidle_timeout = \"1h\"",
+        attack: connections::stream_connections_capped_in_total,
+        ..BASE
+    };
+    silent_and_idle_stream_connections_are_cut: Case {
+        stream: true,
+        limits: "first_request_timeout = \"1s\"\nidle_timeout = \"1s\"",
+        attack: connections::silent_and_idle_connections_are_cut,
+        ..BASE
+    };
+    partial_frames_are_cut_by_the_frame_timeout: Case {
+        stream: true,
+        limits: "frame_timeout = \"1s\"\nfirst_request_timeout = \"1h\"\nidle_timeout = \"1h\"",
+        attack: connections::partial_frames_are_cut,
+        ..BASE
+    };
+    never_reading_client_is_closed_by_the_write_timeout: Case {
+        stream: true,
+        limits: "write_timeout = \"1s\"",
+        attack: connections::never_reading_client_is_closed,
+        ..BASE
+    };
+    fd_reserve_keeps_allocate_working_when_connections_fill_the_limit: Case {
+        stream: true,
+        limits: "fd_reserve = 40\nfirst_request_timeout = \"1h\"\nidle_timeout = \"1h\"",
+        attack: connections::fd_reserve_keeps_allocate_working,
+        ..BASE
+    };
+    silent_tls_connections_do_not_stall_tls_clients: Case {
+        stream: true,
+        limits: "first_request_timeout = \"1h\"",
+        attack: connections::silent_tls_does_not_stall_tls_clients,
         ..BASE
     };
 }

@@ -135,6 +135,12 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "max_connections_per_ip",
     "header_timeout",
     "idle_timeout",
+    // [limits]: TCP/TLS connections (max_connections,
+    // max_connections_per_ip and idle_timeout are listed above, for [http])
+    "first_request_timeout",
+    "frame_timeout",
+    "write_timeout",
+    "fd_reserve",
     "limits",
     "unauth_rate",
     "unauth_burst",

@@ -88,6 +88,34 @@ pub struct Limits {
     #[serde(default = "default_rate_limit_slots")]
     pub rate_limit_slots: usize,
     // --- TCP/TLS connections ---
+    /// TCP and TLS client connections open at most, all listeners and
+    /// shards together (handshakes included). One more is closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TCP and TLS connections from one IPv4 address (or IPv6 /64) at most.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Time from accept (TLS handshake included) to the first complete
+    /// STUN frame; a connection that sends nothing is closed then.
+    #[serde(default = "default_first_request_timeout")]
+    pub first_request_timeout: Span,
+    /// A connection without an allocation on which no frame arrives for
+    /// this long is closed (connections with an allocation live as long as
+    /// it does).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+    /// Time a frame may take to arrive whole once its first bytes came.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout: Span,
+    /// A write to a client that makes no progress for this long (a client
+    /// that stopped reading) closes its connection.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Span,
+    /// File descriptors kept free for relay sockets: a connection is
+    /// refused at accept when the open descriptors plus this reserve reach
+    /// the soft RLIMIT_NOFILE, so connections never starve Allocate.
+    #[serde(default = "default_fd_reserve")]
+    pub fd_reserve: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +126,13 @@ impl Default for Limits {
             unauth_burst: default_unauth_burst(),
             rate_limit_slots: default_rate_limit_slots(),
             // --- TCP/TLS connections ---
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            first_request_timeout: default_first_request_timeout(),
+            idle_timeout: default_idle_timeout(),
+            frame_timeout: default_frame_timeout(),
+            write_timeout: default_write_timeout(),
+            fd_reserve: default_fd_reserve(),
         }
     }
 }
@@ -116,6 +151,27 @@ fn default_rate_limit_slots() -> usize {
 }
 
 // --- TCP/TLS connections: defaults ---
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_first_request_timeout() -> Span {
+    Span::secs(10)
+}
+fn default_idle_timeout() -> Span {
+    Span::secs(60)
+}
+fn default_frame_timeout() -> Span {
+    Span::secs(10)
+}
+fn default_write_timeout() -> Span {
+    Span::secs(30)
+}
+fn default_fd_reserve() -> u64 {
+    128
+}
 
 /// `[http]`: the credentials API, metrics, health and admin endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -39,6 +39,7 @@ impl Config {
                 "shorten it, or set \"\" to send no SOFTWARE attribute",
             ));
         }
+        self.validate_connection_limits(file)?;
         self.validate_relay(file)?;
         self.validate_auth(file)?;
         self.validate_policy(file)?;
@@ -157,6 +158,47 @@ impl Config {
                         "set the address peers reach this server at",
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[limits]`, TCP/TLS connections.
+    pub(super) fn validate_connection_limits(&self, file: &str) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.max_connections",
+                "zero would refuse every TCP and TLS connection",
+                "set a positive cap, e.g. 10000 (the default); to serve no TCP or TLS, remove those [[listen]] entries",
+            ));
+        }
+        if l.max_connections_per_ip == 0 || l.max_connections_per_ip > l.max_connections {
+            return Err(ConfigError::invalid(
+                file,
+                "limits.max_connections_per_ip",
+                format!(
+                    "{} is not between 1 and limits.max_connections ({})",
+                    l.max_connections_per_ip, l.max_connections
+                ),
+                "set it between 1 and max_connections; clients behind one large NAT share an address",
+            ));
+        }
+        for (name, span) in [
+            ("first_request_timeout", l.first_request_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("frame_timeout", l.frame_timeout),
+            ("write_timeout", l.write_timeout),
+        ] {
+            let s = span.0.as_secs();
+            if !(1..=3600).contains(&s) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("limits.{name}"),
+                    format!("{span} is out of range"),
+                    "use between 1s and 1h; the defaults are 10s (first_request_timeout, frame_timeout), 1m (idle_timeout) and 30s (write_timeout)",
+                ));
             }
         }
         Ok(())
@@ -526,6 +568,51 @@ mod tests {
 
     fn refused(extra: &str) -> ConfigError {
         Config::parse(&format!("{L}{extra}"), "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = Config::parse(L, "t.toml").unwrap();
+        let l = &c.limits;
+        assert_eq!((l.max_connections, l.max_connections_per_ip), (10_000, 256));
+        assert_eq!(l.first_request_timeout.0.as_secs(), 10);
+        assert_eq!(l.idle_timeout.0.as_secs(), 60);
+        assert_eq!(l.frame_timeout.0.as_secs(), 10);
+        assert_eq!(l.write_timeout.0.as_secs(), 30);
+        assert_eq!(l.fd_reserve, 128);
+        // A section that sets one key keeps the others' defaults.
+        let c = Config::parse(
+            &format!(
+                "{L}[limits]
+frame_timeout = \"2s\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.limits.frame_timeout.0.as_secs(), 2);
+        assert_eq!(c.limits.max_connections, 10_000);
+        for (extra, key) in [
+            ("max_connections = 0", "limits.max_connections"),
+            (
+                "max_connections_per_ip = 0",
+                "limits.max_connections_per_ip",
+            ),
+            (
+                "max_connections = 10\nmax_connections_per_ip = 11",
+                "limits.max_connections_per_ip",
+            ),
+            (
+                "first_request_timeout = \"0s\"",
+                "limits.first_request_timeout",
+            ),
+            ("idle_timeout = \"2h\"", "limits.idle_timeout"),
+            ("frame_timeout = 0", "limits.frame_timeout"),
+            ("write_timeout = \"1d\"", "limits.write_timeout"),
+        ] {
+            let e = refused(&format!("[limits]\n{extra}\n"));
+            assert_eq!(e.key(), Some(key), "{extra}: {e}");
+            assert!(e.to_string().contains("Fix:"), "{e}");
+        }
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         state.handle.counters(),
         &state.http_stats,
+        state.handle.connection_stats(),
         state.start_unix,
         state.handle.is_draining(),
     );

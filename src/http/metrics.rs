@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use super::HttpStats;
 use crate::config::Transport;
+use crate::io::{ConnRefusal, ConnStats, ConnTimeout};
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
 use turnpike_proto::core::{
     AuthFailureReason, Counters, DropReason, EndReason, Family, RateLimitReason,
@@ -41,14 +42,31 @@ impl Metrics {
         &self,
         shards: &[Arc<Counters>],
         http: &HttpStats,
+        conns: &ConnStats,
         start_unix: u64,
         draining: bool,
     ) -> String {
         metrics::with_local_recorder(&self.recorder, || {
             publish(shards, start_unix, draining);
             publish_http(http);
+            publish_connections(conns);
         });
         self.handle.render()
+    }
+}
+
+/// What the TCP and TLS listeners refused at accept and cut by a deadline
+/// (src/io/gate.rs); their open connections are
+/// `turnpike_connections_open{transport}`.
+fn publish_connections(c: &ConnStats) {
+    use metrics::counter;
+    for r in ConnRefusal::ALL {
+        counter!("turnpike_connections_refused_total", "reason" => r.name())
+            .absolute(c.refused_count(r));
+    }
+    for k in ConnTimeout::ALL {
+        counter!("turnpike_connection_timeouts_total", "kind" => k.name())
+            .absolute(c.timeout_count(k));
     }
 }
 

@@ -19,12 +19,11 @@
 //! Limits are read from the configuration in force at each accept, so a
 //! reload changes them for the connections that follow.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::AppState;
+use crate::conn_table::{Caps, ConnTable, Refusal, Slot};
 
 /// The largest request head (and read buffer) of a connection: the API's
 /// requests are a line and a few headers.
@@ -55,6 +55,13 @@ struct Limits {
 }
 
 impl Limits {
+    fn caps(&self) -> Caps {
+        Caps {
+            total: self.max_connections,
+            per_source: self.max_per_ip,
+        }
+    }
+
     fn of(h: &crate::config::Http) -> Self {
         Limits {
             max_connections: h.max_connections,
@@ -79,82 +86,6 @@ pub struct HttpStats {
     pub header_timeouts: AtomicU64,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: AtomicU64,
-}
-
-/// Where a connection comes from, as the per-address cap counts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Source {
-    V4(u32),
-    /// The /64 prefix: one subscriber usually holds a whole /64.
-    V6(u64),
-}
-
-impl Source {
-    fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => Source::V4(u32::from(a)),
-            IpAddr::V6(a) => Source::V6((u128::from(a) >> 64) as u64),
-        }
-    }
-}
-
-/// Why a connection was turned away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
-    Total,
-    PerSource,
-}
-
-/// Open connections, in total and by source. Its size is bounded by the
-/// open connections (an entry goes when its source's last one closes).
-#[derive(Debug, Default)]
-struct ConnTable {
-    counts: Mutex<Counts>,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    total: usize,
-    by_source: HashMap<Source, usize>,
-}
-
-/// A connection's place in the [`ConnTable`], given back when dropped.
-#[derive(Debug)]
-struct Slot {
-    table: Arc<ConnTable>,
-    source: Source,
-}
-
-impl ConnTable {
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr, l: &Limits) -> Result<Slot, Refusal> {
-        let source = Source::of(ip);
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= l.max_connections {
-            return Err(Refusal::Total);
-        }
-        if c.by_source.get(&source).copied().unwrap_or(0) >= l.max_per_ip {
-            return Err(Refusal::PerSource);
-        }
-        *c.by_source.entry(source).or_insert(0) += 1;
-        c.total += 1;
-        Ok(Slot {
-            table: self.clone(),
-            source,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.by_source.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.by_source.remove(&self.source);
-            }
-        }
-    }
 }
 
 /// When a byte last moved on a connection.
@@ -285,7 +216,7 @@ pub(super) async fn run(
                     }
                 };
                 let limits = Limits::of(&state.config().http);
-                let slot = match table.try_acquire(peer.ip(), &limits) {
+                let slot = match table.try_acquire(peer.ip(), limits.caps()) {
                     Ok(slot) => slot,
                     Err(why) => {
                         let stats = &state.http_stats;
@@ -423,36 +354,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn caps_count_in_total_and_per_source_and_free_on_drop() {
-        let t = Arc::new(ConnTable::default());
-        let l = limits(3, 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let c: IpAddr = "192.0.2.3".parse().unwrap();
-        let a1 = t.try_acquire(a, &l).unwrap();
-        let _a2 = t.try_acquire(a, &l).unwrap();
-        assert_eq!(t.try_acquire(a, &l).unwrap_err(), Refusal::PerSource);
-        let _b1 = t.try_acquire(b, &l).unwrap();
-        assert_eq!(t.try_acquire(c, &l).unwrap_err(), Refusal::Total);
-        drop(a1);
-        let _c1 = t.try_acquire(c, &l).unwrap();
-        assert_eq!(t.try_acquire(a, &l).unwrap_err(), Refusal::Total);
-    }
-
-    #[test]
-    fn table_forgets_a_source_whose_last_connection_closed() {
-        let t = Arc::new(ConnTable::default());
-        let l = limits(10, 10);
-        let slots: Vec<_> = (0..5u8)
-            .map(|i| t.try_acquire(IpAddr::from([198, 51, 100, i]), &l).unwrap())
-            .collect();
-        assert_eq!(t.counts.lock().unwrap().by_source.len(), 5);
-        drop(slots);
-        let c = t.counts.lock().unwrap();
-        assert_eq!((c.total, c.by_source.len()), (0, 0));
-    }
-
     /// Serve a 1 MB response into a 4 KiB pipe whose client never reads:
     /// the writes stall, and the idle timeout closes the connection (a
     /// request head came in time, so it is no header timeout).
@@ -485,16 +386,5 @@ mod tests {
         assert_eq!(stats.idle_timeouts.load(Ordering::Relaxed), 1);
         assert_eq!(stats.header_timeouts.load(Ordering::Relaxed), 0);
         drop(client_end);
-    }
-
-    #[test]
-    fn an_ipv6_slash_64_is_one_source_and_mapped_ipv4_is_ipv4() {
-        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(Source::of(x), Source::of(y));
-        assert_ne!(Source::of(x), Source::of(z));
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(Source::of(mapped), Source::of("192.0.2.1".parse().unwrap()));
     }
 }

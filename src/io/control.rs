@@ -137,6 +137,8 @@ impl ServerHandle {
         for (resolver, ck) in certs {
             resolver.replace(ck);
         }
+        self.gate
+            .set_limits(super::gate::ConnLimits::of(&new.limits));
         let started = &self.start_cfg;
         if started.listen != new.listen {
             notes.push("listen: listener changes take effect after a restart".to_string());

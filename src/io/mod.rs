@@ -9,6 +9,7 @@
 
 mod control;
 mod deliver;
+mod gate;
 mod poller;
 mod relay;
 mod setup;
@@ -16,6 +17,8 @@ mod shard;
 mod socket;
 mod stream;
 mod udp;
+
+pub use gate::{ConnRefusal, ConnStats, ConnTimeout};
 
 pub use control::ReloadError;
 use setup::{
@@ -106,6 +109,9 @@ pub struct ServerHandle {
     /// The configuration the server started with (to tell what a reload
     /// cannot change).
     start_cfg: Config,
+    /// The door of the TCP and TLS listeners (caps, descriptor reserve,
+    /// deadlines), shared by every shard.
+    gate: Arc<gate::Gate>,
 }
 
 impl ServerHandle {
@@ -124,6 +130,11 @@ impl ServerHandle {
     /// The counters of every shard (sum them for totals).
     pub fn counters(&self) -> &[Arc<Counters>] {
         &self.counters
+    }
+
+    /// What the TCP and TLS listeners refused and cut (`/metrics`).
+    pub fn connection_stats(&self) -> &ConnStats {
+        &self.gate.stats
     }
 
     /// State shared by the shards (quotas, port pools).
@@ -294,6 +305,11 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         .expect("OS randomness");
     let mut control = Vec::new();
     let held = Arc::new(relay::HeldPorts::default());
+    let conn_limits = gate::ConnLimits::of(&cfg.limits);
+    if per_shard.iter().any(|s| !s.stream.is_empty()) {
+        gate::warn_if_reserve_too_large(&conn_limits);
+    }
+    let gate = Arc::new(gate::Gate::new(conn_limits));
     for (id, sockets) in per_shard.into_iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
@@ -313,7 +329,8 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             .name(format!("turnpike-shard-{id}"))
             .spawn({
                 let held = held.clone();
-                move || shard::run(id, sockets, setup, rx, ctl_rx, held)
+                let gate = gate.clone();
+                move || shard::run(id, sockets, setup, rx, ctl_rx, held, gate)
             })
             .map_err(StartError::Thread)?;
         threads.push(t);
@@ -338,6 +355,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         creds: Mutex::new(creds),
         certs,
         start_cfg: cfg.clone(),
+        gate,
     })
 }
 

@@ -47,8 +47,6 @@ impl Sockets {
     }
 }
 
-/// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The timer task wakes at least this often (and exactly at deadlines).
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
@@ -69,6 +67,8 @@ pub(crate) struct Shard {
     pub poller: super::poller::Poller,
     /// Whether relay sockets start with GSO on (`[server] udp_gso`).
     pub gso: bool,
+    /// The door of the TCP and TLS listeners, shared by every shard.
+    pub gate: Arc<super::gate::Gate>,
 }
 
 impl Shard {
@@ -172,6 +172,7 @@ pub(crate) fn run(
     shutdown: watch::Receiver<bool>,
     control: mpsc::UnboundedReceiver<super::control::Control>,
     held: Arc<HeldPorts>,
+    gate: Arc<super::gate::Gate>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -206,6 +207,7 @@ pub(crate) fn run(
             conns: RefCell::new(HashMap::new()),
             held,
             gso: sockets.gso,
+            gate,
         });
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
@@ -309,6 +311,10 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
     }
 }
 
+/// Accept connections until shutdown. Each is admitted by the gate (caps,
+/// descriptor reserve) or closed at once, then served in a task of its own:
+/// a TLS handshake runs there too, under `first_request_timeout`, so the
+/// loop never waits for a client.
 async fn accept_loop(
     shard: Rc<Shard>,
     listener: tokio::net::TcpListener,
@@ -316,6 +322,7 @@ async fn accept_loop(
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use super::gate::ConnTimeout;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let transport = if acceptor.is_some() {
         Transport::Tls
@@ -335,6 +342,15 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        let opened = crate::clock::instant();
+        let (slot, limits) = match shard.gate.admit(&stream, peer.ip()) {
+            Ok(x) => x,
+            Err(why) => {
+                tracing::debug!(client = %peer, cap = why.name(), "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         // The connection's own local address is specific even when the
         // listener is a wildcard.
@@ -345,19 +361,33 @@ async fn accept_loop(
         };
         let shard = shard.clone();
         let shutdown = shutdown.clone();
+        let conn = super::stream::Conn {
+            ft,
+            limits,
+            opened,
+            _slot: slot,
+        };
         match &acceptor {
             None => {
-                tokio::task::spawn_local(super::stream::serve(shard, stream, ft, shutdown));
+                tokio::task::spawn_local(super::stream::serve(shard, stream, conn, shutdown));
             }
             Some(acc) => {
                 let acc = acc.clone();
                 tokio::task::spawn_local(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                        Ok(Ok(tls)) => super::stream::serve(shard, tls, ft, shutdown).await,
+                    let deadline = tokio::time::Instant::from_std(opened + limits.first_request);
+                    // Pinned here so that a timed-out handshake's socket
+                    // is closed after it is counted.
+                    let accept = acc.accept(stream);
+                    tokio::pin!(accept);
+                    match tokio::time::timeout_at(deadline, &mut accept).await {
+                        Ok(Ok(tls)) => super::stream::serve(shard, tls, conn, shutdown).await,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            shard.gate.stats.timed_out(ConnTimeout::Handshake);
+                            tracing::debug!(client = %peer, "TLS handshake timed out (limits.first_request_timeout)");
+                        }
                     }
                 });
             }

@@ -56,6 +56,25 @@ pub fn set_nofile_limit(soft: u64, hard: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Set RLIMIT_NOFILE's soft and hard limits of process `pid` (prlimit(2);
+/// lowering another process's limits needs the same user).
+pub fn set_nofile_limit_of(pid: i32, soft: u64, hard: u64) -> io::Result<()> {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `r` is valid for the call; a null old-limit pointer is allowed.
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &r, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Descriptors process `pid` has open (entries of `/proc/PID/fd`).
+pub fn open_fds_of(pid: i32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
 /// Raise RLIMIT_NOFILE's soft limit to its hard limit; returns the soft
 /// limit in force afterwards (1024 if it cannot be read).
 pub fn raise_nofile() -> u64 {

@@ -53,6 +53,12 @@ impl Server {
         }
     }
 
+    /// Whether the client of `ft` holds an allocation here (the shell
+    /// closes idle TCP/TLS connections that hold none).
+    pub fn has_allocation(&self, ft: &FiveTuple) -> bool {
+        self.table.slot_of(ft).is_some()
+    }
+
     /// The allocations on this core, for the admin API.
     pub fn sessions(&self, now: Now) -> Vec<SessionInfo> {
         let now = now.mono;
