@@ -62,9 +62,13 @@ fn own_addresses(c: &Config) -> OwnAddresses {
         .chain(c.relay.bind_ip6)
         .chain(c.relay.public_ip)
         .chain(c.relay.public_ip6);
+    // Relayed data is UDP: only UDP listeners are reachable by it.
     OwnAddresses::new(
         ips,
-        c.listen.iter().map(|l| l.addr.port()),
+        c.listen
+            .iter()
+            .filter(|l| l.transport == crate::config::Transport::Udp)
+            .map(|l| l.addr.port()),
         (c.relay.ports.low, c.relay.ports.high),
     )
 }

@@ -120,7 +120,12 @@ impl ServerHandle {
         // Listeners and the relay port range stay as started (both need a
         // restart), so the own-address rule keeps judging by them.
         let own = core.policy.own_mut();
-        own.add_listener_ports(self.listeners.iter().map(|l| l.addr.port()));
+        own.add_listener_ports(
+            self.listeners
+                .iter()
+                .filter(|l| l.transport == crate::config::Transport::Udp)
+                .map(|l| l.addr.port()),
+        );
         let ports = self.start_cfg.relay.ports;
         own.set_relay_ports((ports.low, ports.high));
         setup::warn_dangerous_allow_peers(&core);

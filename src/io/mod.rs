@@ -283,10 +283,14 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         }
     }
     // Port-0 listeners have their ports now: no peer may be one of them.
-    core_cfg
-        .policy
-        .own_mut()
-        .add_listener_ports(listeners.iter().map(|l| l.addr.port()));
+    // Relayed data is UDP, so only UDP listeners count (a relay port may
+    // share its number with a TCP or TLS listener).
+    core_cfg.policy.own_mut().add_listener_ports(
+        listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.addr.port()),
+    );
     let core_cfg = Arc::new(core_cfg);
     let (tx, rx) = watch::channel(false);
     let mut threads = Vec::new();

@@ -187,4 +187,29 @@ mod tests {
         assert!(peer("203.0.113.9:50000"), "a relay port");
         assert!(peer("198.51.100.1:3478"), "someone else's port 3478");
     }
+
+    /// Relayed data is UDP: a TCP or TLS listener's port number is no UDP
+    /// service, and a relay socket may hold the same number (a port-0 TCP
+    /// listener got it from the kernel). The hostile soak found a relay
+    /// that clients of this server could not reach because its UDP port
+    /// was the TCP listener's number.
+    #[test]
+    fn stream_listener_ports_are_no_udp_listener_ports() {
+        let cfg = Config::parse(
+            "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:3478\"\n\
+             [[listen]]\ntransport = \"tcp\"\naddr = \"127.0.0.1:50001\"\n\
+             [relay]\nbind_ip = \"127.0.0.1\"\nports = \"50000-50099\"\n\
+             [policy]\nallow_peers = [\"127.0.0.1/32\"]\n",
+            "t.toml",
+        )
+        .expect("test config");
+        let c = super::core_config(&cfg);
+        assert_eq!(c.policy.own().listener_ports(), [3478]);
+        let peer = |s: &str| c.policy.allows_peer(s.parse().expect("literal"));
+        assert!(
+            peer("127.0.0.1:50001"),
+            "a relay port that a TCP listener also has"
+        );
+        assert!(!peer("127.0.0.1:3478"), "the UDP listener");
+    }
 }
