@@ -61,3 +61,19 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.dealloc(ptr, layout) }
     }
 }
+
+/// Hand the allocator's free memory back to the kernel: glibc keeps the
+/// memory of freed blocks in its arenas (one per thread that allocated),
+/// so after a burst (a connection flood the limits turned away, a wave of
+/// allocations that ended) the process's RSS would stay at the burst's
+/// level. `malloc_trim(0)` releases every arena's free pages; what is in
+/// use stays. A no-op with other C libraries.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointers and only reorganises the
+    // allocator's own free lists, under each arena's lock: it is safe to
+    // call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
