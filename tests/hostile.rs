@@ -24,6 +24,8 @@
 
 #[path = "hostile/amplification.rs"]
 mod amplification;
+#[path = "hostile/bounds.rs"]
+mod bounds;
 mod common;
 #[path = "hostile/connections.rs"]
 mod connections;
@@ -72,6 +74,8 @@ struct Case {
     limits: &'static str,
     /// Also serve TURN over TCP and TLS (a self-signed certificate).
     stream: bool,
+    /// Lines added to `[policy]` (which allows 127.0.0.1 as a peer).
+    policy: &'static str,
 }
 
 const BASE: Case = Case {
@@ -83,6 +87,7 @@ const BASE: Case = Case {
     after_stop: |_| {},
     limits: "",
     stream: false,
+    policy: "",
 };
 
 /// The configuration a [`Case`] runs with; `http` and `auth` replace the
@@ -106,12 +111,13 @@ fn config_text(case: &Case, cert: Option<&TestCert>, http: &str, auth: &str) -> 
         None => String::new(),
     };
     let limits = case.limits;
+    let policy = case.policy;
     format!(
         "[server]\nrealm = \"hostile.test\"\n\
          [[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n\
          {stream}\
          [relay]\nbind_ip = \"127.0.0.1\"\nports = \"43000-43099\"\n\
-         [policy]\nallow_peers = [\"127.0.0.1/32\"]\n\
+         [policy]\nallow_peers = [\"127.0.0.1/32\"]\n{policy}\n\
          {auth}\n\
          [http]\naddr = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\n{admin}{tls}{http}\n\
          [limits]\n{limits}\n"
@@ -1006,6 +1012,18 @@ hostile_rows! {
         stream: true,
         limits: "first_request_timeout = \"1h\"",
         attack: connections::silent_tls_does_not_stall_tls_clients,
+        ..BASE
+    };
+    // --- bounds (issue 12 item 7) ---
+    /// A newline or ESC in a username forged log lines in the text format.
+    username_cannot_forge_log_lines: Case {
+        attack: bounds::username_cannot_forge_log_lines,
+        ..BASE
+    };
+    /// EVEN-PORT reservations escaped the per-user quota.
+    even_port_reservation_counts_against_the_user_quota: Case {
+        policy: "max_allocations_per_user = 2",
+        attack: bounds::even_port_reservation_counts_against_the_user_quota,
         ..BASE
     };
 }
