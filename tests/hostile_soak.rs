@@ -162,14 +162,36 @@ fn hostile_soak() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
-    // Warm up (every shard has allocated and freed), then the baseline.
+    // Warm up: the well-behaved load alone, briefly (the steady
+    // allocations set up, relaying, and ended; a round of churn), so that
+    // the server's tables and its allocator have grown to that load. What
+    // it holds then is the starting level the attacks must leave it at.
+    let warm = json(
+        loadgen(&[
+            "relay",
+            "--allocations",
+            &allocations.to_string(),
+            "--mode",
+            "c2c",
+            "--rate",
+            "10000",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+        ])
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(warm["round_trips"]["lost"], 0, "{warm}");
     let warm = json(
         loadgen(&["allocations", "--count", "200"])
             .output()
             .unwrap(),
     );
     assert_eq!(warm["setups_failed"], 0, "{warm}");
-    std::thread::sleep(Duration::from_secs(1));
+    // The warm-up's 401s drew on 127.0.0.1's bucket: let it refill.
+    std::thread::sleep(Duration::from_secs(BURST / RATE + 1));
     let (fds0, rss0) = usage(pid);
     println!("start: {fds0} fds, RSS {:.1} MiB", rss0 as f64 / 1048576.0);
 
@@ -374,9 +396,17 @@ fn hostile_soak() {
 
     // Everything the attackers held is closed; wait (bounded) for the
     // server to let go of it too.
+    if let Ok(hold) = std::env::var("TURNPIKE_SOAK_HOLD_SECS") {
+        // A window to look at the server before the end is measured.
+        println!("holding {hold} s (server pid {pid})");
+        std::thread::sleep(Duration::from_secs(hold.parse().unwrap()));
+    }
+    // The server hands freed memory back every 10 s: wait (bounded) for
+    // both to come back.
+    let rss_limit = rss0 + rss0 / 10;
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut fds1, mut rss1) = usage(pid);
-    while fds1 > fds0 && Instant::now() < deadline {
+    while (fds1 > fds0 || rss1 > rss_limit) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         (fds1, rss1) = usage(pid);
     }
@@ -446,10 +476,9 @@ fn hostile_soak() {
         );
     }
     assert!(fds1 <= fds0, "fds did not come back: {fds1} > {fds0}");
-    assert!(
-        rss1 <= rss0 + rss0 / 2 + (16 << 20),
-        "RSS did not come back: {rss1} vs {rss0}"
-    );
+    // Back to the level the well-behaved load alone left (10 % for the
+    // allocator's arenas).
+    assert!(rss1 <= rss_limit, "RSS did not come back: {rss1} vs {rss0}");
 }
 
 /// A non-blocking TCP connection to `to` from `from` (port chosen by the
