@@ -132,6 +132,16 @@ fn revocations_are_posted_listed_and_lifted() {
         ]})
     );
     assert_eq!(scrape(h).value("turnpike_revocations", &[]), 2.0);
+    // A reload keeps them (they live in the process, not the file).
+    let r = post_auth(h, "/api/v1/reload", ADMIN_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get_auth(h, "/api/v1/revocations", ADMIN_KEY);
+    assert_eq!(
+        r.json()["revocations"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r.text()
+    );
 
     // DELETE lifts one (a full name with its colon too); 404 once gone.
     let r = delete_auth(h, "/api/v1/revocations/alice", ADMIN_KEY);
@@ -315,6 +325,7 @@ fn revoking_a_user_ends_its_allocation_while_another_keeps_relaying() {
     );
     assert_eq!(m.value("turnpike_revocations", &[]), 1.0);
     server.wait_for_line(&["credential revoked", "victim"], IO_TIMEOUT);
+    server.wait_for_line(&["allocation ended", "victim", "revoked"], IO_TIMEOUT);
 
     // Lifted: the user may allocate again.
     let r = delete_auth(h, "/api/v1/revocations/victim", ADMIN_KEY);
