@@ -168,6 +168,14 @@ fn bad_revocations_are_refused_with_400() {
         "until",
     );
     assert_bad_param(&post_json(&server, ADMIN_KEY, "{not json"), "body");
+    let both = http(
+        h,
+        "POST",
+        "/api/v1/revocations?username=a",
+        &[("Authorization", &format!("Bearer {ADMIN_KEY}"))],
+        br#"{"username": "b"}"#,
+    );
+    assert_bad_param(&both, "body");
     assert_bad_param(
         &post_json(&server, ADMIN_KEY, r#"{"username": "a", "extra": 1}"#),
         "body",

@@ -322,6 +322,11 @@ pub(super) async fn revoke(
             Some(Err(_)) => return bad_param("until", "must be Unix seconds"),
         };
         (user.clone(), until)
+    } else if p.contains_key("username") || p.contains_key("until") {
+        return bad_param(
+            "body",
+            "give the revocation either as a JSON body or as the query, not both",
+        );
     } else {
         match serde_json::from_slice::<RevokeBody>(&body) {
             Ok(b) => (b.username, b.until),
