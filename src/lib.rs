@@ -38,5 +38,6 @@ pub mod http_client;
 pub mod ice;
 pub mod io;
 pub mod loadgen;
+pub mod revocation;
 pub mod sd_notify;
 pub mod tls;

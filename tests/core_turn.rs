@@ -27,6 +27,8 @@ use turnpike_proto::wire::{
 mod lifecycle;
 #[path = "core_turn/policy.rs"]
 mod policy;
+#[path = "core_turn/revocation.rs"]
+mod revocation;
 
 const SECRET: &str = "s3cret";
 const SECRET2: &str = "n3w-s3cret";

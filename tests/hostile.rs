@@ -31,6 +31,8 @@ mod common;
 mod connections;
 #[path = "hostile/policy.rs"]
 mod policy;
+#[path = "hostile/revocation.rs"]
+mod revocation;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -1024,6 +1026,18 @@ hostile_rows! {
     even_port_reservation_counts_against_the_user_quota: Case {
         policy: "max_allocations_per_user = 2",
         attack: bounds::even_port_reservation_counts_against_the_user_quota,
+        ..BASE
+    };
+    // --- revocation (issue 14 item 1) ---
+    /// A revoked client keeps sending: its allocation ended at once, its
+    /// data, Refresh and new Allocates are dropped or refused, counted.
+    revoked_client_keeps_sending_after_its_allocation_ended: Case {
+        attack: revocation::revoked_client_keeps_sending,
+        ..BASE
+    };
+    /// Hostile bodies on the revocation route are refused; nothing stored.
+    hostile_revocation_bodies_are_refused: Case {
+        attack: revocation::hostile_revocation_bodies_are_refused,
         ..BASE
     };
 }

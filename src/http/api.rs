@@ -180,6 +180,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.handle.connection_stats(),
         state.start_unix,
         state.handle.is_draining(),
+        state.handle.revocation_count(crate::clock::now().unix),
     );
     (
         [(
@@ -286,6 +287,94 @@ pub(super) async fn reload(State(state): State<Arc<AppState>>, _: Admin) -> Resp
             "shutting_down",
             "the server is stopping",
         ),
+    }
+}
+
+/// The body of `POST /api/v1/revocations`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    username: String,
+    #[serde(default)]
+    until: Option<u64>,
+}
+
+/// `POST /api/v1/revocations` (issue 14), with a JSON body `{"username":
+/// NAME, "until": UNIX_SECONDS}` (`until` optional) or the query
+/// `?username=NAME&until=UNIX_SECONDS`. 201 with the stored revocation, 200
+/// when it replaced one; 400 for bad input; 507 when the store is full.
+pub(super) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Query(p): Params,
+    body: axum::body::Bytes,
+) -> Response {
+    let (username, until) = if body.iter().all(u8::is_ascii_whitespace) {
+        let Some(user) = p.get("username") else {
+            return bad_param(
+                "username",
+                "missing; send {\"username\": NAME} or ?username=NAME",
+            );
+        };
+        let until = match p.get("until").map(|t| t.parse::<u64>()) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return bad_param("until", "must be Unix seconds"),
+        };
+        (user.clone(), until)
+    } else if p.contains_key("username") || p.contains_key("until") {
+        return bad_param(
+            "body",
+            "give the revocation either as a JSON body or as the query, not both",
+        );
+    } else {
+        match serde_json::from_slice::<RevokeBody>(&body) {
+            Ok(b) => (b.username, b.until),
+            Err(e) => return bad_param("body", format!("not a revocation: {e}")),
+        }
+    };
+    let now = crate::clock::now().unix;
+    match state.handle.revoke(&username, until, now).await {
+        Ok((r, new, _)) => {
+            let status = if new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(r)).into_response()
+        }
+        Err(e) => match e.parameter() {
+            Some(param) => bad_param(param, e.to_string()),
+            None => error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "too_many_revocations",
+                e.to_string(),
+            ),
+        },
+    }
+}
+
+/// `GET /api/v1/revocations`: those in force, by name.
+pub(super) async fn revocations(State(state): State<Arc<AppState>>, _: Admin) -> Response {
+    let now = crate::clock::now().unix;
+    Json(json!({"revocations": state.handle.revocations(now)})).into_response()
+}
+
+/// `DELETE /api/v1/revocations/{username}`: lift one; 404 if none.
+pub(super) async fn lift_revocation(
+    State(state): State<Arc<AppState>>,
+    Path(username): Path<String>,
+    _: Admin,
+) -> Response {
+    let now = crate::clock::now().unix;
+    if state.handle.lift_revocation(&username, now).await {
+        Json(json!({"lifted": username})).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no revocation of this username is in force",
+        )
     }
 }
 

@@ -45,9 +45,12 @@ impl Metrics {
         conns: &ConnStats,
         start_unix: u64,
         draining: bool,
+        revocations: usize,
     ) -> String {
         metrics::with_local_recorder(&self.recorder, || {
             publish(shards, start_unix, draining);
+            // Revocations in force (issue 14; src/revocation.rs).
+            metrics::gauge!("turnpike_revocations").set(revocations as f64);
             publish_http(http);
             publish_connections(conns);
         });

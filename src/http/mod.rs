@@ -10,6 +10,9 @@
 //! | `DELETE /api/v1/sessions/{id}` | admin key | end one allocation |
 //! | `POST /api/v1/drain` | admin key | start draining |
 //! | `POST /api/v1/reload` | admin key | re-read the config file |
+//! | `POST /api/v1/revocations` | admin key | revoke a credential or a user |
+//! | `GET /api/v1/revocations` | admin key | revocations in force |
+//! | `DELETE /api/v1/revocations/{username}` | admin key | lift one |
 //!
 //! API keys (`http.api_keys`) come as `Authorization: Bearer KEY` or
 //! `key=KEY`; admin keys (`http.admin_keys`) only as `Authorization:
@@ -105,6 +108,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sessions/{id}", delete(api::delete_session))
         .route("/api/v1/drain", post(api::drain))
         .route("/api/v1/reload", post(api::reload))
+        .route(
+            "/api/v1/revocations",
+            get(api::revocations).post(api::revoke),
+        )
+        .route(
+            "/api/v1/revocations/{username}",
+            delete(api::lift_revocation),
+        )
         .with_state(state)
 }
 

@@ -9,13 +9,17 @@ use tokio::sync::oneshot;
 
 use super::{ServerHandle, setup};
 use crate::config::Config;
+use crate::revocation::{self, Revocation, RevokeError};
 use crate::tls;
-use turnpike_proto::core::{CoreConfig, Credentials, SessionInfo};
+use turnpike_proto::core::{CoreConfig, Credentials, Revocations, SessionInfo};
 
 /// A request to one shard.
 pub(crate) enum Control {
     Config(Arc<CoreConfig>),
     Credentials(Arc<Credentials>),
+    /// The revocation set now in force; the shard answers how many
+    /// allocations it ended.
+    Revocations(Arc<Revocations>, oneshot::Sender<usize>),
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     Delete(u64, oneshot::Sender<bool>),
 }
@@ -71,6 +75,100 @@ impl ServerHandle {
             found |= w.await.unwrap_or(false);
         }
         found
+    }
+
+    /// Revoke `username` (checked here) until `until` (issue 14), at Unix
+    /// time `now`, and push the new set into every shard, which ends the
+    /// allocations it revokes at once. Answers once every shard has applied
+    /// it (or a second has passed): the stored revocation, whether it is
+    /// new, and how many allocations ended.
+    pub async fn revoke(
+        &self,
+        username: &str,
+        until: Option<u64>,
+        now: u64,
+    ) -> Result<(Revocation, bool, usize), RevokeError> {
+        revocation::check_name(username)?;
+        let static_user = self.current_credentials().has_user(username);
+        let until = revocation::effective_until(username, until, now, static_user)?;
+        let (stored, waits) = {
+            let mut store = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+            let stored = store.revoke(username, until, now)?;
+            // Pushed under the lock: shards see the sets in store order.
+            (stored, self.push_revocations(&store))
+        };
+        let ended = Self::applied(waits).await;
+        tracing::info!(
+            user = %super::log_safe(username),
+            until = ?until,
+            ended,
+            "credential revoked"
+        );
+        Ok((stored.0, stored.1, ended))
+    }
+
+    /// Lift the revocation of `username`; false if none is in force.
+    pub async fn lift_revocation(&self, username: &str, now: u64) -> bool {
+        let waits = {
+            let mut store = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+            if !store.lift(username, now) {
+                return false;
+            }
+            self.push_revocations(&store)
+        };
+        Self::applied(waits).await;
+        tracing::info!(user = %super::log_safe(username), "revocation lifted");
+        true
+    }
+
+    /// The revocations in force at `now`, by name.
+    pub fn revocations(&self, now: u64) -> Vec<Revocation> {
+        self.revocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list(now)
+    }
+
+    /// How many revocations are in force at `now`.
+    pub fn revocation_count(&self, now: u64) -> usize {
+        self.revocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .active(now)
+    }
+
+    fn push_revocations(
+        &self,
+        store: &revocation::RevocationStore,
+    ) -> Vec<oneshot::Receiver<usize>> {
+        let set = Arc::new(store.to_core());
+        let mut waits = Vec::new();
+        for c in &self.control {
+            let (tx, rx) = oneshot::channel();
+            if c.send(Control::Revocations(set.clone(), tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        waits
+    }
+
+    /// Wait (at most a second) for the shards to apply a revocation set;
+    /// how many allocations they ended.
+    async fn applied(waits: Vec<oneshot::Receiver<usize>>) -> usize {
+        let all = async {
+            let mut ended = 0;
+            for w in waits {
+                ended += w.await.unwrap_or(0);
+            }
+            ended
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(1), all).await {
+            Ok(n) => n,
+            Err(_) => {
+                tracing::warn!("a shard took over a second to apply the revocations");
+                0
+            }
+        }
     }
 
     pub fn is_draining(&self) -> bool {

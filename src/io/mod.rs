@@ -112,6 +112,9 @@ pub struct ServerHandle {
     /// The door of the TCP and TLS listeners (caps, descriptor reserve,
     /// deadlines), shared by every shard.
     gate: Arc<gate::Gate>,
+    /// Credentials revoked through the admin API (issue 14), pushed into
+    /// every shard on each change; in memory only, kept across a reload.
+    revocations: Mutex<crate::revocation::RevocationStore>,
 }
 
 impl ServerHandle {
@@ -360,6 +363,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         certs,
         start_cfg: cfg.clone(),
         gate,
+        revocations: Mutex::default(),
     })
 }
 

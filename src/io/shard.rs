@@ -301,6 +301,10 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
         Control::Credentials(creds) => {
             core.set_credentials(now, creds, &mut ShellIo { shard });
         }
+        Control::Revocations(set, done) => {
+            let ended = core.set_revocations(now, set, &mut ShellIo { shard });
+            let _ = done.send(ended);
+        }
         Control::Sessions(tx) => {
             let _ = tx.send(core.sessions(now));
         }

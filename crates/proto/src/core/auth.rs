@@ -108,6 +108,11 @@ impl Credentials {
         self.nonce_lifetime
     }
 
+    /// Whether `name` is a configured static user.
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// Whether every key `old` verifies, these verify too: the same realm,
     /// each old secret still here, each old static user here with the same
     /// keys. Then a reload from `old` to these revokes nothing.
@@ -151,6 +156,9 @@ pub enum AuthFailure {
     ExpiredUsername,
     /// 401: integrity did not verify with the user's key.
     BadIntegrity,
+    /// 401: the credential verified but is revoked (issue 14), answered
+    /// as an expired one is.
+    Revoked,
 }
 
 impl AuthFailure {

@@ -117,12 +117,14 @@ labelled!(
         UnknownUser => "unknown_user",
         BadRequest => "bad_request",
         WrongCredentials => "wrong_credentials",
+        Revoked => "revoked",
     }
 );
 
 labelled!(
     /// Why an allocation ended. `Revoked`: a reload removed its static
     /// user, or the last secret that verified its REST username.
+    /// `Revocation`: the admin API revoked its credential (issue 14).
     EndReason {
         Expired => "expired",
         Refreshed0 => "deleted",
@@ -130,6 +132,7 @@ labelled!(
         Admin => "admin",
         Shutdown => "shutdown",
         Revoked => "credential_revoked",
+        Revocation => "revoked",
     }
 );
 

@@ -35,7 +35,7 @@
 //! [`allocation`] (one allocation's state), [`auth`], [`policy`],
 //! [`ratelimit`] (the per-source bucket on unauthenticated UDP answers),
 //! [`shared`] (port pools, quotas, reservations), [`directory`] (the
-//! relay directory), [`counters`].
+//! relay directory), [`revocation`] (revoked credentials), [`counters`].
 
 mod allocate;
 pub mod allocation;
@@ -49,6 +49,7 @@ mod lifecycle;
 pub mod policy;
 pub mod ratelimit;
 mod requests;
+pub mod revocation;
 pub mod shared;
 mod slots;
 mod table;
@@ -71,6 +72,7 @@ pub use counters::{
 };
 pub use policy::{OwnAddresses, PeerPolicy};
 pub use ratelimit::RateLimit;
+pub use revocation::Revocations;
 pub use shared::{PortChoice, Shared};
 pub use types::{
     ChannelNumber, ClientAddr, ClientOutput, DEFAULT_LIFETIME, Event, Family, FiveTuple,
@@ -92,6 +94,8 @@ pub struct Server {
     counters: Arc<Counters>,
     shared: Arc<Shared>,
     auth: Authenticator,
+    /// Credentials revoked by the admin API (pushed by the shell).
+    revocations: Arc<Revocations>,
     rng: StdRng,
     table: Table,
     timers: Timers,
@@ -105,6 +109,7 @@ impl Server {
         Server {
             table: Table::new(s.shared.pool(Family::V4).range()),
             auth: Authenticator::new(s.creds, &s.nonce_key),
+            revocations: Arc::default(),
             cfg: s.cfg,
             counters: s.counters,
             shared: s.shared,
@@ -177,6 +182,38 @@ impl Server {
             self.delete(slot, now.mono, EndReason::Revoked, io);
         }
         revoked.len()
+    }
+
+    /// Swap in a new revocation set (the admin API changed it), and end at
+    /// once every allocation whose username it revokes at `now` (counted
+    /// as [`EndReason::Revocation`]): from then on every request with a
+    /// revoked credential gets 401, as an expired one does. Returns how
+    /// many ended.
+    pub fn set_revocations<I: RelayIo>(
+        &mut self,
+        now: Now,
+        revocations: Arc<Revocations>,
+        io: &mut I,
+    ) -> usize {
+        self.revocations = revocations;
+        if self.revocations.is_empty() {
+            return 0;
+        }
+        let revoked: Vec<u32> = self
+            .table
+            .iter()
+            .filter(|(_, a)| self.revocations.revokes(&a.username, now.unix))
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &revoked {
+            self.delete(slot, now.mono, EndReason::Revocation, io);
+        }
+        revoked.len()
+    }
+
+    /// Whether `username` is revoked at Unix time `wall`.
+    pub(super) fn revoked(&self, username: &str, wall: u64) -> bool {
+        self.revocations.revokes(username, wall)
     }
 
     /// Allocations alive on this core.

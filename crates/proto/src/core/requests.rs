@@ -105,7 +105,10 @@ impl Server {
             if let Some((t, bytes)) = &a.last_response {
                 // Not once the credential has expired: the retransmission
                 // authenticates again and gets 401.
-                if *t == tid && a.rest_expiry.is_none_or(|e| e > now.unix) {
+                if *t == tid
+                    && a.rest_expiry.is_none_or(|e| e > now.unix)
+                    && !self.revoked(&a.username, now.unix)
+                {
                     out.extend_from_slice(bytes);
                     return ClientOutput::Reply;
                 }
@@ -120,6 +123,16 @@ impl Server {
             now.unix,
             existing.as_ref().map(|(u, k, a)| (u.as_str(), k, *a)),
         ) {
+            // A revoked credential (issue 14) is refused like an expired
+            // one, on every request: Allocate, Refresh, CreatePermission,
+            // ChannelBind.
+            Ok(a) if self.revoked(&a.username, now.unix) => {
+                return if self.auth_error(now, msg, ft, AuthFailure::Revoked, out) {
+                    ClientOutput::Reply
+                } else {
+                    ClientOutput::None
+                };
+            }
             Ok(a) => a,
             Err(f) => {
                 return if self.auth_error(now, msg, ft, f, out) {
@@ -192,6 +205,7 @@ impl Server {
             AuthFailure::UnknownUser => Some(AuthFailureReason::UnknownUser),
             AuthFailure::ExpiredUsername => Some(AuthFailureReason::ExpiredUsername),
             AuthFailure::BadIntegrity => Some(AuthFailureReason::BadIntegrity),
+            AuthFailure::Revoked => Some(AuthFailureReason::Revoked),
         };
         if let Some(r) = reason {
             self.counters.auth_failed(r);
