@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 #   procps, psmisc  ps/pkill used by cleanup paths
 #   python3-venv, python3-pip  a venv for kubernetes-validate (Kubernetes
 #                   manifest schemas; Debian's pip refuses system-wide installs)
+#   busybox         runs deploy/kubernetes' render.sh as its busybox init container does
 packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates
-  python3-venv python3-pip)
+  python3-venv python3-pip busybox)
 
 missing=()
 for p in "${packages[@]}"; do

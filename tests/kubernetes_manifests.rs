@@ -14,9 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The Kubernetes version the manifests are validated against: the newest
-/// the pinned kubernetes-validate ships schemas for.
-const K8S_VERSION: &str = "1.37.0";
+/// The Kubernetes versions the manifests are validated against: the newest
+/// the pinned kubernetes-validate ships schemas for, and the oldest still
+/// in wide use (1.31: the manifests use nothing newer).
+const K8S_VERSIONS: &[&str] = &["1.37.0", "1.31.0"];
 
 /// The manifests, relative to deploy/kubernetes, with the kinds in each.
 const MANIFESTS: &[(&str, &[&str])] = &[
@@ -96,8 +97,12 @@ fn validator() -> Option<PathBuf> {
 }
 
 fn validate(bin: &Path, file: &Path) -> Output {
+    validate_for(bin, file, K8S_VERSIONS[0])
+}
+
+fn validate_for(bin: &Path, file: &Path, version: &str) -> Output {
     Command::new(bin)
-        .args(["--strict", "--kubernetes-version", K8S_VERSION])
+        .args(["--strict", "--kubernetes-version", version])
         .arg(file)
         .output()
         .unwrap()
@@ -121,21 +126,28 @@ fn every_manifest_validates_against_the_kubernetes_schema() {
         "1.37.0",
         "the version scripts/test.sh pins"
     );
-    for (name, kinds) in MANIFESTS {
-        let out = validate(&bin, &dir().join(name));
-        let all = text(&out);
-        assert!(out.status.success(), "{name}: {all}");
-        // One "passed" line per resource of the file: nothing skipped.
-        for kind in *kinds {
-            let line = format!("passed for resource {}/", kind.to_ascii_lowercase());
-            assert!(all.contains(&line), "{name}: no {line:?} in {all}");
+    for version in K8S_VERSIONS {
+        for (name, kinds) in MANIFESTS {
+            let out = validate_for(&bin, &dir().join(name), version);
+            let all = text(&out);
+            assert!(out.status.success(), "{name} ({version}): {all}");
+            // One "passed" line per resource of the file: nothing skipped.
+            for kind in *kinds {
+                let line = format!("passed for resource {}/", kind.to_ascii_lowercase());
+                assert!(
+                    all.contains(&line),
+                    "{name} ({version}): no {line:?} in {all}"
+                );
+            }
+            assert_eq!(
+                all.matches(" passed for resource ").count(),
+                kinds.len(),
+                "{name}: {all}"
+            );
+            let minor = version.rsplit_once('.').unwrap().0;
+            assert!(all.contains(&format!("against version {minor}")), "{all}");
+            assert!(!all.contains("WARN"), "{name} ({version}): {all}");
         }
-        assert_eq!(
-            all.matches(" passed for resource ").count(),
-            kinds.len(),
-            "{name}: {all}"
-        );
-        assert!(!all.contains("WARN"), "{name}: {all}");
     }
 }
 
@@ -328,9 +340,36 @@ impl World {
         self.dir.path().join(name)
     }
 
+    /// render.sh as the init container runs it: busybox's `sh`, `sed`,
+    /// `head`, `grep` and `mv` alone on the PATH (the busybox image), when
+    /// busybox is installed (scripts/test.sh installs it); else the
+    /// system's `sh`, or a failure when the run is required.
     fn render(&self, host_ip: &str) -> Output {
-        Command::new("sh")
+        let bin = self.path("bin");
+        if !bin.exists() {
+            std::fs::create_dir(&bin).unwrap();
+            match busybox() {
+                Some(bb) => {
+                    for applet in ["sh", "sed", "head", "grep", "mv"] {
+                        std::os::unix::fs::symlink(&bb, bin.join(applet)).unwrap();
+                    }
+                }
+                None => {
+                    for tool in ["sh", "sed", "head", "grep", "mv"] {
+                        let p = ["/bin", "/usr/bin"]
+                            .iter()
+                            .map(|d| Path::new(d).join(tool))
+                            .find(|p| p.exists())
+                            .unwrap();
+                        std::os::unix::fs::symlink(p, bin.join(tool)).unwrap();
+                    }
+                }
+            }
+        }
+        Command::new(bin.join("sh"))
             .arg(self.path("render.sh"))
+            .env_clear()
+            .env("PATH", &bin)
             .env("TURNPIKE_TEMPLATE", self.path("template.toml"))
             .env("TURNPIKE_SECRETS", self.path("secrets"))
             .env("TURNPIKE_NODE_DIR", self.path("node"))
@@ -339,6 +378,23 @@ impl World {
             .output()
             .unwrap()
     }
+}
+
+/// busybox, or `None` after a note (a panic when required).
+fn busybox() -> Option<PathBuf> {
+    let found = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            !required(),
+            "busybox is required (root or TURNPIKE_NETNS_REQUIRED=1) to run render.sh \
+             as the busybox init container does; scripts/test.sh installs it"
+        );
+        eprintln!("NOTE: no busybox: render.sh runs under the system's sh and sed");
+    }
+    found
 }
 
 fn config_check(file: &Path) -> Output {
@@ -455,4 +511,61 @@ fn the_shipped_secret_template_is_refused() {
     // No node address: refused.
     let w = World::new(API, ADMIN, REST);
     assert!(!w.render("").status.success());
+}
+
+#[test]
+fn mounts_args_and_render_defaults_agree() {
+    let ds = read("daemonset.yaml");
+    let render = block(&read("configmap.yaml"), "render.sh");
+    let toml = block(&read("configmap.yaml"), "turnpike.toml");
+    let mount = |name: &str| -> Vec<String> {
+        // Every mountPath of a volumeMount with this name.
+        let lines: Vec<&str> = ds.lines().collect();
+        lines
+            .windows(2)
+            .filter(|w| {
+                w[0].trim() == format!("- name: {name}") && w[1].trim().starts_with("mountPath: ")
+            })
+            .map(|w| w[1].trim().trim_start_matches("mountPath: ").to_string())
+            .collect()
+    };
+    // render.sh's defaults are where the DaemonSet mounts things.
+    for (var, volume, file) in [
+        ("TURNPIKE_TEMPLATE", "config", "/turnpike.toml"),
+        ("TURNPIKE_SECRETS", "secrets", ""),
+        ("TURNPIKE_NODE_DIR", "node", ""),
+        ("TURNPIKE_RENDERED", "run", "/turnpike.toml"),
+    ] {
+        let default = render
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("${{{var}:-"))
+                    .map(|(_, r)| r.split('}').next().unwrap().to_string())
+            })
+            .unwrap();
+        let mounts = mount(volume);
+        assert!(!mounts.is_empty(), "no mount of {volume}");
+        assert!(
+            mounts.iter().all(|m| format!("{m}{file}") == default),
+            "{var}: {default} vs {mounts:?}"
+        );
+    }
+    // The check and serve commands read the rendered file; turnpike reads
+    // the REST secret from the mounted Secret.
+    assert!(ds.contains(r#"args: ["config", "check", "/run/turnpike/turnpike.toml"]"#));
+    assert!(ds.contains(r#"args: ["serve", "--config", "/run/turnpike/turnpike.toml"]"#));
+    assert!(toml.contains(r#"secret_files = ["/etc/turnpike/secrets/rest-secret"]"#));
+    assert!(
+        mount("secrets")
+            .iter()
+            .all(|m| m == "/etc/turnpike/secrets")
+    );
+    assert_eq!(
+        mount("run").len(),
+        3,
+        "render, check and turnpike mount /run/turnpike"
+    );
+    assert_eq!(mount("secrets").len(), 3);
+    // The node's IP comes from the downward API.
+    assert!(ds.contains("- name: HOST_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP"));
 }
