@@ -556,9 +556,8 @@ fn mounts_args_and_render_defaults_agree() {
             "{var}: {default} vs {mounts:?}"
         );
     }
-    // The check and serve commands read the rendered file; turnpike reads
+    // serve reads the rendered file; turnpike reads
     // the REST secret from the mounted Secret.
-    assert!(ds.contains(r#"args: ["config", "check", "/run/turnpike/turnpike.toml"]"#));
     assert!(ds.contains(r#"args: ["serve", "--config", "/run/turnpike/turnpike.toml"]"#));
     assert!(toml.contains(r#"secret_files = ["/etc/turnpike/secrets/rest-secret"]"#));
     assert!(
@@ -568,10 +567,13 @@ fn mounts_args_and_render_defaults_agree() {
     );
     assert_eq!(
         mount("run").len(),
-        3,
-        "render, check and turnpike mount /run/turnpike"
+        2,
+        "render and turnpike mount /run/turnpike"
     );
-    assert_eq!(mount("secrets").len(), 3);
+    assert_eq!(mount("secrets").len(), 2);
+    // No init container prints the effective config (keys included) to
+    // the pod's log.
+    assert!(!ds.contains(r#""config", "check""#));
     // The node's IP comes from the downward API.
     assert!(ds.contains("- name: HOST_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP"));
 }
