@@ -123,7 +123,7 @@ fn every_manifest_validates_against_the_kubernetes_schema() {
     let version = Command::new(&bin).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
-        "1.37.0",
+        pinned_version(),
         "the version scripts/test.sh pins"
     );
     for version in K8S_VERSIONS {
@@ -576,4 +576,58 @@ fn mounts_args_and_render_defaults_agree() {
     assert!(!ds.contains(r#""config", "check""#));
     // The node's IP comes from the downward API.
     assert!(ds.contains("- name: HOST_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.hostIP"));
+}
+
+#[test]
+fn the_http_port_is_one_number_everywhere() {
+    let toml = block(&read("configmap.yaml"), "turnpike.toml");
+    assert!(toml.contains("\naddr = \"0.0.0.0:9641\"\n"));
+    assert!(block(&read("configmap.yaml"), "render.sh").contains("$host_ip:9641"));
+    let ds = read("daemonset.yaml");
+    assert!(ds.contains("prometheus.io/port: \"9641\""));
+    assert!(ds.contains("- name: http\n              containerPort: 9641\n"));
+    let svc = read("service.yaml");
+    assert!(svc.contains("port: 9641\n      targetPort: http\n"));
+    assert!(read("servicemonitor.yaml").contains("- port: http\n"));
+}
+
+#[test]
+fn the_guide_covers_what_the_issue_asks_and_matches_the_manifests() {
+    let guide = read("README.md");
+    for s in [
+        "_turn._udp",
+        "_turn._tcp",
+        "_turns._tcp",
+        "public_ip",
+        "/etc/turnpike-node/public-ip",
+        "Scaling up",
+        "Scaling down without dropping calls",
+        "create secret generic turnpike-secrets",
+        "PodDisruptionBudget",
+        "hostNetwork",
+    ] {
+        assert!(
+            guide.contains(s),
+            "deploy/kubernetes/README.md does not mention {s:?}"
+        );
+    }
+    // The numbers it quotes are the manifests'.
+    let ds = read("daemonset.yaml");
+    let grace = ds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .unwrap();
+    assert!(guide.contains(&format!("terminationGracePeriodSeconds: {grace}")));
+    assert!(guide.contains(&format!("kubernetes-validate` {}", pinned_version())));
+    let top = include_str!("../README.md");
+    assert!(top.contains("## Scaling") && top.contains("deploy/kubernetes/README.md"));
+}
+
+/// The kubernetes-validate version scripts/test.sh pins.
+fn pinned_version() -> String {
+    include_str!("../scripts/test.sh")
+        .lines()
+        .find_map(|l| l.strip_prefix("k8s_validate_version="))
+        .unwrap()
+        .to_string()
 }
