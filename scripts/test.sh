@@ -13,7 +13,11 @@ cd "$(dirname "$0")/.."
 #   chromium        a real WebRTC client (browser test)
 #   systemd         systemd-analyze verify (unit file test)
 #   procps, psmisc  ps/pkill used by cleanup paths
-packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates)
+#   python3-venv, python3-pip  a venv for kubernetes-validate (Kubernetes
+#                   manifest schemas; Debian's pip refuses system-wide installs)
+#   busybox         runs deploy/kubernetes' render.sh as its busybox init container does
+packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates
+  python3-venv python3-pip busybox)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,6 +52,21 @@ else
 ############################################################################
 MSG
 fi
+
+# kubernetes-validate, pinned, in a venv under target/ (tests/kubernetes_manifests.rs
+# validates deploy/kubernetes with it). Installed once; kept while the
+# version matches.
+k8s_validate_version=1.37.0
+k8s_venv=target/k8s-venv
+if [ "$("$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$k8s_validate_version" ]; then
+  echo "installing kubernetes-validate $k8s_validate_version into $k8s_venv"
+  rm -rf "$k8s_venv"
+  python3 -m venv "$k8s_venv"
+  "$k8s_venv/bin/pip" install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$k8s_validate_version"
+fi
+TURNPIKE_K8S_VALIDATE="$(pwd)/$k8s_venv/bin/kubernetes-validate"
+export TURNPIKE_K8S_VALIDATE
 
 # Many allocations in the soak test need file descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
