@@ -61,7 +61,7 @@ fn the_server_core_keeps_its_invariants_under_arbitrary_steps() {
     let n: usize = std::env::var("TURNPIKE_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(2000);
     for (i, input) in inputs(n).enumerate() {
         let r = std::panic::catch_unwind(|| Harness::run(&input));
         assert!(
