@@ -165,13 +165,8 @@ fn hostile_soak() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
-    // Phase one, the baseline: the well-behaved load alone, as long as
-    // the soak (the steady allocations relaying, and the churn). The
-    // server's tables and its allocator grow to that load; what it holds
-    // after it is the level the attacks of phase two must leave it at.
-    let baseline_stop = Arc::new(AtomicBool::new(false));
-    let (base_ok, base_failed, base_churn) = churn(&baseline_stop, &loadgen);
-    let warm = json(
+    // The steady allocations and their ChannelData, for one phase.
+    let steady = || {
         loadgen(&[
             "relay",
             "--allocations",
@@ -187,9 +182,15 @@ fn hostile_soak() {
             "--timeout-ms",
             "3000",
         ])
-        .output()
-        .unwrap(),
-    );
+    };
+
+    // Phase one, the baseline: the well-behaved load alone, as long as
+    // the soak (the steady allocations relaying, and the churn). The
+    // server's tables and its allocator grow to that load; what it holds
+    // after it is the level the attacks of phase two must leave it at.
+    let baseline_stop = Arc::new(AtomicBool::new(false));
+    let (base_ok, base_failed, base_churn) = churn(&baseline_stop, &loadgen);
+    let warm = json(steady().output().unwrap());
     baseline_stop.store(true, Ordering::Relaxed);
     base_churn.join().unwrap();
     assert_eq!(warm["round_trips"]["lost"], 0, "{warm}");
@@ -217,25 +218,10 @@ fn hostile_soak() {
     let mut threads = Vec::new();
 
     // The steady allocations and their ChannelData.
-    let relay = loadgen(&[
-        "relay",
-        "--allocations",
-        &allocations.to_string(),
-        "--mode",
-        "c2c",
-        "--rate",
-        "10000",
-        "--duration",
-        &secs.to_string(),
-        "--warmup",
-        "5",
-        "--timeout-ms",
-        "3000",
-        "--server-pid",
-        &pid.to_string(),
-    ])
-    .spawn()
-    .unwrap();
+    let relay = steady()
+        .args(["--server-pid", &pid.to_string()])
+        .spawn()
+        .unwrap();
 
     // Churn.
     let (churn_ok, churn_failed, churn_thread) = churn(&stop, &loadgen);

@@ -53,6 +53,19 @@ struct Reserved {
 }
 
 impl Server {
+    /// Take one unit of the total and of `user`'s allocation quota (an
+    /// allocation, or a port an EVEN-PORT reservation holds); false at
+    /// either limit.
+    fn acquire_quota_unit(&self, user: &str) -> bool {
+        self.shared
+            .acquire(
+                user,
+                self.cfg.max_allocations,
+                self.cfg.max_allocations_per_user,
+            )
+            .is_ok()
+    }
+
     /// Allocate, RFC 8656 §7.2, checks in the RFC's order.
     pub(super) fn allocate<I: RelayIo>(
         &mut self,
@@ -180,15 +193,7 @@ impl Server {
             release_reservation(self, io);
             return Err(Reject::new(440, "Address Family not Supported"));
         };
-        if self
-            .shared
-            .acquire(
-                authed.quota_user(),
-                self.cfg.max_allocations,
-                self.cfg.max_allocations_per_user,
-            )
-            .is_err()
-        {
+        if !self.acquire_quota_unit(authed.quota_user()) {
             release_reservation(self, io);
             self.counters.quota_refusals.inc();
             return Err(Reject::new(486, "Allocation Quota Reached"));
@@ -196,16 +201,7 @@ impl Server {
         // EVEN-PORT with the R bit holds a second port: it counts against
         // the quotas too, until it is used or expires.
         let holds_next = reservation.is_none() && req.port == PortChoice::EvenPair;
-        if holds_next
-            && self
-                .shared
-                .acquire(
-                    authed.quota_user(),
-                    self.cfg.max_allocations,
-                    self.cfg.max_allocations_per_user,
-                )
-                .is_err()
-        {
+        if holds_next && !self.acquire_quota_unit(authed.quota_user()) {
             self.shared.release(authed.quota_user());
             self.counters.quota_refusals.inc();
             return Err(Reject::new(
