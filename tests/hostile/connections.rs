@@ -190,13 +190,7 @@ pub(super) fn stream_connections_capped_per_address(f: &mut Fixture) {
     // Closing one frees its slot (seen when the server reads the close).
     drop(held_tcp.pop());
     wait_until("a freed slot to be taken again", GUARD, || {
-        let s = tcp_from(ATTACKER, tcp);
-        let me = s.local_addr().unwrap();
-        let mut r = FrameReader::new(s);
-        r.send(&binding_request(new_tid(), true));
-        let frame = r.try_next_frame().ok()??;
-        let m = Message::parse(&frame).ok()?;
-        (m.class() == Class::Success && m.xor_mapped_address().ok()? == Some(me)).then_some(())
+        binding_on_a_new_connection(ATTACKER, tcp)
     });
 }
 
@@ -233,13 +227,7 @@ pub(super) fn stream_connections_capped_in_total(f: &mut Fixture) {
     f.bystander_served(2, "while TCP/TLS connections are at their total cap");
     drop(held_tls.pop());
     wait_until("a freed slot to be taken by another address", GUARD, || {
-        let s = tcp_from(late, tcp);
-        let me = s.local_addr().unwrap();
-        let mut r = FrameReader::new(s);
-        r.send(&binding_request(new_tid(), true));
-        let frame = r.try_next_frame().ok()??;
-        let m = Message::parse(&frame).ok()?;
-        (m.class() == Class::Success && m.xor_mapped_address().ok()? == Some(me)).then_some(())
+        binding_on_a_new_connection(late, tcp)
     });
 }
 
@@ -475,4 +463,16 @@ pub(super) fn silent_tls_does_not_stall_tls_clients(f: &mut Fixture) {
         super::assert_still_open(s, "a silent TLS connection (first_request_timeout 1h)");
     }
     assert_eq!(timeouts(f, "handshake"), 0.0);
+}
+
+/// A new TCP connection from `src` gets a Binding answered with its own
+/// address (None while the server closes it at accept).
+fn binding_on_a_new_connection(src: Ipv4Addr, tcp: SocketAddr) -> Option<()> {
+    let s = tcp_from(src, tcp);
+    let me = s.local_addr().unwrap();
+    let mut r = FrameReader::new(s);
+    r.send(&binding_request(new_tid(), true));
+    let frame = r.try_next_frame().ok()??;
+    let m = Message::parse(&frame).ok()?;
+    (m.class() == Class::Success && m.xor_mapped_address().ok()? == Some(me)).then_some(())
 }
