@@ -25,6 +25,12 @@ fn set(h: &mut H, names: &[(&str, Option<u64>)]) -> usize {
     h.server.set_revocations(h.now, Arc::new(r), &mut h.io)
 }
 
+/// The error code a new Allocate (with its 401 round trip) gets, if any.
+fn allocate_refused(h: &mut H, ft: &FiveTuple, creds: Credentials) -> Option<u16> {
+    h.allocate_with(ft, creds, Default::default(), SignOptions::default())
+        .err()
+}
+
 fn revoked_failures(h: &H) -> u64 {
     h.counters.auth_failure_count(AuthFailureReason::Revoked)
 }
@@ -53,16 +59,7 @@ fn a_revoked_full_username_ends_its_allocation_and_gets_401_on_every_request() {
     assert_eq!(three_requests(&mut h, &f2, &s2), [200, 200, 200]);
     assert_eq!(three_requests(&mut h, &f3, &s3), [200, 200, 200]);
     // A new Allocate with the revoked credential: 401 too.
-    assert_eq!(
-        h.allocate_with(
-            &f1,
-            rest("carol", exp),
-            Default::default(),
-            SignOptions::default()
-        )
-        .err(),
-        Some(401)
-    );
+    assert_eq!(allocate_refused(&mut h, &f1, rest("carol", exp)), Some(401));
     assert_eq!(revoked_failures(&h), 4);
     let mut ended = Vec::new();
     while let Some(e) = h.server.poll_event() {
@@ -100,13 +97,7 @@ fn a_revoked_bare_user_ends_every_credential_of_it_and_the_static_user() {
     // A fresh credential of alice minted after the revocation: refused.
     let f5 = udp("198.51.100.7:5");
     assert_eq!(
-        h.allocate_with(
-            &f5,
-            rest("alice", exp + 7200),
-            Default::default(),
-            SignOptions::default()
-        )
-        .err(),
+        allocate_refused(&mut h, &f5, rest("alice", exp + 7200)),
         Some(401)
     );
     assert_eq!(
@@ -124,16 +115,7 @@ fn a_revocation_lapses_at_until_and_lifting_it_lets_the_user_back() {
     let f1 = udp("198.51.100.7:1");
     let (_, _, _) = h.allocate(&f1, rest("carol", exp), Default::default());
     assert_eq!(set(&mut h, &[("carol", Some(until))]), 1);
-    assert_eq!(
-        h.allocate_with(
-            &f1,
-            rest("carol", exp),
-            Default::default(),
-            SignOptions::default()
-        )
-        .err(),
-        Some(401)
-    );
+    assert_eq!(allocate_refused(&mut h, &f1, rest("carol", exp)), Some(401));
     // At `until` (the wall clock passed in) it no longer applies.
     h.advance(Duration::from_secs(100));
     assert_eq!(h.now.unix, until);
