@@ -101,6 +101,16 @@ pub(crate) struct RelayArgs {
     /// Sending threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Echo mode: the IP address the echo peers bind to (default: loopback
+    /// of the server's family). The allocations are permitted and
+    /// channel-bound to it, so the server must reach it.
+    #[arg(long, value_name = "ADDR")]
+    peer_bind: Option<std::net::IpAddr>,
+    /// Echo mode: open the echo peers' sockets inside this network
+    /// namespace (`ip netns add NAME`; needs root), e.g. a peers namespace
+    /// behind the server's, while the generator runs in another.
+    #[arg(long, value_name = "NAME")]
+    peer_netns: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -250,6 +260,8 @@ pub(crate) fn run(cmd: LoadgenCommand) -> Result<()> {
                 timeout: Duration::from_millis(a.timeout_ms),
                 server_pid: a.server_pid,
                 threads: a.threads,
+                peer_bind: a.peer_bind,
+                peer_netns: a.peer_netns,
             };
             let r = lg::relay(o)?;
             emit(a.target.json, &r, report::relay)

@@ -66,6 +66,10 @@ pub fn relay(r: &RelayReport) -> String {
         "  (one round trip = 2 relayed messages; measured window {:.1} s after {:.1} s warm-up)",
         r.duration_s, r.warmup_s
     );
+    if !r.peers.is_empty() {
+        let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
+        row(&mut o, "echo peers", peers.join(", "));
+    }
     match (r.target_rate, r.window) {
         (Some(t), _) => row(&mut o, "target (msg/s)", format!("{t:.0}")),
         (None, Some(w)) => row(

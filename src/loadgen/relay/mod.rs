@@ -15,10 +15,17 @@
 //! it on the other, counted when it arrives (at B or the peer, and back at
 //! A or the client).
 //!
+//! The echo peers bind to loopback of the server's family unless told
+//! otherwise: `peer_bind` picks their address (a server in another
+//! network namespace reaches them there), and `peer_netns` opens their
+//! sockets inside a named network namespace (a helper thread joins it,
+//! creates them and ends; a socket stays in the namespace it was created
+//! in), so generator, server and peers can sit in three namespaces.
+//!
 //! This file holds the options, the report and the run (set-up, threads,
 //! tear-down); `worker` is one thread's data path.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +89,13 @@ pub struct RelayOpts {
     pub timeout: Duration,
     pub server_pid: Option<u32>,
     pub threads: usize,
+    /// Echo mode: the address the echo peers bind to (port chosen by the
+    /// kernel, one socket per thread); `None`: loopback of the server's
+    /// family.
+    pub peer_bind: Option<IpAddr>,
+    /// Echo mode: open the echo peers' sockets inside this named network
+    /// namespace (`ip netns add NAME`; needs root).
+    pub peer_netns: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -150,6 +164,10 @@ pub struct RelayReport {
     /// usually happens: a server (or generator) socket that overflowed.
     pub kernel_udp_rcvbuf_errors: Option<u64>,
     pub totals: Totals,
+    /// Echo mode: the echo peers' addresses (what the allocations are
+    /// permitted and channel-bound to); empty in c2c.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
     pub setup_s: f64,
     pub teardown_failures: usize,
     pub definitions: String,
@@ -191,6 +209,19 @@ impl RelayOpts {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(10) {
             return Err(Error("--timeout must be 1 ms..=10 s".into()));
         }
+        if self.mode != Mode::Echo && (self.peer_bind.is_some() || self.peer_netns.is_some()) {
+            return Err(Error(
+                "--peer-bind and --peer-netns are for --mode echo (c2c has no external peer)"
+                    .into(),
+            ));
+        }
+        if let Some(ip) = self.peer_bind {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(Error(format!(
+                    "--peer-bind {ip}: the echo peers need one unicast address (the allocations are permitted to it)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -206,22 +237,15 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     });
     let setup_start = crate::clock::instant();
     // Echo peers, one per thread.
-    let mut peers: Vec<UdpSocket> = Vec::new();
-    if o.mode == Mode::Echo {
-        let ip = if o.target.server.is_ipv4() {
-            "127.0.0.1:0"
-        } else {
-            "[::1]:0"
-        };
-        for _ in 0..threads {
-            let s = UdpSocket::bind(ip)?;
-            let r = socket2::SockRef::from(&s);
-            let _ = r.set_recv_buffer_size(4 << 20);
-            let _ = r.set_send_buffer_size(4 << 20);
-            s.set_nonblocking(true)?;
-            peers.push(s);
-        }
-    }
+    let peers = if o.mode == Mode::Echo {
+        echo_peers(&o, threads)?
+    } else {
+        Vec::new()
+    };
+    let peer_sockaddrs: Vec<SocketAddr> = peers
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<std::io::Result<_>>()?;
     let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
     let budget = Duration::from_secs(30) + Duration::from_millis(5 * o.allocations as u64);
     if let Err(e) = setup::drive_all(
@@ -239,11 +263,21 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         .iter()
         .map(|a| a.relayed.expect("every allocation succeeded"))
         .collect();
+    if let (Some(p), Some(r)) = (peer_sockaddrs.first(), relayed.first()) {
+        if p.is_ipv4() != r.is_ipv4() {
+            super::allocs::teardown(&mut allocs, 64);
+            return Err(Error(format!(
+                "the echo peers ({}) and the relayed addresses ({}) are of different families: pick --peer-bind of the relay's family",
+                p.ip(),
+                r.ip()
+            )));
+        }
+    }
     // Who talks to whom, and which thread owns each allocation.
     let peer_of = |i: usize| -> SocketAddr {
         match o.mode {
             Mode::C2c => relayed[i ^ 1],
-            Mode::Echo => peers[i % threads].local_addr().expect("bound"),
+            Mode::Echo => peer_sockaddrs[i % threads],
         }
     };
     let thread_of = |i: usize| match o.mode {
@@ -433,8 +467,44 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         generator_skipped: stats.skipped,
         kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
         totals: stats.totals,
+        peers: peer_sockaddrs,
         setup_s,
         teardown_failures,
         definitions: DEFINITIONS.into(),
     })
+}
+
+/// The echo peers: one non-blocking UDP socket per thread, bound to
+/// `peer_bind` (or loopback of the server's family), created inside
+/// `peer_netns` when given.
+fn echo_peers(o: &RelayOpts, threads: usize) -> Result<Vec<UdpSocket>> {
+    let ip = o.peer_bind.unwrap_or(if o.target.server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    });
+    let open = || -> Result<Vec<UdpSocket>> {
+        (0..threads)
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| {
+                    Error(format!(
+                        "binding an echo peer to {ip}{}: {e}",
+                        o.peer_netns
+                            .as_deref()
+                            .map(|n| format!(" in network namespace {n}"))
+                            .unwrap_or_default()
+                    ))
+                })?;
+                let r = socket2::SockRef::from(&s);
+                let _ = r.set_recv_buffer_size(4 << 20);
+                let _ = r.set_send_buffer_size(4 << 20);
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect()
+    };
+    match &o.peer_netns {
+        None => open(),
+        Some(ns) => turnpike_sys::netns::run_in(ns, open).map_err(|e| Error(e.to_string()))?,
+    }
 }
