@@ -141,6 +141,23 @@ fn check_relay(r: &RelayReport, allocations: usize) {
     assert!(s.cpu_s >= 0.0 && s.window_s > 0.0);
     assert!(s.rss_end_bytes > 0);
     assert_eq!(s.units, r.relayed_msgs);
+    // The whole machine's CPU covers the server's and the generator's
+    // (give or take a 10 ms tick at each edge of the window), and no more
+    // than every CPU busy for the whole window.
+    let m = r.machine.as_ref().expect("/proc/stat is readable on Linux");
+    assert_eq!(m.units, r.relayed_msgs);
+    let tick = 0.025;
+    assert!(
+        (m.busy_s - (m.user_s + m.nice_s + m.system_s + m.irq_s + m.softirq_s)).abs() < 1e-9,
+        "{m:?}"
+    );
+    assert!(m.busy_s + tick >= s.cpu_s, "machine {m:?} vs server {s:?}");
+    assert!(
+        m.busy_s + tick >= r.generator_cpu_s,
+        "machine {m:?} vs generator {}",
+        r.generator_cpu_s
+    );
+    assert!(m.busy_s <= m.cpus as f64 * m.window_s + tick, "{m:?}");
     assert!(
         r.kernel_udp_rcvbuf_errors.is_some(),
         "/proc/net/snmp is readable on Linux"

@@ -95,3 +95,61 @@ impl ServerUsage {
         }
     }
 }
+
+/// The whole machine's CPU over a measured window, from `/proc/stat`: what
+/// every process and the kernel did, softirq included (where packet
+/// processing and XDP run, in no process's time). Everything else running
+/// on the machine counts too.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MachineUsage {
+    pub window_s: f64,
+    /// CPUs online (`busy_pct` can reach 100 × this).
+    pub cpus: usize,
+    pub user_s: f64,
+    pub nice_s: f64,
+    pub system_s: f64,
+    pub irq_s: f64,
+    pub softirq_s: f64,
+    /// Not counted in `busy_s`: time a hypervisor gave to someone else.
+    pub steal_s: f64,
+    pub idle_s: f64,
+    /// user + nice + system + irq + softirq.
+    pub busy_s: f64,
+    /// busy_s / window_s × 100 (100 = one core busy).
+    pub busy_pct: f64,
+    /// What the CPU is divided by (relayed messages).
+    pub units: u64,
+    /// busy_s / units, in microseconds.
+    pub busy_us_per_unit: Option<f64>,
+}
+
+impl MachineUsage {
+    pub fn new(
+        a: turnpike_sys::procfs::MachineCpu,
+        b: turnpike_sys::procfs::MachineCpu,
+        window_s: f64,
+        units: u64,
+    ) -> Self {
+        let d = b.since(&a);
+        let busy_s = (d.user + d.nice + d.system + d.irq + d.softirq).max(0.0);
+        MachineUsage {
+            window_s,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            user_s: d.user,
+            nice_s: d.nice,
+            system_s: d.system,
+            irq_s: d.irq,
+            softirq_s: d.softirq,
+            steal_s: d.steal,
+            idle_s: d.idle,
+            busy_s,
+            busy_pct: if window_s > 0.0 {
+                100.0 * busy_s / window_s
+            } else {
+                0.0
+            },
+            units,
+            busy_us_per_unit: (units > 0).then(|| busy_s * 1e6 / units as f64),
+        }
+    }
+}

@@ -100,6 +100,27 @@ pub fn relay(r: &RelayReport) -> String {
     row(&mut o, "loss", format!("{:.3}%", r.loss_pct));
     pct_rows(&mut o, "RTT", &r.rtt_us);
     server_rows(&mut o, &r.server, "relayed msg");
+    if let Some(m) = &r.machine {
+        row(
+            &mut o,
+            "machine CPU (/proc/stat, all processes)",
+            format!(
+                "{:.3} s busy = {:.1}% of a core (user {:.3}, system {:.3}, softirq {:.3}, irq {:.3})",
+                m.busy_s,
+                m.busy_pct,
+                m.user_s + m.nice_s,
+                m.system_s,
+                m.softirq_s,
+                m.irq_s
+            ),
+        );
+        row(
+            &mut o,
+            "machine CPU per relayed msg",
+            m.busy_us_per_unit
+                .map_or("n/a".into(), |u| format!("{u:.2} µs")),
+        );
+    }
     row(
         &mut o,
         "generator CPU",

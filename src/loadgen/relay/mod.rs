@@ -34,7 +34,7 @@ use serde::Serialize;
 use super::conn::Target;
 use super::hist::Percentiles;
 use super::setup::{self, Alloc, Auth, Step};
-use super::{Error, Result, ServerUsage};
+use super::{Error, MachineUsage, Result, ServerUsage};
 
 mod worker;
 
@@ -152,6 +152,11 @@ pub struct RelayReport {
     pub loss_pct: f64,
     pub rtt_us: Percentiles,
     pub server: Option<ServerUsage>,
+    /// The whole machine's CPU over the measured window (`/proc/stat`;
+    /// null where it cannot be read), per relayed message: generator,
+    /// server and the kernel's softirq work together.
+    #[serde(default)]
+    pub machine: Option<MachineUsage>,
     /// The generator's own CPU seconds (all threads) in the measured window.
     pub generator_cpu_s: f64,
     /// Round trips the pacer skipped in the measured window because the
@@ -375,11 +380,13 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     };
     sleep_until(t_measure);
     let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let mach0 = turnpike_sys::procfs::machine_cpu().ok();
     let gen0 = turnpike_sys::procfs::self_cpu_s();
     let drops0 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w0 = clock.ns();
     sleep_until(t_stop);
     let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let mach1 = turnpike_sys::procfs::machine_cpu().ok();
     let gen1 = turnpike_sys::procfs::self_cpu_s();
     let drops1 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w1 = clock.ns();
@@ -463,6 +470,9 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         round_trips: rt,
         rtt_us: Percentiles::of_ns(&stats.hist),
         server,
+        machine: mach0
+            .zip(mach1)
+            .map(|(a, b)| MachineUsage::new(a, b, window_s, stats.relayed)),
         generator_cpu_s: gen1 - gen0,
         generator_skipped: stats.skipped,
         kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
