@@ -400,26 +400,34 @@ fn echo_args<'a>(server: &'a str, pid: &'a str, extra: &[&'a str]) -> Vec<&'a st
     v
 }
 
-/// `--peer-bind` puts the echo peers on the address given: a server that
-/// relays only to 127.0.0.2 serves the run, its to-peer counter covers
-/// what the peers got, and the same run without the flag (peers on
-/// 127.0.0.1) is refused its permissions.
+/// `--peer-bind` puts the echo peers on the address given and `--peers`
+/// sets how many there are: a server that relays only to 127.0.0.2 serves
+/// the run, its to-peer counter covers what the peers got, and the same
+/// run without the flag (peers on 127.0.0.1) is refused its permissions.
 #[test]
 fn relay_echo_peers_bind_to_peer_bind() {
     let srv = server_allowing("127.0.0.2/32");
     let addr = srv.addr(Transport::Udp, false).to_string();
     let pid = srv.pid().to_string();
     let before = metrics(srv.http_addr());
-    let out = loadgen(&echo_args(&addr, &pid, &["--peer-bind", "127.0.0.2"]));
+    let out = loadgen(&echo_args(
+        &addr,
+        &pid,
+        &["--peer-bind", "127.0.0.2", "--peers", "3"],
+    ));
     let r: RelayReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let after = metrics(srv.http_addr());
     check_relay(&r, 4);
     assert_eq!(r.threads, 2);
-    assert_eq!(r.peers.len(), 2, "one echo peer per thread: {:?}", r.peers);
+    assert_eq!(r.peers.len(), 3, "--peers 3: {:?}", r.peers);
     for p in &r.peers {
         assert_eq!(p.ip().to_string(), "127.0.0.2", "{:?}", r.peers);
         assert_ne!(p.port(), 0);
     }
+    let mut ports: Vec<u16> = r.peers.iter().map(|p| p.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three distinct peer sockets: {:?}", r.peers);
     assert!(
         r.totals.peer_received > 0
             && r.totals.peer_received as f64 <= delta(&before, &after, TO_PEER),
@@ -454,6 +462,12 @@ fn refuses_peer_flags_it_cannot_use() {
     assert!(err.contains("--mode echo"), "{err}");
     let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peer-bind", "0.0.0.0"]));
     assert!(err.contains("unicast"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "c2c", "--peers", "2"]));
+    assert!(err.contains("--mode echo"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peers", "3"]));
+    assert!(err.contains("--peers must be"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peers", "0"]));
+    assert!(err.contains("--peers must be"), "{err}");
     let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peer-netns", "../x"]));
     assert!(err.contains("not a name"), "{err}");
 }

@@ -111,6 +111,11 @@ pub(crate) struct RelayArgs {
     /// behind the server's, while the generator runs in another.
     #[arg(long, value_name = "NAME")]
     peer_netns: Option<String>,
+    /// Echo mode: how many echo peer sockets (allocation i talks to peer i
+    /// mod N; default one per thread). --peers = --allocations gives each
+    /// allocation a peer endpoint of its own.
+    #[arg(long, value_name = "N")]
+    peers: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -262,6 +267,7 @@ pub(crate) fn run(cmd: LoadgenCommand) -> Result<()> {
                 threads: a.threads,
                 peer_bind: a.peer_bind,
                 peer_netns: a.peer_netns,
+                peers: a.peers,
             };
             let r = lg::relay(o)?;
             emit(a.target.json, &r, report::relay)

@@ -67,8 +67,13 @@ pub fn relay(r: &RelayReport) -> String {
         r.duration_s, r.warmup_s
     );
     if !r.peers.is_empty() {
-        let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
-        row(&mut o, "echo peers", peers.join(", "));
+        let shown: Vec<String> = r.peers.iter().take(4).map(ToString::to_string).collect();
+        let more = if r.peers.len() > 4 { ", …" } else { "" };
+        row(
+            &mut o,
+            "echo peers",
+            format!("{}: {}{more}", r.peers.len(), shown.join(", ")),
+        );
     }
     match (r.target_rate, r.window) {
         (Some(t), _) => row(&mut o, "target (msg/s)", format!("{t:.0}")),

@@ -7,7 +7,8 @@
 //!   A. Each message crosses the server twice per round trip: A→B, then
 //!   B→A.
 //! * **echo**: every allocation is permitted (and channel-bound) to a UDP
-//!   "peer" socket the generator runs (one per thread), which sends every
+//!   "peer" socket the generator runs (one per thread, or `peers` of
+//!   them: allocation i talks to peer i mod `peers`), which sends every
 //!   datagram straight back (batched). Client→peer, then peer→client.
 //!
 //! Either way one round trip is **two relayed messages**, and a relayed
@@ -96,6 +97,10 @@ pub struct RelayOpts {
     /// Echo mode: open the echo peers' sockets inside this named network
     /// namespace (`ip netns add NAME`; needs root).
     pub peer_netns: Option<String>,
+    /// Echo mode: how many echo peer sockets (allocation i talks to peer
+    /// i mod `peers`); `None`: one per thread. As many as allocations
+    /// gives every allocation a peer endpoint of its own.
+    pub peers: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -214,11 +219,18 @@ impl RelayOpts {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(10) {
             return Err(Error("--timeout must be 1 ms..=10 s".into()));
         }
-        if self.mode != Mode::Echo && (self.peer_bind.is_some() || self.peer_netns.is_some()) {
+        if self.mode != Mode::Echo
+            && (self.peer_bind.is_some() || self.peer_netns.is_some() || self.peers.is_some())
+        {
             return Err(Error(
-                "--peer-bind and --peer-netns are for --mode echo (c2c has no external peer)"
+                "--peer-bind, --peer-netns and --peers are for --mode echo (c2c has no external peer)"
                     .into(),
             ));
+        }
+        if let Some(n) = self.peers {
+            if n == 0 || n > self.allocations {
+                return Err(Error("--peers must be 1..=--allocations".into()));
+            }
         }
         if let Some(ip) = self.peer_bind {
             if ip.is_unspecified() || ip.is_multicast() {
@@ -243,7 +255,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     let setup_start = crate::clock::instant();
     // Echo peers, one per thread.
     let peers = if o.mode == Mode::Echo {
-        echo_peers(&o, threads)?
+        echo_peers(&o, o.peers.unwrap_or(threads))?
     } else {
         Vec::new()
     };
@@ -282,7 +294,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     let peer_of = |i: usize| -> SocketAddr {
         match o.mode {
             Mode::C2c => relayed[i ^ 1],
-            Mode::Echo => peer_sockaddrs[i % threads],
+            Mode::Echo => peer_sockaddrs[i % peer_sockaddrs.len()],
         }
     };
     let thread_of = |i: usize| match o.mode {
@@ -316,14 +328,18 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         .map(|_| Worker {
             allocs: Vec::new(),
             flows: Vec::new(),
-            peer: None,
-            peer_gso: turnpike_sys::batch::UdpSocketState::new(true),
+            peers: Vec::new(),
             opts: o.clone(),
             rate: None,
         })
         .collect();
-    for (t, p) in peers.into_iter().enumerate() {
-        workers[t].peer = Some(p);
+    // Peer socket k is served by thread k mod threads (any thread may
+    // echo for any allocation: the echo goes back to the relay it came
+    // from).
+    for (k, p) in peers.into_iter().enumerate() {
+        workers[k % threads]
+            .peers
+            .push((p, turnpike_sys::batch::UdpSocketState::new(true)));
     }
     let mut global_index: Vec<Vec<usize>> = vec![Vec::new(); threads];
     for (i, a) in allocs.into_iter().enumerate() {
@@ -484,17 +500,17 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     })
 }
 
-/// The echo peers: one non-blocking UDP socket per thread, bound to
+/// The echo peers: `n` non-blocking UDP sockets, bound to
 /// `peer_bind` (or loopback of the server's family), created inside
 /// `peer_netns` when given.
-fn echo_peers(o: &RelayOpts, threads: usize) -> Result<Vec<UdpSocket>> {
+fn echo_peers(o: &RelayOpts, n: usize) -> Result<Vec<UdpSocket>> {
     let ip = o.peer_bind.unwrap_or(if o.target.server.is_ipv4() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
         IpAddr::V6(Ipv6Addr::LOCALHOST)
     });
     let open = || -> Result<Vec<UdpSocket>> {
-        (0..threads)
+        (0..n)
             .map(|_| {
                 let s = UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| {
                     Error(format!(
