@@ -158,6 +158,13 @@ fn check_relay(r: &RelayReport, allocations: usize) {
         r.generator_cpu_s
     );
     assert!(m.busy_s <= m.cpus as f64 * m.window_s + tick, "{m:?}");
+    // Each CPU's part adds up to the whole (each a tick or so apart).
+    assert!(!m.per_cpu.is_empty(), "{m:?}");
+    let sum: f64 = m.per_cpu.iter().map(|c| c.busy_s).sum();
+    assert!(
+        (sum - m.busy_s).abs() <= tick * m.per_cpu.len() as f64,
+        "per-CPU sum {sum} vs {m:?}"
+    );
     assert!(
         r.kernel_udp_rcvbuf_errors.is_some(),
         "/proc/net/snmp is readable on Linux"

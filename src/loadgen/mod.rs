@@ -121,17 +121,53 @@ pub struct MachineUsage {
     pub units: u64,
     /// busy_s / units, in microseconds.
     pub busy_us_per_unit: Option<f64>,
+    /// Each CPU's part (with pinned processes: who did what, softirq
+    /// included, which runs on the CPU that sent or received the packet).
+    #[serde(default)]
+    pub per_cpu: Vec<CpuUsage>,
+}
+
+/// One CPU's busy time over the window.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CpuUsage {
+    pub cpu: usize,
+    /// user + nice + system + irq + softirq.
+    pub busy_s: f64,
+    pub softirq_s: f64,
 }
 
 impl MachineUsage {
+    /// From two readings of (all CPUs, each CPU) at the window's edges.
     pub fn new(
-        a: turnpike_sys::procfs::MachineCpu,
-        b: turnpike_sys::procfs::MachineCpu,
+        a: &(
+            turnpike_sys::procfs::MachineCpu,
+            Vec<turnpike_sys::procfs::MachineCpu>,
+        ),
+        b: &(
+            turnpike_sys::procfs::MachineCpu,
+            Vec<turnpike_sys::procfs::MachineCpu>,
+        ),
         window_s: f64,
         units: u64,
     ) -> Self {
-        let d = b.since(&a);
-        let busy_s = (d.user + d.nice + d.system + d.irq + d.softirq).max(0.0);
+        let busy = |d: &turnpike_sys::procfs::MachineCpu| {
+            (d.user + d.nice + d.system + d.irq + d.softirq).max(0.0)
+        };
+        let d = b.0.since(&a.0);
+        let busy_s = busy(&d);
+        let per_cpu =
+            a.1.iter()
+                .zip(&b.1)
+                .enumerate()
+                .map(|(cpu, (x, y))| {
+                    let d = y.since(x);
+                    CpuUsage {
+                        cpu,
+                        busy_s: busy(&d),
+                        softirq_s: d.softirq,
+                    }
+                })
+                .collect();
         MachineUsage {
             window_s,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -150,6 +186,7 @@ impl MachineUsage {
             },
             units,
             busy_us_per_unit: (units > 0).then(|| busy_s * 1e6 / units as f64),
+            per_cpu,
         }
     }
 }

@@ -119,6 +119,17 @@ pub fn relay(r: &RelayReport) -> String {
                 m.irq_s
             ),
         );
+        let per: Vec<String> = m
+            .per_cpu
+            .iter()
+            .map(|c| {
+                format!(
+                    "cpu{} {:.3} s (softirq {:.3})",
+                    c.cpu, c.busy_s, c.softirq_s
+                )
+            })
+            .collect();
+        row(&mut o, "machine CPU by CPU", per.join(", "));
         row(
             &mut o,
             "machine CPU per relayed msg",

@@ -396,13 +396,13 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     };
     sleep_until(t_measure);
     let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
-    let mach0 = turnpike_sys::procfs::machine_cpu().ok();
+    let mach0 = turnpike_sys::procfs::machine_cpu_per_cpu().ok();
     let gen0 = turnpike_sys::procfs::self_cpu_s();
     let drops0 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w0 = clock.ns();
     sleep_until(t_stop);
     let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
-    let mach1 = turnpike_sys::procfs::machine_cpu().ok();
+    let mach1 = turnpike_sys::procfs::machine_cpu_per_cpu().ok();
     let gen1 = turnpike_sys::procfs::self_cpu_s();
     let drops1 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w1 = clock.ns();
@@ -488,7 +488,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         server,
         machine: mach0
             .zip(mach1)
-            .map(|(a, b)| MachineUsage::new(a, b, window_s, stats.relayed)),
+            .map(|(a, b)| MachineUsage::new(&a, &b, window_s, stats.relayed)),
         generator_cpu_s: gen1 - gen0,
         generator_skipped: stats.skipped,
         kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
