@@ -17,7 +17,8 @@
 #            builds in one run)
 #            --coturn-prefix DIR (also run coturn built into DIR, e.g.
 #            /opt/coturn-4.17.1 by ../shared/anchors/build-coturn.sh, as the
-#            column "coturn-new"; Debian's 4.6.1 stays a column of its own)
+#            column "coturn VERSION", e.g. "coturn 4.17.1"; Debian's 4.6.1 stays a
+#            column of its own)
 #
 # What it does, for every load below and every round, alternating the order
 # (round 1: turnpike then coturn, round 2: coturn then turnpike, ...) so
@@ -486,6 +487,7 @@ MB = 1024 * 1024
 rows = [
     # label, load, json path, scale, format, better ("lower"/"higher")
     ("Server CPU per relayed msg at 50k msg/s offered, 100 B, c2c (µs)", "cpu50k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Machine CPU per relayed msg at 50k msg/s, c2c, /proc/stat, generator and softirq included (µs)", "cpu50k", "machine.busy_us_per_unit", 1, "{:.2f}", "lower"),
     ("Server CPU at 50k msg/s (% of one core)", "cpu50k", "server.cpu_pct", 1, "{:.0f}", "lower"),
     ("Relayed msg/s at 50k offered", "cpu50k", "relayed_per_s", 1, "{:.0f}", "higher"),
     ("Loss at 50k msg/s (%)", "cpu50k", "loss_pct", 1, "{:.3f}", "lower"),
@@ -496,6 +498,7 @@ rows = [
     ("One thread each: RTT p99 at 50k msg/s (µs)", "cpu50k1t", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
     ("Max relayed msg/s with loss < 1% (loadgen, stepped)", "maxrate", "max_relayed_per_s", 1, "{:.0f}", "higher"),
     ("Echo (client ↔ external peer): server CPU per relayed msg at 50k msg/s (µs)", "echo50k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Echo: machine CPU per relayed msg at 50k msg/s, /proc/stat, generator and softirq included (µs)", "echo50k", "machine.busy_us_per_unit", 1, "{:.2f}", "lower"),
     ("Echo: server CPU at 50k msg/s (% of one core)", "echo50k", "server.cpu_pct", 1, "{:.0f}", "lower"),
     ("Echo: loss at 50k msg/s (%)", "echo50k", "loss_pct", 1, "{:.3f}", "lower"),
     ("Echo: RTT p50 at 50k msg/s (µs)", "echo50k", "rtt_us.p50_us", 1, "{:.0f}", "lower"),
@@ -596,7 +599,8 @@ sec += ["",
         "into the server. *Loss* = round trips not back within 1 s. Server CPU = utime+stime from "
         "/proc/PID/stat over the measured window (10 ms ticks) divided by the relayed messages / "
         "answered requests / set-ups. RSS = VmRSS; bytes per allocation = (RSS with N − RSS before) / N "
-        "(user-space memory: kernel socket buffers are not in RSS).", ""]
+        "(user-space memory: kernel socket buffers are not in RSS). Machine CPU = user + nice + system + irq + softirq of "
+        "all CPUs from /proc/stat over the generator's measured window (everything running, generator included) / relayed messages.", ""]
 if notes:
     sec += [f"- max-rate search: {'; '.join(notes)} (\"loss\" = the next step lost >= 1 %; \"generator\" = "
             "the load generator offered < 90 % of the step's rate, so the figure is a lower bound for that server; on a 2-core "
