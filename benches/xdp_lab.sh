@@ -281,10 +281,10 @@ ip -n "$NS_CLI" addr add "$CLI_IP/24" dev c0
 ip -n "$NS_SRV" addr add "$LISTEN_IP/24" dev s0
 ip -n "$NS_SRV" addr add "$RELAY_IP/24" dev s1
 ip -n "$NS_PEER" addr add "$PEER_IP/24" dev p0
-for x in "$NS_CLI c0" "$NS_SRV s0" "$NS_SRV s1" "$NS_PEER p0"; do
-  set -- $x
-  ip -n "$1" link set "$2" up
-done
+ip -n "$NS_CLI" link set c0 up
+ip -n "$NS_SRV" link set s0 up
+ip -n "$NS_SRV" link set s1 up
+ip -n "$NS_PEER" link set p0 up
 # The sending ends: full checksums. The receiving ends: an XDP program.
 ip netns exec "$NS_CLI" ethtool -K c0 tx off >/dev/null
 ip netns exec "$NS_PEER" ethtool -K p0 tx off >/dev/null
@@ -417,6 +417,15 @@ print("null" if total is None else total)' 2>/dev/null || echo null
   esac
 }
 
+# UDP receive-buffer drops of the three namespaces (RcvbufErrors of each
+# one's /proc/net/snmp), as "cli srv peer".
+rcvbuf_errors() {
+  local ns
+  for ns in "$NS_CLI" "$NS_SRV" "$NS_PEER"; do
+    ip netns exec "$ns" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
+  done | tr '\n' ' '
+}
+
 # --- the loads: each prints one JSON object ---------------------------------
 
 lg() { # $1 = time limit (s), the rest: loadgen arguments
@@ -509,6 +518,7 @@ for load in "${LOADS[@]}"; do
       printf '  %-9s round %d %-12s ... ' "$load" "$r" "$srv" >&2
       start_server "$srv"
       c0=$(side_counter "$srv")
+      d0=$(rcvbuf_errors)
       if run_load "$load" >"$base.json" 2>"$base.err"; then
         echo "ok ($(( $(date +%s) - START )) s)" >&2
       else
@@ -517,7 +527,16 @@ for load in "${LOADS[@]}"; do
         python3 -c 'import json,sys; print(json.dumps({"failed": True, "why": sys.argv[1]}))' "${why:-no output}" >"$base.json"
       fi
       c1=$(side_counter "$srv")
-      python3 -c 'import json,sys; a,b=sys.argv[1:]; print(json.dumps({"counter": None if "null" in (a,b) else float(b)-float(a)}))' "$c0" "$c1" >"$base.side.json"
+      d1=$(rcvbuf_errors)
+      python3 -c '
+import json, sys
+a, b, d0, d1 = sys.argv[1:]
+try:
+    drops = dict(zip(("cli", "srv", "peer"), (int(y) - int(x) for x, y in zip(d0.split(), d1.split(), strict=True))))
+except ValueError:
+    drops = None
+print(json.dumps({"counter": None if "null" in (a, b) else float(b) - float(a), "rcvbuf_errors": drops}))' \
+        "$c0" "$c1" "$d0" "$d1" >"$base.side.json"
       stop_server
     done
   done
@@ -575,9 +594,11 @@ def runs(load, srv):
         except Exception:
             d = {"failed": True, "why": "unreadable output"}
         try:
-            d["_side"] = json.load(open(f"{work}/{load}.{srv}.{r}.side.json")).get("counter")
+            side = json.load(open(f"{work}/{load}.{srv}.{r}.side.json"))
         except Exception:
-            d["_side"] = None
+            side = {}
+        d["_side"] = side.get("counter")
+        d["_drops"] = side.get("rcvbuf_errors")
         out.append(d)
     return out
 
@@ -644,6 +665,7 @@ for k in ("echo", "echopp", "c2c"):
         (f"{t}: machine softirq (% of one core)", k, lambda r: 100 * r["machine"]["softirq_s"] / r["machine"]["window_s"], "{:.0f}", "lower"),
         (f"{t}: RTT p99 (µs)", k, "rtt_us.p99_us", "{:.0f}", "lower"),
         (f"{t}: loss (%)", k, "loss_pct", "{:.3f}", "lower"),
+        (f"{t}: UDP receive-buffer drops in the cli + srv + peer namespaces, whole run", k, lambda r: sum(r["_drops"].values()), "{:.0f}", "lower"),
         (f"{t}: fast-path packets (turnpike) / bounced (bounce) per datagram sent into the server, whole run", k, fast_share, "{:.2f}", "n/a"),
     ]
 for k, lab in (("echomax", "Echo, one peer endpoint"), ("echoppmax", "Echo, a peer endpoint per allocation"), ("c2cmax", "c2c")):
