@@ -90,9 +90,8 @@ pub struct RelayOpts {
     pub timeout: Duration,
     pub server_pid: Option<u32>,
     pub threads: usize,
-    /// Echo mode: the address the echo peers bind to (port chosen by the
-    /// kernel, one socket per thread); `None`: loopback of the server's
-    /// family.
+    /// Echo mode: the address the echo peers bind to (each socket's port
+    /// chosen by the kernel); `None`: loopback of the server's family.
     pub peer_bind: Option<IpAddr>,
     /// Echo mode: open the echo peers' sockets inside this named network
     /// namespace (`ip netns add NAME`; needs root).
@@ -183,7 +182,7 @@ pub struct RelayReport {
     pub definitions: String,
 }
 
-const DEFINITIONS: &str = "one round trip = 2 relayed messages (c2c: A->B via the server, B echoes B->A; echo: client->peer, peer->client). offered = round trips started + echoes sent in the measured window; relayed = messages of those round trips that arrived on the far side; loss = round trips not back within the timeout; server CPU per relayed message = server utime+stime over the measured window / relayed";
+const DEFINITIONS: &str = "one round trip = 2 relayed messages (c2c: A->B via the server, B echoes B->A; echo: client->peer, peer->client). offered = round trips started + echoes sent in the measured window; relayed = messages of those round trips that arrived on the far side; loss = round trips not back within the timeout; server CPU per relayed message = server utime+stime over the measured window / relayed; machine CPU per relayed message = user+nice+system+irq+softirq of all CPUs (/proc/stat) over the measured window / relayed";
 
 impl RelayOpts {
     fn check(&self) -> Result<()> {
@@ -253,7 +252,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         Mode::Echo => o.allocations,
     });
     let setup_start = crate::clock::instant();
-    // Echo peers, one per thread.
+    // Echo peers: one per thread, or --peers of them.
     let peers = if o.mode == Mode::Echo {
         echo_peers(&o, o.peers.unwrap_or(threads))?
     } else {
