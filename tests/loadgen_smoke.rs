@@ -570,3 +570,54 @@ max_allocations_per_user = 100000
     );
     assert!(err.contains("binding an echo peer to 192.0.2.2"), "{err}");
 }
+
+/// `--relay-family ipv6` asks every Allocate for an IPv6 relayed address:
+/// an IPv4 client reaches IPv6 echo peers through the server (4↔6), and
+/// the same run without it (IPv4 relays) is refused before any data for
+/// the family mismatch.
+#[test]
+fn relay_echo_4_to_6_with_relay_family() {
+    let srv = TestServer::start(
+        r#"
+[server]
+threads = 2
+realm = "bench"
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+[relay]
+bind_ip = "127.0.0.1"
+bind_ip6 = "::1"
+ports = "49152-65535"
+[auth]
+secrets = ["S"]
+[policy]
+allow_peers = ["::1/128"]
+max_allocations_per_user = 100000
+"#,
+    );
+    let addr = srv.addr(Transport::Udp, false).to_string();
+    let pid = srv.pid().to_string();
+    let before = metrics(srv.http_addr());
+    let out = loadgen(&echo_args(
+        &addr,
+        &pid,
+        &["--peer-bind", "::1", "--relay-family", "ipv6"],
+    ));
+    let r: RelayReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let after = metrics(srv.http_addr());
+    check_relay(&r, 4);
+    assert!(r.peers.iter().all(|p| p.is_ipv6()), "{:?}", r.peers);
+    assert!(
+        r.totals.peer_received > 0
+            && r.totals.peer_received as f64 <= delta(&before, &after, TO_PEER),
+        "peers received {} ≤ server to_peer {}",
+        r.totals.peer_received,
+        delta(&before, &after, TO_PEER)
+    );
+    let err = loadgen_fails(
+        Command::new(turnpike_bin()),
+        &echo_args(&addr, &pid, &["--peer-bind", "::1"]),
+    );
+    assert!(err.contains("different families"), "{err}");
+}

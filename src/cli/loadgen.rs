@@ -116,6 +116,17 @@ pub(crate) struct RelayArgs {
     /// allocation a peer endpoint of its own.
     #[arg(long, value_name = "N")]
     peers: Option<usize>,
+    /// Ask for relayed addresses of this family in every Allocate
+    /// (REQUESTED-ADDRESS-FAMILY); default: not asked (IPv4). With an IPv4
+    /// server address and ipv6 here, clients reach IPv6 peers (4↔6).
+    #[arg(long, value_name = "FAMILY")]
+    relay_family: Option<RelayFamilyArg>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum RelayFamilyArg {
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -268,6 +279,10 @@ pub(crate) fn run(cmd: LoadgenCommand) -> Result<()> {
                 peer_bind: a.peer_bind,
                 peer_netns: a.peer_netns,
                 peers: a.peers,
+                relay_family: a.relay_family.map(|f| match f {
+                    RelayFamilyArg::Ipv4 => lg::RelayFamily::Ipv4,
+                    RelayFamilyArg::Ipv6 => lg::RelayFamily::Ipv6,
+                }),
             };
             let r = lg::relay(o)?;
             emit(a.target.json, &r, report::relay)

@@ -26,7 +26,7 @@ pub use allocs::{AllocationsOpts, AllocationsReport, IdleOpts, IdleReport, alloc
 pub use binding::{BindingOpts, BindingReport, binding};
 pub use conn::{Target, tls_config};
 pub use hist::{Histogram, Percentiles};
-pub use relay::{DataMethod, Mode, RelayOpts, RelayReport, RoundTrips, Totals, relay};
+pub use relay::{DataMethod, Mode, RelayFamily, RelayOpts, RelayReport, RoundTrips, Totals, relay};
 pub use setup::Auth;
 
 use serde::{Deserialize, Serialize};

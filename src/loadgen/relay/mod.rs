@@ -48,6 +48,15 @@ pub enum Mode {
     Echo,
 }
 
+/// The address family of the relayed addresses the allocations ask for
+/// (REQUESTED-ADDRESS-FAMILY).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayFamily {
+    Ipv4,
+    Ipv6,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataMethod {
@@ -100,6 +109,9 @@ pub struct RelayOpts {
     /// i mod `peers`); `None`: one per thread. As many as allocations
     /// gives every allocation a peer endpoint of its own.
     pub peers: Option<usize>,
+    /// The relayed addresses' family, asked for in every Allocate; `None`:
+    /// not asked (the server's default, IPv4).
+    pub relay_family: Option<RelayFamily>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -263,6 +275,13 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         .map(UdpSocket::local_addr)
         .collect::<std::io::Result<_>>()?;
     let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
+    let family = o.relay_family.map(|f| match f {
+        RelayFamily::Ipv4 => turnpike_proto::wire::attr::FAMILY_IPV4,
+        RelayFamily::Ipv6 => turnpike_proto::wire::attr::FAMILY_IPV6,
+    });
+    for a in &mut allocs {
+        a.family = family;
+    }
     let budget = Duration::from_secs(30) + Duration::from_millis(5 * o.allocations as u64);
     if let Err(e) = setup::drive_all(
         &mut allocs,
@@ -283,7 +302,7 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         if p.is_ipv4() != r.is_ipv4() {
             super::allocs::teardown(&mut allocs, 64);
             return Err(Error(format!(
-                "the echo peers ({}) and the relayed addresses ({}) are of different families: pick --peer-bind of the relay's family",
+                "the echo peers ({}) and the relayed addresses ({}) are of different families: pick --peer-bind and --relay-family to match",
                 p.ip(),
                 r.ip()
             )));
