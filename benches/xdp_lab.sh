@@ -30,6 +30,10 @@
 #     --ladder-start R / --ladder-factor F / --ladder-max R
 #                         the max-rate ladder (default 50000, x1.25, 1000000)
 #     --allocations N     allocations per run (default 64; c2c: 32 pairs)
+#     --family F          4 (default): IPv4 throughout; 6: IPv6 throughout
+#                         (clients 2001:db8:1::/64, relays and peers
+#                         2001:db8:2::/64); 46: IPv4 clients, IPv6 relays
+#                         and peers (4<->6). Every veth has both families.
 #     --gen-cpu C / --server-cpu C   (default 0 / 1)
 #     --strace            after the rounds, run the echo load once more on
 #                         turnpike-xdp (and turnpike, for contrast) under
@@ -45,7 +49,9 @@
 #
 #   ns cli                 ns srv                        ns peer
 #   c0 198.51.100.2/24 <-> s0 198.51.100.1/24
+#      2001:db8:1::2/64       2001:db8:1::1/64
 #                          s1 192.0.2.1/24      <->      p0 192.0.2.2/24
+#                             2001:db8:2::1/64              2001:db8:2::2/64
 #
 #   The generator (`turnpike loadgen relay`) runs in cli, pinned to CPU
 #   --gen-cpu; its echo peers are sockets it opens in peer
@@ -130,6 +136,7 @@ OUT=""
 KEEP=""
 TP="$ROOT/target/release/turnpike"
 SMOKE=0
+FAMILY=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; SECS=2; STEP_SECS=2; ROUNDS=1; LADDER_FACTOR=2; LADDER_MAX=200000 ;;
@@ -146,6 +153,7 @@ while [ $# -gt 0 ]; do
     --ladder-factor) LADDER_FACTOR="$2"; shift ;;
     --ladder-max) LADDER_MAX="$2"; shift ;;
     --allocations) ALLOCS="$2"; shift ;;
+    --family) FAMILY="$2"; shift ;;
     --gen-cpu) GEN_CPU="$2"; shift ;;
     --server-cpu) SRV_CPU="$2"; shift ;;
     --strace) STRACE=1 ;;
@@ -171,6 +179,7 @@ for n in "$SECS" "$STEP_SECS" "$ROUNDS" "$RATE" "$LADDER_START" "$LADDER_MAX" "$
   [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -gt 0 ] || die "not a positive whole number: $n"
 done
 [ $((ALLOCS % 2)) = 0 ] || die "--allocations must be even (c2c pairs)"
+case "$FAMILY" in 4|6|46) ;; *) die "--family must be 4, 6 or 46" ;; esac
 [ "$SECS" -le 200 ] && [ "$STEP_SECS" -le 200 ] || die "--secs and --step-secs: at most 200"
 python3 -c 'import sys; f=float(sys.argv[1]); sys.exit(0 if 1.01 <= f <= 10 else 1)' "$LADDER_FACTOR" \
   || die "--ladder-factor must be 1.01..10"
@@ -231,7 +240,18 @@ CLI_IP=198.51.100.2
 LISTEN_IP=198.51.100.1
 RELAY_IP=192.0.2.1
 PEER_IP=192.0.2.2
+CLI_IP6=2001:db8:1::2
+LISTEN_IP6=2001:db8:1::1
+RELAY_IP6=2001:db8:2::1
+PEER_IP6=2001:db8:2::2
 PORT=3478
+# What this run uses: the server's listening address (as the generator
+# names it), the peers' address, and the relays' family.
+case "$FAMILY" in
+  4) SERVER_ADDR="$LISTEN_IP:$PORT"; PEER_USE=$PEER_IP; RELAY_FAMILY=ipv4 ;;
+  6) SERVER_ADDR="[$LISTEN_IP6]:$PORT"; PEER_USE=$PEER_IP6; RELAY_FAMILY=ipv6 ;;
+  46) SERVER_ADDR="$LISTEN_IP:$PORT"; PEER_USE=$PEER_IP6; RELAY_FAMILY=ipv6 ;;
+esac
 HTTP=127.0.0.1:19641
 SECRET=S
 WORK=$(mktemp -d /tmp/turnpike-xdp-lab.XXXXXX)
@@ -281,6 +301,10 @@ ip -n "$NS_CLI" addr add "$CLI_IP/24" dev c0
 ip -n "$NS_SRV" addr add "$LISTEN_IP/24" dev s0
 ip -n "$NS_SRV" addr add "$RELAY_IP/24" dev s1
 ip -n "$NS_PEER" addr add "$PEER_IP/24" dev p0
+ip -n "$NS_CLI" addr add "$CLI_IP6/64" dev c0 nodad
+ip -n "$NS_SRV" addr add "$LISTEN_IP6/64" dev s0 nodad
+ip -n "$NS_SRV" addr add "$RELAY_IP6/64" dev s1 nodad
+ip -n "$NS_PEER" addr add "$PEER_IP6/64" dev p0 nodad
 ip -n "$NS_CLI" link set c0 up
 ip -n "$NS_SRV" link set s0 up
 ip -n "$NS_SRV" link set s1 up
@@ -300,14 +324,15 @@ threads = 1
 realm = "bench"
 [[listen]]
 transport = "udp"
-addr = "$LISTEN_IP:$PORT"
+addr = "$SERVER_ADDR"
 [relay]
 bind_ip = "$RELAY_IP"
+bind_ip6 = "$RELAY_IP6"
 ports = "10000-32767"
 [auth]
 secrets = ["$SECRET"]
 [policy]
-allow_peers = ["192.0.2.0/24"]
+allow_peers = ["192.0.2.0/24", "2001:db8:2::/64"]
 max_allocations = 100000
 max_allocations_per_user = 100000
 [limits]
@@ -329,7 +354,8 @@ if [ "$FASTPATH" = 1 ]; then
     || die "--fastpath: this turnpike does not take [fastpath] mode = \"xdp\" (issue 15's fast path not in this build?): $(tail -3 "$WORK/check.err")"
 fi
 CT_ARGS=(--use-auth-secret "--static-auth-secret=$SECRET" --realm=bench
-  "--listening-ip=$LISTEN_IP" "--listening-port=$PORT" "--relay-ip=$RELAY_IP"
+  "--listening-ip=$LISTEN_IP" "--listening-ip=$LISTEN_IP6" "--listening-port=$PORT"
+  "--relay-ip=$RELAY_IP" "--relay-ip=$RELAY_IP6"
   --no-tls --no-dtls --no-cli --min-port=10000 --max-port=32767 --relay-threads=1
   --no-stdout-log --simple-log --pidfile=/dev/null)
 
@@ -353,7 +379,7 @@ start_server() { # $1 = server; sets SERVER_PID
     kill -0 "$SERVER_PID" 2>/dev/null || { tail -5 "$WORK/$1.out" >&2; die "$1 exited at start (log above)"; }
     sleep 0.1
   done
-  listening || die "$1 did not listen on $LISTEN_IP:$PORT within 10 s"
+  listening || die "$1 did not listen on $SERVER_ADDR within 10 s"
   sleep 0.2
   if [ "$1" = bounce ]; then
     ip -n "$NS_SRV" link set dev s0 xdpdrv obj "$WORK/xdp_bounce.o" sec xdp
@@ -433,11 +459,11 @@ lg() { # $1 = time limit (s), the rest: loadgen arguments
 }
 
 relay_args() { # $1 = load kind (echo, echopp, c2c)
-  local a=(relay --server "$LISTEN_IP:$PORT" --secret "$SECRET" --allocations "$ALLOCS" --size 100
-    --threads 1 --warmup 1 --server-pid "$SERVER_PID")
+  local a=(relay --server "$SERVER_ADDR" --secret "$SECRET" --allocations "$ALLOCS" --size 100
+    --threads 1 --warmup 1 --server-pid "$SERVER_PID" --relay-family "$RELAY_FAMILY")
   case "$1" in
-    echo) a+=(--mode echo --peer-bind "$PEER_IP" --peer-netns "$NS_PEER") ;;
-    echopp) a+=(--mode echo --peer-bind "$PEER_IP" --peer-netns "$NS_PEER" --peers "$ALLOCS") ;;
+    echo) a+=(--mode echo --peer-bind "$PEER_USE" --peer-netns "$NS_PEER") ;;
+    echopp) a+=(--mode echo --peer-bind "$PEER_USE" --peer-netns "$NS_PEER" --peers "$ALLOCS") ;;
     c2c) a+=(--mode c2c) ;;
   esac
   printf '%s\n' "${a[@]}"
@@ -577,10 +603,10 @@ GITREV=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 SECTION="$WORK/section.md"
 python3 - "$WORK" "$ROUNDS" "$SMOKE" "$ELAPSED" "$CORES" "$MODEL" "$KERNEL" "$TPV" "$CTV" "$GITREV" \
   "$SECS" "$STEP_SECS" "$RATE" "$LADDER_START" "$LADDER_FACTOR" "$LADDER_MAX" "$ALLOCS" "$GEN_CPU" "$SRV_CPU" \
-  "${SERVERS[*]}" "${LOADS[*]}" "$STRACE" "$ARGS_TEXT" >"$SECTION" <<'PY'
+  "${SERVERS[*]}" "${LOADS[*]}" "$STRACE" "$ARGS_TEXT" "$FAMILY" >"$SECTION" <<'PY'
 import datetime, json, os, re, statistics, sys
 (work, rounds, smoke, elapsed, cores, model, kernel, tpv, ctv, gitrev, secs, step_secs, rate,
- l_start, l_factor, l_max, allocs, gen_cpu, srv_cpu, servers, loads, strace, args_text) = sys.argv[1:]
+ l_start, l_factor, l_max, allocs, gen_cpu, srv_cpu, servers, loads, strace, args_text, family) = sys.argv[1:]
 servers = servers.split(); loads = loads.split(); rounds = int(rounds); rate = int(rate)
 
 def runs(load, srv):
@@ -725,7 +751,8 @@ if smoke == "1":
             "show that the tooling works, not how the servers compare.**", ""]
 sec += [f"Median of {rounds} round(s), the servers' order rotating per round; a fresh server per run; "
         f"generator + echo peers pinned to CPU {gen_cpu}, the server (one thread) to CPU {srv_cpu}; "
-        f"{allocs} allocations, 100-byte payloads, ChannelData; fixed-rate runs {secs} s measured, ladder steps "
+        f"{allocs} allocations, 100-byte payloads, ChannelData; "
+        + {"4": "IPv4", "6": "IPv6", "46": "IPv4 clients, IPv6 relays and peers (4↔6)"}[family] + f"; fixed-rate runs {secs} s measured, ladder steps "
         f"{step_secs} s (from {l_start} msg/s, x{l_factor}, up to {l_max}). Machine CPU = user + nice + system + irq + "
         "softirq of all CPUs (/proc/stat) over the generator's measured window, divided by the relayed messages "
         "(2 per round trip completed within 1 s). "
