@@ -39,6 +39,13 @@
 #                         turnpike-xdp (and turnpike, for contrast) under
 #                         `strace -c -f -p PID`: system calls the server
 #                         made per datagram that entered it
+#     --bpf-stats         turn kernel.bpf_stats_enabled on for the run (back
+#                         to what it was at exit) and report the XDP
+#                         programs on s0 and s1 (turnpike-xdp's fast path,
+#                         bounce's program): runs per datagram sent into the
+#                         server and nanoseconds per run. Costs every BPF
+#                         program a little, so leave it off for the CPU
+#                         figures
 #     --out FILE          also write the markdown section to FILE
 #     --keep DIR          keep raw JSON, logs and strace output in DIR
 #     --turnpike BIN      the turnpike binary (default target/release/turnpike,
@@ -137,6 +144,7 @@ KEEP=""
 TP="$ROOT/target/release/turnpike"
 SMOKE=0
 FAMILY=4
+BPF_STATS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; SECS=2; STEP_SECS=2; ROUNDS=1; LADDER_FACTOR=2; LADDER_MAX=200000 ;;
@@ -157,6 +165,7 @@ while [ $# -gt 0 ]; do
     --gen-cpu) GEN_CPU="$2"; shift ;;
     --server-cpu) SRV_CPU="$2"; shift ;;
     --strace) STRACE=1 ;;
+    --bpf-stats) BPF_STATS=1 ;;
     --out) OUT="$2"; shift ;;
     --keep) KEEP="$2"; shift ;;
     --turnpike) TP="$2"; shift ;;
@@ -258,6 +267,7 @@ WORK=$(mktemp -d /tmp/turnpike-xdp-lab.XXXXXX)
 SERVER_PID=""
 STRACE_PID=""
 BOUNCE_ON=0
+BPF_STATS_WAS=""
 
 cleanup() {
   local rc=$? ns p
@@ -268,6 +278,7 @@ cleanup() {
   for ns in "$NS_CLI" "$NS_SRV" "$NS_PEER"; do
     ip netns del "$ns" 2>/dev/null || true
   done
+  [ -z "$BPF_STATS_WAS" ] || sysctl -q -w "kernel.bpf_stats_enabled=$BPF_STATS_WAS" || true
   if [ -n "$KEEP" ]; then
     mkdir -p "$KEEP" && cp -r "$WORK"/. "$KEEP"/ && echo "raw results kept in $KEEP" >&2
   fi
@@ -282,6 +293,11 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^tpx-[0-9]+-
   p=${ns#tpx-}; p=${p%%-*}
   kill -0 "$p" 2>/dev/null || { echo "deleting leftover namespace $ns" >&2; ip netns del "$ns" || true; }
 done
+
+if [ "$BPF_STATS" = 1 ]; then
+  BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -q -w kernel.bpf_stats_enabled=1
+fi
 
 # --- the XDP helper programs ---------------------------------------------
 
@@ -443,6 +459,32 @@ print("null" if total is None else total)' 2>/dev/null || echo null
   esac
 }
 
+# The XDP programs attached to the server's veths: "runs nanoseconds"
+# summed over them (bpf_stats), or "null".
+xdp_runs() {
+  [ "$BPF_STATS" = 1 ] || { echo null; return; }
+  ip -j -n "$NS_SRV" link show | python3 -c '
+import json, subprocess, sys
+ids = set()
+def walk(x):
+    if isinstance(x, dict):
+        if isinstance(x.get("id"), int) and ("tag" in x or "name" in x):
+            ids.add(x["id"])
+        for v in x.values():
+            walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            walk(v)
+for link in json.load(sys.stdin):
+    if link.get("ifname") in ("s0", "s1"):
+        walk(link.get("xdp", {}))
+cnt = ns = 0
+for i in sorted(ids):
+    p = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True, text=True).stdout or "{}")
+    cnt += p.get("run_cnt", 0); ns += p.get("run_time_ns", 0)
+print(f"{cnt} {ns}" if ids else "null")' 2>/dev/null || echo null
+}
+
 # UDP receive-buffer drops of the three namespaces (RcvbufErrors of each
 # one's /proc/net/snmp), as "cli srv peer".
 rcvbuf_errors() {
@@ -545,6 +587,7 @@ for load in "${LOADS[@]}"; do
       start_server "$srv"
       c0=$(side_counter "$srv")
       d0=$(rcvbuf_errors)
+      x0=$(xdp_runs)
       if run_load "$load" >"$base.json" 2>"$base.err"; then
         echo "ok ($(( $(date +%s) - START )) s)" >&2
       else
@@ -554,15 +597,20 @@ for load in "${LOADS[@]}"; do
       fi
       c1=$(side_counter "$srv")
       d1=$(rcvbuf_errors)
+      x1=$(xdp_runs)
       python3 -c '
 import json, sys
-a, b, d0, d1 = sys.argv[1:]
+a, b, d0, d1, x0, x1 = sys.argv[1:]
 try:
     drops = dict(zip(("cli", "srv", "peer"), (int(y) - int(x) for x, y in zip(d0.split(), d1.split(), strict=True))))
 except ValueError:
     drops = None
-print(json.dumps({"counter": None if "null" in (a, b) else float(b) - float(a), "rcvbuf_errors": drops}))' \
-        "$c0" "$c1" "$d0" "$d1" >"$base.side.json"
+xdp = None
+if "null" not in (x0, x1):
+    (c0, n0), (c1, n1) = (map(int, x0.split())), (map(int, x1.split()))
+    xdp = {"runs": c1 - c0, "run_time_ns": n1 - n0}
+print(json.dumps({"counter": None if "null" in (a, b) else float(b) - float(a), "rcvbuf_errors": drops, "xdp": xdp}))' \
+        "$c0" "$c1" "$d0" "$d1" "$x0" "$x1" >"$base.side.json"
       stop_server
     done
   done
@@ -625,6 +673,7 @@ def runs(load, srv):
             side = {}
         d["_side"] = side.get("counter")
         d["_drops"] = side.get("rcvbuf_errors")
+        d["_xdp"] = side.get("xdp")
         out.append(d)
     return out
 
@@ -692,6 +741,10 @@ for k in ("echo", "echopp", "c2c"):
         (f"{t}: RTT p99 (µs)", k, "rtt_us.p99_us", "{:.0f}", "lower"),
         (f"{t}: loss (%)", k, "loss_pct", "{:.3f}", "lower"),
         (f"{t}: UDP receive-buffer drops in the cli + srv + peer namespaces, whole run", k, lambda r: sum(r["_drops"].values()), "{:.0f}", "lower"),
+        (f"{t}: XDP program runs on s0 + s1 per datagram sent into the server, whole run (--bpf-stats)", k,
+         lambda r: r["_xdp"]["runs"] / (r["totals"]["client_sent"] + r["totals"]["peer_received"]), "{:.2f}", "n/a"),
+        (f"{t}: XDP program time per run (ns, --bpf-stats)", k,
+         lambda r: r["_xdp"]["run_time_ns"] / r["_xdp"]["runs"], "{:.0f}", "lower"),
         (f"{t}: fast-path packets (turnpike) / bounced (bounce) per datagram sent into the server, whole run", k, fast_share, "{:.2f}", "n/a"),
     ]
 for k, lab in (("echomax", "Echo, one peer endpoint"), ("echoppmax", "Echo, a peer endpoint per allocation"), ("c2cmax", "c2c")):
