@@ -17,7 +17,8 @@
 #            builds in one run)
 #            --coturn-prefix DIR (also run coturn built into DIR, e.g.
 #            /opt/coturn-4.17.1 by ../shared/anchors/build-coturn.sh, as the
-#            column "coturn-new"; Debian's 4.6.1 stays a column of its own)
+#            column "coturn VERSION", e.g. "coturn 4.17.1"; Debian's 4.6.1 stays a
+#            column of its own)
 #
 # What it does, for every load below and every round, alternating the order
 # (round 1: turnpike then coturn, round 2: coturn then turnpike, ...) so
@@ -44,6 +45,15 @@
 #            x1.5 with --quick) until loss >= 1 % or the generator relays
 #            less than 90 % of what it was asked (it cannot keep up): the
 #            highest relayed msg/s with loss < 1 %.
+#   echo50k  `turnpike loadgen relay --mode echo --rate 50000 --size 100`
+#            (64 allocations, each permitted and channel-bound to an echo
+#            peer the generator runs on 127.0.0.1, one per generator
+#            thread, which sends every datagram straight back): the
+#            client <-> external peer case (an SFU, a remote peer), where
+#            every relayed message is one trip through the server's kernel
+#            UDP stack in and one out. The same rows as cpu50k.
+#   echo150k the same at 150k msg/s.
+#   echomax  the max-rate search of maxrate with the echo load.
 #   uclient  coturn's own client: `turnutils_uclient -y -m 50 -z 0 -n N -l 100 -u bench
 #            -W S` (50 client-to-client sessions, N messages each, as fast as
 #            it goes; its rate is its own, it cannot be paced precisely):
@@ -283,11 +293,29 @@ load_cpu50k1t() {
   load_cpu50k
 }
 
+load_echo50k() {
+  lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
+    --mode echo --rate 50000 --size 100 --duration "$CPU_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID"
+}
+
+load_echo150k() {
+  lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
+    --mode echo --rate 150000 --size 100 --duration "$CPU_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID"
+}
+
 load_maxrate() {
+  maxrate_ladder c2c
+}
+
+load_echomax() {
+  maxrate_ladder echo
+}
+
+maxrate_ladder() { # $1 = loadgen --mode (c2c or echo)
   local rate=$STEP_START best=0 out ok kept_up=1 loss skipped relayed steps="[]"
   while :; do
     out=$(lg 120 relay --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations "$RELAY_ALLOCS" \
-      --mode c2c --rate "$rate" --size 100 --duration "$STEP_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID")
+      --mode "$1" --rate "$rate" --size 100 --duration "$STEP_DUR" --warmup 1 --threads "$GEN_THREADS" --server-pid "$SERVER_PID")
     read -r loss skipped relayed < <(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["loss_pct"], r["generator_skipped"], r["relayed_per_s"])' <<<"$out")
     steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); r=json.loads(sys.argv[2]); s.append({"rate": r["target_rate"], "loss_pct": r["loss_pct"], "skipped": r["generator_skipped"], "relayed_per_s": r["relayed_per_s"], "generator_cpu_pct": 100 * r["generator_cpu_s"] / r["duration_s"], "kernel_udp_rcvbuf_errors": r.get("kernel_udp_rcvbuf_errors"), "server_cpu_pct": (r.get("server") or {}).get("cpu_pct")}); print(json.dumps(s))' "$steps" "$out")
     ok=$(python3 -c 'import sys; print(1 if float(sys.argv[1]) < 1.0 else 0)' "$loss")
@@ -368,7 +396,8 @@ load_idle10k() {
   lg 600 idle --server "127.0.0.1:$PORT" --secret "$SECRET" --allocations 10000 --server-pid "$SERVER_PID"
 }
 
-LOADS=(cpu50k cpu50k1t maxrate uclient setup binding binding1c idle1k idle10k)
+LOADS=(cpu50k cpu50k1t maxrate echo50k echo150k echomax uclient setup binding binding1c idle1k idle10k)
+ALL_LOADS=("${LOADS[@]}")
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a LOADS <<<"$ONLY"
   for load in "${LOADS[@]}"; do
@@ -411,6 +440,8 @@ KERNEL=$(uname -r)
 OS=$(. /etc/os-release && echo "$PRETTY_NAME")
 TPV=$("$TP" --version)
 CTV="coturn $(turnserver --version 2>/dev/null | head -1)"
+CTNEW_V=""
+[ -z "$COTURN_PREFIX" ] || CTNEW_V=$("$COTURN_PREFIX/bin/turnserver" --version 2>/dev/null | head -1)
 EXTRA_V=""
 [ -z "$BASELINE" ] || EXTRA_V="turnpike-base: $("$BASELINE" --version) ($BASELINE)"
 [ -z "$COTURN_PREFIX" ] || EXTRA_V="$EXTRA_V${EXTRA_V:+; }coturn-new: coturn $("$COTURN_PREFIX/bin/turnserver" --version 2>/dev/null | head -1) ($COTURN_PREFIX)"
@@ -420,15 +451,16 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$WORK" "$ROUNDS" "$QUICK" "$OUT" "$WRITE" "$ELAPSED" "$CORES" "$MODEL" "$KERNEL" "$OS" \
   "$TPV" "$CTV" "$RUSTV" "$GITREV" "$LOAD_BEFORE" "$PORT" "$CPU_DUR" "$STEP_DUR" "$STEP_FACTOR" \
-  "$UC_N" "$SETUP_N" "$BIND_DUR" "$RELAY_ALLOCS" "$GEN_THREADS" "${SERVERS[*]}" "$EXTRA_V" <<'PY'
+  "$UC_N" "$SETUP_N" "$BIND_DUR" "$RELAY_ALLOCS" "$GEN_THREADS" "${SERVERS[*]}" "$EXTRA_V" \
+  "$CTNEW_V" "${ALL_LOADS[*]}" <<'PY'
 import datetime, json, os, statistics, sys
 (work, rounds, quick, out, write, elapsed, cores, model, kernel, osname, tpv, ctv, rustv,
  gitrev, loadavg, port, cpu_dur, step_dur, step_factor, uc_n, setup_n, bind_dur, allocs, gen_threads,
- servers, extra_v) = sys.argv[1:]
+ servers, extra_v, ctnew_v, all_loads) = sys.argv[1:]
 servers = servers.split()
 others = [s for s in servers if s != "turnpike"]
 names = {"turnpike": "turnpike", "coturn": "coturn 4.6.1", "turnpike-base": "turnpike-base",
-         "coturn-new": "coturn-new"}
+         "coturn-new": f"coturn {ctnew_v}" if ctnew_v else "coturn-new"}
 rounds = int(rounds); quick = quick == "1"
 
 def runs(load, srv):
@@ -455,6 +487,7 @@ MB = 1024 * 1024
 rows = [
     # label, load, json path, scale, format, better ("lower"/"higher")
     ("Server CPU per relayed msg at 50k msg/s offered, 100 B, c2c (µs)", "cpu50k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Machine CPU per relayed msg at 50k msg/s, c2c, /proc/stat, generator and softirq included (µs)", "cpu50k", "machine.busy_us_per_unit", 1, "{:.2f}", "lower"),
     ("Server CPU at 50k msg/s (% of one core)", "cpu50k", "server.cpu_pct", 1, "{:.0f}", "lower"),
     ("Relayed msg/s at 50k offered", "cpu50k", "relayed_per_s", 1, "{:.0f}", "higher"),
     ("Loss at 50k msg/s (%)", "cpu50k", "loss_pct", 1, "{:.3f}", "lower"),
@@ -464,6 +497,17 @@ rows = [
     ("One thread each: loss at 50k msg/s (%)", "cpu50k1t", "loss_pct", 1, "{:.3f}", "lower"),
     ("One thread each: RTT p99 at 50k msg/s (µs)", "cpu50k1t", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
     ("Max relayed msg/s with loss < 1% (loadgen, stepped)", "maxrate", "max_relayed_per_s", 1, "{:.0f}", "higher"),
+    ("Echo (client ↔ external peer): server CPU per relayed msg at 50k msg/s (µs)", "echo50k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Echo: machine CPU per relayed msg at 50k msg/s, /proc/stat, generator and softirq included (µs)", "echo50k", "machine.busy_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Echo: server CPU at 50k msg/s (% of one core)", "echo50k", "server.cpu_pct", 1, "{:.0f}", "lower"),
+    ("Echo: loss at 50k msg/s (%)", "echo50k", "loss_pct", 1, "{:.3f}", "lower"),
+    ("Echo: RTT p50 at 50k msg/s (µs)", "echo50k", "rtt_us.p50_us", 1, "{:.0f}", "lower"),
+    ("Echo: RTT p99 at 50k msg/s (µs)", "echo50k", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("Echo: server CPU per relayed msg at 150k msg/s (µs)", "echo150k", "server.cpu_us_per_unit", 1, "{:.2f}", "lower"),
+    ("Echo: relayed msg/s at 150k offered", "echo150k", "relayed_per_s", 1, "{:.0f}", "higher"),
+    ("Echo: loss at 150k msg/s (%)", "echo150k", "loss_pct", 1, "{:.3f}", "lower"),
+    ("Echo: RTT p99 at 150k msg/s (µs)", "echo150k", "rtt_us.p99_us", 1, "{:.0f}", "lower"),
+    ("Echo: max relayed msg/s with loss < 1% (loadgen, stepped)", "echomax", "max_relayed_per_s", 1, "{:.0f}", "higher"),
     ("turnutils_uclient -y -m 50 -z 0: wall time incl. connects (s)", "uclient", "elapsed_s", 1, "{:.1f}", "lower"),
     ("turnutils_uclient -y: messages received", "uclient", "received", 1, "{:.0f}", "higher"),
     ("turnutils_uclient -y: server CPU per received msg (µs)", "uclient", "server_cpu_us_per_msg", 1, "{:.2f}", "lower"),
@@ -517,16 +561,18 @@ for label, load, path, scale, fmt, better in rows:
 
 # Where the max-rate search stopped.
 notes = []
-for srv in servers:
-    lim = [get(r, "limited_by") for r in runs("maxrate", srv) if not r.get("not_run")]
-    if lim:
-        notes.append(f"{srv}: stopped by {', '.join(str(x) for x in lim)}")
+for load in ("maxrate", "echomax"):
+    for srv in servers:
+        lim = [get(r, "limited_by") for r in runs(load, srv) if not r.get("not_run")]
+        if lim:
+            notes.append(f"{load} {srv}: stopped by {', '.join(str(x) for x in lim)}")
 skipped = []
-for srv in servers:
-    for r in runs("cpu50k", srv):
-        if (get(r, "generator_skipped") or 0) > 0:
-            skipped.append(srv)
-failed = sorted({f"{l}/{s}" for l in ("cpu50k","cpu50k1t","maxrate","uclient","setup","binding","binding1c","idle1k","idle10k")
+for load in ("cpu50k", "echo50k", "echo150k"):
+    for srv in servers:
+        for r in runs(load, srv):
+            if (get(r, "generator_skipped") or 0) > 0:
+                skipped.append(f"{load} {srv}")
+failed = sorted({f"{l}/{s}" for l in all_loads.split()
                  for s in servers for r in runs(l, s) if r.get("failed")})
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -546,17 +592,21 @@ sec += ["",
         "channel-bound to the other's relayed address; A sends, B echoes, so one round trip = 2 "
         "relayed messages, and each relayed message is two server hops (client → A's relay → "
         "B's relay → B), as in `turnutils_uclient -y` (turnpike skips the kernel between two of its own "
-        "relays, within a shard and across shards; coturn sends such datagrams through the kernel). *Offered* = messages the generator sent "
+        "relays, within a shard and across shards; coturn sends such datagrams through the kernel). In the echo loads every "
+        "allocation is permitted and channel-bound to an echo peer of the generator (127.0.0.1, one socket per generator thread) "
+        "that sends each datagram straight back: client → relay → peer, then peer → relay → client, one round trip = 2 relayed "
+        "messages, each one trip in and one out of the server's kernel UDP stack (the SFU / remote-peer case). *Offered* = messages the generator sent "
         "into the server. *Loss* = round trips not back within 1 s. Server CPU = utime+stime from "
         "/proc/PID/stat over the measured window (10 ms ticks) divided by the relayed messages / "
         "answered requests / set-ups. RSS = VmRSS; bytes per allocation = (RSS with N − RSS before) / N "
-        "(user-space memory: kernel socket buffers are not in RSS).", ""]
+        "(user-space memory: kernel socket buffers are not in RSS). Machine CPU = user + nice + system + irq + softirq of "
+        "all CPUs from /proc/stat over the generator's measured window (everything running, generator included) / relayed messages.", ""]
 if notes:
     sec += [f"- max-rate search: {'; '.join(notes)} (\"loss\" = the next step lost >= 1 %; \"generator\" = "
             "the load generator offered < 90 % of the step's rate, so the figure is a lower bound for that server; on a 2-core "
             "machine generator and server share the CPUs, so past ~1 core of server load the two compete)."]
 if skipped:
-    sec += [f"- the generator fell behind in the 50k run for: {', '.join(sorted(set(skipped)))}."]
+    sec += [f"- the generator fell behind (paced runs) in: {', '.join(sorted(set(skipped)))}."]
 if failed:
     sec += [f"- FAILED runs (excluded from medians): {', '.join(failed)}."]
 sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary: {loadavg}.",
@@ -578,6 +628,8 @@ sec += [f"- Date: {now}; whole run {elapsed} s; load average before the summary:
         "turnpike --log-level warn serve --config turnpike.toml   # the same secret, realm, relay IP and ports",
         f"turnpike loadgen relay --secret S --allocations {allocs} --mode c2c --rate 50000 --size 100 --duration {cpu_dur} --warmup 1 --threads {gen_threads} --server-pid PID --json",
         f"turnpike loadgen relay ... --rate R --duration {step_dur}   # R = 50000, x{step_factor} per step, until loss >= 1%",
+        f"turnpike loadgen relay --secret S --allocations {allocs} --mode echo --rate 50000|150000 --size 100 --duration {cpu_dur} --warmup 1 --threads {gen_threads} --server-pid PID --json",
+        f"turnpike loadgen relay ... --mode echo --rate R --duration {step_dur}   # echomax: the same ladder with the echo load",
         f"turnutils_uclient -y -m 50 -z 0 -n {uc_n} -l 100 -W S -u bench -p {port} 127.0.0.1",
         f"turnpike loadgen allocations --secret S --count {setup_n} --concurrency 32 --server-pid PID --json",
         f"turnpike loadgen binding --duration {bind_dur} --warmup 1 --sockets 4 --window 16 --server-pid PID --json",

@@ -23,7 +23,12 @@ use turnpike::loadgen::{AllocationsReport, BindingReport, Percentiles, RelayRepo
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 fn server() -> TestServer {
-    TestServer::start(
+    server_allowing("127.0.0.1/32")
+}
+
+/// The smoke server, relaying only to peers in `allow` (a CIDR).
+fn server_allowing(allow: &str) -> TestServer {
+    TestServer::start(&format!(
         r#"
 [server]
 threads = 2
@@ -37,22 +42,35 @@ ports = "49152-65535"
 [auth]
 secrets = ["S"]
 [policy]
-allow_peers = ["127.0.0.1/32"]
+allow_peers = ["{allow}"]
 max_allocations_per_user = 100000
-"#,
-    )
+"#
+    ))
 }
 
 fn loadgen(args: &[&str]) -> String {
-    let (status, out, err) = run_bounded(
-        Command::new(turnpike_bin()).arg("loadgen").args(args),
-        RUN_LIMIT,
-    );
+    loadgen_cmd(Command::new(turnpike_bin()), args)
+}
+
+/// `loadgen ARGS` run by `cmd` (the binary, or `ip netns exec NS binary`);
+/// it must succeed. Returns stdout.
+fn loadgen_cmd(mut cmd: Command, args: &[&str]) -> String {
+    let (status, out, err) = run_bounded(cmd.arg("loadgen").args(args), RUN_LIMIT);
     assert!(
         status.success(),
         "loadgen {args:?} failed: {status}\nstdout:\n{out}\nstderr:\n{err}"
     );
     out
+}
+
+/// `loadgen ARGS` run by `cmd`; it must fail. Returns stderr.
+fn loadgen_fails(mut cmd: Command, args: &[&str]) -> String {
+    let (status, out, err) = run_bounded(cmd.arg("loadgen").args(args), RUN_LIMIT);
+    assert!(
+        !status.success(),
+        "loadgen {args:?} succeeded but should not have\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    err
 }
 
 /// The server's /metrics, as (series, value) pairs.
@@ -123,6 +141,30 @@ fn check_relay(r: &RelayReport, allocations: usize) {
     assert!(s.cpu_s >= 0.0 && s.window_s > 0.0);
     assert!(s.rss_end_bytes > 0);
     assert_eq!(s.units, r.relayed_msgs);
+    // The whole machine's CPU covers the server's and the generator's
+    // (give or take a 10 ms tick at each edge of the window), and no more
+    // than every CPU busy for the whole window.
+    let m = r.machine.as_ref().expect("/proc/stat is readable on Linux");
+    assert_eq!(m.units, r.relayed_msgs);
+    let tick = 0.025;
+    assert!(
+        (m.busy_s - (m.user_s + m.nice_s + m.system_s + m.irq_s + m.softirq_s)).abs() < 1e-9,
+        "{m:?}"
+    );
+    assert!(m.busy_s + tick >= s.cpu_s, "machine {m:?} vs server {s:?}");
+    assert!(
+        m.busy_s + tick >= r.generator_cpu_s,
+        "machine {m:?} vs generator {}",
+        r.generator_cpu_s
+    );
+    assert!(m.busy_s <= m.cpus as f64 * m.window_s + tick, "{m:?}");
+    // Each CPU's part adds up to the whole (each a tick or so apart).
+    assert!(!m.per_cpu.is_empty(), "{m:?}");
+    let sum: f64 = m.per_cpu.iter().map(|c| c.busy_s).sum();
+    assert!(
+        (sum - m.busy_s).abs() <= tick * m.per_cpu.len() as f64,
+        "per-CPU sum {sum} vs {m:?}"
+    );
     assert!(
         r.kernel_udp_rcvbuf_errors.is_some(),
         "/proc/net/snmp is readable on Linux"
@@ -335,4 +377,247 @@ fn refuses_bad_arguments_without_running() {
     );
     assert!(!status.success());
     assert!(err.contains("even"), "{err}");
+}
+
+/// The arguments of a short paced echo run against `server`, then `extra`.
+fn echo_args<'a>(server: &'a str, pid: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "relay",
+        "--server",
+        server,
+        "--secret",
+        "S",
+        "--allocations",
+        "4",
+        "--threads",
+        "2",
+        "--mode",
+        "echo",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--rate",
+        "2000",
+        "--server-pid",
+        pid,
+        "--json",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// `--peer-bind` puts the echo peers on the address given and `--peers`
+/// sets how many there are: a server that relays only to 127.0.0.2 serves
+/// the run, its to-peer counter covers what the peers got, and the same
+/// run without the flag (peers on 127.0.0.1) is refused its permissions.
+#[test]
+fn relay_echo_peers_bind_to_peer_bind() {
+    let srv = server_allowing("127.0.0.2/32");
+    let addr = srv.addr(Transport::Udp, false).to_string();
+    let pid = srv.pid().to_string();
+    let before = metrics(srv.http_addr());
+    let out = loadgen(&echo_args(
+        &addr,
+        &pid,
+        &["--peer-bind", "127.0.0.2", "--peers", "3"],
+    ));
+    let r: RelayReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let after = metrics(srv.http_addr());
+    check_relay(&r, 4);
+    assert_eq!(r.threads, 2);
+    assert_eq!(r.peers.len(), 3, "--peers 3: {:?}", r.peers);
+    for p in &r.peers {
+        assert_eq!(p.ip().to_string(), "127.0.0.2", "{:?}", r.peers);
+        assert_ne!(p.port(), 0);
+    }
+    let mut ports: Vec<u16> = r.peers.iter().map(|p| p.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three distinct peer sockets: {:?}", r.peers);
+    assert!(
+        r.totals.peer_received > 0
+            && r.totals.peer_received as f64 <= delta(&before, &after, TO_PEER),
+        "peers received {} ≤ server to_peer {}",
+        r.totals.peer_received,
+        delta(&before, &after, TO_PEER)
+    );
+    let err = loadgen_fails(Command::new(turnpike_bin()), &echo_args(&addr, &pid, &[]));
+    assert!(err.contains("CreatePermission"), "{err}");
+}
+
+/// The new flags are checked before anything is sent.
+#[test]
+fn refuses_peer_flags_it_cannot_use() {
+    let bin = || Command::new(turnpike_bin());
+    let base = |extra: &[&'static str]| {
+        let mut v = vec![
+            "relay",
+            "--server",
+            "127.0.0.1:9",
+            "--secret",
+            "S",
+            "--duration",
+            "1",
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let err = loadgen_fails(bin(), &base(&["--mode", "c2c", "--peer-bind", "127.0.0.2"]));
+    assert!(err.contains("--mode echo"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "c2c", "--peer-netns", "x"]));
+    assert!(err.contains("--mode echo"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peer-bind", "0.0.0.0"]));
+    assert!(err.contains("unicast"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "c2c", "--peers", "2"]));
+    assert!(err.contains("--mode echo"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peers", "3"]));
+    assert!(err.contains("--peers must be"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peers", "0"]));
+    assert!(err.contains("--peers must be"), "{err}");
+    let err = loadgen_fails(bin(), &base(&["--mode", "echo", "--peer-netns", "../x"]));
+    assert!(err.contains("not a name"), "{err}");
+}
+
+/// Generator, server and echo peers in three network namespaces (the
+/// XDP lab's layout): clients 198.51.100.2 ↔ server 198.51.100.1 on one
+/// veth, server 192.0.2.1 ↔ peers 192.0.2.2 on another; the clients and
+/// the peers have no route to each other, so every message crossed the
+/// server. `--peer-netns` is what puts the peers there: without it the
+/// generator cannot bind 192.0.2.2 in the clients' namespace. Root only
+/// (a loud SKIPPED banner otherwise; CI runs as root).
+#[test]
+fn relay_echo_across_namespaces() {
+    let Some(lab) = common::netns::Lab::new("lgecho") else {
+        return;
+    };
+    let cli = lab.add_ns("cli");
+    let srv_ns = lab.add_ns("srv");
+    let peers = lab.add_ns("peer");
+    lab.link(
+        &cli,
+        "c0",
+        Some("198.51.100.2/24"),
+        &srv_ns,
+        "s0",
+        Some("198.51.100.1/24"),
+    );
+    lab.link(
+        &srv_ns,
+        "s1",
+        Some("192.0.2.1/24"),
+        &peers,
+        "p0",
+        Some("192.0.2.2/24"),
+    );
+    let srv = srv_ns.start_turnpike(
+        r#"
+[server]
+threads = 2
+realm = "bench"
+[[listen]]
+transport = "udp"
+addr = "198.51.100.1:3478"
+[relay]
+bind_ip = "192.0.2.1"
+ports = "49152-65535"
+[auth]
+secrets = ["S"]
+[policy]
+allow_peers = ["192.0.2.0/24"]
+max_allocations_per_user = 100000
+"#,
+    );
+    let pid = srv.pid().to_string();
+    let http = srv.http_addr();
+    let before = srv_ns.in_ns(|| metrics(http));
+    let out = loadgen_cmd(
+        cli.cmd(turnpike_bin()),
+        &echo_args(
+            "198.51.100.1:3478",
+            &pid,
+            &["--peer-bind", "192.0.2.2", "--peer-netns", peers.name()],
+        ),
+    );
+    let r: RelayReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let after = srv_ns.in_ns(|| metrics(http));
+    check_relay(&r, 4);
+    assert!(
+        r.peers.iter().all(|p| p.ip().to_string() == "192.0.2.2"),
+        "{:?}",
+        r.peers
+    );
+    let (to_peer, to_client) = (
+        delta(&before, &after, TO_PEER),
+        delta(&before, &after, TO_CLIENT),
+    );
+    let t = &r.totals;
+    assert!(
+        t.peer_received > 0 && t.peer_received as f64 <= to_peer,
+        "peers received {} ≤ server to_peer {to_peer}",
+        t.peer_received
+    );
+    assert!(
+        t.client_received > 0 && t.client_received as f64 <= to_client,
+        "clients received {} ≤ server to_client {to_client}",
+        t.client_received
+    );
+    assert_eq!(delta(&before, &after, CREATED), 4.0);
+
+    let err = loadgen_fails(
+        cli.cmd(turnpike_bin()),
+        &echo_args("198.51.100.1:3478", &pid, &["--peer-bind", "192.0.2.2"]),
+    );
+    assert!(err.contains("binding an echo peer to 192.0.2.2"), "{err}");
+}
+
+/// `--relay-family ipv6` asks every Allocate for an IPv6 relayed address:
+/// an IPv4 client reaches IPv6 echo peers through the server (4↔6), and
+/// the same run without it (IPv4 relays) is refused before any data for
+/// the family mismatch.
+#[test]
+fn relay_echo_4_to_6_with_relay_family() {
+    let srv = TestServer::start(
+        r#"
+[server]
+threads = 2
+realm = "bench"
+[[listen]]
+transport = "udp"
+addr = "127.0.0.1:0"
+[relay]
+bind_ip = "127.0.0.1"
+bind_ip6 = "::1"
+ports = "49152-65535"
+[auth]
+secrets = ["S"]
+[policy]
+allow_peers = ["::1/128"]
+max_allocations_per_user = 100000
+"#,
+    );
+    let addr = srv.addr(Transport::Udp, false).to_string();
+    let pid = srv.pid().to_string();
+    let before = metrics(srv.http_addr());
+    let out = loadgen(&echo_args(
+        &addr,
+        &pid,
+        &["--peer-bind", "::1", "--relay-family", "ipv6"],
+    ));
+    let r: RelayReport = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let after = metrics(srv.http_addr());
+    check_relay(&r, 4);
+    assert!(r.peers.iter().all(|p| p.is_ipv6()), "{:?}", r.peers);
+    assert!(
+        r.totals.peer_received > 0
+            && r.totals.peer_received as f64 <= delta(&before, &after, TO_PEER),
+        "peers received {} ≤ server to_peer {}",
+        r.totals.peer_received,
+        delta(&before, &after, TO_PEER)
+    );
+    let err = loadgen_fails(
+        Command::new(turnpike_bin()),
+        &echo_args(&addr, &pid, &["--peer-bind", "::1"]),
+    );
+    assert!(err.contains("different families"), "{err}");
 }

@@ -101,6 +101,32 @@ pub(crate) struct RelayArgs {
     /// Sending threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Echo mode: the IP address the echo peers bind to (default: loopback
+    /// of the server's family). The allocations are permitted and
+    /// channel-bound to it, so the server must reach it.
+    #[arg(long, value_name = "ADDR")]
+    peer_bind: Option<std::net::IpAddr>,
+    /// Echo mode: open the echo peers' sockets inside this network
+    /// namespace (`ip netns add NAME`; needs root), e.g. a peers namespace
+    /// behind the server's, while the generator runs in another.
+    #[arg(long, value_name = "NAME")]
+    peer_netns: Option<String>,
+    /// Echo mode: how many echo peer sockets (allocation i talks to peer i
+    /// mod N; default one per thread). --peers = --allocations gives each
+    /// allocation a peer endpoint of its own.
+    #[arg(long, value_name = "N")]
+    peers: Option<usize>,
+    /// Ask for relayed addresses of this family in every Allocate
+    /// (REQUESTED-ADDRESS-FAMILY); default: not asked (IPv4). With an IPv4
+    /// server address and ipv6 here, clients reach IPv6 peers (4↔6).
+    #[arg(long, value_name = "FAMILY")]
+    relay_family: Option<RelayFamilyArg>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum RelayFamilyArg {
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -250,6 +276,13 @@ pub(crate) fn run(cmd: LoadgenCommand) -> Result<()> {
                 timeout: Duration::from_millis(a.timeout_ms),
                 server_pid: a.server_pid,
                 threads: a.threads,
+                peer_bind: a.peer_bind,
+                peer_netns: a.peer_netns,
+                peers: a.peers,
+                relay_family: a.relay_family.map(|f| match f {
+                    RelayFamilyArg::Ipv4 => lg::RelayFamily::Ipv4,
+                    RelayFamilyArg::Ipv6 => lg::RelayFamily::Ipv6,
+                }),
             };
             let r = lg::relay(o)?;
             emit(a.target.json, &r, report::relay)

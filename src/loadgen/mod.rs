@@ -26,7 +26,7 @@ pub use allocs::{AllocationsOpts, AllocationsReport, IdleOpts, IdleReport, alloc
 pub use binding::{BindingOpts, BindingReport, binding};
 pub use conn::{Target, tls_config};
 pub use hist::{Histogram, Percentiles};
-pub use relay::{DataMethod, Mode, RelayOpts, RelayReport, RoundTrips, Totals, relay};
+pub use relay::{DataMethod, Mode, RelayFamily, RelayOpts, RelayReport, RoundTrips, Totals, relay};
 pub use setup::Auth;
 
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,101 @@ impl ServerUsage {
             cpu_us_per_unit: (units > 0).then(|| cpu_s * 1e6 / units as f64),
             rss_start_bytes: a.rss,
             rss_end_bytes: rss_end,
+        }
+    }
+}
+
+/// The whole machine's CPU over a measured window, from `/proc/stat`: what
+/// every process and the kernel did, softirq included (where packet
+/// processing and XDP run, in no process's time). Everything else running
+/// on the machine counts too.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MachineUsage {
+    pub window_s: f64,
+    /// CPUs online (`busy_pct` can reach 100 × this).
+    pub cpus: usize,
+    pub user_s: f64,
+    pub nice_s: f64,
+    pub system_s: f64,
+    pub irq_s: f64,
+    pub softirq_s: f64,
+    /// Not counted in `busy_s`: time a hypervisor gave to someone else.
+    pub steal_s: f64,
+    pub idle_s: f64,
+    /// user + nice + system + irq + softirq.
+    pub busy_s: f64,
+    /// busy_s / window_s × 100 (100 = one core busy).
+    pub busy_pct: f64,
+    /// What the CPU is divided by (relayed messages).
+    pub units: u64,
+    /// busy_s / units, in microseconds.
+    pub busy_us_per_unit: Option<f64>,
+    /// Each CPU's part (with pinned processes: who did what, softirq
+    /// included, which runs on the CPU that sent or received the packet).
+    #[serde(default)]
+    pub per_cpu: Vec<CpuUsage>,
+}
+
+/// One CPU's busy time over the window.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CpuUsage {
+    pub cpu: usize,
+    /// user + nice + system + irq + softirq.
+    pub busy_s: f64,
+    pub softirq_s: f64,
+}
+
+impl MachineUsage {
+    /// From two readings of (all CPUs, each CPU) at the window's edges.
+    pub fn new(
+        a: &(
+            turnpike_sys::procfs::MachineCpu,
+            Vec<turnpike_sys::procfs::MachineCpu>,
+        ),
+        b: &(
+            turnpike_sys::procfs::MachineCpu,
+            Vec<turnpike_sys::procfs::MachineCpu>,
+        ),
+        window_s: f64,
+        units: u64,
+    ) -> Self {
+        let busy = |d: &turnpike_sys::procfs::MachineCpu| {
+            (d.user + d.nice + d.system + d.irq + d.softirq).max(0.0)
+        };
+        let d = b.0.since(&a.0);
+        let busy_s = busy(&d);
+        let per_cpu =
+            a.1.iter()
+                .zip(&b.1)
+                .enumerate()
+                .map(|(cpu, (x, y))| {
+                    let d = y.since(x);
+                    CpuUsage {
+                        cpu,
+                        busy_s: busy(&d),
+                        softirq_s: d.softirq,
+                    }
+                })
+                .collect();
+        MachineUsage {
+            window_s,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            user_s: d.user,
+            nice_s: d.nice,
+            system_s: d.system,
+            irq_s: d.irq,
+            softirq_s: d.softirq,
+            steal_s: d.steal,
+            idle_s: d.idle,
+            busy_s,
+            busy_pct: if window_s > 0.0 {
+                100.0 * busy_s / window_s
+            } else {
+                0.0
+            },
+            units,
+            busy_us_per_unit: (units > 0).then(|| busy_s * 1e6 / units as f64),
+            per_cpu,
         }
     }
 }

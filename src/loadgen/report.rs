@@ -66,6 +66,15 @@ pub fn relay(r: &RelayReport) -> String {
         "  (one round trip = 2 relayed messages; measured window {:.1} s after {:.1} s warm-up)",
         r.duration_s, r.warmup_s
     );
+    if !r.peers.is_empty() {
+        let shown: Vec<String> = r.peers.iter().take(4).map(ToString::to_string).collect();
+        let more = if r.peers.len() > 4 { ", …" } else { "" };
+        row(
+            &mut o,
+            "echo peers",
+            format!("{}: {}{more}", r.peers.len(), shown.join(", ")),
+        );
+    }
     match (r.target_rate, r.window) {
         (Some(t), _) => row(&mut o, "target (msg/s)", format!("{t:.0}")),
         (None, Some(w)) => row(
@@ -96,6 +105,38 @@ pub fn relay(r: &RelayReport) -> String {
     row(&mut o, "loss", format!("{:.3}%", r.loss_pct));
     pct_rows(&mut o, "RTT", &r.rtt_us);
     server_rows(&mut o, &r.server, "relayed msg");
+    if let Some(m) = &r.machine {
+        row(
+            &mut o,
+            "machine CPU (/proc/stat, all processes)",
+            format!(
+                "{:.3} s busy = {:.1}% of a core (user {:.3}, system {:.3}, softirq {:.3}, irq {:.3})",
+                m.busy_s,
+                m.busy_pct,
+                m.user_s + m.nice_s,
+                m.system_s,
+                m.softirq_s,
+                m.irq_s
+            ),
+        );
+        let per: Vec<String> = m
+            .per_cpu
+            .iter()
+            .map(|c| {
+                format!(
+                    "cpu{} {:.3} s (softirq {:.3})",
+                    c.cpu, c.busy_s, c.softirq_s
+                )
+            })
+            .collect();
+        row(&mut o, "machine CPU by CPU", per.join(", "));
+        row(
+            &mut o,
+            "machine CPU per relayed msg",
+            m.busy_us_per_unit
+                .map_or("n/a".into(), |u| format!("{u:.2} µs")),
+        );
+    }
     row(
         &mut o,
         "generator CPU",

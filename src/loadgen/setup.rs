@@ -49,6 +49,9 @@ pub(super) struct Alloc {
     pub creds: Credentials,
     pub session: Option<Session>,
     pub relayed: Option<SocketAddr>,
+    /// REQUESTED-ADDRESS-FAMILY of its Allocate (`attr::FAMILY_IPV4` /
+    /// `FAMILY_IPV6`); `None`: not sent (the server's default, IPv4).
+    pub family: Option<u8>,
 }
 
 /// A control request.
@@ -103,6 +106,7 @@ pub(super) fn connect_all(target: &Target, n: usize, auth: &Auth) -> Result<Vec<
             creds: auth.credentials(i),
             session: None,
             relayed: None,
+            family: None,
         });
     }
     Ok(v)
@@ -319,7 +323,11 @@ fn request(step: Step, a: &Alloc, rng: &mut SmallRng, now: Instant) -> Transacti
     let s = a.session.as_ref();
     match step {
         Step::Allocate => {
-            client::allocate(&mut req, tid, &AllocateOptions::default(), s);
+            let opts = AllocateOptions {
+                family: a.family,
+                ..AllocateOptions::default()
+            };
+            client::allocate(&mut req, tid, &opts, s);
         }
         Step::Permission(p) => {
             client::create_permission(&mut req, tid, &[p], s.expect("allocated"));

@@ -117,7 +117,36 @@ impl MachineCpu {
 
 /// The `cpu` line of `/proc/stat` text, in seconds.
 pub fn parse_proc_stat(stat: &str) -> Option<MachineCpu> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    parse_cpu_line(stat.lines().find(|l| l.starts_with("cpu "))?)
+}
+
+/// The `cpuN` lines of `/proc/stat` text, in seconds, indexed by N (a CPU
+/// that is offline, so has no line, reads as all zero).
+pub fn parse_proc_stat_per_cpu(stat: &str) -> Vec<MachineCpu> {
+    let mut v: Vec<MachineCpu> = Vec::new();
+    for line in stat.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else {
+            continue;
+        };
+        let Some((n, _)) = rest.split_once(' ') else {
+            continue;
+        };
+        let (Ok(n), Some(c)) = (n.parse::<usize>(), parse_cpu_line(line)) else {
+            continue;
+        };
+        if n >= 4096 {
+            continue;
+        }
+        if v.len() <= n {
+            v.resize(n + 1, MachineCpu::default());
+        }
+        v[n] = c;
+    }
+    v
+}
+
+/// One `cpu`/`cpuN` line, in seconds.
+fn parse_cpu_line(line: &str) -> Option<MachineCpu> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -141,6 +170,15 @@ pub fn parse_proc_stat(stat: &str) -> Option<MachineCpu> {
 pub fn machine_cpu() -> io::Result<MachineCpu> {
     let s = std::fs::read_to_string("/proc/stat")?;
     parse_proc_stat(&s).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat"))
+}
+
+/// The machine's CPU time now, all CPUs together and each CPU, from one
+/// reading of `/proc/stat`.
+pub fn machine_cpu_per_cpu() -> io::Result<(MachineCpu, Vec<MachineCpu>)> {
+    let s = std::fs::read_to_string("/proc/stat")?;
+    let all = parse_proc_stat(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat"))?;
+    Ok((all, parse_proc_stat_per_cpu(&s)))
 }
 
 #[cfg(test)]
@@ -177,6 +215,25 @@ mod tests {
         assert_eq!(c.softirq, 2.0 / hz);
         assert_eq!(c.busy(), 153.0 / hz);
         assert!(machine_cpu().unwrap().busy() > 0.0);
+    }
+
+    #[test]
+    fn proc_stat_per_cpu_lines() {
+        let s = "cpu  100 0 50 1000 5 1 2 0 0 0
+cpu0 50 0 25 500 2 0 1 0 0 0
+cpu2 7 0 1 9 0 0 3 0 0 0
+intr 1
+cpufreq x
+";
+        let v = parse_proc_stat_per_cpu(s);
+        let hz = ticks_per_second();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].user, 50.0 / hz);
+        assert_eq!(v[1], MachineCpu::default(), "no line: offline");
+        assert_eq!(v[2].softirq, 3.0 / hz);
+        let (all, per) = machine_cpu_per_cpu().unwrap();
+        assert!(all.busy() > 0.0);
+        assert!(!per.is_empty());
     }
 
     #[test]

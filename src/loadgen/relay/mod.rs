@@ -7,7 +7,8 @@
 //!   A. Each message crosses the server twice per round trip: A→B, then
 //!   B→A.
 //! * **echo**: every allocation is permitted (and channel-bound) to a UDP
-//!   "peer" socket the generator runs (one per thread), which sends every
+//!   "peer" socket the generator runs (one per thread, or `peers` of
+//!   them: allocation i talks to peer i mod `peers`), which sends every
 //!   datagram straight back (batched). Client→peer, then peer→client.
 //!
 //! Either way one round trip is **two relayed messages**, and a relayed
@@ -15,10 +16,17 @@
 //! it on the other, counted when it arrives (at B or the peer, and back at
 //! A or the client).
 //!
+//! The echo peers bind to loopback of the server's family unless told
+//! otherwise: `peer_bind` picks their address (a server in another
+//! network namespace reaches them there), and `peer_netns` opens their
+//! sockets inside a named network namespace (a helper thread joins it,
+//! creates them and ends; a socket stays in the namespace it was created
+//! in), so generator, server and peers can sit in three namespaces.
+//!
 //! This file holds the options, the report and the run (set-up, threads,
 //! tear-down); `worker` is one thread's data path.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +35,7 @@ use serde::Serialize;
 use super::conn::Target;
 use super::hist::Percentiles;
 use super::setup::{self, Alloc, Auth, Step};
-use super::{Error, Result, ServerUsage};
+use super::{Error, MachineUsage, Result, ServerUsage};
 
 mod worker;
 
@@ -38,6 +46,15 @@ use worker::{Clock, Flow, Stats, Worker};
 pub enum Mode {
     C2c,
     Echo,
+}
+
+/// The address family of the relayed addresses the allocations ask for
+/// (REQUESTED-ADDRESS-FAMILY).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayFamily {
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +99,19 @@ pub struct RelayOpts {
     pub timeout: Duration,
     pub server_pid: Option<u32>,
     pub threads: usize,
+    /// Echo mode: the address the echo peers bind to (each socket's port
+    /// chosen by the kernel); `None`: loopback of the server's family.
+    pub peer_bind: Option<IpAddr>,
+    /// Echo mode: open the echo peers' sockets inside this named network
+    /// namespace (`ip netns add NAME`; needs root).
+    pub peer_netns: Option<String>,
+    /// Echo mode: how many echo peer sockets (allocation i talks to peer
+    /// i mod `peers`); `None`: one per thread. As many as allocations
+    /// gives every allocation a peer endpoint of its own.
+    pub peers: Option<usize>,
+    /// The relayed addresses' family, asked for in every Allocate; `None`:
+    /// not asked (the server's default, IPv4).
+    pub relay_family: Option<RelayFamily>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -138,6 +168,11 @@ pub struct RelayReport {
     pub loss_pct: f64,
     pub rtt_us: Percentiles,
     pub server: Option<ServerUsage>,
+    /// The whole machine's CPU over the measured window (`/proc/stat`;
+    /// null where it cannot be read), per relayed message: generator,
+    /// server and the kernel's softirq work together.
+    #[serde(default)]
+    pub machine: Option<MachineUsage>,
     /// The generator's own CPU seconds (all threads) in the measured window.
     pub generator_cpu_s: f64,
     /// Round trips the pacer skipped in the measured window because the
@@ -150,12 +185,16 @@ pub struct RelayReport {
     /// usually happens: a server (or generator) socket that overflowed.
     pub kernel_udp_rcvbuf_errors: Option<u64>,
     pub totals: Totals,
+    /// Echo mode: the echo peers' addresses (what the allocations are
+    /// permitted and channel-bound to); empty in c2c.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
     pub setup_s: f64,
     pub teardown_failures: usize,
     pub definitions: String,
 }
 
-const DEFINITIONS: &str = "one round trip = 2 relayed messages (c2c: A->B via the server, B echoes B->A; echo: client->peer, peer->client). offered = round trips started + echoes sent in the measured window; relayed = messages of those round trips that arrived on the far side; loss = round trips not back within the timeout; server CPU per relayed message = server utime+stime over the measured window / relayed";
+const DEFINITIONS: &str = "one round trip = 2 relayed messages (c2c: A->B via the server, B echoes B->A; echo: client->peer, peer->client). offered = round trips started + echoes sent in the measured window; relayed = messages of those round trips that arrived on the far side; loss = round trips not back within the timeout; server CPU per relayed message = server utime+stime over the measured window / relayed; machine CPU per relayed message = user+nice+system+irq+softirq of all CPUs (/proc/stat) over the measured window / relayed";
 
 impl RelayOpts {
     fn check(&self) -> Result<()> {
@@ -191,6 +230,26 @@ impl RelayOpts {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(10) {
             return Err(Error("--timeout must be 1 ms..=10 s".into()));
         }
+        if self.mode != Mode::Echo
+            && (self.peer_bind.is_some() || self.peer_netns.is_some() || self.peers.is_some())
+        {
+            return Err(Error(
+                "--peer-bind, --peer-netns and --peers are for --mode echo (c2c has no external peer)"
+                    .into(),
+            ));
+        }
+        if let Some(n) = self.peers {
+            if n == 0 || n > self.allocations {
+                return Err(Error("--peers must be 1..=--allocations".into()));
+            }
+        }
+        if let Some(ip) = self.peer_bind {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(Error(format!(
+                    "--peer-bind {ip}: the echo peers need one unicast address (the allocations are permitted to it)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -205,24 +264,24 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         Mode::Echo => o.allocations,
     });
     let setup_start = crate::clock::instant();
-    // Echo peers, one per thread.
-    let mut peers: Vec<UdpSocket> = Vec::new();
-    if o.mode == Mode::Echo {
-        let ip = if o.target.server.is_ipv4() {
-            "127.0.0.1:0"
-        } else {
-            "[::1]:0"
-        };
-        for _ in 0..threads {
-            let s = UdpSocket::bind(ip)?;
-            let r = socket2::SockRef::from(&s);
-            let _ = r.set_recv_buffer_size(4 << 20);
-            let _ = r.set_send_buffer_size(4 << 20);
-            s.set_nonblocking(true)?;
-            peers.push(s);
-        }
-    }
+    // Echo peers: one per thread, or --peers of them.
+    let peers = if o.mode == Mode::Echo {
+        echo_peers(&o, o.peers.unwrap_or(threads))?
+    } else {
+        Vec::new()
+    };
+    let peer_sockaddrs: Vec<SocketAddr> = peers
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<std::io::Result<_>>()?;
     let mut allocs = setup::connect_all(&o.target, o.allocations, &o.auth)?;
+    let family = o.relay_family.map(|f| match f {
+        RelayFamily::Ipv4 => turnpike_proto::wire::attr::FAMILY_IPV4,
+        RelayFamily::Ipv6 => turnpike_proto::wire::attr::FAMILY_IPV6,
+    });
+    for a in &mut allocs {
+        a.family = family;
+    }
     let budget = Duration::from_secs(30) + Duration::from_millis(5 * o.allocations as u64);
     if let Err(e) = setup::drive_all(
         &mut allocs,
@@ -239,11 +298,21 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         .iter()
         .map(|a| a.relayed.expect("every allocation succeeded"))
         .collect();
+    if let (Some(p), Some(r)) = (peer_sockaddrs.first(), relayed.first()) {
+        if p.is_ipv4() != r.is_ipv4() {
+            super::allocs::teardown(&mut allocs, 64);
+            return Err(Error(format!(
+                "the echo peers ({}) and the relayed addresses ({}) are of different families: pick --peer-bind and --relay-family to match",
+                p.ip(),
+                r.ip()
+            )));
+        }
+    }
     // Who talks to whom, and which thread owns each allocation.
     let peer_of = |i: usize| -> SocketAddr {
         match o.mode {
             Mode::C2c => relayed[i ^ 1],
-            Mode::Echo => peers[i % threads].local_addr().expect("bound"),
+            Mode::Echo => peer_sockaddrs[i % peer_sockaddrs.len()],
         }
     };
     let thread_of = |i: usize| match o.mode {
@@ -277,14 +346,18 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         .map(|_| Worker {
             allocs: Vec::new(),
             flows: Vec::new(),
-            peer: None,
-            peer_gso: turnpike_sys::batch::UdpSocketState::new(true),
+            peers: Vec::new(),
             opts: o.clone(),
             rate: None,
         })
         .collect();
-    for (t, p) in peers.into_iter().enumerate() {
-        workers[t].peer = Some(p);
+    // Peer socket k is served by thread k mod threads (any thread may
+    // echo for any allocation: the echo goes back to the relay it came
+    // from).
+    for (k, p) in peers.into_iter().enumerate() {
+        workers[k % threads]
+            .peers
+            .push((p, turnpike_sys::batch::UdpSocketState::new(true)));
     }
     let mut global_index: Vec<Vec<usize>> = vec![Vec::new(); threads];
     for (i, a) in allocs.into_iter().enumerate() {
@@ -341,11 +414,13 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
     };
     sleep_until(t_measure);
     let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let mach0 = turnpike_sys::procfs::machine_cpu_per_cpu().ok();
     let gen0 = turnpike_sys::procfs::self_cpu_s();
     let drops0 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w0 = clock.ns();
     sleep_until(t_stop);
     let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose();
+    let mach1 = turnpike_sys::procfs::machine_cpu_per_cpu().ok();
     let gen1 = turnpike_sys::procfs::self_cpu_s();
     let drops1 = turnpike_sys::procfs::udp_rcvbuf_errors();
     let w1 = clock.ns();
@@ -429,12 +504,51 @@ pub fn relay(opts: RelayOpts) -> Result<RelayReport> {
         round_trips: rt,
         rtt_us: Percentiles::of_ns(&stats.hist),
         server,
+        machine: mach0
+            .zip(mach1)
+            .map(|(a, b)| MachineUsage::new(&a, &b, window_s, stats.relayed)),
         generator_cpu_s: gen1 - gen0,
         generator_skipped: stats.skipped,
         kernel_udp_rcvbuf_errors: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
         totals: stats.totals,
+        peers: peer_sockaddrs,
         setup_s,
         teardown_failures,
         definitions: DEFINITIONS.into(),
     })
+}
+
+/// The echo peers: `n` non-blocking UDP sockets, bound to
+/// `peer_bind` (or loopback of the server's family), created inside
+/// `peer_netns` when given.
+fn echo_peers(o: &RelayOpts, n: usize) -> Result<Vec<UdpSocket>> {
+    let ip = o.peer_bind.unwrap_or(if o.target.server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    });
+    let open = || -> Result<Vec<UdpSocket>> {
+        (0..n)
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| {
+                    Error(format!(
+                        "binding an echo peer to {ip}{}: {e}",
+                        o.peer_netns
+                            .as_deref()
+                            .map(|n| format!(" in network namespace {n}"))
+                            .unwrap_or_default()
+                    ))
+                })?;
+                let r = socket2::SockRef::from(&s);
+                let _ = r.set_recv_buffer_size(4 << 20);
+                let _ = r.set_send_buffer_size(4 << 20);
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .collect()
+    };
+    match &o.peer_netns {
+        None => open(),
+        Some(ns) => turnpike_sys::netns::run_in(ns, open).map_err(|e| Error(e.to_string()))?,
+    }
 }

@@ -18,8 +18,9 @@ use turnpike_proto::wire::{ChannelData, Class, FrameKind, Message, Method, Trans
 use turnpike_sys::batch::{RecvBatch, SendBatch};
 use turnpike_sys::epoll::{Epoll, Interest};
 
-/// The epoll token of the echo peer's socket (flows use their index).
-const PEER_TOKEN: u64 = u64::MAX;
+/// The epoll token of echo peer socket `k` is `PEER_TOKEN + k` (flows use
+/// their index, far below).
+const PEER_TOKEN: u64 = 1 << 62;
 
 /// What a worker knows about one allocation.
 pub(super) struct Flow {
@@ -46,9 +47,9 @@ pub(super) struct Stats {
 pub(super) struct Worker {
     pub(super) allocs: Vec<Alloc>,
     pub(super) flows: Vec<Flow>,
-    pub(super) peer: Option<UdpSocket>,
-    /// GSO state of the echo peer's socket.
-    pub(super) peer_gso: turnpike_sys::batch::UdpSocketState,
+    /// The echo peer sockets this thread serves (echo mode), each with
+    /// its GSO state.
+    pub(super) peers: Vec<(UdpSocket, turnpike_sys::batch::UdpSocketState)>,
     pub(super) opts: Arc<RelayOpts>,
     /// Originated round trips per second for this worker (paced).
     pub(super) rate: Option<f64>,
@@ -143,8 +144,8 @@ impl Worker {
         for (i, f) in self.flows.iter().enumerate() {
             let _ = ep.add(self.allocs[f.alloc].conn.fd(), i as u64, Interest::Read);
         }
-        if let Some(p) = &self.peer {
-            let _ = ep.add(p.as_raw_fd(), PEER_TOKEN, Interest::Read);
+        for (k, (p, _)) in self.peers.iter().enumerate() {
+            let _ = ep.add(p.as_raw_fd(), PEER_TOKEN + k as u64, Interest::Read);
         }
         let mut rb = RecvBatch::new(0, MAX_SIZE + 64, 0);
         let mut arena: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -249,8 +250,8 @@ impl Worker {
                 Err(_) => break,
             };
             for tok in ready {
-                if tok == PEER_TOKEN {
-                    self.peer_echo(&mut rb, &mut st);
+                if tok >= PEER_TOKEN {
+                    self.peer_echo((tok - PEER_TOKEN) as usize, &mut rb, &mut st);
                     continue;
                 }
                 let fi = tok as usize;
@@ -388,8 +389,10 @@ impl Worker {
         st.totals.send_drops += dropped;
     }
 
-    fn peer_echo(&mut self, rb: &mut RecvBatch, st: &mut Stats) {
-        let Some(p) = &self.peer else { return };
+    fn peer_echo(&mut self, k: usize, rb: &mut RecvBatch, st: &mut Stats) {
+        let Some((p, gso)) = self.peers.get(k) else {
+            return;
+        };
         let fd = p.as_raw_fd();
         for _ in 0..4 {
             let got = match rb.recv(fd) {
@@ -410,7 +413,7 @@ impl Worker {
                 }
                 sb.push(&slot[..len], from);
             }
-            let dropped = sb.flush(fd, &self.peer_gso);
+            let dropped = sb.flush(fd, gso);
             st.totals.send_drops += dropped as u64;
             if got < turnpike_sys::batch::BATCH {
                 return;
