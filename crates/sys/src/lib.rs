@@ -15,6 +15,8 @@
 //! * [`caps`]: capability sets; giving `CAP_NET_BIND_SERVICE` up for good.
 //! * [`alloc`]: a counting global allocator for zero-allocation tests.
 //! * `tokio` (feature `tokio`): registering a raw socket with tokio.
+//! * [`xdp`]: the XDP fast path's loader (issue 15): the program built from
+//!   `bpf/relay.bpf.c`, its attachments, routes and counters.
 //!
 //! Linux only, like the server.
 
@@ -34,6 +36,7 @@ pub mod procfs;
 pub mod sockopt;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod xdp;
 
 use std::net::SocketAddr;
 
