@@ -63,6 +63,7 @@ pub(super) fn deliver<'d>(
             // A request may have created or ended an allocation: log it
             // before the client hears.
             log_events(core);
+            super::fastpath::apply(core, &shard.fastpath);
             to_client(shard, from, start..out.len(), out, start, batch);
         }
         ClientOutput::ToClient { ft, range } => to_client(shard, &ft, range, out, start, batch),

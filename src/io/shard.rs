@@ -24,6 +24,8 @@ use turnpike_proto::core::{
 pub(crate) struct Sockets {
     /// Whether UDP sockets start with GSO on (`[server] udp_gso`).
     pub gso: bool,
+    /// The XDP fast path (issue 15), shared by every shard.
+    pub(super) fastpath: Arc<super::fastpath::Slot>,
     pub(super) udp: Vec<(socket2::Socket, SocketAddr)>,
     pub(super) stream: Vec<(
         socket2::Socket,
@@ -69,6 +71,8 @@ pub(crate) struct Shard {
     pub gso: bool,
     /// The door of the TCP and TLS listeners, shared by every shard.
     pub gate: Arc<super::gate::Gate>,
+    /// The XDP fast path (issue 15), shared by every shard.
+    pub fastpath: Arc<super::fastpath::Slot>,
 }
 
 impl Shard {
@@ -105,7 +109,9 @@ impl Shard {
 
     /// Log allocation events the core queued (see [`log_events`]).
     pub(super) fn drain_events(&self) {
-        log_events(&mut self.core.borrow_mut());
+        let mut core = self.core.borrow_mut();
+        log_events(&mut core);
+        super::fastpath::apply(&mut core, &self.fastpath);
     }
 }
 
@@ -208,7 +214,14 @@ pub(crate) fn run(
             held,
             gso: sockets.gso,
             gate,
+            fastpath: sockets.fastpath,
         });
+        if shard.fastpath.attached() {
+            shard
+                .core
+                .borrow_mut()
+                .set_fastpath(crate::clock::now(), true);
+        }
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
             let std_sock: std::net::UdpSocket = s.into();
@@ -306,8 +319,11 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
             let _ = done.send(ended);
         }
         Control::Sessions(tx) => {
-            let _ = tx.send(core.sessions(now));
+            let mut sessions = core.sessions(now);
+            shard.fastpath.add_to_sessions(&mut sessions);
+            let _ = tx.send(sessions);
         }
+        Control::Fastpath(on) => core.set_fastpath(now, on),
         Control::Delete(id, tx) => {
             let found = core.delete_session(id, now, &mut ShellIo { shard });
             let _ = tx.send(found);
