@@ -637,3 +637,148 @@ fn without_capabilities_auto_runs_and_xdp_refuses() {
         "one warning: {err}"
     );
 }
+
+/// Whether an XDP program is attached to `dev` in `ns`.
+fn xdp_attached(ns: &Ns, dev: &str) -> bool {
+    ns.ip(&["link", "show", "dev", dev]).contains("prog/xdp")
+}
+
+fn reload(server: &TestServer, toml: &str, n: usize) {
+    std::fs::write(server.config_path(), toml).unwrap();
+    turnpike_sys::process::kill(server.pid() as i32, libc::SIGHUP).unwrap();
+    server.wait_for_stderr("the reload", IO_TIMEOUT, |t| {
+        t.matches("reloaded on SIGHUP").count() >= n
+    });
+}
+
+/// A reload that turns the fast path off detaches the program and tells
+/// the shard, which relays on in user space; one that turns it on again
+/// attaches it and mirrors the live channels. A SIGKILLed server leaves
+/// nothing attached (nothing is pinned: the links die with the process).
+#[test]
+fn reload_detaches_and_reattaches_and_sigkill_leaves_nothing_attached() {
+    let Some(lab) = build_lab("xdprel") else {
+        return;
+    };
+    let on = config("xdp", "");
+    let server = lab.srv.start_turnpike(&on);
+    server.wait_for_line(&["XDP fast path attached", "s-p"], START_TIMEOUT);
+    assert!(xdp_attached(&lab.srv, "s-c") && xdp_attached(&lab.srv, "s-p"));
+    let net = &v4();
+    let peer = lab.peer.udp_bind(net.peer);
+    let mut c = client(&lab, net);
+    let relayed = allocate(&mut c, &alice(), net);
+    c.channel_bind(CH, net.peer).unwrap();
+    let round = |c: &mut TurnClient, tag: &str| {
+        c.send_channel_data(CH, tag.as_bytes());
+        expect_marker(&peer, tag.as_bytes());
+        let back = format!("{tag}-back");
+        peer.send_to(back.as_bytes(), relayed).unwrap();
+        expect_marker_at_client(c, back.as_bytes());
+    };
+    round(&mut c, "warm");
+    round(&mut c, "fast");
+    let fast = fast_counts(&lab, &server);
+    assert_eq!(fast, (1, 2));
+
+    reload(&server, &config("off", ""), 1);
+    server.wait_for_line(&["XDP fast path detached"], IO_TIMEOUT);
+    assert!(!xdp_attached(&lab.srv, "s-c") && !xdp_attached(&lab.srv, "s-p"));
+    round(&mut c, "user");
+    // The totals keep what the detached program relayed.
+    assert_eq!(fast_counts(&lab, &server), fast);
+    let s = lab.srv.in_ns(|| scrape(server.http_addr()));
+    assert_eq!(counter(&s, "turnpike_relayed_packets_total", "to_peer"), 3);
+
+    reload(&server, &on, 2);
+    common::ops::wait_until("the program attached again", IO_TIMEOUT, || {
+        (xdp_attached(&lab.srv, "s-c") && xdp_attached(&lab.srv, "s-p")).then_some(())
+    });
+    // The live channel was mirrored again; the new program learns the
+    // MACs from the first datagram each way.
+    round(&mut c, "relearn");
+    round(&mut c, "fast-again");
+    let after = fast_counts(&lab, &server);
+    assert_eq!(after, (fast.0 + 1, fast.1 + 2));
+
+    turnpike_sys::process::kill(server.pid() as i32, libc::SIGKILL).unwrap();
+    common::ops::wait_until("the links to go with the process", IO_TIMEOUT, || {
+        (!xdp_attached(&lab.srv, "s-c") && !xdp_attached(&lab.srv, "s-p")).then_some(())
+    });
+}
+
+/// ChannelData the user-space path would refuse, or that the program is
+/// not sure of, is left to user space (XDP_PASS), which decides as it
+/// always does: a padded message (legal over UDP) is relayed there, the
+/// rest is dropped; the bystander channel keeps running through the
+/// program.
+#[test]
+fn malformed_and_padded_channel_data_is_left_to_user_space() {
+    let Some(lab) = build_lab("xdpbad") else {
+        return;
+    };
+    let server = lab.srv.start_turnpike(&config("xdp", ""));
+    server.wait_for_line(&["XDP fast path attached", "s-p"], START_TIMEOUT);
+    let net = &v4();
+    let peer = lab.peer.udp_bind(net.peer);
+    let mut c = client(&lab, net);
+    let relayed = allocate(&mut c, &alice(), net);
+    c.channel_bind(CH, net.peer).unwrap();
+    c.send_channel_data(CH, b"warm");
+    expect_marker(&peer, b"warm");
+    peer.send_to(b"warm-back", relayed).unwrap();
+    expect_marker_at_client(&mut c, b"warm-back");
+    let base = fast_counts(&lab, &server);
+
+    let ch = CH.to_be_bytes();
+    let hostile: [Vec<u8>; 6] = [
+        // Declares 10 bytes, carries 5.
+        [&ch[..], &[0, 10], b"abcde"].concat(),
+        // More than padding after 3 bytes.
+        [&ch[..], &[0, 3], b"abcdefghi"].concat(),
+        // A header cut short.
+        ch.to_vec(),
+        // An unbound channel.
+        [&[0x40, 0x07][..], &[0, 3], b"xyz"].concat(),
+        // Above RFC 8656's range (0x5000).
+        [&[0x50, 0x00][..], &[0, 3], b"xyz"].concat(),
+        // Padded to four (legal over UDP): user space relays its 3 bytes.
+        [&ch[..], &[0, 3], b"pad\0"].concat(),
+    ];
+    for h in &hostile {
+        c.send_raw(h);
+    }
+    let (got, _) = recv(&peer);
+    assert_eq!(got, b"pad", "only the padded message is relayed, unpadded");
+    c.send_indication(net.peer, b"marker");
+    expect_marker(&peer, b"marker");
+    assert_eq!(
+        fast_counts(&lab, &server),
+        base,
+        "the program relayed none of them"
+    );
+    // The bystander channel still runs through the program.
+    c.send_channel_data(CH, b"still-fast");
+    expect_marker(&peer, b"still-fast");
+    assert_eq!(fast_counts(&lab, &server), (base.0 + 1, base.1));
+    // Peer → client grows by the 4-byte header: a datagram that would
+    // then exceed the interfaces' MTU (1500) is left to user space.
+    let fits = vec![7u8; 1500 - 20 - 8 - 4];
+    peer.send_to(&fits, relayed).unwrap();
+    expect_marker_at_client(&mut c, &fits);
+    assert_eq!(fast_counts(&lab, &server), (base.0 + 1, base.1 + 1));
+    let too_big = vec![8u8; fits.len() + 1];
+    peer.send_to(&too_big, relayed).unwrap();
+    c.send_indication(net.peer, b"marker-2");
+    expect_marker(&peer, b"marker-2");
+    assert_eq!(
+        fast_counts(&lab, &server),
+        (base.0 + 1, base.1 + 1),
+        "the program relayed a datagram past the MTU"
+    );
+    let s = lab.srv.in_ns(|| scrape(server.http_addr()));
+    assert!(
+        s.value_or_zero("turnpike_dropped_packets_total", &[("reason", "malformed")]) >= 3.0,
+        "user space dropped the malformed ones"
+    );
+}

@@ -81,4 +81,5 @@ impl PlainC for libc::iovec {}
 impl PlainC for libc::mmsghdr {}
 impl PlainC for libc::epoll_event {}
 impl PlainC for libc::rusage {}
+impl PlainC for libc::ifreq {}
 impl<T: PlainC, const N: usize> PlainC for [T; N] {}

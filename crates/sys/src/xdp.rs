@@ -394,13 +394,30 @@ impl Fastpath {
     }
 }
 
-/// `/sys/class/net/IFACE/mtu`.
+/// The interface's MTU, asked of the kernel (SIOCGIFMTU) in this
+/// thread's network namespace (/sys may show another namespace's).
 fn interface_mtu(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    use std::os::fd::AsRawFd;
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+    let mut req: libc::ifreq = crate::zeroed();
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid, writable ifreq whose name is NUL-terminated
+    // (zeroed, and the name is shorter than IFNAMSIZ); SIOCGIFMTU reads the
+    // name and writes the MTU into it, nothing else.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU succeeded, so it wrote the union's `ifru_mtu`
+    // member (and any bytes are a valid c_int anyway).
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).ok()
 }
 
 #[cfg(turnpike_xdp)]
@@ -639,6 +656,22 @@ mod tests {
             ..r
         };
         assert!(!mixed.one_family());
+    }
+
+    #[test]
+    fn loopback_mtu_is_read_from_the_kernel() {
+        let mtu = interface_mtu("lo").expect("lo exists");
+        assert!(mtu >= 1280, "lo MTU {mtu}");
+        assert_eq!(interface_mtu("no-such-if0"), None);
+        assert_eq!(interface_mtu("a-name-far-too-long-for-linux"), None);
+    }
+
+    #[test]
+    fn a_build_without_the_program_names_the_packages() {
+        let e = Error::NotBuilt.to_string();
+        assert!(e.contains("clang") && e.contains("libbpf-dev"), "{e}");
+        let e = Error::Load("EPERM".into()).to_string();
+        assert!(e.contains("CAP_BPF") && e.contains("CAP_NET_ADMIN"), "{e}");
     }
 
     #[test]
