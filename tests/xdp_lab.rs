@@ -392,10 +392,20 @@ fn the_fast_path_relays_what_user_space_relays_byte_for_byte_ipv4_and_ipv6() {
         assert_eq!(session["packets_from_peer"], sent, "{session}");
     }
     let all_bytes: u64 = reference.iter().map(|r| r.1).sum();
+    let all_back: u64 = reference.iter().map(|r| r.2).sum();
     let s = lab.srv.in_ns(|| scrape(fast.http_addr()));
     assert_eq!(
         counter(&s, "turnpike_relayed_bytes_total", "to_peer"),
         all_bytes
+    );
+    assert_eq!(
+        counter(&s, "turnpike_relayed_bytes_total", "to_client"),
+        all_back
+    );
+    // The "allocation ended" lines (Refresh 0 ended both) count both paths.
+    assert_eq!(
+        common::logged_traffic(&fast.stderr_text()),
+        (all_bytes, all_back)
     );
 }
 
@@ -781,4 +791,43 @@ fn malformed_and_padded_channel_data_is_left_to_user_space() {
         s.value_or_zero("turnpike_dropped_packets_total", &[("reason", "malformed")]) >= 3.0,
         "user space dropped the malformed ones"
     );
+}
+
+/// Client and peer behind the same server interface: the program sends
+/// each datagram back out of the interface it came in on (XDP_TX), both
+/// ways, with the listener and the relay on one address.
+#[test]
+fn client_and_peer_on_one_interface_are_served_with_xdp_tx() {
+    let Some(lab) = build_lab("xdptx") else {
+        return;
+    };
+    lab.cli.add_addr("c-s", "10.10.1.3/24");
+    let toml = config("xdp", "")
+        .replace("bind_ip = \"10.10.2.1\"", "bind_ip = \"10.10.1.1\"")
+        .replace(
+            "allow_peers = [\"10.10.2.0/24\", \"fd00:2::/64\"]",
+            "allow_peers = [\"10.10.1.3/32\"]",
+        )
+        .replace("interfaces = [\"s-c\", \"s-p\"]", "interfaces = [\"s-c\"]");
+    let server = lab.srv.start_turnpike(&toml);
+    server.wait_for_line(&["XDP fast path attached", "s-c", "driver"], START_TIMEOUT);
+    let net = &v4();
+    let peer_addr: SocketAddr = "10.10.1.3:7000".parse().unwrap();
+    let peer = lab.cli.udp_bind(peer_addr);
+    let mut c = client(&lab, net);
+    let relayed = allocate(&mut c, &alice(), net);
+    assert_eq!(relayed.ip().to_string(), "10.10.1.1");
+    c.channel_bind(CH, peer_addr).unwrap();
+    for i in 0..5u8 {
+        let out = payload(50 + usize::from(i), i);
+        c.send_channel_data(CH, &out);
+        let (got, from) = recv(&peer);
+        assert_eq!((got, from), (out, relayed));
+        let back = payload(70 + usize::from(i), 200 + i);
+        peer.send_to(&back, relayed).unwrap();
+        expect_marker_at_client(&mut c, &back);
+    }
+    // All but the very first datagram (it taught the program the
+    // client's MAC) went through the program.
+    assert_eq!(fast_counts(&lab, &server), (4, 5));
 }

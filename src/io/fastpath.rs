@@ -12,7 +12,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use turnpike_proto::core::{FastRoute, FastpathOp, Server, SessionInfo};
+use turnpike_proto::core::{FastRoute, FastpathOp, Server, SessionInfo, Traffic};
 use turnpike_sys::xdp::{self, DirStats};
 
 use crate::config::{Fastpath as FastpathConfig, FastpathMode};
@@ -147,10 +147,12 @@ pub(crate) fn attach(cfg: &FastpathConfig, slot: &Slot) -> Result<bool, Fastpath
 
 /// Apply the routes `core` queued to the program. Without a program the
 /// queue is drained and dropped (the core mirrors only while told a
-/// program is there, so this is a reload's window).
-pub(crate) fn apply(core: &mut Server, slot: &Slot) {
+/// program is there, so this is a reload's window). Returns what the
+/// program relayed for allocations that ended (their log lines add it).
+pub(crate) fn apply(core: &mut Server, slot: &Slot) -> Vec<(u64, Traffic)> {
+    let mut ended = Vec::new();
     let Some(first) = core.poll_fastpath() else {
-        return;
+        return ended;
     };
     let mut g = slot.lock();
     let mut op = Some(first);
@@ -166,12 +168,22 @@ pub(crate) fn apply(core: &mut Server, slot: &Slot) {
                 }
                 FastpathOp::Remove(r) => fp.remove(&route(&r)),
                 FastpathOp::Ended { alloc_id } => {
-                    fp.forget_allocation(alloc_id);
+                    let s = fp.forget_allocation(alloc_id);
+                    ended.push((
+                        alloc_id,
+                        Traffic {
+                            packets_out: s.out.packets,
+                            bytes_out: s.out.bytes,
+                            packets_in: s.in_.packets,
+                            bytes_in: s.in_.bytes,
+                        },
+                    ));
                 }
             }
         }
         op = core.poll_fastpath();
     }
+    ended
 }
 
 /// A core route as the program's maps hold it: the expiry moved onto

@@ -16,7 +16,7 @@ use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
 use turnpike_proto::core::{
-    ClientAddr, Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup,
+    ClientAddr, Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup, Traffic,
 };
 
 /// The sockets handed to one shard.
@@ -110,8 +110,8 @@ impl Shard {
     /// Log allocation events the core queued (see [`log_events`]).
     pub(super) fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
-        log_events(&mut core);
-        super::fastpath::apply(&mut core, &self.fastpath);
+        let fast = super::fastpath::apply(&mut core, &self.fastpath);
+        log_events(&mut core, &fast);
     }
 }
 
@@ -119,7 +119,10 @@ impl Shard {
 /// was handled (before its response goes out), after timers, control
 /// requests and closed connections, so lines come in the order things
 /// happened and the core's bounded queue never fills.
-pub(crate) fn log_events(core: &mut Server) {
+///
+/// An ended allocation's traffic adds what the XDP fast path relayed for
+/// it (`fast`: by allocation id, from [`super::fastpath::apply`]).
+pub(crate) fn log_events(core: &mut Server, fast: &[(u64, Traffic)]) {
     let redact = core.config().redact_client_ips;
     let client = |a: SocketAddr| {
         if redact {
@@ -153,8 +156,15 @@ pub(crate) fn log_events(core: &mut Server) {
                 username,
                 reason,
                 duration,
-                traffic,
-            } => tracing::info!(
+                mut traffic,
+            } => {
+                if let Some((_, f)) = fast.iter().find(|(i, _)| *i == id) {
+                    traffic.packets_out += f.packets_out;
+                    traffic.bytes_out += f.bytes_out;
+                    traffic.packets_in += f.packets_in;
+                    traffic.bytes_in += f.bytes_in;
+                }
+                tracing::info!(
                 id,
                 user = %super::log_safe(&username),
                 client = %client(ft.client.0),
@@ -166,7 +176,8 @@ pub(crate) fn log_events(core: &mut Server) {
                 bytes_to_peer = traffic.bytes_out,
                 bytes_from_peer = traffic.bytes_in,
                 "allocation ended"
-            ),
+                )
+            }
         }
     }
 }
