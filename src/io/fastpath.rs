@@ -145,6 +145,27 @@ pub(crate) fn attach(cfg: &FastpathConfig, slot: &Slot) -> Result<bool, Fastpath
     }
 }
 
+/// The program writes the listener's and the relay's addresses into the
+/// packets it relays, so allocations on a wildcard address stay on the
+/// user-space path: say so once at start.
+pub(crate) fn warn_if_wildcards(cfg: &crate::config::Config) {
+    let wild_relay = [cfg.relay.bind_ip, cfg.relay.bind_ip6]
+        .into_iter()
+        .flatten()
+        .any(|ip| ip.is_unspecified());
+    let wild_listener = cfg
+        .listen
+        .iter()
+        .any(|l| l.transport == crate::config::Transport::Udp && l.addr.ip().is_unspecified());
+    if wild_relay || wild_listener {
+        tracing::warn!(
+            wild_relay,
+            wild_listener,
+            "XDP fast path: allocations on a wildcard relay.bind_ip(6) or UDP listener address stay on the user-space path; use this host's addresses"
+        );
+    }
+}
+
 /// Apply the routes `core` queued to the program. Without a program the
 /// queue is drained and dropped (the core mirrors only while told a
 /// program is there, so this is a reload's window). Returns what the

@@ -337,7 +337,9 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     }
     let gate = Arc::new(gate::Gate::new(conn_limits));
     let fastpath = Arc::new(fastpath::Slot::default());
-    fastpath::attach(&cfg.fastpath, &fastpath)?;
+    if fastpath::attach(&cfg.fastpath, &fastpath)? {
+        fastpath::warn_if_wildcards(cfg);
+    }
     for (id, mut sockets) in per_shard.into_iter().enumerate() {
         sockets.fastpath = fastpath.clone();
         let c = Arc::new(Counters::default());

@@ -78,7 +78,7 @@ impl fmt::Display for Error {
         match self {
             Error::NotBuilt => write!(
                 f,
-                "this build has no XDP program: install {MISSING_PACKAGES} and rebuild"
+                "this build has no XDP program ({MISSING_PACKAGES} were missing when it was built)"
             ),
             Error::Load(e) => write!(
                 f,
