@@ -232,9 +232,10 @@ fn client(lab: &XdpLab, net: &Net) -> TurnClient {
     TurnClient::udp_on(sock, net.listener)
 }
 
+/// Allocate a relay of `net`'s peers' family.
 fn allocate(c: &mut TurnClient, creds: &Credentials, net: &Net) -> SocketAddr {
     let opts = AllocateOptions {
-        family: Some(if net.listener.is_ipv6() {
+        family: Some(if net.peer.is_ipv6() {
             attr::FAMILY_IPV6
         } else {
             attr::FAMILY_IPV4
@@ -308,15 +309,19 @@ fn counter(s: &Scrape, name: &str, dir: &str) -> u64 {
 
 /// The exchange of [`exchange`] for one family with `mode`; returns the
 /// transcript, the scrape after it, and the session's JSON.
+/// The exchange between a client of `client_net`'s family and a peer of
+/// `peer_net`'s (on an allocation of that family: 4↔6 when they differ).
 fn run(
     lab: &XdpLab,
     server: &TestServer,
-    net: &Net,
+    client_net: &Net,
+    peer_net: &Net,
 ) -> (Transcript, Scrape, serde_json::Value, u64, u64) {
-    let peer = lab.peer.udp_bind(net.peer);
-    let mut c = client(lab, net);
-    let relayed = allocate(&mut c, &alice(), net);
-    c.channel_bind(CH, net.peer).unwrap();
+    let peer = lab.peer.udp_bind(peer_net.peer);
+    let mut c = client(lab, client_net);
+    let relayed = allocate(&mut c, &alice(), peer_net);
+    assert_eq!(relayed.is_ipv6(), peer_net.peer.is_ipv6());
+    c.channel_bind(CH, peer_net.peer).unwrap();
     let (t, up, down) = exchange(&mut c, &peer, relayed);
     let http = server.http_addr();
     let s = lab.srv.in_ns(|| scrape(http));
@@ -336,15 +341,24 @@ fn run(
 }
 
 #[test]
-fn the_fast_path_relays_what_user_space_relays_byte_for_byte_ipv4_and_ipv6() {
+fn the_fast_path_relays_what_user_space_relays_byte_for_byte_ipv4_ipv6_and_4to6() {
     let Some(lab) = build_lab("xdpeq") else {
         return;
     };
+    // (client, peer and allocation) families; whether the peer's MAC is
+    // still to be learned (the program learns it from the peer's first
+    // datagram, so the first one to it goes through user space).
+    let cases = [
+        (v4(), v4(), true),
+        (v6(), v6(), true),
+        (v4(), v6(), false),
+        (v6(), v4(), false),
+    ];
     // User space alone, then the same against the fast path.
     let user = lab.srv.start_turnpike(&config("off", ""));
     let mut reference = Vec::new();
-    for net in [&v4(), &v6()] {
-        let (t, s, _, up, down) = run(&lab, &user, net);
+    for (cn, pn, _) in &cases {
+        let (t, s, _, up, down) = run(&lab, &user, cn, pn);
         assert_eq!(counter(&s, "turnpike_fastpath_packets_total", "to_peer"), 0);
         reference.push((t, up, down));
     }
@@ -355,28 +369,31 @@ fn the_fast_path_relays_what_user_space_relays_byte_for_byte_ipv4_and_ipv6() {
     fast.wait_for_line(&["XDP fast path attached", "s-p", "driver"], START_TIMEOUT);
     let n = SIZES.len() as u64;
     let mut expect_fast = (0u64, 0u64);
-    for (net, (ref_t, ref_up, ref_down)) in [v4(), v6()].iter().zip(&reference) {
-        let (t, s, session, up, down) = run(&lab, &fast, net);
+    for (k, ((cn, pn, learn_peer), (ref_t, ref_up, ref_down))) in
+        cases.iter().zip(&reference).enumerate()
+    {
+        let case = format!("client {} peer {}", cn.listener, pn.peer);
+        let (t, s, session, up, down) = run(&lab, &fast, cn, pn);
         // Byte for byte, from the same addresses, on the same channel
         // (the relayed port may differ between the two servers).
         assert_eq!(t.len(), ref_t.len());
         for (a, b) in t.iter().zip(ref_t) {
-            assert_eq!((&a.0, a.2), (&b.0, b.2), "{:?}", net.listener);
+            assert_eq!((&a.0, a.2), (&b.0, b.2), "{case}");
             assert_eq!(a.1.ip(), b.1.ip());
         }
         assert_eq!((up, down), (*ref_up, *ref_down));
         // The warm-up's first datagram teaches the program the client's
-        // MAC and goes through user space; the peer's answer teaches it
-        // the peer's and is already relayed by the program; every later
-        // datagram, both ways, too.
-        expect_fast.0 += n;
+        // MAC, and goes through user space while the peer's is unknown;
+        // the peer's answer teaches it the peer's and is already relayed
+        // by the program; every later datagram, both ways, too.
+        expect_fast.0 += if *learn_peer { n } else { n + 1 };
         expect_fast.1 += n + 1;
         let fast_peer = counter(&s, "turnpike_fastpath_packets_total", "to_peer");
         let fast_client = counter(&s, "turnpike_fastpath_packets_total", "to_client");
-        assert_eq!((fast_peer, fast_client), expect_fast, "{:?}", net.listener);
+        assert_eq!((fast_peer, fast_client), expect_fast, "{case}");
         // Relayed totals count both paths: every datagram sent, once.
         let sent = n + 1;
-        let done = if net.listener.is_ipv6() { 2 } else { 1 };
+        let done = k as u64 + 1;
         assert_eq!(
             counter(&s, "turnpike_relayed_packets_total", "to_peer"),
             sent * done

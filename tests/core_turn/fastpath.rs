@@ -208,3 +208,28 @@ fn turning_the_fast_path_off_forgets_without_queuing() {
     h.server.set_fastpath(h.now, true);
     assert_eq!(ops(&mut h).len(), 1);
 }
+
+#[test]
+fn an_ipv4_client_on_an_ipv6_allocation_is_mirrored_too() {
+    // The harness relays IPv6 on the wildcard: give it an address.
+    let mut cfg = base_config("");
+    cfg.relay.bind_ip6 = Some("2001:db8::10".parse().unwrap());
+    let mut h = harness_cfg(cfg, 42);
+    h.server.set_fastpath(h.now, true);
+    let ft = udp("198.51.100.7:40000");
+    let (s, relayed, _) = h.allocate(
+        &ft,
+        alice(),
+        AllocateOptions {
+            family: Some(attr::FAMILY_IPV6),
+            ..Default::default()
+        },
+    );
+    assert!(relayed.is_ipv6());
+    assert_eq!(h.channel_bind(&ft, &s, CH, "[2001:db8::20]:7000"), 200);
+    let o = ops(&mut h);
+    assert_eq!(o.len(), 1, "{o:?}");
+    let r = install(&o[0]);
+    assert!(r.client.0.is_ipv4() && r.listener.is_ipv4());
+    assert!(r.relay.is_ipv6() && r.peer.0.is_ipv6());
+}

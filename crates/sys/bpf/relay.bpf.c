@@ -14,12 +14,17 @@
 //    channel (map `p2c`): a 4-byte ChannelData header is prepended and
 //    IP/UDP rewritten to listener -> client.
 //
+// IPv4 and IPv6, and 4<->6 (a client of one family on an allocation of
+// the other: the IP header is replaced whole, the UDP checksum updated for
+// the new pseudo-header).
+//
 // Not handled here (XDP_PASS): VLAN tags, IPv4 options or fragments, IPv6
-// extension headers, a zero IPv6 UDP checksum, padded ChannelData (legal
-// over UDP, left to user space), 4<->6 and relay -> relay (the core never
-// mirrors those), a datagram that would grow past the MTU in the `config`
-// map, and any entry whose expiry (CLOCK_MONOTONIC ns, the clock Rust's
-// Instant reads on Linux) has passed.
+// extension headers, a zero IPv6 UDP checksum (and a zero IPv4 one bound
+// for IPv6), padded ChannelData (legal over UDP, left to user space),
+// relay -> relay (the core never mirrors it), a frame with bytes after the
+// datagram (Ethernet padding), a datagram that would grow past the MTU in
+// the `config` map, and any entry whose expiry (CLOCK_MONOTONIC ns, the
+// clock Rust's Instant reads on Linux) has passed.
 //
 // Next hops: bpf_fib_lookup refuses while forwarding is off (a TURN host's
 // default), so the program learns, per IP address, the source MAC, the
@@ -63,7 +68,8 @@ struct c2p_val {
 	__u8 peer[16];
 	__u16 relay_port;
 	__u16 peer_port;
-	__u32 pad;
+	__u8 family; // of relay and peer (the client's may differ: 4<->6)
+	__u8 pad[3];
 	__u64 expires_ns;
 	__u64 alloc_id;
 };
@@ -83,7 +89,8 @@ struct p2c_val {
 	__u16 client_port;
 	__u16 listener_port;
 	__u16 channel;
-	__u16 pad;
+	__u8 family; // of client and listener
+	__u8 pad;
 	__u64 expires_ns;
 	__u64 alloc_id;
 };
@@ -331,15 +338,23 @@ static __always_inline int emit(struct xdp_md *ctx, __u8 family, const struct ne
 	return bpf_redirect(n->ifindex, 0);
 }
 
+static __always_inline __u32 ip_hdr_len(__u8 family)
+{
+	return family == FAMILY_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+}
+
 // The UDP checksum after replacing addresses, ports and length (and
 // removing or adding the 4 ChannelData header bytes `cd`).
-static __always_inline __u16 update_check(const struct pkt *p, const __u8 *src, const __u8 *dst,
-					  __u16 sport, __u16 dport, __u16 new_len,
-					  const __u16 *cd_removed, const __u16 *cd_added)
+static __always_inline __u16 update_check(const struct pkt *p, __u8 out_family, const __u8 *src,
+					  const __u8 *dst, __u16 sport, __u16 dport,
+					  __u16 new_len, const __u16 *cd_removed,
+					  const __u16 *cd_added)
 {
 	if (p->udp_check == 0)
-		return 0; // IPv4 without a checksum stays without one
+		return 0; // IPv4 without a checksum stays without one (the callers
+			  // pass such a datagram bound for IPv6 to user space)
 	int words = p->family == FAMILY_V4 ? 2 : 8;
+	int out_words = out_family == FAMILY_V4 ? 2 : 8;
 	__u32 sum = (__u16)~p->udp_check;
 	sum = sub_addr(sum, p->src, words);
 	sum = sub_addr(sum, p->dst, words);
@@ -348,8 +363,8 @@ static __always_inline __u16 update_check(const struct pkt *p, const __u8 *src, 
 	// The length appears twice: the pseudo-header and the UDP header.
 	sum = sub16(sum, bpf_htons(p->udp_len));
 	sum = sub16(sum, bpf_htons(p->udp_len));
-	sum = add_addr(sum, src, words);
-	sum = add_addr(sum, dst, words);
+	sum = add_addr(sum, src, out_words);
+	sum = add_addr(sum, dst, out_words);
 	sum = add16(sum, sport);
 	sum = add16(sum, dport);
 	sum = add16(sum, bpf_htons(new_len));
@@ -405,6 +420,14 @@ static __always_inline int client_to_peer(struct xdp_md *ctx, struct pkt *p)
 		return XDP_PASS; // next hop not learned yet
 
 	struct neigh_val hop = *n;
+	__u8 out_family = v->family;
+	// 4->6: the datagram grows by 20 bytes of header.
+	if (out_family != p->family) {
+		if (p->udp_check == 0)
+			return XDP_PASS; // IPv6 needs a checksum: user space
+		if (ip_hdr_len(out_family) + sizeof(struct udphdr) + len > mtu_limit())
+			return XDP_PASS;
+	}
 	__u8 src[16] __attribute__((aligned(8)));
 	__u8 dst[16] __attribute__((aligned(8)));
 	copy16(src, v->relay);
@@ -412,13 +435,15 @@ static __always_inline int client_to_peer(struct xdp_md *ctx, struct pkt *p)
 	__u16 sport = v->relay_port, dport = v->peer_port;
 	__u64 id = v->alloc_id;
 	__u16 new_len = sizeof(struct udphdr) + len;
-	__u16 check = update_check(p, src, dst, sport, dport, new_len, cd_words, 0);
+	__u16 check = update_check(p, out_family, src, dst, sport, dport, new_len, cd_words, 0);
 
-	// Strip the 4 header bytes: the headers are rewritten whole below.
-	if (bpf_xdp_adjust_head(ctx, CD_HDR))
+	// Strip the 4 header bytes (and move the start by the change of IP
+	// header size): the headers are rewritten whole below.
+	int delta = CD_HDR + (int)ip_hdr_len(p->family) - (int)ip_hdr_len(out_family);
+	if (bpf_xdp_adjust_head(ctx, delta))
 		return XDP_PASS;
 	count(0, id, len);
-	return emit(ctx, p->family, &hop, src, dst, sport, dport, len, check);
+	return emit(ctx, out_family, &hop, src, dst, sport, dport, len, check);
 }
 
 static __always_inline int peer_to_client(struct xdp_md *ctx, struct pkt *p)
@@ -439,8 +464,10 @@ static __always_inline int peer_to_client(struct xdp_md *ctx, struct pkt *p)
 	if (p->udp_len < sizeof(struct udphdr))
 		return XDP_PASS;
 	__u32 len = (__u32)p->udp_len - sizeof(struct udphdr);
-	__u32 ip_hdr = p->family == FAMILY_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
-	if (ip_hdr + sizeof(struct udphdr) + CD_HDR + len > mtu_limit())
+	__u8 out_family = v->family;
+	if (out_family != p->family && p->udp_check == 0)
+		return XDP_PASS;
+	if (ip_hdr_len(out_family) + sizeof(struct udphdr) + CD_HDR + len > mtu_limit())
 		return XDP_PASS; // would not fit the link: user space decides
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
@@ -461,14 +488,15 @@ static __always_inline int peer_to_client(struct xdp_md *ctx, struct pkt *p)
 	cd_words[0] = v->channel;
 	cd_words[1] = bpf_htons((__u16)len);
 	__u16 new_len = sizeof(struct udphdr) + CD_HDR + len;
-	__u16 check = update_check(p, src, dst, sport, dport, new_len, 0, cd_words);
+	__u16 check = update_check(p, out_family, src, dst, sport, dport, new_len, 0, cd_words);
 
-	if (bpf_xdp_adjust_head(ctx, -CD_HDR))
+	int delta = (int)ip_hdr_len(p->family) - (int)ip_hdr_len(out_family) - CD_HDR;
+	if (bpf_xdp_adjust_head(ctx, delta))
 		return XDP_PASS;
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	__u8 *cd;
-	if (p->family == FAMILY_V4) {
+	if (out_family == FAMILY_V4) {
 		cd = data + sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
 	} else {
 		cd = data + sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
@@ -477,7 +505,7 @@ static __always_inline int peer_to_client(struct xdp_md *ctx, struct pkt *p)
 		return XDP_ABORTED;
 	__builtin_memcpy(cd, cd_words, 4);
 	count(1, id, len);
-	return emit(ctx, p->family, &hop, src, dst, sport, dport, CD_HDR + len, check);
+	return emit(ctx, out_family, &hop, src, dst, sport, dport, CD_HDR + len, check);
 }
 
 SEC("xdp")

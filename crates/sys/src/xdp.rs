@@ -100,7 +100,8 @@ impl std::error::Error for Error {}
 /// on `channel` from `client` to `listener` goes from `relay` to `peer`;
 /// a datagram from `peer` to `relay` goes from `listener` to `client`
 /// with that channel's header. Until `expires_ns` (CLOCK_MONOTONIC).
-/// Addresses of one family (the core mirrors nothing else).
+/// Client and listener of one family, relay and peer of one (4↔6 when
+/// the two differ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     pub client: SocketAddr,
@@ -152,7 +153,8 @@ struct C2pVal {
     peer: [u8; 16],
     relay_port: u16,
     peer_port: u16,
-    pad: u32,
+    family: u8,
+    pad: [u8; 3],
     expires_ns: u64,
     alloc_id: u64,
 }
@@ -176,7 +178,8 @@ struct P2cVal {
     client_port: u16,
     listener_port: u16,
     channel: u16,
-    pad: u16,
+    family: u8,
+    pad: u8,
     expires_ns: u64,
     alloc_id: u64,
 }
@@ -236,17 +239,21 @@ fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
 }
 
 impl Route {
+    /// The family of the client's side (client and listener).
     fn family(&self) -> u8 {
         addr_bytes(self.client.ip()).1
     }
 
-    /// Whether all four addresses are of one family (the program relays
-    /// nothing else).
-    pub fn one_family(&self) -> bool {
-        let f = self.family();
-        [self.listener, self.relay, self.peer]
-            .iter()
-            .all(|a| addr_bytes(a.ip()).1 == f)
+    /// The family of the peer's side (relay and peer).
+    fn peer_family(&self) -> u8 {
+        addr_bytes(self.peer.ip()).1
+    }
+
+    /// Whether client and listener are of one family, and relay and peer
+    /// of one (the two may differ: 4↔6).
+    pub fn consistent(&self) -> bool {
+        addr_bytes(self.listener.ip()).1 == self.family()
+            && addr_bytes(self.relay.ip()).1 == self.peer_family()
     }
 
     fn c2p_key(&self) -> C2pKey {
@@ -267,7 +274,8 @@ impl Route {
             peer: addr_bytes(self.peer.ip()).0,
             relay_port: self.relay.port().to_be(),
             peer_port: self.peer.port().to_be(),
-            pad: 0,
+            family: self.peer_family(),
+            pad: [0; 3],
             expires_ns: self.expires_ns,
             alloc_id: self.alloc_id,
         }
@@ -279,7 +287,7 @@ impl Route {
             relay: addr_bytes(self.relay.ip()).0,
             peer_port: self.peer.port().to_be(),
             relay_port: self.relay.port().to_be(),
-            family: self.family(),
+            family: self.peer_family(),
             pad: [0; 3],
         }
     }
@@ -291,6 +299,7 @@ impl Route {
             client_port: self.client.port().to_be(),
             listener_port: self.listener.port().to_be(),
             channel: self.channel.to_be(),
+            family: self.family(),
             pad: 0,
             expires_ns: self.expires_ns,
             alloc_id: self.alloc_id,
@@ -357,9 +366,10 @@ impl Fastpath {
     /// Install or refresh a route (both directions) and the allocation's
     /// counters (kept if they exist).
     pub fn install(&mut self, r: &Route) -> Result<(), Error> {
-        if !r.one_family() {
+        if !r.consistent() {
             return Err(Error::Map(
-                "a route's addresses must be of one family".into(),
+                "a route's client and listener, and its relay and peer, must each be of one family"
+                    .into(),
             ));
         }
         self.inner.install(r)
@@ -650,12 +660,23 @@ mod tests {
         assert_eq!(k.client_port.to_ne_bytes(), 5000u16.to_be_bytes());
         assert_eq!(k.channel.to_ne_bytes(), [0x40, 0x01]);
         assert_eq!(k.family, FAMILY_V4);
-        assert!(r.one_family());
+        assert!(r.consistent());
+        // 4↔6: an IPv4 client on an IPv6 allocation.
         let mixed = Route {
+            relay: "[2001:db8::2]:50000".parse().unwrap(),
             peer: "[2001:db8::1]:9".parse().unwrap(),
             ..r
         };
-        assert!(!mixed.one_family());
+        assert!(mixed.consistent());
+        assert_eq!(mixed.c2p_key().family, FAMILY_V4);
+        assert_eq!(mixed.c2p_val().family, FAMILY_V6);
+        assert_eq!(mixed.p2c_key().family, FAMILY_V6);
+        assert_eq!(mixed.p2c_val().family, FAMILY_V4);
+        let broken = Route {
+            peer: "[2001:db8::1]:9".parse().unwrap(),
+            ..r
+        };
+        assert!(!broken.consistent());
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! * a UDP client (TCP/TLS framing stays in user space);
 //! * no bandwidth cap: capped allocations stay on the user-space path,
 //!   where their token bucket is charged;
-//! * client, relay and peer of one family (4↔6 stays in user space);
+//! * relay and peer of one family (always so: a permission is only for
+//!   the allocation's family); the client may be of the other (4↔6);
 //! * concrete listener and relay addresses (a wildcard one cannot be
 //!   written into a packet);
 //! * a peer the peer policy allows now (checked at every sync, so a reload
@@ -176,8 +177,7 @@ impl Server {
         if a.ft.transport != Transport::Udp
             || !a.bucket.unlimited()
             || a.expires <= now
-            || Family::of(a.ft.client.0) != family
-            || Family::of(a.ft.server) != family
+            || Family::of(a.ft.client.0) != Family::of(a.ft.server)
             || a.relay.ip().is_unspecified()
             || a.ft.server.ip().is_unspecified()
         {
