@@ -857,3 +857,81 @@ fn client_and_peer_on_one_interface_are_served_with_xdp_tx() {
     // client's MAC) went through the program.
     assert_eq!(fast_counts(&lab, &server), (4, 5));
 }
+
+/// Relay → relay: two clients of this server, each with a channel to the
+/// other's relay. The program hands each ChannelData straight to the
+/// other client (its own header for the other's), what user space would
+/// send, byte for byte; here with an IPv4 and an IPv6 client on IPv4
+/// relays.
+#[test]
+fn relay_to_relay_goes_straight_to_the_other_client() {
+    let Some(lab) = build_lab("xdprr") else {
+        return;
+    };
+    let pair = |server: &TestServer| {
+        let mut a = client(&lab, &v4());
+        let mut b = client(&lab, &v6());
+        let a_relay = allocate(&mut a, &alice(), &v4());
+        let b_relay = allocate(&mut b, &alice(), &v4());
+        a.channel_bind(CH, b_relay).unwrap();
+        b.channel_bind(CH + 1, a_relay).unwrap();
+        let mut seen = Vec::new();
+        for i in 0..6u8 {
+            let ab = payload(20 + usize::from(i) * 7, i);
+            a.send_channel_data(CH, &ab);
+            match b.recv() {
+                Incoming::Channel { number, data, .. } => {
+                    assert_eq!((number, &data), (CH + 1, &ab));
+                    seen.push(data);
+                }
+                other => panic!("B expected ChannelData, got {other:?}"),
+            }
+            let ba = payload(30 + usize::from(i) * 11, 100 + i);
+            b.send_channel_data(CH + 1, &ba);
+            match a.recv() {
+                Incoming::Channel { number, data, .. } => {
+                    assert_eq!((number, &data), (CH, &ba));
+                    seen.push(data);
+                }
+                other => panic!("A expected ChannelData, got {other:?}"),
+            }
+        }
+        let s = lab.srv.in_ns(|| scrape(server.http_addr()));
+        let _ = a.refresh(Some(0));
+        let _ = b.refresh(Some(0));
+        (seen, s)
+    };
+    let user = lab.srv.start_turnpike(&config("off", ""));
+    let (reference, s) = pair(&user);
+    assert_eq!(
+        s.value_or_zero("turnpike_relayed_local_total", &[]) as u64,
+        12,
+        "user space relays it relay to relay"
+    );
+    drop(user);
+
+    let fast = lab.srv.start_turnpike(&config("xdp", ""));
+    fast.wait_for_line(&["XDP fast path attached", "s-c"], START_TIMEOUT);
+    let (seen, s) = pair(&fast);
+    assert_eq!(seen, reference);
+    // A's first datagram goes through user space (the program does not
+    // know B's MAC yet); every datagram after, both ways, is the
+    // program's: counted out of one relay and in to the other's client.
+    assert_eq!(
+        (
+            counter(&s, "turnpike_fastpath_packets_total", "to_peer"),
+            counter(&s, "turnpike_fastpath_packets_total", "to_client")
+        ),
+        (11, 11)
+    );
+    assert_eq!(counter(&s, "turnpike_relayed_packets_total", "to_peer"), 12);
+    assert_eq!(
+        counter(&s, "turnpike_relayed_packets_total", "to_client"),
+        12
+    );
+    assert_eq!(
+        s.value_or_zero("turnpike_relayed_local_total", &[]) as u64,
+        1,
+        "only the first went through the core"
+    );
+}

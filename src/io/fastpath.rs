@@ -216,6 +216,7 @@ fn route(r: &FastRoute) -> xdp::Route {
         relay: r.relay,
         peer: r.peer.0,
         channel: r.channel.0,
+        peer_is_relay: r.to_relay,
         expires_ns: crate::clock::monotonic_ns_at(r.expires),
         alloc_id: r.alloc_id,
     }

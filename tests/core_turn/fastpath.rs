@@ -233,3 +233,25 @@ fn an_ipv4_client_on_an_ipv6_allocation_is_mirrored_too() {
     assert!(r.client.0.is_ipv4() && r.listener.is_ipv4());
     assert!(r.relay.is_ipv6() && r.peer.0.is_ipv6());
 }
+
+#[test]
+fn relay_to_relay_is_mirrored_only_where_relays_are_not_behind_nat() {
+    // No public_ip: relays are advertised at their bound address.
+    let mut cfg = base_config("");
+    cfg.relay.public_ip = None;
+    let mut h = harness_cfg(cfg, 42);
+    let (s, ft) = bound(&mut h);
+    assert_eq!(h.channel_bind(&ft, &s, CH, "192.0.2.10:50050"), 200);
+    let o = ops(&mut h);
+    assert_eq!(o.len(), 1, "{o:?}");
+    let r = install(&o[0]);
+    assert!(r.to_relay);
+    // An ordinary peer is not marked.
+    assert_eq!(h.channel_bind(&ft, &s, CH + 1, PEER), 200);
+    let o = ops(&mut h);
+    assert!(!install(&o[0]).to_relay);
+    // A port of the relay's address outside the relay range is refused by
+    // the policy: nothing to mirror.
+    assert_eq!(h.channel_bind(&ft, &s, CH + 2, "192.0.2.10:9"), 403);
+    assert!(ops(&mut h).is_empty());
+}

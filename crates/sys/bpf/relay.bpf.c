@@ -16,12 +16,15 @@
 //
 // IPv4 and IPv6, and 4<->6 (a client of one family on an allocation of
 // the other: the IP header is replaced whole, the UDP checksum updated for
-// the new pseudo-header).
+// the new pseudo-header). And relay -> relay: ChannelData from a client to
+// another relay of this server goes straight to that relay's client when
+// its channel allows it (both routes mirrored).
 //
 // Not handled here (XDP_PASS): VLAN tags, IPv4 options or fragments, IPv6
 // extension headers, a zero IPv6 UDP checksum (and a zero IPv4 one bound
 // for IPv6), padded ChannelData (legal over UDP, left to user space),
-// relay -> relay (the core never mirrors it), a frame with bytes after the
+// relay -> relay where relays are advertised at another address than
+// they are bound to (1:1 NAT: the core mirrors no such route), a frame with bytes after the
 // datagram (Ethernet padding), a datagram that would grow past the MTU in
 // the `config` map, and any entry whose expiry (CLOCK_MONOTONIC ns, the
 // clock Rust's Instant reads on Linux) has passed.
@@ -49,6 +52,8 @@
 #define FAMILY_V4 4
 #define FAMILY_V6 6
 #define CD_HDR 4
+// The peer is another relay of this server (relay -> relay).
+#define FLAG_PEER_IS_RELAY 1
 
 // Keys and values: layouts shared with crates/sys/src/xdp.rs (repr(C)).
 // Addresses: 16 bytes, an IPv4 address in the first 4 (rest zero). Ports
@@ -69,7 +74,8 @@ struct c2p_val {
 	__u16 relay_port;
 	__u16 peer_port;
 	__u8 family; // of relay and peer (the client's may differ: 4<->6)
-	__u8 pad[3];
+	__u8 flags; // FLAG_PEER_IS_RELAY
+	__u8 pad[2];
 	__u64 expires_ns;
 	__u64 alloc_id;
 };
@@ -381,6 +387,68 @@ static __always_inline __u16 update_check(const struct pkt *p, __u8 out_family, 
 	return c ? c : 0xffff;
 }
 
+// Relay -> relay: ChannelData from a client whose channel's peer is
+// another relay of this server goes straight to that relay's client, as
+// ChannelData on its channel bound to the first relay (map `p2c`, keyed
+// by the first relay's address as the peer: the core mirrors such routes
+// only where relays are advertised at their bound addresses). The
+// message keeps its length (one 4-byte header for another); only the
+// IP header may change size (4<->6 on the receiving client's side).
+static __always_inline int relay_to_relay(struct xdp_md *ctx, struct pkt *p,
+					  const struct c2p_val *v, __u32 len,
+					  const __u16 *cd_in)
+{
+	struct p2c_key k = {};
+	copy16(k.peer, v->relay);
+	copy16(k.relay, v->peer);
+	k.peer_port = v->relay_port;
+	k.relay_port = v->peer_port;
+	k.family = v->family;
+	struct p2c_val *w = bpf_map_lookup_elem(&p2c, &k);
+	if (!w)
+		return XDP_PASS;
+	if (bpf_ktime_get_ns() >= w->expires_ns)
+		return XDP_PASS;
+	struct neigh_val *n = bpf_map_lookup_elem(&neigh, w->client);
+	if (!n)
+		return XDP_PASS;
+	struct neigh_val hop = *n;
+	__u8 out_family = w->family;
+	if (out_family != p->family && p->udp_check == 0)
+		return XDP_PASS;
+	if (ip_hdr_len(out_family) + sizeof(struct udphdr) + CD_HDR + len > mtu_limit())
+		return XDP_PASS;
+	__u8 src[16] __attribute__((aligned(8)));
+	__u8 dst[16] __attribute__((aligned(8)));
+	copy16(src, w->listener);
+	copy16(dst, w->client);
+	__u16 sport = w->listener_port, dport = w->client_port;
+	__u64 from_id = v->alloc_id, to_id = w->alloc_id;
+	__u16 cd_words[2];
+	cd_words[0] = w->channel;
+	cd_words[1] = cd_in[1]; // the same length
+	__u16 new_len = p->udp_len;
+	__u16 check = update_check(p, out_family, src, dst, sport, dport, new_len, cd_in, cd_words);
+
+	int delta = (int)ip_hdr_len(p->family) - (int)ip_hdr_len(out_family);
+	if (delta && bpf_xdp_adjust_head(ctx, delta))
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *cd;
+	if (out_family == FAMILY_V4) {
+		cd = data + sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
+	} else {
+		cd = data + sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
+	}
+	if ((void *)(cd + CD_HDR) > end)
+		return XDP_ABORTED;
+	__builtin_memcpy(cd, cd_words, 4);
+	count(0, from_id, len);
+	count(1, to_id, len);
+	return emit(ctx, out_family, &hop, src, dst, sport, dport, CD_HDR + len, check);
+}
+
 static __always_inline int client_to_peer(struct xdp_md *ctx, struct pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
@@ -415,6 +483,8 @@ static __always_inline int client_to_peer(struct xdp_md *ctx, struct pkt *p)
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
 	learn(ctx, eth, p->src);
+	if (v->flags & FLAG_PEER_IS_RELAY)
+		return relay_to_relay(ctx, p, v, len, cd_words);
 	struct neigh_val *n = bpf_map_lookup_elem(&neigh, v->peer);
 	if (!n)
 		return XDP_PASS; // next hop not learned yet

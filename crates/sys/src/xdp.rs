@@ -109,6 +109,10 @@ pub struct Route {
     pub relay: SocketAddr,
     pub peer: SocketAddr,
     pub channel: u16,
+    /// The peer is another relay of this server, advertised at its bound
+    /// address: the program hands the data straight to that relay's
+    /// client when it has a route from this relay (relay → relay).
+    pub peer_is_relay: bool,
     pub expires_ns: u64,
     /// The allocation's admin id: its per-allocation counters.
     pub alloc_id: u64,
@@ -133,6 +137,7 @@ pub struct AllocStats {
 // The maps' layouts: the structs of relay.bpf.c, field for field.
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
+const FLAG_PEER_IS_RELAY: u8 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,7 +159,8 @@ struct C2pVal {
     relay_port: u16,
     peer_port: u16,
     family: u8,
-    pad: [u8; 3],
+    flags: u8,
+    pad: [u8; 2],
     expires_ns: u64,
     alloc_id: u64,
 }
@@ -275,7 +281,12 @@ impl Route {
             relay_port: self.relay.port().to_be(),
             peer_port: self.peer.port().to_be(),
             family: self.peer_family(),
-            pad: [0; 3],
+            flags: if self.peer_is_relay {
+                FLAG_PEER_IS_RELAY
+            } else {
+                0
+            },
+            pad: [0; 2],
             expires_ns: self.expires_ns,
             alloc_id: self.alloc_id,
         }
@@ -651,6 +662,7 @@ mod tests {
             relay: "192.0.2.2:50000".parse().unwrap(),
             peer: "198.51.100.7:9".parse().unwrap(),
             channel: 0x4001,
+            peer_is_relay: false,
             expires_ns: 1,
             alloc_id: 7,
         };

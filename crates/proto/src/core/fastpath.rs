@@ -22,7 +22,10 @@
 //!   written into a packet);
 //! * a peer the peer policy allows now (checked at every sync, so a reload
 //!   that denies a peer removes its routes) and that is not one of this
-//!   server's own relays (relay → relay stays in the core's own routing).
+//!   server's own addresses, unless it is one of its relays advertised at
+//!   its bound address (relay → relay: the program matches one relay's
+//!   route to the other's; behind 1:1 NAT, where peers know relays by
+//!   another address, relay → relay stays in the core's own routing).
 //!
 //! Routes are re-synced after every request on the allocation
 //! (ChannelBind, CreatePermission, Refresh: an install with the new
@@ -51,6 +54,10 @@ pub struct FastRoute {
     pub relay: SocketAddr,
     pub peer: PeerAddr,
     pub channel: ChannelNumber,
+    /// The peer is one of this server's relays (relay → relay): the
+    /// program hands the data to that relay's client, by its route from
+    /// this relay.
+    pub to_relay: bool,
     /// Until then (monotonic): min(channel, permission, allocation).
     pub expires: Instant,
 }
@@ -185,9 +192,10 @@ impl Server {
         }
         for ch in a.channels.iter().filter(|c| c.active(now)) {
             let peer = ch.peer;
+            let to_relay = self.is_relay_address(peer);
             if Family::of(peer.0) != family
                 || !self.cfg.policy.allows_peer(peer.0)
-                || self.is_own_address(peer)
+                || (self.is_own_address(peer) && !(to_relay && self.relays_unnatted(family)))
             {
                 continue;
             }
@@ -205,10 +213,20 @@ impl Server {
                 relay: a.relay,
                 peer,
                 channel: ch.number,
+                to_relay,
                 expires: ch.expires.min(perm.expires).min(a.expires),
             });
         }
         out
+    }
+
+    /// Whether relays of `family` are advertised at the address they are
+    /// bound to (so a relay's peers know it by the address its packets
+    /// carry).
+    fn relays_unnatted(&self, family: Family) -> bool {
+        self.cfg
+            .relay(family)
+            .is_some_and(|f| f.bind == f.advertised && !f.bind.is_unspecified())
     }
 
     /// Whether `peer` is on one of this server's relay addresses (any
