@@ -935,3 +935,49 @@ fn relay_to_relay_goes_straight_to_the_other_client() {
         "only the first went through the core"
     );
 }
+
+/// A datagram on the wire that claims to come from one of our relays is
+/// forged (the kernel drops a local source arriving from outside): the
+/// program leaves it to the kernel even where a relay → relay route from
+/// that relay exists.
+#[test]
+fn a_datagram_forging_a_relay_source_is_never_relayed() {
+    let Some(lab) = build_lab("xdpforge") else {
+        return;
+    };
+    let fast = lab.srv.start_turnpike(&config("xdp", ""));
+    fast.wait_for_line(&["XDP fast path attached", "s-p"], START_TIMEOUT);
+    let mut a = client(&lab, &v4());
+    let mut b = client(&lab, &v4());
+    let a_relay = allocate(&mut a, &alice(), &v4());
+    let b_relay = allocate(&mut b, &alice(), &v4());
+    a.channel_bind(CH, b_relay).unwrap();
+    b.channel_bind(CH, a_relay).unwrap();
+    // Warm up both ways, so the program knows both clients.
+    a.send_channel_data(CH, b"a1");
+    expect_marker_at_client(&mut b, b"a1");
+    b.send_channel_data(CH, b"b1");
+    expect_marker_at_client(&mut a, b"b1");
+    let before = fast_counts(&lab, &fast);
+
+    // The forger: A's relay address in the peer namespace, with its local
+    // route removed so that datagrams from it to B's relay leave on the
+    // wire towards the server.
+    lab.peer.ip(&["addr", "add", "10.10.2.1/32", "dev", "lo"]);
+    let forger = lab.peer.udp_bind(a_relay);
+    lab.peer.ip(&[
+        "route",
+        "del",
+        "local",
+        "10.10.2.1",
+        "dev",
+        "lo",
+        "table",
+        "local",
+    ]);
+    forger.send_to(b"forged", b_relay).unwrap();
+    // Then a real datagram from A: B gets it and nothing before it.
+    a.send_channel_data(CH, b"a2");
+    expect_marker_at_client(&mut b, b"a2");
+    assert_eq!(fast_counts(&lab, &fast), (before.0 + 1, before.1 + 1));
+}

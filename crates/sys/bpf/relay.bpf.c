@@ -96,7 +96,7 @@ struct p2c_val {
 	__u16 listener_port;
 	__u16 channel;
 	__u8 family; // of client and listener
-	__u8 pad;
+	__u8 flags; // FLAG_PEER_IS_RELAY: matched by relay_to_relay only
 	__u64 expires_ns;
 	__u64 alloc_id;
 };
@@ -528,6 +528,11 @@ static __always_inline int peer_to_client(struct xdp_md *ctx, struct pkt *p)
 	k.family = p->family;
 	struct p2c_val *v = bpf_map_lookup_elem(&p2c, &k);
 	if (!v)
+		return XDP_PASS;
+	// A datagram on the wire "from" one of our relays is forged: the
+	// kernel drops a local source arriving from outside (a martian), and
+	// so must we leave it to the kernel.
+	if (v->flags & FLAG_PEER_IS_RELAY)
 		return XDP_PASS;
 	if (bpf_ktime_get_ns() >= v->expires_ns)
 		return XDP_PASS;

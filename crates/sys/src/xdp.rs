@@ -185,7 +185,7 @@ struct P2cVal {
     listener_port: u16,
     channel: u16,
     family: u8,
-    pad: u8,
+    flags: u8,
     expires_ns: u64,
     alloc_id: u64,
 }
@@ -262,6 +262,14 @@ impl Route {
             && addr_bytes(self.relay.ip()).1 == self.peer_family()
     }
 
+    fn flags(&self) -> u8 {
+        if self.peer_is_relay {
+            FLAG_PEER_IS_RELAY
+        } else {
+            0
+        }
+    }
+
     fn c2p_key(&self) -> C2pKey {
         C2pKey {
             client: addr_bytes(self.client.ip()).0,
@@ -281,11 +289,7 @@ impl Route {
             relay_port: self.relay.port().to_be(),
             peer_port: self.peer.port().to_be(),
             family: self.peer_family(),
-            flags: if self.peer_is_relay {
-                FLAG_PEER_IS_RELAY
-            } else {
-                0
-            },
+            flags: self.flags(),
             pad: [0; 2],
             expires_ns: self.expires_ns,
             alloc_id: self.alloc_id,
@@ -311,7 +315,7 @@ impl Route {
             listener_port: self.listener.port().to_be(),
             channel: self.channel.to_be(),
             family: self.family(),
-            pad: 0,
+            flags: self.flags(),
             expires_ns: self.expires_ns,
             alloc_id: self.alloc_id,
         }
