@@ -25,12 +25,14 @@ fn main() {
         println!(
             "cargo:warning=XDP fast path not built: clang not found (apt-get install clang libbpf-dev)"
         );
+        rerun_after_package_installs();
         return;
     }
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
         println!(
             "cargo:warning=XDP fast path not built: libbpf headers not found (apt-get install libbpf-dev)"
         );
+        rerun_after_package_installs();
         return;
     }
     let mut cmd = Command::new(&clang);
@@ -47,6 +49,17 @@ fn main() {
     // a bug to fix, not a reason to ship without the fast path.
     assert!(status.success(), "clang failed to compile {SOURCE}");
     println!("cargo:rustc-cfg=turnpike_xdp");
+}
+
+/// Built without the program: build again once packages change (CI runs
+/// clippy before its test script installs clang and libbpf-dev; the
+/// tests must then get the program). dpkg's status file changes with
+/// every install; elsewhere, `cargo clean -p turnpike-sys` does it.
+fn rerun_after_package_installs() {
+    const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+    if Path::new(DPKG_STATUS).exists() {
+        println!("cargo:rerun-if-changed={DPKG_STATUS}");
+    }
 }
 
 /// `/usr/include/$(gcc -print-multiarch)`, else the target's triple guess.
