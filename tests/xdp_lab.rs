@@ -85,7 +85,8 @@ fn v6() -> Net {
 fn pass_program() -> &'static PathBuf {
     static OBJ: OnceLock<PathBuf> = OnceLock::new();
     OBJ.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("turnpike-xdp-lab-{}", std::process::id()));
+        // Cargo's scratch directory for integration tests (under target/).
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdp-lab");
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("pass.bpf.c");
         std::fs::write(
