@@ -738,10 +738,57 @@ fn reload_detaches_and_reattaches_and_sigkill_leaves_nothing_attached() {
     let after = fast_counts(&lab, &server);
     assert_eq!(after, (fast.0 + 1, fast.1 + 2));
 
+    // Nothing is pinned: once the process is gone (SIGKILL: no clean-up
+    // of its own), the links and the program itself are gone.
+    let prog_id = xdp_prog_id(&lab.srv, "s-c");
+    assert!(bpftool_knows(&prog_id), "program {prog_id} loaded");
     turnpike_sys::process::kill(server.pid() as i32, libc::SIGKILL).unwrap();
     common::ops::wait_until("the links to go with the process", IO_TIMEOUT, || {
         (!xdp_attached(&lab.srv, "s-c") && !xdp_attached(&lab.srv, "s-p")).then_some(())
     });
+    common::ops::wait_until("the program to be unloaded", IO_TIMEOUT, || {
+        (!bpftool_knows(&prog_id)).then_some(())
+    });
+}
+
+/// The id of the XDP program attached to `dev` (`ip link` shows it).
+fn xdp_prog_id(ns: &Ns, dev: &str) -> String {
+    let out = ns.ip(&["-d", "link", "show", "dev", dev]);
+    let mut words = out.split_whitespace().skip_while(|w| *w != "prog/xdp");
+    words
+        .find(|w| *w == "id")
+        .and_then(|_| words.next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no XDP program id in:\n{out}"))
+}
+
+/// Whether the kernel still holds BPF program `id` (it is unloaded when
+/// nothing holds it: no pin, no link, no descriptor).
+fn bpftool_knows(id: &str) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// An interface without native XDP (loopback) gets the program in
+/// generic mode, and the log names it.
+#[test]
+fn an_interface_without_native_xdp_falls_back_to_generic_mode_by_name() {
+    let Some(lab) = build_lab("xdpgen") else {
+        return;
+    };
+    let toml = config("xdp", "").replace(
+        "interfaces = [\"s-c\", \"s-p\"]",
+        "interfaces = [\"s-c\", \"s-p\", \"lo\"]",
+    );
+    let server = lab.srv.start_turnpike(&toml);
+    let line = server.wait_for_line(&["generic mode", "lo"], START_TIMEOUT);
+    assert!(line.contains("WARN"), "{line}");
+    server.wait_for_line(&["XDP fast path attached", "s-c", "driver"], START_TIMEOUT);
+    assert!(xdp_attached(&lab.srv, "lo"));
 }
 
 /// ChannelData the user-space path would refuse, or that the program is
