@@ -16,8 +16,12 @@ cd "$(dirname "$0")/.."
 #   python3-venv, python3-pip  a venv for kubernetes-validate (Kubernetes
 #                   manifest schemas; Debian's pip refuses system-wide installs)
 #   busybox         runs deploy/kubernetes' render.sh as its busybox init container does
+#   clang, libbpf-dev, bpftool, ethtool  the XDP fast path (issue 15): build and lab
 packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates
-  python3-venv python3-pip busybox)
+  python3-venv python3-pip busybox
+  # issue 15, the XDP fast path: clang + libbpf-dev build the program (so CI
+  # always builds and tests it), bpftool and ethtool set up its lab
+  clang libbpf-dev bpftool ethtool)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -432,3 +432,25 @@ fn unauthenticated_rate_limit_keys() {
     assert_eq!(c.limits.unauth_rate, 0, "0 turns the limit off");
     assert_eq!(c.limits.rate_limit_slots, 64);
 }
+
+/// Issue 15: `[fastpath]`.
+#[test]
+fn fastpath_section() {
+    let base = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:0\"\n[fastpath]\n";
+    refused(
+        &format!("{base}mode = \"xdp\"\n"),
+        &["fastpath.interfaces", "needs the interfaces"],
+    );
+    refused(
+        &format!("{base}mode = \"auto\"\ninterfaces = [\"eth0\", \"eth0\"]\n"),
+        &["fastpath.interfaces[1]", "listed twice"],
+    );
+    refused(
+        &format!("{base}mode = \"auto\"\ninterfaces = [\"a-name-longer-than-15\"]\n"),
+        &["fastpath.interfaces[0]", "not an interface name"],
+    );
+    refused(
+        &format!("{base}mode = \"fast\"\n"),
+        &["line 5", "mode", "fast"],
+    );
+}

@@ -148,6 +148,10 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "log",
     "format",
     "redact_client_ips",
+    // [fastpath] (issue 15: the XDP fast path)
+    "fastpath",
+    "mode",
+    "interfaces",
 ];
 
 /// Whether a key path (or a line) may carry a secret value.

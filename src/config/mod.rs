@@ -63,6 +63,37 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub limits: Limits,
+    /// Issue 15: the XDP fast path.
+    #[serde(default)]
+    pub fastpath: Fastpath,
+}
+
+/// `[fastpath]` (issue 15): relay ChannelData of UDP clients in the kernel
+/// with an XDP program on `interfaces`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fastpath {
+    /// "off" (the default), "auto" or "xdp".
+    pub mode: FastpathMode,
+    /// The interfaces that carry client and peer traffic.
+    pub interfaces: Vec<String>,
+}
+
+/// `fastpath.mode`. Off by default: attaching a program that rewrites
+/// packets at the driver is the operator's decision (it needs
+/// CAP_BPF/CAP_NET_ADMIN and the interfaces named), not a side effect of
+/// an upgrade.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastpathMode {
+    /// User space relays everything.
+    #[default]
+    Off,
+    /// Attach where possible (driver mode, else generic); otherwise one
+    /// warning, and user space relays everything.
+    Auto,
+    /// Attach or refuse to start.
+    Xdp,
 }
 
 /// `[limits]`: what one stranger may cost the server (hardening against

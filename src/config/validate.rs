@@ -45,6 +45,7 @@ impl Config {
         self.validate_policy(file)?;
         self.validate_http(file)?;
         self.validate_rate_limit(file)?;
+        self.validate_fastpath(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -541,6 +542,46 @@ const PLACEHOLDERS: &[&str] = &[
 ];
 
 /// Whether `s` is one of [`PLACEHOLDERS`], or any `change-me…`.
+impl Config {
+    /// `[fastpath]` (issue 15): interface names the kernel could hold,
+    /// each once; `mode = "xdp"` needs at least one.
+    fn validate_fastpath(&self, file: &str) -> Result<(), ConfigError> {
+        let f = &self.fastpath;
+        for (i, name) in f.interfaces.iter().enumerate() {
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', ':'])
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("fastpath.interfaces[{i}]"),
+                    format!("{name:?} is not an interface name"),
+                    "use a name `ip link` shows, e.g. \"eth0\"",
+                ));
+            }
+            if f.interfaces[..i].contains(name) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("fastpath.interfaces[{i}]"),
+                    format!("{name:?} is listed twice"),
+                    "list each interface once",
+                ));
+            }
+        }
+        if f.mode == super::FastpathMode::Xdp && f.interfaces.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "fastpath.interfaces",
+                "mode = \"xdp\" needs the interfaces to attach to",
+                "list the interfaces that carry client and peer traffic, e.g. interfaces = [\"eth0\"]",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn is_placeholder(s: &str) -> bool {
     let n: String = s
         .chars()

@@ -181,6 +181,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.start_unix,
         state.handle.is_draining(),
         state.handle.revocation_count(crate::clock::now().unix),
+        state.handle.fastpath_totals(),
     );
     (
         [(

@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use super::HttpStats;
 use crate::config::Transport;
-use crate::io::{ConnRefusal, ConnStats, ConnTimeout};
+use crate::io::{ConnRefusal, ConnStats, ConnTimeout, FastpathTotals};
 use turnpike_proto::core::counters::{COUNTED_METHODS, RESULT_CODES, TRANSPORTS};
 use turnpike_proto::core::{
     AuthFailureReason, Counters, DropReason, EndReason, Family, RateLimitReason,
@@ -38,6 +38,10 @@ fn gauge_sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> i64) -> f64 {
 
 impl Metrics {
     /// Publish the current totals and render the exposition text.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per source of metrics; a struct would only rename them"
+    )]
     pub fn render(
         &self,
         shards: &[Arc<Counters>],
@@ -46,6 +50,7 @@ impl Metrics {
         start_unix: u64,
         draining: bool,
         revocations: usize,
+        fastpath: FastpathTotals,
     ) -> String {
         metrics::with_local_recorder(&self.recorder, || {
             publish(shards, start_unix, draining);
@@ -53,6 +58,7 @@ impl Metrics {
             metrics::gauge!("turnpike_revocations").set(revocations as f64);
             publish_http(http);
             publish_connections(conns);
+            publish_fastpath(shards, fastpath);
         });
         self.handle.render()
     }
@@ -89,6 +95,32 @@ fn publish_http(h: &HttpStats) {
         .absolute(h.header_timeouts.load(Relaxed));
     counter!("turnpike_http_timeouts_total", "stage" => "idle")
         .absolute(h.idle_timeouts.load(Relaxed));
+}
+
+/// The XDP fast path (issue 15): what the program relayed, by direction,
+/// and folded into the relayed totals, which count both paths (so this
+/// runs after [`publish`] and sets them again).
+fn publish_fastpath(s: &[Arc<Counters>], f: FastpathTotals) {
+    use metrics::counter;
+    for (dir, d, user_packets, user_bytes) in [
+        (
+            "to_peer",
+            f.to_peer,
+            sum(s, |c| c.relayed_packets_out.get()),
+            sum(s, |c| c.relayed_bytes_out.get()),
+        ),
+        (
+            "to_client",
+            f.to_client,
+            sum(s, |c| c.relayed_packets_in.get()),
+            sum(s, |c| c.relayed_bytes_in.get()),
+        ),
+    ] {
+        counter!("turnpike_fastpath_packets_total", "direction" => dir).absolute(d.packets);
+        counter!("turnpike_relayed_packets_total", "direction" => dir)
+            .absolute(user_packets + d.packets);
+        counter!("turnpike_relayed_bytes_total", "direction" => dir).absolute(user_bytes + d.bytes);
+    }
 }
 
 fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {

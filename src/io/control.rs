@@ -22,6 +22,8 @@ pub(crate) enum Control {
     Revocations(Arc<Revocations>, oneshot::Sender<usize>),
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     Delete(u64, oneshot::Sender<bool>),
+    /// The XDP fast path was attached (true) or detached (issue 15).
+    Fastpath(bool),
 }
 
 /// Why a reload was refused (the old configuration stays in force).
@@ -36,7 +38,7 @@ pub enum ReloadError {
 }
 
 impl ServerHandle {
-    fn broadcast(&self, make: impl Fn() -> Control) {
+    pub(super) fn broadcast(&self, make: impl Fn() -> Control) {
         for c in &self.control {
             let _ = c.send(make());
         }
@@ -237,6 +239,7 @@ impl ServerHandle {
         }
         self.broadcast(|| Control::Credentials(creds.clone()));
         *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = creds;
+        self.reload_fastpath(&new.fastpath)?;
         for (resolver, ck) in certs {
             resolver.replace(ck);
         }

@@ -62,7 +62,8 @@ pub(super) fn deliver<'d>(
         ClientOutput::Reply => {
             // A request may have created or ended an allocation: log it
             // before the client hears.
-            log_events(core);
+            let fast = super::fastpath::apply(core, &shard.fastpath);
+            log_events(core, &fast);
             to_client(shard, from, start..out.len(), out, start, batch);
         }
         ClientOutput::ToClient { ft, range } => to_client(shard, &ft, range, out, start, batch),

@@ -9,6 +9,7 @@
 
 mod control;
 mod deliver;
+mod fastpath;
 mod gate;
 mod poller;
 mod relay;
@@ -18,6 +19,7 @@ mod socket;
 mod stream;
 mod udp;
 
+pub use fastpath::{FastpathError, FastpathTotals};
 pub use gate::{ConnRefusal, ConnStats, ConnTimeout};
 
 pub use control::ReloadError;
@@ -73,6 +75,8 @@ pub enum StartError {
     },
     #[error("{key}: {problem}. Fix: make the file readable")]
     Secret { key: String, problem: String },
+    #[error(transparent)]
+    Fastpath(#[from] FastpathError),
 }
 
 fn bind_fix(e: &std::io::Error) -> &'static str {
@@ -115,6 +119,10 @@ pub struct ServerHandle {
     /// Credentials revoked through the admin API (issue 14), pushed into
     /// every shard on each change; in memory only, kept across a reload.
     revocations: Mutex<crate::revocation::RevocationStore>,
+    /// The XDP fast path (issue 15), if attached, and its configuration
+    /// in force.
+    fastpath: Arc<fastpath::Slot>,
+    fastpath_cfg: Mutex<crate::config::Fastpath>,
 }
 
 impl ServerHandle {
@@ -166,6 +174,17 @@ impl ServerHandle {
         for t in threads {
             let _ = t.join();
         }
+        self.fastpath.detach();
+    }
+
+    /// What the XDP fast path relayed since start (issue 15).
+    pub fn fastpath_totals(&self) -> FastpathTotals {
+        self.fastpath.totals()
+    }
+
+    /// Whether the XDP fast path is attached.
+    pub fn fastpath_attached(&self) -> bool {
+        self.fastpath.attached()
     }
 }
 
@@ -317,7 +336,12 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         gate::warn_if_reserve_too_large(&conn_limits);
     }
     let gate = Arc::new(gate::Gate::new(conn_limits));
-    for (id, sockets) in per_shard.into_iter().enumerate() {
+    let fastpath = Arc::new(fastpath::Slot::default());
+    if fastpath::attach(&cfg.fastpath, &fastpath)? {
+        fastpath::warn_if_wildcards(cfg);
+    }
+    for (id, mut sockets) in per_shard.into_iter().enumerate() {
+        sockets.fastpath = fastpath.clone();
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let rx = rx.clone();
@@ -364,6 +388,8 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         start_cfg: cfg.clone(),
         gate,
         revocations: Mutex::default(),
+        fastpath,
+        fastpath_cfg: Mutex::new(cfg.fastpath.clone()),
     })
 }
 

@@ -16,7 +16,7 @@ use super::relay::{HeldPorts, RelaySocket, ShellIo};
 use super::stream::ConnOut;
 use crate::config::Transport;
 use turnpike_proto::core::{
-    ClientAddr, Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup,
+    ClientAddr, Counters, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, Server, Setup, Traffic,
 };
 
 /// The sockets handed to one shard.
@@ -24,6 +24,8 @@ use turnpike_proto::core::{
 pub(crate) struct Sockets {
     /// Whether UDP sockets start with GSO on (`[server] udp_gso`).
     pub gso: bool,
+    /// The XDP fast path (issue 15), shared by every shard.
+    pub(super) fastpath: Arc<super::fastpath::Slot>,
     pub(super) udp: Vec<(socket2::Socket, SocketAddr)>,
     pub(super) stream: Vec<(
         socket2::Socket,
@@ -69,6 +71,8 @@ pub(crate) struct Shard {
     pub gso: bool,
     /// The door of the TCP and TLS listeners, shared by every shard.
     pub gate: Arc<super::gate::Gate>,
+    /// The XDP fast path (issue 15), shared by every shard.
+    pub fastpath: Arc<super::fastpath::Slot>,
 }
 
 impl Shard {
@@ -105,7 +109,9 @@ impl Shard {
 
     /// Log allocation events the core queued (see [`log_events`]).
     pub(super) fn drain_events(&self) {
-        log_events(&mut self.core.borrow_mut());
+        let mut core = self.core.borrow_mut();
+        let fast = super::fastpath::apply(&mut core, &self.fastpath);
+        log_events(&mut core, &fast);
     }
 }
 
@@ -113,7 +119,10 @@ impl Shard {
 /// was handled (before its response goes out), after timers, control
 /// requests and closed connections, so lines come in the order things
 /// happened and the core's bounded queue never fills.
-pub(crate) fn log_events(core: &mut Server) {
+///
+/// An ended allocation's traffic adds what the XDP fast path relayed for
+/// it (`fast`: by allocation id, from [`super::fastpath::apply`]).
+pub(crate) fn log_events(core: &mut Server, fast: &[(u64, Traffic)]) {
     let redact = core.config().redact_client_ips;
     let client = |a: SocketAddr| {
         if redact {
@@ -147,8 +156,15 @@ pub(crate) fn log_events(core: &mut Server) {
                 username,
                 reason,
                 duration,
-                traffic,
-            } => tracing::info!(
+                mut traffic,
+            } => {
+                if let Some((_, f)) = fast.iter().find(|(i, _)| *i == id) {
+                    traffic.packets_out += f.packets_out;
+                    traffic.bytes_out += f.bytes_out;
+                    traffic.packets_in += f.packets_in;
+                    traffic.bytes_in += f.bytes_in;
+                }
+                tracing::info!(
                 id,
                 user = %super::log_safe(&username),
                 client = %client(ft.client.0),
@@ -160,7 +176,8 @@ pub(crate) fn log_events(core: &mut Server) {
                 bytes_to_peer = traffic.bytes_out,
                 bytes_from_peer = traffic.bytes_in,
                 "allocation ended"
-            ),
+                )
+            }
         }
     }
 }
@@ -208,7 +225,14 @@ pub(crate) fn run(
             held,
             gso: sockets.gso,
             gate,
+            fastpath: sockets.fastpath,
         });
+        if shard.fastpath.attached() {
+            shard
+                .core
+                .borrow_mut()
+                .set_fastpath(crate::clock::now(), true);
+        }
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
             let std_sock: std::net::UdpSocket = s.into();
@@ -306,8 +330,11 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
             let _ = done.send(ended);
         }
         Control::Sessions(tx) => {
-            let _ = tx.send(core.sessions(now));
+            let mut sessions = core.sessions(now);
+            shard.fastpath.add_to_sessions(&mut sessions);
+            let _ = tx.send(sessions);
         }
+        Control::Fastpath(on) => core.set_fastpath(now, on),
         Control::Delete(id, tx) => {
             let found = core.delete_session(id, now, &mut ShellIo { shard });
             let _ = tx.send(found);

@@ -151,6 +151,13 @@ impl TurnClient {
         Self::with_link(Link::Udp { sock, server }, server, local)
     }
 
+    /// A client on `sock`, an already bound UDP socket (one made inside a
+    /// network namespace, say).
+    pub fn udp_on(sock: UdpSocket, server: SocketAddr) -> Self {
+        let local = sock.local_addr().expect("local addr");
+        Self::with_link(Link::Udp { sock, server }, server, local)
+    }
+
     pub fn tcp(server: SocketAddr) -> Self {
         let s = tcp_connect(server);
         let local = s.local_addr().expect("local addr");

@@ -15,6 +15,8 @@
 //! * [`caps`]: capability sets; giving `CAP_NET_BIND_SERVICE` up for good.
 //! * [`alloc`]: a counting global allocator for zero-allocation tests.
 //! * `tokio` (feature `tokio`): registering a raw socket with tokio.
+//! * [`xdp`]: the XDP fast path's loader (issue 15): the program built from
+//!   `bpf/relay.bpf.c`, its attachments, routes and counters.
 //!
 //! Linux only, like the server.
 
@@ -34,6 +36,7 @@ pub mod procfs;
 pub mod sockopt;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod xdp;
 
 use std::net::SocketAddr;
 
@@ -78,4 +81,5 @@ impl PlainC for libc::iovec {}
 impl PlainC for libc::mmsghdr {}
 impl PlainC for libc::epoll_event {}
 impl PlainC for libc::rusage {}
+impl PlainC for libc::ifreq {}
 impl<T: PlainC, const N: usize> PlainC for [T; N] {}

@@ -383,6 +383,7 @@ impl Server {
                 last_response: Some((msg.transaction_id(), out[start..].to_vec())),
                 id,
                 published: false,
+                mirrored: Default::default(),
             },
         );
         self.timers

@@ -203,6 +203,8 @@ pub struct Allocation {
     /// In the relay directory (from its first relay-to-relay datagram on;
     /// see [`super::directory`]).
     pub published: bool,
+    /// Its routes in the shell's fast path (see [`super::fastpath`]).
+    pub mirrored: SmallVec<[super::FastRoute; INLINE]>,
 }
 
 impl Allocation {

@@ -316,7 +316,7 @@ impl Server {
 
     /// Whether `addr` may be one of this server's relays: a relay IP (bound
     /// or advertised) and a port of the relay range.
-    fn is_relay_address(&self, PeerAddr(addr): PeerAddr) -> bool {
+    pub(super) fn is_relay_address(&self, PeerAddr(addr): PeerAddr) -> bool {
         let family = Family::of(addr);
         self.cfg
             .relay(family)

@@ -41,6 +41,7 @@ impl Server {
                         .channels_active
                         .add(-(swept.channels_deactivated as i64));
                     self.timers.push(next, Due::Allocation { slot, generation });
+                    self.mirror(slot, now.mono);
                 }
             }
         }
@@ -124,6 +125,7 @@ impl Server {
             return;
         };
         io.close(RelayId(slot));
+        self.unmirror(&a);
         // Out of the directory before the port can go to anyone else.
         let traffic = match self.shared.directory.withdraw(a.advertised) {
             Some(v) if v.id == a.id => v.traffic.added_to(a.traffic),

@@ -31,6 +31,7 @@
 //! → relay), `requests` (authentication, Refresh, CreatePermission,
 //! ChannelBind, the shape of every answer), `allocate` (Allocate: parse,
 //! reserve, install), `lifecycle` (timeouts, deletion, admin, shutdown),
+//! [`fastpath`] (the routes a kernel fast path may relay, for the shell),
 //! `binding` (the Binding responder); and the parts with a public face:
 //! [`allocation`] (one allocation's state), [`auth`], [`policy`],
 //! [`ratelimit`] (the per-source bucket on unauthenticated UDP answers),
@@ -45,6 +46,7 @@ mod config;
 pub mod counters;
 mod data;
 pub mod directory;
+pub mod fastpath;
 mod lifecycle;
 pub mod policy;
 pub mod ratelimit;
@@ -70,6 +72,7 @@ pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{
     AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
 };
+pub use fastpath::{FastRoute, FastpathOp};
 pub use policy::{OwnAddresses, PeerPolicy};
 pub use ratelimit::RateLimit;
 pub use revocation::Revocations;
@@ -101,6 +104,10 @@ pub struct Server {
     timers: Timers,
     events: VecDeque<Event>,
     next_id: u64,
+    /// Routes are mirrored for the shell's fast path ([`fastpath`]).
+    fastpath_on: bool,
+    /// Operations for it, drained by [`Server::poll_fastpath`].
+    fastpath_ops: VecDeque<fastpath::FastpathOp>,
 }
 
 impl Server {
@@ -117,6 +124,8 @@ impl Server {
             timers: Timers::default(),
             events: VecDeque::new(),
             next_id: u64::from(s.shard) << 48,
+            fastpath_on: false,
+            fastpath_ops: VecDeque::new(),
         }
     }
 
@@ -147,6 +156,7 @@ impl Server {
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
         self.shared.rate_limit.configure(cfg.unauth_limit);
         self.cfg = cfg;
+        self.unmirror_denied();
     }
 
     /// Swap in new credentials (reload), and end at once every allocation

@@ -181,6 +181,7 @@ impl Server {
             a.last_response = Some((tid, out[start..].to_vec()));
         }
         self.publish(slot, Publish::Republish);
+        self.mirror(slot, now.mono);
         ClientOutput::Reply
     }
 
