@@ -41,6 +41,7 @@ mod allocate;
 pub mod allocation;
 pub mod auth;
 mod binding;
+pub mod cluster;
 mod config;
 pub mod counters;
 mod data;
@@ -66,6 +67,7 @@ use rand::rngs::StdRng;
 pub use allocation::{Allocation, Traffic};
 pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
+pub use cluster::{Admission, AdmitRequest, Alternate, Fleet};
 pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{
     AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
@@ -101,6 +103,8 @@ pub struct Server {
     timers: Timers,
     events: VecDeque<Event>,
     next_id: u64,
+    /// The fleet (issue 14): alternates, parked Allocates.
+    fleet: cluster::FleetState,
 }
 
 impl Server {
@@ -117,6 +121,7 @@ impl Server {
             timers: Timers::default(),
             events: VecDeque::new(),
             next_id: u64::from(s.shard) << 48,
+            fleet: cluster::FleetState::default(),
         }
     }
 
@@ -223,7 +228,10 @@ impl Server {
 
     /// The earliest instant [`Server::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        match (self.timers.next(), self.fleet.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Next allocation start/end event.
