@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 #   busybox         runs deploy/kubernetes' render.sh as its busybox init container does
 packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificates
   python3-venv python3-pip busybox)
+# Issue 14 (fleet): redis-server, the real Redis of tests/cluster.rs.
+packages+=(redis-server)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -148,6 +148,16 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "log",
     "format",
     "redact_client_ips",
+    // [cluster] (issue 14: the fleet on Redis)
+    "cluster",
+    "redis_url",
+    "redis_password",
+    "node_id",
+    "advertise",
+    "allocate_budget",
+    "refresh_interval",
+    "lease_ttl",
+    "key_prefix",
 ];
 
 /// Whether a key path (or a line) may carry a secret value.

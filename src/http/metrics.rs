@@ -38,6 +38,14 @@ fn gauge_sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> i64) -> f64 {
 
 impl Metrics {
     /// Publish the current totals and render the exposition text.
+    /// `turnpike_cluster_up`: whether Redis is reachable (issue 14; only
+    /// with a `[cluster]`).
+    pub fn cluster_up(&self, up: bool) {
+        metrics::with_local_recorder(&self.recorder, || {
+            metrics::gauge!("turnpike_cluster_up").set(if up { 1.0 } else { 0.0 });
+        });
+    }
+
     pub fn render(
         &self,
         shards: &[Arc<Counters>],

@@ -9,6 +9,7 @@
 
 mod control;
 mod deliver;
+mod fleet;
 mod gate;
 mod poller;
 mod relay;
@@ -115,6 +116,12 @@ pub struct ServerHandle {
     /// Credentials revoked through the admin API (issue 14), pushed into
     /// every shard on each change; in memory only, kept across a reload.
     revocations: Mutex<crate::revocation::RevocationStore>,
+    /// Issue 14: this node's name in the fleet, the link to the cluster
+    /// task (set once it starts, with `[cluster] redis_url`), and the
+    /// shards' admission questions until the cluster task takes them.
+    node_id: String,
+    cluster: std::sync::OnceLock<crate::cluster::Link>,
+    admissions: Mutex<Option<mpsc::Receiver<crate::cluster::AdmitAsk>>>,
 }
 
 impl ServerHandle {
@@ -317,7 +324,11 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         gate::warn_if_reserve_too_large(&conn_limits);
     }
     let gate = Arc::new(gate::Gate::new(conn_limits));
-    for (id, sockets) in per_shard.into_iter().enumerate() {
+    // Issue 14: the shards' admission questions for the cluster task.
+    let (admit_tx, admit_rx) = mpsc::channel(crate::cluster::ADMIT_QUEUE);
+    let clustered = cfg.cluster.redis_url.is_some();
+    for (id, mut sockets) in per_shard.into_iter().enumerate() {
+        sockets.admit = clustered.then(|| admit_tx.clone());
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let rx = rx.clone();
@@ -364,6 +375,9 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         start_cfg: cfg.clone(),
         gate,
         revocations: Mutex::default(),
+        node_id: crate::cluster::node_id(cfg),
+        cluster: std::sync::OnceLock::new(),
+        admissions: Mutex::new(Some(admit_rx)),
     })
 }
 

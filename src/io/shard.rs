@@ -30,6 +30,8 @@ pub(crate) struct Sockets {
         SocketAddr,
         Option<Arc<rustls::ServerConfig>>,
     )>,
+    /// Where the core's admission questions go (issue 14; with a cluster).
+    pub(super) admit: Option<mpsc::Sender<crate::cluster::AdmitAsk>>,
 }
 
 impl Sockets {
@@ -69,6 +71,10 @@ pub(crate) struct Shard {
     pub gso: bool,
     /// The door of the TCP and TLS listeners, shared by every shard.
     pub gate: Arc<super::gate::Gate>,
+    /// This shard's index, and where its core's admission questions go
+    /// (issue 14).
+    pub id: usize,
+    pub admit: Option<mpsc::Sender<crate::cluster::AdmitAsk>>,
 }
 
 impl Shard {
@@ -105,7 +111,9 @@ impl Shard {
 
     /// Log allocation events the core queued (see [`log_events`]).
     pub(super) fn drain_events(&self) {
-        log_events(&mut self.core.borrow_mut());
+        let mut core = self.core.borrow_mut();
+        log_events(&mut core);
+        super::fleet::forward_admissions(self, &mut core);
     }
 }
 
@@ -208,6 +216,8 @@ pub(crate) fn run(
             held,
             gso: sockets.gso,
             gate,
+            id,
+            admit: sockets.admit,
         });
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
@@ -288,6 +298,7 @@ async fn timer_loop(
             .core
             .borrow_mut()
             .handle_timeout(now, &mut ShellIo { shard });
+        super::fleet::expire_admissions(shard, now);
         shard.drain_events();
     }
 }
@@ -311,6 +322,11 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
         Control::Delete(id, tx) => {
             let found = core.delete_session(id, now, &mut ShellIo { shard });
             let _ = tx.send(found);
+        }
+        Control::Fleet(f) => core.set_fleet(f),
+        Control::Admitted(ticket, verdict) => {
+            drop(core);
+            super::fleet::admitted(shard, now, ticket, verdict);
         }
     }
 }
