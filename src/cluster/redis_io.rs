@@ -153,7 +153,6 @@ impl Task {
                     }
                     warned = false;
                     backoff = Duration::ZERO;
-                    self.up.store(true, Ordering::Relaxed);
                     let why = self.connected(conn, stream).await;
                     self.up.store(false, Ordering::Relaxed);
                     // Local quotas, static alternates until it is back.
@@ -213,8 +212,14 @@ impl Task {
         if let Err(e) = self.sync_revocations(&mut conn).await {
             return e;
         }
+        if let Err(e) = self.refresh(&mut conn).await {
+            return e;
+        }
+        // Up once caught up: the shards park Allocates from now on.
+        self.up.store(true, Ordering::Relaxed);
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
         loop {
             tokio::select! {
                 Some(a) = self.admits.recv() => self.admit(conn.clone(), a),
