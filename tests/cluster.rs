@@ -370,3 +370,51 @@ fn a_sigkilled_nodes_leases_age_out() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_frozen_redis_never_stalls_allocates_or_relaying() {
+    let redis = RedisServer::start();
+    let a = node(&redis, 6, 0, "max_allocations_per_user = 2");
+    let (mut live, peer) = relaying(allocate(&a, "alice").unwrap(), 0x4000);
+    // Frozen: connections stay open, nothing is answered.
+    redis.pause();
+    for round in 0..20 {
+        relay_both_ways(&mut live, 0x4000, &peer, &format!("frozen {round}"));
+    }
+    // An Allocate waits at most its budget, then the local quota decides.
+    let (_second, _p2) = relaying(allocate(&a, "alice").expect("local quota has room"), 0x4000);
+    assert_eq!(allocate(&a, "alice").err(), Some(486), "the local quota");
+    wait_cluster_up(&a, false);
+    assert_eq!(stderr_count(&a, "Redis unreachable"), 1);
+    relay_both_ways(&mut live, 0x4000, &peer, "still frozen");
+    redis.resume();
+    wait_cluster_up(&a, true);
+    relay_both_ways(&mut live, 0x4000, &peer, "thawed");
+    assert_eq!(live.refresh(Some(600)), 200);
+}
+
+#[test]
+fn a_redis_password_is_used_and_a_wrong_one_keeps_the_node_on_its_own() {
+    let redis = RedisServer::start_with(&["--requirepass", "fleet-redis-pw"]);
+    let with = |extra: &str| {
+        TestServer::start(&node_config(
+            "pw-node",
+            &redis.url(),
+            LOOPBACK,
+            &ports(7, 0),
+            "",
+            extra,
+        ))
+    };
+    let good = with("redis_password = \"fleet-redis-pw\"");
+    wait_cluster_up(&good, true);
+    drop(good);
+    let bad = with("redis_password = \"wrong\"");
+    wait_cluster_up(&bad, false);
+    bad.wait_for_line(&["Redis unreachable"], IO_TIMEOUT);
+    assert!(
+        !bad.stderr_text().contains("wrong"),
+        "the password is never logged"
+    );
+    let _c = allocate(&bad, "alice").expect("serves on its own");
+}

@@ -286,20 +286,25 @@ impl Task {
         let key = self.key(&format!("quota:{}", a.user));
         let member = format!("{}:{}", self.node, a.ticket);
         let ttl_ms = self.ttl.as_millis() as u64;
-        let (handle, leases) = (self.handle.clone(), self.leases.clone());
+        let (handle, leases, budget) = (self.handle.clone(), self.leases.clone(), self.budget);
         tokio::spawn(async move {
             let verdict = if quota == 0 {
                 Admission::Unavailable
             } else {
-                let call = ADMIT
-                    .key(&key)
-                    .arg(&member)
-                    .arg(quota)
-                    .arg(ttl_ms)
-                    .invoke_async::<i64>(&mut conn)
-                    .await;
+                // Past the budget the Allocate has gone on with the local
+                // quota: waiting longer only holds a task.
+                let call = tokio::time::timeout(
+                    budget,
+                    ADMIT
+                        .key(&key)
+                        .arg(&member)
+                        .arg(quota)
+                        .arg(ttl_ms)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await;
                 match call {
-                    Ok(1) => {
+                    Ok(Ok(1)) => {
                         let lease = Lease {
                             key,
                             since: crate::clock::instant(),
@@ -310,11 +315,12 @@ impl Task {
                             .insert(member, lease);
                         Admission::Granted
                     }
-                    Ok(_) => Admission::Refused,
-                    Err(e) => {
+                    Ok(Ok(_)) => Admission::Refused,
+                    Ok(Err(e)) => {
                         tracing::debug!(error = %e, "cluster: admission unanswered; local quota");
                         Admission::Unavailable
                     }
+                    Err(_) => Admission::Unavailable,
                 }
             };
             // Late is harmless: past its budget the Allocate went on with

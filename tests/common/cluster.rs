@@ -25,6 +25,8 @@ const REDIS_START: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     /// Command words in front of `redis-server` (e.g. `ip netns exec NS`).
     prefix: Vec<String>,
+    /// Extra `redis-server` arguments (e.g. `--requirepass PW`).
+    extra: Vec<String>,
     bind: IpAddr,
     port: u16,
     child: Option<KillOnDrop>,
@@ -45,19 +47,49 @@ impl RedisServer {
         Self::start_in(&[], IpAddr::V4(Ipv4Addr::LOCALHOST), free_tcp_port())
     }
 
+    /// Redis on 127.0.0.1 with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut r = Self::new(&[], IpAddr::V4(Ipv4Addr::LOCALHOST), free_tcp_port());
+        r.extra = extra.iter().map(|s| s.to_string()).collect();
+        r.restart();
+        r
+    }
+
     /// Redis on `bind:port`, run through `prefix` (e.g. `["ip", "netns",
     /// "exec", "ns-redis"]`); returns once it answers PING (a test failure
     /// if it does not within 10 s).
     pub fn start_in(prefix: &[&str], bind: IpAddr, port: u16) -> RedisServer {
-        let mut r = RedisServer {
+        let mut r = Self::new(prefix, bind, port);
+        r.restart();
+        r
+    }
+
+    fn new(prefix: &[&str], bind: IpAddr, port: u16) -> RedisServer {
+        RedisServer {
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
             bind,
             port,
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
-        };
-        r.restart();
-        r
+        }
+    }
+
+    /// Freeze it (SIGSTOP): connections stay open, nothing is answered (a
+    /// Redis that is slow without end).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaw it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let c = self.child.as_ref().expect("redis-server is running");
+        let pid = libc::pid_t::try_from(c.child.id()).expect("pid fits pid_t");
+        turnpike_sys::process::kill(pid, sig).unwrap_or_else(|e| panic!("kill: {e}"));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -95,6 +127,7 @@ impl RedisServer {
         ] {
             words.push(w.to_string());
         }
+        words.extend(self.extra.iter().cloned());
         let child = Command::new(&words[0])
             .args(&words[1..])
             .stdin(Stdio::null())
@@ -108,9 +141,10 @@ impl RedisServer {
         let deadline = Instant::now() + REDIS_START;
         loop {
             child.assert_running();
+            // Answered (NOAUTH too, with --requirepass): it is up.
             if self
                 .command(&["PING"])
-                .is_some_and(|r| r.starts_with("+PONG"))
+                .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
             {
                 break;
             }
