@@ -418,3 +418,42 @@ fn a_redis_password_is_used_and_a_wrong_one_keeps_the_node_on_its_own() {
     );
     let _c = allocate(&bad, "alice").expect("serves on its own");
 }
+
+#[test]
+fn a_node_reaches_redis_over_tls_with_its_ca() {
+    let cert = self_signed_cert();
+    let port = free_tcp_port();
+    // TLS on its own port (and plain on the usual one, for the readiness
+    // check).
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert.cert_path.display().to_string(),
+        "--tls-key-file",
+        &cert.key_path.display().to_string(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let start = |extra: &str| {
+        TestServer::start(&node_config(
+            "tls-node",
+            &url,
+            LOOPBACK,
+            &ports(8, 0),
+            "max_allocations_per_user = 1",
+            extra,
+        ))
+    };
+    let n = start(&format!("redis_ca = {}", cert.cert_toml()));
+    wait_cluster_up(&n, true);
+    let _c = allocate(&n, "alice").unwrap();
+    assert_eq!(allocate(&n, "alice").err(), Some(486));
+    drop(n);
+    // Without the CA the certificate is not trusted: on its own.
+    let n = start("");
+    wait_cluster_up(&n, false);
+    n.wait_for_line(&["Redis unreachable"], IO_TIMEOUT);
+    drop(redis);
+}

@@ -163,7 +163,14 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
     let Some(url) = &cfg.cluster.redis_url else {
         return Ok(());
     };
-    let client = redis_io::client(url, cfg.cluster.redis_password.as_deref())
+    let ca = match &cfg.cluster.redis_ca {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cluster.redis_ca: {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let client = redis_io::client(url, cfg.cluster.redis_password.as_deref(), ca)
         .map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
     let Some(admits) = handle.take_admissions() else {
         return Ok(());

@@ -94,15 +94,30 @@ impl LoadMeter {
     }
 }
 
-/// A Redis client for `url`, with `password` (if set) instead of the URL's.
-pub(super) fn client(url: &str, password: Option<&str>) -> redis::RedisResult<redis::Client> {
+/// A Redis client for `url`, with `password` (if set) instead of the
+/// URL's, and for `rediss://` the CA in PEM `ca` (if set) instead of the
+/// system's roots.
+pub(super) fn client(
+    url: &str,
+    password: Option<&str>,
+    ca: Option<Vec<u8>>,
+) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
     let mut info = url.into_connection_info()?;
     if let Some(p) = password {
         let r = info.redis_settings().clone().set_password(p);
         info = info.set_redis_settings(r);
     }
-    redis::Client::open(info)
+    match ca {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -674,11 +689,11 @@ mod tests {
 
     #[test]
     fn a_password_from_the_config_replaces_the_urls() {
-        let c = client("redis://:old@127.0.0.1:6379/2", Some("new")).unwrap();
+        let c = client("redis://:old@127.0.0.1:6379/2", Some("new"), None).unwrap();
         let r = c.get_connection_info().redis_settings();
         assert_eq!(r.password(), Some("new"));
         assert_eq!(r.db(), 2);
-        let c = client("rediss://127.0.0.1:6380", None).unwrap();
+        let c = client("rediss://127.0.0.1:6380", None, None).unwrap();
         assert!(matches!(
             c.get_connection_info().addr(),
             redis::ConnectionAddr::TcpTls { .. }

@@ -152,6 +152,7 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "cluster",
     "redis_url",
     "redis_password",
+    "redis_ca",
     "node_id",
     "advertise",
     "allocate_budget",

@@ -82,6 +82,10 @@ pub struct Cluster {
     /// Redis password (AUTH), instead of one in the URL.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked")]
     pub redis_password: Option<String>,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://`);
+    /// without it, the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<PathBuf>,
     /// This node's name in the fleet; "" (the default): the host name.
     pub node_id: String,
     /// host:port other nodes send clients to (ALTERNATE-SERVER) when this
@@ -106,6 +110,7 @@ impl Default for Cluster {
         Cluster {
             redis_url: None,
             redis_password: None,
+            redis_ca: None,
             node_id: String::new(),
             advertise: String::new(),
             allocate_budget: Span(std::time::Duration::from_millis(50)),

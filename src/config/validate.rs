@@ -403,6 +403,28 @@ impl Config {
                 ));
             }
         }
+        if let Some(ca) = &c.redis_ca {
+            if !c
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_ca",
+                    "only for a TLS connection",
+                    "use a rediss:// redis_url, or remove redis_ca",
+                ));
+            }
+            if let Err(e) = std::fs::read(ca) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_ca",
+                    format!("cannot read {}: {e}", ca.display()),
+                    "point it at a readable PEM file",
+                ));
+            }
+        }
         if c.node_id.len() > 128 || c.node_id.chars().any(|ch| ch.is_control() || ch == ':') {
             return Err(ConfigError::invalid(
                 file,
