@@ -121,7 +121,7 @@ fn a_users_allocation_past_the_cluster_quota_gets_486_on_any_node() {
     let redis = RedisServer::start();
     let policy = "max_allocations_per_user = 2";
     let (a, b) = (node(&redis, 0, 0, policy), node(&redis, 0, 1, policy));
-    let _a1 = allocate(&a, "alice").expect("first, on node A");
+    let mut a1 = allocate(&a, "alice").expect("first, on node A");
     let _b1 = allocate(&b, "alice").expect("second, on node B");
     // Each node holds one: only the cluster knows the user is at 2.
     assert_eq!(allocate(&a, "alice").err(), Some(486), "third, on A");
@@ -129,10 +129,23 @@ fn a_users_allocation_past_the_cluster_quota_gets_486_on_any_node() {
     assert_eq!(redis.zcard("turnpike:quota:alice"), 2);
     // Another user is not affected.
     let _c = allocate(&b, "bob").expect("bob allocates");
+    // An allocation that ends gives its unit back to the fleet.
+    assert_eq!(a1.refresh(Some(0)), 200);
+    wait_until("the ended allocation's lease to go", POLL_LIMIT, || {
+        (redis.zcard("turnpike:quota:alice") == 1).then_some(())
+    });
+    let _b2 = allocate(&b, "alice").expect("room again, on B");
     for s in [&a, &b] {
         let m = scrape(s.http_addr());
         assert_eq!(m.value("turnpike_quota_refusals_total", &[]), 1.0);
         assert_eq!(m.value("turnpike_cluster_up", &[]), 1.0);
+        assert_eq!(
+            m.value(
+                "turnpike_dropped_packets_total",
+                &[("reason", "admission_pending")]
+            ),
+            0.0
+        );
     }
 }
 

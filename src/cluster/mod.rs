@@ -43,6 +43,17 @@ pub const ADMIT_QUEUE: usize = 1024;
 /// Commands from the HTTP side queued at most.
 const CMD_QUEUE: usize = 256;
 
+/// What a shard tells the cluster task.
+#[derive(Debug)]
+pub enum FromShard {
+    /// May this user have one more allocation?
+    Admit(AdmitAsk),
+    /// Allocation `id` of `user` (the quota user; `None`: the lease this
+    /// node took for it, if any) ended, or a granted admission went
+    /// unused: its lease goes now, not at the next refresh.
+    Ended { id: u64, user: Option<String> },
+}
+
 /// An admission question from a shard (`turnpike_proto::core::AdmitRequest`
 /// and where to answer it).
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use turnpike_proto::core::auth::parse_rest_username;
 use turnpike_proto::core::{Admission, Alternate, Fleet};
 
-use super::{AdmitAsk, Cmd, RevOp, UNREACHABLE, next_backoff, weight};
+use super::{AdmitAsk, Cmd, FromShard, RevOp, UNREACHABLE, next_backoff, weight};
 use crate::io::ServerHandle;
 use crate::revocation::Revocation;
 
@@ -135,7 +135,7 @@ pub(super) struct Task {
     pub ttl: Duration,
     pub up: Arc<AtomicBool>,
     pub(super) cmds: mpsc::Receiver<Cmd>,
-    pub admits: mpsc::Receiver<AdmitAsk>,
+    pub admits: mpsc::Receiver<FromShard>,
     /// Revocation changes made here that Redis has not taken yet.
     pub(super) pending: Vec<RevOp>,
     /// Leases this node holds, by member (`NODE:ID`).
@@ -237,7 +237,10 @@ impl Task {
         tick.tick().await;
         loop {
             tokio::select! {
-                Some(a) = self.admits.recv() => self.admit(conn.clone(), a),
+                Some(m) = self.admits.recv() => match m {
+                    FromShard::Admit(a) => self.admit(conn.clone(), a),
+                    FromShard::Ended { id, user } => self.ended(conn.clone(), id, user.as_deref()),
+                },
                 c = self.cmds.recv() => {
                     let Some(c) = c else { return "stopped".into() };
                     if let Err(e) = self.command(&mut conn, c).await {
@@ -268,8 +271,12 @@ impl Task {
         loop {
             tokio::select! {
                 _ = &mut until => return true,
-                Some(a) = self.admits.recv() => {
-                    self.handle.admitted(a.shard, a.ticket, Admission::Unavailable);
+                Some(m) = self.admits.recv() => {
+                    // Leases of ended allocations go at the refresh after
+                    // Redis returns.
+                    if let FromShard::Admit(a) = m {
+                        self.handle.admitted(a.shard, a.ticket, Admission::Unavailable);
+                    }
                 }
                 c = self.cmds.recv() => match c {
                     None => return false,
@@ -344,6 +351,29 @@ impl Task {
         });
     }
 
+    /// Drop the lease of an allocation that ended here.
+    fn ended(&self, mut conn: Conn, id: u64, user: Option<&str>) {
+        let member = format!("{}:{id}", self.node);
+        let held = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+        let Some(key) = held
+            .map(|l| l.key)
+            .or_else(|| user.map(|u| self.key(&format!("quota:{u}"))))
+        else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&member)
+                .query_async::<()>(&mut conn)
+                .await;
+        });
+    }
+
     async fn command(&mut self, conn: &mut Conn, c: Cmd) -> Result<(), String> {
         match c {
             Cmd::RevocationsChanged(op) => {
@@ -405,6 +435,11 @@ impl Task {
     /// Read the whole revocation set (dropping lapsed entries) and make
     /// it this node's.
     async fn sync_revocations(&mut self, conn: &mut Conn) -> Result<(), String> {
+        // Changes made here and still queued go in first, so the set read
+        // back has them.
+        while let Ok(c) = self.cmds.try_recv() {
+            self.command(conn, c).await?;
+        }
         let key = self.key("revocations");
         let all: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
@@ -622,6 +657,8 @@ async fn read_sessions(
         .query_async(conn)
         .await?;
     let mut all = Vec::new();
+    let mut nodes = nodes;
+    nodes.sort();
     for n in nodes {
         let entries: BTreeMap<u64, String> = redis::cmd("HGETALL")
             .arg(format!("{prefix}:sessions:{n}"))

@@ -197,7 +197,7 @@ impl ServerHandle {
     }
 
     /// The shards' admission questions (once: the cluster task owns them).
-    pub(crate) fn take_admissions(&self) -> Option<mpsc::Receiver<crate::cluster::AdmitAsk>> {
+    pub(crate) fn take_admissions(&self) -> Option<mpsc::Receiver<crate::cluster::FromShard>> {
         self.admissions
             .lock()
             .unwrap_or_else(|e| e.into_inner())

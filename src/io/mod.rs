@@ -121,7 +121,7 @@ pub struct ServerHandle {
     /// shards' admission questions until the cluster task takes them.
     node_id: String,
     cluster: std::sync::OnceLock<crate::cluster::Link>,
-    admissions: Mutex<Option<mpsc::Receiver<crate::cluster::AdmitAsk>>>,
+    admissions: Mutex<Option<mpsc::Receiver<crate::cluster::FromShard>>>,
 }
 
 impl ServerHandle {

@@ -31,7 +31,7 @@ pub(crate) struct Sockets {
         Option<Arc<rustls::ServerConfig>>,
     )>,
     /// Where the core's admission questions go (issue 14; with a cluster).
-    pub(super) admit: Option<mpsc::Sender<crate::cluster::AdmitAsk>>,
+    pub(super) admit: Option<mpsc::Sender<crate::cluster::FromShard>>,
 }
 
 impl Sockets {
@@ -74,7 +74,10 @@ pub(crate) struct Shard {
     /// This shard's index, and where its core's admission questions go
     /// (issue 14).
     pub id: usize,
-    pub admit: Option<mpsc::Sender<crate::cluster::AdmitAsk>>,
+    pub admit: Option<mpsc::Sender<crate::cluster::FromShard>>,
+    /// Wakes the timer task to look at the core's next deadline again (a
+    /// parked Allocate's budget, issue 14).
+    pub timer_wake: tokio::sync::Notify,
 }
 
 impl Shard {
@@ -112,7 +115,7 @@ impl Shard {
     /// Log allocation events the core queued (see [`log_events`]).
     pub(super) fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
-        log_events(&mut core);
+        log_events(self, &mut core);
         super::fleet::forward_admissions(self, &mut core);
     }
 }
@@ -121,7 +124,7 @@ impl Shard {
 /// was handled (before its response goes out), after timers, control
 /// requests and closed connections, so lines come in the order things
 /// happened and the core's bounded queue never fills.
-pub(crate) fn log_events(core: &mut Server) {
+pub(crate) fn log_events(shard: &Shard, core: &mut Server) {
     let redact = core.config().redact_client_ips;
     let client = |a: SocketAddr| {
         if redact {
@@ -156,7 +159,9 @@ pub(crate) fn log_events(core: &mut Server) {
                 reason,
                 duration,
                 traffic,
-            } => tracing::info!(
+            } => {
+                super::fleet::ended(shard, id, &username);
+                tracing::info!(
                 id,
                 user = %super::log_safe(&username),
                 client = %client(ft.client.0),
@@ -168,7 +173,8 @@ pub(crate) fn log_events(core: &mut Server) {
                 bytes_to_peer = traffic.bytes_out,
                 bytes_from_peer = traffic.bytes_in,
                 "allocation ended"
-            ),
+                );
+            }
         }
     }
 }
@@ -218,6 +224,7 @@ pub(crate) fn run(
             gate,
             id,
             admit: sockets.admit,
+            timer_wake: tokio::sync::Notify::new(),
         });
         tokio::task::spawn_local(super::relay::relay_loop(shard.clone()));
         for (s, addr) in sockets.udp {
@@ -291,6 +298,7 @@ async fn timer_loop(
                 shard.drain_events();
                 continue;
             }
+            () = shard.timer_wake.notified() => continue,
             r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
         }
         let now = crate::clock::now();

@@ -231,3 +231,21 @@ fn a_draining_node_sends_new_allocations_to_the_fleet() {
     let resp = resp.unwrap();
     assert_eq!((code(&resp), alternate(&resp)), (300, Some(other)));
 }
+
+#[test]
+fn a_full_node_does_not_ask_the_cluster() {
+    let mut h = harness("[policy]\nmax_allocations = 1\nmax_allocations_per_user = 5\n");
+    with_fleet(&mut h, admission());
+    let exp = h.now.unix + 3600;
+    let ft = udp("198.51.100.7:1");
+    allocate_request(&mut h, &ft, rest("carol", exp));
+    let ask = h.server.poll_admit().unwrap();
+    assert_eq!(
+        answer(&mut h, ask.ticket, Admission::Granted),
+        Some((ft, 200))
+    );
+    assert!(h.server.allocation_alive(ask.ticket));
+    let (_, resp) = allocate_request(&mut h, &udp("198.51.100.7:2"), rest("dave", exp));
+    assert_eq!(code(&resp.expect("answered at once")), 486);
+    assert_eq!(h.server.poll_admit(), None, "no lease asked for");
+}

@@ -126,6 +126,12 @@ impl Server {
         self.fleet.asks.pop_front()
     }
 
+    /// Whether allocation `id` is alive on this core (after a granted
+    /// admission: whether the lease it took is used).
+    pub fn allocation_alive(&self, id: u64) -> bool {
+        self.table.find_id(id).is_some()
+    }
+
     /// Allocates waiting for an admission.
     pub fn parked_allocates(&self) -> usize {
         self.fleet.parked.len()
@@ -198,6 +204,10 @@ impl Server {
         if self.fleet.is_parked(ft) {
             self.counters.dropped(DropReason::AdmissionPending);
             return Gate::Retransmission;
+        }
+        if self.cfg.max_allocations > 0 && self.shared.allocations() >= self.cfg.max_allocations {
+            // This node is full: the answer is 486 whatever the cluster says.
+            return Gate::Proceed(None);
         }
         if self.fleet.parked.len() >= MAX_PARKED {
             return Gate::Proceed(Some(Admission::Unavailable));
