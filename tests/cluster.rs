@@ -234,6 +234,17 @@ fn the_cluster_view_lists_every_nodes_allocations_and_deletes_on_the_owner() {
             (owners(&sessions(s, "?scope=cluster")) == want).then_some(())
         });
     }
+    // Each node publishes its load.
+    let load = redis.command(&["GET", "turnpike:load:node-1"]).unwrap();
+    for field in [
+        "\"node\":\"node-1\"",
+        "\"allocations\":1",
+        "\"bandwidth_bps\":",
+        "\"cpu\":",
+        "\"draining\":false",
+    ] {
+        assert!(load.contains(field), "{field} in {load}");
+    }
     // The local view keeps its fields and adds the node.
     let local = sessions(&b, "");
     assert_eq!(owners(&local), pairs(&[("bob", "node-1")]));
@@ -469,4 +480,27 @@ fn a_node_reaches_redis_over_tls_with_its_ca() {
     wait_cluster_up(&n, false);
     n.wait_for_line(&["Redis unreachable"], IO_TIMEOUT);
     drop(redis);
+}
+
+#[test]
+fn a_draining_node_sends_new_allocations_to_a_node_with_room() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 9, 0, ""), node(&redis, 9, 1, ""));
+    // A live allocation keeps the drain going.
+    let (mut live, peer) = relaying(allocate(&a, "alice").unwrap(), 0x4000);
+    let r = post_auth(a.http_addr(), "/api/v1/drain", FLEET_ADMIN_KEY);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let alt = wait_until("a 300 naming the other node", POLL_LIMIT, || {
+        let resp = allocate_response(&a, "bob");
+        (code_of(&resp) == 300).then(|| Message::parse(&resp).unwrap().alternate_server().unwrap())
+    });
+    assert_eq!(alt, Some(udp(&b)));
+    relay_both_ways(&mut live, 0x4000, &peer, "while draining");
+    // The other node sees it draining and never sends clients to it.
+    wait_until("the drain in the published load", POLL_LIMIT, || {
+        redis
+            .command(&["GET", "turnpike:load:node-0"])
+            .is_some_and(|l| l.contains("\"draining\":true"))
+            .then_some(())
+    });
 }

@@ -236,7 +236,7 @@ fn resp_complete(b: &[u8]) -> bool {
 
 /// The TOML of a fleet node `node_id`: UDP on `listen_ip` port 0, relaying
 /// on `listen_ip` in `relay_ports` ("LOW-HIGH"), the fleet's REST secret,
-/// the HTTP API on 127.0.0.1 port 0 with the fleet's keys, peers on
+/// the HTTP API on `listen_ip` port 0 with the fleet's keys, peers on
 /// `listen_ip`'s /8 (IPv4) allowed, `[policy]` lines `policy` and
 /// `[cluster]` lines `cluster` added to the fleet's (Redis at `redis_url`,
 /// refreshed every 200 ms, leases of 2 s, a 500 ms admission budget).
@@ -273,7 +273,7 @@ allow_peers = ["{allow}"]
 {policy}
 
 [http]
-addr = "127.0.0.1:0"
+addr = "{http}"
 api_keys = ["{FLEET_API_KEY}"]
 admin_keys = ["{FLEET_ADMIN_KEY}"]
 
@@ -286,5 +286,6 @@ allocate_budget = "500ms"
 {cluster}
 "#,
         listen = SocketAddr::new(listen_ip, 0),
+        http = SocketAddr::new(listen_ip, 0),
     )
 }
