@@ -326,6 +326,16 @@ fn without_redis_for_ten_seconds_nothing_is_dropped_quotas_are_local_then_rebuil
     let policy = "max_allocations_per_user = 2";
     let (a, b) = (node(&redis, 4, 0, policy), node(&redis, 4, 1, policy));
     let (mut live, peer) = relaying(allocate(&a, "alice").unwrap(), 0x4000);
+    // Known to both nodes before Redis goes (and loses everything).
+    let r = post_auth(
+        a.http_addr(),
+        "/api/v1/revocations?username=victim",
+        FLEET_ADMIN_KEY,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_until("the revocation on node B", POLL_LIMIT, || {
+        (allocate(&b, "victim").err() == Some(401)).then_some(())
+    });
     redis.stop();
     for s in [&a, &b] {
         wait_cluster_up(s, false);
@@ -350,6 +360,15 @@ fn without_redis_for_ten_seconds_nothing_is_dropped_quotas_are_local_then_rebuil
             "one warning, not one per retry"
         );
     }
+    // Made on B while Redis is away: B enforces it; A learns it later.
+    let r = post_auth(
+        b.http_addr(),
+        "/api/v1/revocations?username=mallory",
+        FLEET_ADMIN_KEY,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(allocate(&b, "mallory").err(), Some(401));
+    assert!(allocate(&a, "mallory").is_ok(), "A cannot know yet");
     redis.restart();
     for s in [&a, &b] {
         wait_cluster_up(s, true);
@@ -362,6 +381,21 @@ fn without_redis_for_ten_seconds_nothing_is_dropped_quotas_are_local_then_rebuil
     wait_until("the counts rebuilt", POLL_LIMIT, || {
         (redis.zcard("turnpike:quota:alice") == 4).then_some(())
     });
+    // The revocations: the one made meanwhile reaches A, and the empty
+    // Redis got the older one back instead of lifting it.
+    for s in [&a, &b] {
+        wait_until("both revocations on every node", POLL_LIMIT, || {
+            let r = get_auth(s.http_addr(), "/api/v1/revocations", FLEET_ADMIN_KEY).json();
+            let names: Vec<_> = r["revocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["username"].as_str().unwrap().to_string())
+                .collect();
+            (names == ["mallory", "victim"]).then_some(())
+        });
+        assert_eq!(allocate(s, "victim").err(), Some(401));
+    }
     assert_eq!(allocate(&b, "bob").map(|_| ()), Ok(()), "others allocate");
     assert_eq!(
         allocate(&a, "alice").err(),

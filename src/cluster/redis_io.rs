@@ -224,6 +224,9 @@ impl Task {
         if let Err(e) = self.replay(&mut conn).await {
             return e;
         }
+        if let Err(e) = self.merge_known(&mut conn).await {
+            return e;
+        }
         if let Err(e) = self.sync_revocations(&mut conn).await {
             return e;
         }
@@ -429,6 +432,34 @@ impl Task {
         p.cmd("PUBLISH").arg(&key).arg("changed").ignore();
         p.query_async::<()>(conn).await.map_err(err)?;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Put every revocation this node enforces into Redis unless it holds
+    /// that name already: a Redis that lost its data (restarted without
+    /// persistence) gets the fleet's revocations back instead of lifting
+    /// them everywhere. (The price: a lift this node missed while cut off
+    /// comes back once; lift it again.)
+    async fn merge_known(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let known = self.handle.revocations(crate::clock::now().unix);
+        if known.is_empty() {
+            return Ok(());
+        }
+        let key = self.key("revocations");
+        let mut p = redis::pipe();
+        for r in &known {
+            let json = serde_json::to_string(r).map_err(err)?;
+            p.cmd("HSETNX").arg(&key).arg(&r.username).arg(json);
+        }
+        let added: Vec<i64> = p.query_async(conn).await.map_err(err)?;
+        if added.contains(&1) {
+            redis::cmd("PUBLISH")
+                .arg(&key)
+                .arg("changed")
+                .query_async::<()>(conn)
+                .await
+                .map_err(err)?;
+        }
         Ok(())
     }
 

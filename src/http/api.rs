@@ -265,8 +265,17 @@ pub(super) async fn sessions(
             let Some(c) = state.handle.cluster() else {
                 return bad_param("scope", "no [cluster] redis_url is configured");
             };
+            let node = state.handle.node_id();
             return match c.sessions().await {
-                Ok(list) => Json(json!({"sessions": list})).into_response(),
+                Ok(mut list) => {
+                    // This node's own entries as they are now, not as of
+                    // its last registry refresh.
+                    list.retain(|s| s["node"] != node);
+                    let now = crate::clock::now().unix;
+                    let own = state.handle.sessions().await;
+                    list.extend(own.iter().map(|s| session_json(node, now, s)));
+                    Json(json!({"sessions": list})).into_response()
+                }
                 Err(why) => cluster_unavailable(why),
             };
         }
