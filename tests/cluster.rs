@@ -141,6 +141,13 @@ fn a_users_allocation_past_the_cluster_quota_gets_486_on_any_node() {
         assert_eq!(m.value("turnpike_cluster_up", &[]), 1.0);
         assert_eq!(
             m.value(
+                "turnpike_cluster_admissions_total",
+                &[("result", "refused")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            m.value(
                 "turnpike_dropped_packets_total",
                 &[("reason", "admission_pending")]
             ),

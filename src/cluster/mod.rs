@@ -88,6 +88,36 @@ enum RevOp {
 pub struct Link {
     tx: mpsc::Sender<Cmd>,
     up: Arc<AtomicBool>,
+    stats: Arc<AdmissionStats>,
+}
+
+/// Admission answers, by verdict (`turnpike_cluster_admissions_total`).
+#[derive(Debug, Default)]
+pub struct AdmissionStats {
+    granted: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    unavailable: std::sync::atomic::AtomicU64,
+}
+
+impl AdmissionStats {
+    pub(crate) fn count(&self, v: turnpike_proto::core::Admission) {
+        use turnpike_proto::core::Admission;
+        let c = match v {
+            Admission::Granted => &self.granted,
+            Admission::Refused => &self.refused,
+            Admission::Unavailable => &self.unavailable,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (result label, count) for each verdict.
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        [
+            ("granted", self.granted.load(Ordering::Relaxed)),
+            ("refused", self.refused.load(Ordering::Relaxed)),
+            ("unavailable", self.unavailable.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 /// Why a cluster request could not be served.
@@ -97,6 +127,12 @@ impl Link {
     /// Whether Redis is reachable now (`turnpike_cluster_up`).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// The cluster's answers to admission questions so far (an Allocate
+    /// resumed at its budget before an answer is not counted here).
+    pub fn admissions(&self) -> &AdmissionStats {
+        &self.stats
     }
 
     /// A revocation was stored here: share it.
@@ -188,7 +224,12 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
     };
     let (tx, cmds) = mpsc::channel(CMD_QUEUE);
     let up = Arc::new(AtomicBool::new(false));
-    handle.set_cluster(Link { tx, up: up.clone() });
+    let stats = Arc::new(AdmissionStats::default());
+    handle.set_cluster(Link {
+        tx,
+        up: up.clone(),
+        stats: stats.clone(),
+    });
     let c = &cfg.cluster;
     let task = redis_io::Task {
         client,
@@ -206,6 +247,7 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
         leases: Arc::new(Mutex::new(BTreeMap::new())),
         load: redis_io::LoadMeter::default(),
         last_fleet: None,
+        stats,
         replies: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     tracing::info!(

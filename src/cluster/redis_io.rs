@@ -145,6 +145,7 @@ pub(super) struct Task {
     pub last_fleet: Option<Fleet>,
     /// Numbers the reply keys of remote commands.
     pub replies: Arc<AtomicU64>,
+    pub(super) stats: Arc<super::AdmissionStats>,
 }
 
 impl Task {
@@ -312,6 +313,7 @@ impl Task {
         let member = format!("{}:{}", self.node, a.ticket);
         let ttl_ms = self.ttl.as_millis() as u64;
         let (handle, leases, budget) = (self.handle.clone(), self.leases.clone(), self.budget);
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             let verdict = if quota == 0 {
                 Admission::Unavailable
@@ -350,6 +352,7 @@ impl Task {
             };
             // Late is harmless: past its budget the Allocate went on with
             // the local quota, and this answer finds nothing parked.
+            stats.count(verdict);
             handle.admitted(a.shard, a.ticket, verdict);
         });
     }

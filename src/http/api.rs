@@ -175,7 +175,7 @@ pub(super) async fn credentials(
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(c) = state.handle.cluster() {
-        state.metrics.cluster_up(c.is_up());
+        state.metrics.cluster(c);
     }
     let body = state.metrics.render(
         state.handle.counters(),

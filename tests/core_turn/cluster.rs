@@ -6,6 +6,7 @@
 //! answers 300 with an alternate the shell pushed ([`Fleet`]).
 
 use super::*;
+use turnpike_proto::core::cluster::MAX_PARKED;
 use turnpike_proto::core::{Admission, Alternate, Fleet};
 
 const BUDGET: Duration = Duration::from_millis(50);
@@ -248,4 +249,39 @@ fn a_full_node_does_not_ask_the_cluster() {
     let (_, resp) = allocate_request(&mut h, &udp("198.51.100.7:2"), rest("dave", exp));
     assert_eq!(code(&resp.expect("answered at once")), 486);
     assert_eq!(h.server.poll_admit(), None, "no lease asked for");
+}
+
+#[test]
+fn parked_allocates_are_bounded_and_past_the_bound_the_local_quota_decides_at_once() {
+    let mut h = harness("[policy]\nmax_allocations = 1000\nmax_allocations_per_user = 1000\n");
+    with_fleet(&mut h, admission());
+    let exp = h.now.unix + 3600;
+    for i in 0..MAX_PARKED {
+        let ft = udp(&format!("198.51.100.{}:{}", 1 + i / 200, 1000 + i));
+        let (_, resp) = allocate_request(&mut h, &ft, rest("carol", exp));
+        assert_eq!(resp, None);
+    }
+    assert_eq!(h.server.parked_allocates(), MAX_PARKED);
+    let (_, resp) = allocate_request(&mut h, &udp("198.51.100.9:9"), rest("carol", exp));
+    assert_eq!(code(&resp.expect("answered at once")), 200, "local quota");
+    assert_eq!(h.server.parked_allocates(), MAX_PARKED);
+    let mut asks = 0;
+    while h.server.poll_admit().is_some() {
+        asks += 1;
+    }
+    assert_eq!(asks, MAX_PARKED, "one question per parked Allocate");
+    // All of them go on at their budget.
+    h.now = h.now.plus(BUDGET);
+    let mut out = Vec::new();
+    let mut resumed = 0;
+    while h
+        .server
+        .expire_admissions(h.now, &mut out, &mut h.io)
+        .is_some()
+    {
+        resumed += 1;
+    }
+    assert_eq!((resumed, h.server.parked_allocates()), (MAX_PARKED, 0));
+    // (The harness has 100 relay ports: the rest got 508.)
+    assert_eq!(h.server.allocation_count(), 100);
 }

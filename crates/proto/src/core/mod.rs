@@ -21,6 +21,10 @@
 //! 4. [`Server::poll_event`] for allocation start/end (logs, admin);
 //! 5. [`Counters`] are read by the shell whenever it publishes metrics.
 //!
+//! With a fleet (issue 14, [`cluster`]): [`Server::poll_admit`] after a
+//! request, [`Server::admitted`] with the shell's answer, and
+//! [`Server::expire_admissions`] when [`Server::poll_timeout`] passes.
+//!
 //! Tests drive exactly these calls with a manual clock.
 //!
 //! Files by job: `types` (what the interface is written in: [`Now`],
