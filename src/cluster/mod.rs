@@ -203,6 +203,16 @@ pub fn advertised(cfg: &Config, handle: &ServerHandle) -> Option<SocketAddr> {
     (!ip.is_unspecified()).then_some(SocketAddr::new(ip, l.port()))
 }
 
+/// Where TLS clients are sent: the advertised IP with the first TLS
+/// listener's port; `None` without a TLS listener.
+pub fn advertised_tls(advertised: Option<SocketAddr>, handle: &ServerHandle) -> Option<SocketAddr> {
+    let ip = advertised?.ip();
+    let l = handle
+        .local_addr(crate::config::Transport::Tls, false)
+        .or_else(|| handle.local_addr(crate::config::Transport::Tls, true))?;
+    Some(SocketAddr::new(ip, l.port()))
+}
+
 /// Start the cluster task on the current runtime when `cluster.redis_url`
 /// is set (else nothing is shared: a node on its own). The link is put in
 /// `handle`.
@@ -237,6 +247,7 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
         node: handle.node_id().to_string(),
         prefix: c.key_prefix.clone(),
         advertise: advertised(cfg, handle),
+        advertise_tls: advertised_tls(advertised(cfg, handle), handle),
         budget: c.allocate_budget.0,
         refresh: c.refresh_interval.0,
         ttl: c.lease_ttl.0,
@@ -292,6 +303,7 @@ mod tests {
         redis_io::Load {
             node: "n".into(),
             advertise: Some("192.0.2.1:3478".parse().unwrap()),
+            advertise_tls: None,
             allocations,
             max_allocations: max,
             bandwidth_bps: 0,

@@ -59,6 +59,9 @@ pub(super) struct Load {
     pub node: String,
     /// Where clients are sent (ALTERNATE-SERVER); `None`: never.
     pub advertise: Option<SocketAddr>,
+    /// Where TLS clients are sent; `None`: not there.
+    #[serde(default)]
+    pub advertise_tls: Option<SocketAddr>,
     pub allocations: usize,
     /// `policy.max_allocations` (0: no limit).
     pub max_allocations: usize,
@@ -130,6 +133,7 @@ pub(super) struct Task {
     pub node: String,
     pub prefix: String,
     pub advertise: Option<SocketAddr>,
+    pub advertise_tls: Option<SocketAddr>,
     pub budget: Duration,
     pub refresh: Duration,
     pub ttl: Duration,
@@ -601,6 +605,7 @@ impl Task {
         let load = Load {
             node: self.node.clone(),
             advertise: self.advertise,
+            advertise_tls: self.advertise_tls,
             allocations: self.handle.allocations(),
             max_allocations: self.handle.max_allocations(),
             bandwidth_bps,
@@ -647,6 +652,7 @@ impl Task {
             .filter_map(|l| {
                 Some(Alternate {
                     addr: l.advertise?,
+                    tls: l.advertise_tls,
                     weight: weight(&l),
                 })
             })

@@ -91,6 +91,7 @@ pub struct Cluster {
     /// host:port other nodes send clients to (ALTERNATE-SERVER) when this
     /// one is full or draining; "" (the default): `relay.public_ip` (else
     /// the first UDP listener's address) and the first UDP listener's port.
+    /// TLS clients are sent to its IP and the first TLS listener's port.
     pub advertise: String,
     /// How long an Allocate may wait for the cluster-wide quota decision;
     /// past it the local quota decides.

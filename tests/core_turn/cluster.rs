@@ -176,10 +176,12 @@ fn a_full_node_of_a_fleet_answers_300_with_an_alternate_that_has_room() {
             alternates: vec![
                 Alternate {
                     addr: "192.0.2.30:3478".parse().unwrap(),
+                    tls: None,
                     weight: 0,
                 },
                 Alternate {
                     addr: other,
+                    tls: None,
                     weight: 5,
                 },
             ],
@@ -223,6 +225,7 @@ fn a_draining_node_sends_new_allocations_to_the_fleet() {
         Fleet {
             alternates: vec![Alternate {
                 addr: other,
+                tls: None,
                 weight: 1,
             }],
             ..Fleet::default()
@@ -284,4 +287,63 @@ fn parked_allocates_are_bounded_and_past_the_bound_the_local_quota_decides_at_on
     assert_eq!((resumed, h.server.parked_allocates()), (MAX_PARKED, 0));
     // (The harness has 100 relay ports: the rest got 508.)
     assert_eq!(h.server.allocation_count(), 100);
+}
+
+#[test]
+fn tls_clients_are_sent_to_a_tls_listener_and_others_to_the_udp_one() {
+    let mut h = harness("[policy]\nmax_allocations = 1\n");
+    let exp = h.now.unix + 3600;
+    h.allocate(
+        &udp("198.51.100.7:1"),
+        rest("carol", exp),
+        Default::default(),
+    );
+    let plain: SocketAddr = "192.0.2.20:3478".parse().unwrap();
+    let tls: SocketAddr = "192.0.2.30:5349".parse().unwrap();
+    with_fleet(
+        &mut h,
+        Fleet {
+            redirect_when_full: true,
+            alternates: vec![
+                Alternate {
+                    addr: plain,
+                    tls: None,
+                    weight: 1,
+                },
+                Alternate {
+                    addr: "192.0.2.30:3478".parse().unwrap(),
+                    tls: Some(tls),
+                    weight: 1,
+                },
+            ],
+            ..Fleet::default()
+        },
+    );
+    let tls_ft = FiveTuple {
+        transport: Transport::Tls,
+        ..udp("198.51.100.7:2")
+    };
+    for _ in 0..4 {
+        let (_, resp) = allocate_request(&mut h, &tls_ft, rest("dave", exp));
+        assert_eq!(
+            alternate(&resp.unwrap()),
+            Some(tls),
+            "only the node with TLS"
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 3..40 {
+        let (_, resp) = allocate_request(
+            &mut h,
+            &udp(&format!("198.51.100.7:{port}")),
+            rest("dave", exp),
+        );
+        seen.insert(alternate(&resp.unwrap()).unwrap());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "UDP clients go to either, by weight: {seen:?}"
+    );
+    assert!(!seen.contains(&tls));
 }

@@ -127,13 +127,13 @@ impl Server {
         let req = match self.parse_allocate(ft, msg) {
             Ok(req) => req,
             Err(r) => {
-                self.reject_allocate(msg, out, r, authed);
+                self.reject_allocate(ft, msg, out, r, authed);
                 return true;
             }
         };
         if self.full_with_fleet() {
             // A full node of a fleet sends the client to one with room.
-            if let Some(alt) = self.pick_alternate() {
+            if let Some(alt) = self.pick_alternate(ft.transport) {
                 self.reject_with(msg, out, TRY_ALTERNATE, Some(Signer::of(authed)), |b| {
                     b.address(attr::ALTERNATE_SERVER, alt);
                 });
@@ -164,6 +164,7 @@ impl Server {
     /// fleet's, else a static one), or becomes 486 without one.
     fn reject_allocate(
         &mut self,
+        ft: &FiveTuple,
         msg: &Message<'_>,
         out: &mut Vec<u8>,
         r: Reject,
@@ -173,7 +174,7 @@ impl Server {
         if r.code != 300 {
             return self.reject(msg, out, r, sign);
         }
-        match self.pick_alternate() {
+        match self.pick_alternate(ft.transport) {
             Some(alt) => self.reject_with(msg, out, r, sign, |b| {
                 b.address(attr::ALTERNATE_SERVER, alt);
             }),

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::auth::Authed;
-use super::{DropReason, FiveTuple, Now, RelayIo, Server};
+use super::{DropReason, FiveTuple, Now, RelayIo, Server, Transport};
 use crate::wire::Message;
 
 /// Allocates parked at once, at most, per core; past it, new ones go on
@@ -49,7 +49,10 @@ pub struct Fleet {
 /// A node new allocations may be sent to (ALTERNATE-SERVER).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alternate {
+    /// Its UDP (and TCP) listener.
     pub addr: SocketAddr,
+    /// Its TLS listener, if it has one: where TLS clients are sent.
+    pub tls: Option<SocketAddr>,
     /// Relative chance of being picked; 0 is never picked.
     pub weight: u32,
 }
@@ -231,17 +234,27 @@ impl Server {
         Gate::Parked
     }
 
-    /// An alternate server for a new allocation: one of the fleet's,
-    /// picked by weight, else the first static one.
-    pub(super) fn pick_alternate(&mut self) -> Option<SocketAddr> {
+    /// An alternate server for a new allocation of a `transport` client:
+    /// one of the fleet's, picked by weight (for TLS clients, among those
+    /// with a TLS listener), else the first static one.
+    pub(super) fn pick_alternate(&mut self, transport: Transport) -> Option<SocketAddr> {
+        let at = |a: &Alternate| match transport {
+            Transport::Tls => a.tls,
+            Transport::Udp | Transport::Tcp => Some(a.addr),
+        };
         let alts = &self.fleet.fleet.alternates;
-        let total: u64 = alts.iter().map(|a| u64::from(a.weight)).sum();
+        let total: u64 = alts
+            .iter()
+            .filter(|a| at(a).is_some())
+            .map(|a| u64::from(a.weight))
+            .sum();
         if total > 0 {
             let mut r = rand::Rng::random_range(&mut self.rng, 0..total);
             for a in alts {
+                let Some(addr) = at(a) else { continue };
                 let w = u64::from(a.weight);
                 if r < w {
-                    return Some(a.addr);
+                    return Some(addr);
                 }
                 r -= w;
             }
