@@ -346,4 +346,8 @@ fn tls_clients_are_sent_to_a_tls_listener_and_others_to_the_udp_one() {
         "UDP clients go to either, by weight: {seen:?}"
     );
     assert!(!seen.contains(&tls));
+    // An IPv6 client: no fleet node of its family, so the static list
+    // (empty here) and then 486.
+    let (_, resp) = allocate_request(&mut h, &udp("[2001:db8::7]:1"), rest("dave", exp));
+    assert_eq!(code(&resp.unwrap()), 486);
 }

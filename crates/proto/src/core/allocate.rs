@@ -133,7 +133,7 @@ impl Server {
         };
         if self.full_with_fleet() {
             // A full node of a fleet sends the client to one with room.
-            if let Some(alt) = self.pick_alternate(ft.transport) {
+            if let Some(alt) = self.pick_alternate(ft) {
                 self.reject_with(msg, out, TRY_ALTERNATE, Some(Signer::of(authed)), |b| {
                     b.address(attr::ALTERNATE_SERVER, alt);
                 });
@@ -174,7 +174,7 @@ impl Server {
         if r.code != 300 {
             return self.reject(msg, out, r, sign);
         }
-        match self.pick_alternate(ft.transport) {
+        match self.pick_alternate(ft) {
             Some(alt) => self.reject_with(msg, out, r, sign, |b| {
                 b.address(attr::ALTERNATE_SERVER, alt);
             }),

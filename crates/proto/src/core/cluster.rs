@@ -234,13 +234,18 @@ impl Server {
         Gate::Parked
     }
 
-    /// An alternate server for a new allocation of a `transport` client:
-    /// one of the fleet's, picked by weight (for TLS clients, among those
-    /// with a TLS listener), else the first static one.
-    pub(super) fn pick_alternate(&mut self, transport: Transport) -> Option<SocketAddr> {
-        let at = |a: &Alternate| match transport {
-            Transport::Tls => a.tls,
-            Transport::Udp | Transport::Tcp => Some(a.addr),
+    /// An alternate server for a new allocation of the client on `ft`: one
+    /// of the fleet's of the client's address family (RFC 8489 §10), picked
+    /// by weight (for TLS clients, among those with a TLS listener), else
+    /// the first static one.
+    pub(super) fn pick_alternate(&mut self, ft: &FiveTuple) -> Option<SocketAddr> {
+        let v6 = super::canonical(ft.client.0).is_ipv6();
+        let at = |a: &Alternate| {
+            match ft.transport {
+                Transport::Tls => a.tls,
+                Transport::Udp | Transport::Tcp => Some(a.addr),
+            }
+            .filter(|x| x.is_ipv6() == v6)
         };
         let alts = &self.fleet.fleet.alternates;
         let total: u64 = alts
