@@ -351,3 +351,26 @@ fn tls_clients_are_sent_to_a_tls_listener_and_others_to_the_udp_one() {
     let (_, resp) = allocate_request(&mut h, &udp("[2001:db8::7]:1"), rest("dave", exp));
     assert_eq!(code(&resp.unwrap()), 486);
 }
+
+#[test]
+fn an_allocate_parked_on_a_connection_that_closes_is_forgotten() {
+    let mut h = harness("[policy]\nmax_allocations_per_user = 2\n");
+    with_fleet(&mut h, admission());
+    let exp = h.now.unix + 3600;
+    let ft = tcp("198.51.100.7:1");
+    allocate_request(&mut h, &ft, rest("carol", exp));
+    let ask = h.server.poll_admit().unwrap();
+    h.server.connection_closed(h.now, &ft, &mut h.io);
+    assert_eq!(h.server.parked_allocates(), 0);
+    assert_eq!(
+        answer(&mut h, ask.ticket, Admission::Granted),
+        None,
+        "nothing is installed for a closed connection"
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(
+        h.server
+            .poll_timeout()
+            .is_none_or(|t| t > h.now.mono + BUDGET)
+    );
+}

@@ -106,6 +106,11 @@ impl FleetState {
     pub(super) fn is_parked(&self, ft: &FiveTuple) -> bool {
         self.parked.iter().any(|p| p.ft == *ft)
     }
+
+    /// Drop what `ft` has parked (its connection closed): never answered.
+    pub(super) fn forget(&mut self, ft: &FiveTuple) {
+        self.parked.retain(|p| p.ft != *ft);
+    }
 }
 
 /// What to do with an Allocate that passed its checks.
