@@ -1,5 +1,6 @@
 //! The fleet on Redis (issue 14): one task owns the Redis connections and
-//! everything the nodes share goes through it. Nothing on the packet path
+//! everything the nodes share goes through it (the shards' admission
+//! questions through a second task on its connection). Nothing on the packet path
 //! waits for it: the shards talk to it through bounded queues (an
 //! Allocate that needs the cluster quota is parked in the core and waits
 //! at most `cluster.allocate_budget`, see `turnpike_proto::core::cluster`),
@@ -241,6 +242,19 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
         stats: stats.clone(),
     });
     let c = &cfg.cluster;
+    let leases = Arc::new(Mutex::new(BTreeMap::new()));
+    let (conn_tx, conn_rx) = tokio::sync::watch::channel(None);
+    let admissions = redis_io::Admissions {
+        handle: handle.clone(),
+        node: handle.node_id().to_string(),
+        prefix: c.key_prefix.clone(),
+        budget: c.allocate_budget.0,
+        ttl: c.lease_ttl.0,
+        admits,
+        conn: conn_rx,
+        leases: leases.clone(),
+        stats,
+    };
     let task = redis_io::Task {
         client,
         handle: handle.clone(),
@@ -253,12 +267,11 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
         ttl: c.lease_ttl.0,
         up,
         cmds,
-        admits,
+        conn: conn_tx,
         pending: Vec::new(),
-        leases: Arc::new(Mutex::new(BTreeMap::new())),
+        leases,
         load: redis_io::LoadMeter::default(),
         last_fleet: None,
-        stats,
         replies: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     tracing::info!(
@@ -267,6 +280,7 @@ pub fn start(cfg: &Config, handle: &Arc<ServerHandle>) -> anyhow::Result<()> {
         advertise = ?task.advertise,
         "cluster: sharing quotas, revocations, sessions and load through Redis"
     );
+    tokio::spawn(admissions.run());
     tokio::spawn(task.run());
     Ok(())
 }

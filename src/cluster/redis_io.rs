@@ -1,7 +1,9 @@
 //! The cluster task: one tokio task that owns the Redis connections (a
 //! multiplexed one for commands, one for pub/sub), reconnects with backoff
-//! and serves the shards' admission questions, the HTTP side's commands,
-//! the channels and the periodic refresh (leases, registry, load).
+//! and serves the HTTP side's commands, the channels and the periodic
+//! refresh (leases, registry, load); beside it the admissions task answers
+//! the shards' questions over the same multiplexed connection, so nothing
+//! the cluster task waits for delays an Allocate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use turnpike_proto::core::auth::parse_rest_username;
 use turnpike_proto::core::{Admission, Alternate, Fleet};
 
@@ -139,7 +141,8 @@ pub(super) struct Task {
     pub ttl: Duration,
     pub up: Arc<AtomicBool>,
     pub(super) cmds: mpsc::Receiver<Cmd>,
-    pub admits: mpsc::Receiver<FromShard>,
+    /// The connection the admissions task uses (`None` while Redis is away).
+    pub conn: watch::Sender<Option<Conn>>,
     /// Revocation changes made here that Redis has not taken yet.
     pub(super) pending: Vec<RevOp>,
     /// Leases this node holds, by member (`NODE:ID`).
@@ -149,7 +152,6 @@ pub(super) struct Task {
     pub last_fleet: Option<Fleet>,
     /// Numbers the reply keys of remote commands.
     pub replies: Arc<AtomicU64>,
-    pub(super) stats: Arc<super::AdmissionStats>,
 }
 
 impl Task {
@@ -175,6 +177,7 @@ impl Task {
                     backoff = Duration::ZERO;
                     let why = self.connected(conn, stream).await;
                     self.up.store(false, Ordering::Relaxed);
+                    self.conn.send_replace(None);
                     // Local quotas, static alternates until it is back.
                     self.push_fleet(Fleet {
                         redirect_when_full: true,
@@ -238,17 +241,15 @@ impl Task {
         if let Err(e) = self.refresh(&mut conn).await {
             return e;
         }
-        // Up once caught up: the shards park Allocates from now on.
+        // Up once caught up: the shards park Allocates from now on, and
+        // the admissions task asks this connection.
         self.up.store(true, Ordering::Relaxed);
+        self.conn.send_replace(Some(conn.clone()));
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
-                Some(m) = self.admits.recv() => match m {
-                    FromShard::Admit(a) => self.admit(conn.clone(), a),
-                    FromShard::Ended { id, user } => self.ended(conn.clone(), id, user.as_deref()),
-                },
                 c = self.cmds.recv() => {
                     let Some(c) = c else { return "stopped".into() };
                     if let Err(e) = self.command(&mut conn, c).await {
@@ -270,22 +271,15 @@ impl Task {
         }
     }
 
-    /// While Redis is away: admissions are answered at once (local quota),
-    /// revocation changes are kept for later, reads fail. False when the
-    /// server is stopping.
+    /// While Redis is away: revocation changes are kept for later, reads
+    /// fail (admissions are answered at once by the admissions task).
+    /// False when the server is stopping.
     async fn down_for(&mut self, d: Duration) -> bool {
         let until = tokio::time::sleep(d);
         tokio::pin!(until);
         loop {
             tokio::select! {
                 _ = &mut until => return true,
-                Some(m) = self.admits.recv() => {
-                    // Leases of ended allocations go at the refresh after
-                    // Redis returns.
-                    if let FromShard::Admit(a) = m {
-                        self.handle.admitted(a.shard, a.ticket, Admission::Unavailable);
-                    }
-                }
                 c = self.cmds.recv() => match c {
                     None => return false,
                     Some(Cmd::RevocationsChanged(op)) => self.keep(op),
@@ -308,80 +302,6 @@ impl Task {
             self.pending.remove(0);
         }
         self.pending.push(op);
-    }
-
-    /// Ask Redis for a lease, within the budget, and answer the shard.
-    fn admit(&self, mut conn: Conn, a: AdmitAsk) {
-        let quota = self.handle.max_allocations_per_user();
-        let key = self.key(&format!("quota:{}", a.user));
-        let member = format!("{}:{}", self.node, a.ticket);
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let (handle, leases, budget) = (self.handle.clone(), self.leases.clone(), self.budget);
-        let stats = self.stats.clone();
-        tokio::spawn(async move {
-            let verdict = if quota == 0 {
-                Admission::Unavailable
-            } else {
-                // Past the budget the Allocate has gone on with the local
-                // quota: waiting longer only holds a task.
-                let call = tokio::time::timeout(
-                    budget,
-                    ADMIT
-                        .key(&key)
-                        .arg(&member)
-                        .arg(quota)
-                        .arg(ttl_ms)
-                        .invoke_async::<i64>(&mut conn),
-                )
-                .await;
-                match call {
-                    Ok(Ok(1)) => {
-                        let lease = Lease {
-                            key,
-                            since: crate::clock::instant(),
-                        };
-                        leases
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(member, lease);
-                        Admission::Granted
-                    }
-                    Ok(Ok(_)) => Admission::Refused,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "cluster: admission unanswered; local quota");
-                        Admission::Unavailable
-                    }
-                    Err(_) => Admission::Unavailable,
-                }
-            };
-            // Late is harmless: past its budget the Allocate went on with
-            // the local quota, and this answer finds nothing parked.
-            stats.count(verdict);
-            handle.admitted(a.shard, a.ticket, verdict);
-        });
-    }
-
-    /// Drop the lease of an allocation that ended here.
-    fn ended(&self, mut conn: Conn, id: u64, user: Option<&str>) {
-        let member = format!("{}:{id}", self.node);
-        let held = self
-            .leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&member);
-        let Some(key) = held
-            .map(|l| l.key)
-            .or_else(|| user.map(|u| self.key(&format!("quota:{u}"))))
-        else {
-            return;
-        };
-        tokio::spawn(async move {
-            let _ = redis::cmd("ZREM")
-                .arg(&key)
-                .arg(&member)
-                .query_async::<()>(&mut conn)
-                .await;
-        });
     }
 
     async fn command(&mut self, conn: &mut Conn, c: Cmd) -> Result<(), String> {
@@ -673,6 +593,122 @@ impl Task {
         }
         self.handle.set_fleet(Arc::new(f.clone()));
         self.last_fleet = Some(f);
+    }
+}
+
+/// The admissions task: answers the shards' questions on its own, so a
+/// refresh or a sync in the cluster task never delays them. Each question
+/// is one Lua call in a task of its own, cut at the budget.
+pub(super) struct Admissions {
+    pub handle: Arc<ServerHandle>,
+    pub node: String,
+    pub prefix: String,
+    pub budget: Duration,
+    pub ttl: Duration,
+    pub admits: mpsc::Receiver<FromShard>,
+    pub conn: watch::Receiver<Option<Conn>>,
+    pub(super) leases: Arc<Mutex<BTreeMap<String, Lease>>>,
+    pub(super) stats: Arc<super::AdmissionStats>,
+}
+
+impl Admissions {
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.prefix)
+    }
+
+    pub(super) async fn run(mut self) {
+        while let Some(m) = self.admits.recv().await {
+            let conn = self.conn.borrow().clone();
+            match (m, conn) {
+                (FromShard::Admit(a), Some(conn)) => self.admit(conn, a),
+                (FromShard::Admit(a), None) => {
+                    // Redis is away: the local quota, at once.
+                    self.stats.count(Admission::Unavailable);
+                    self.handle
+                        .admitted(a.shard, a.ticket, Admission::Unavailable);
+                }
+                (FromShard::Ended { id, user }, Some(conn)) => {
+                    self.ended(conn, id, user.as_deref());
+                }
+                // Leases of allocations that ended while Redis was away
+                // go at the first refresh after it returns.
+                (FromShard::Ended { .. }, None) => {}
+            }
+        }
+    }
+
+    /// Ask Redis for a lease, within the budget, and answer the shard.
+    fn admit(&self, mut conn: Conn, a: AdmitAsk) {
+        let quota = self.handle.max_allocations_per_user();
+        let key = self.key(&format!("quota:{}", a.user));
+        let member = format!("{}:{}", self.node, a.ticket);
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let (handle, leases, budget) = (self.handle.clone(), self.leases.clone(), self.budget);
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let verdict = if quota == 0 {
+                Admission::Unavailable
+            } else {
+                // Past the budget the Allocate has gone on with the local
+                // quota: waiting longer only holds a task.
+                let call = tokio::time::timeout(
+                    budget,
+                    ADMIT
+                        .key(&key)
+                        .arg(&member)
+                        .arg(quota)
+                        .arg(ttl_ms)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await;
+                match call {
+                    Ok(Ok(1)) => {
+                        let lease = Lease {
+                            key,
+                            since: crate::clock::instant(),
+                        };
+                        leases
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(member, lease);
+                        Admission::Granted
+                    }
+                    Ok(Ok(_)) => Admission::Refused,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "cluster: admission unanswered; local quota");
+                        Admission::Unavailable
+                    }
+                    Err(_) => Admission::Unavailable,
+                }
+            };
+            // Late is harmless: past its budget the Allocate went on with
+            // the local quota, and this answer finds nothing parked.
+            stats.count(verdict);
+            handle.admitted(a.shard, a.ticket, verdict);
+        });
+    }
+
+    /// Drop the lease of an allocation that ended here.
+    fn ended(&self, mut conn: Conn, id: u64, user: Option<&str>) {
+        let member = format!("{}:{id}", self.node);
+        let held = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&member);
+        let Some(key) = held
+            .map(|l| l.key)
+            .or_else(|| user.map(|u| self.key(&format!("quota:{u}"))))
+        else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&member)
+                .query_async::<()>(&mut conn)
+                .await;
+        });
     }
 }
 
