@@ -1,10 +1,15 @@
 //! The fleet on Redis (issue 14): one task owns the Redis connections and
 //! everything the nodes share goes through it (the shards' admission
-//! questions through a second task on its connection). Nothing on the packet path
-//! waits for it: the shards talk to it through bounded queues (an
-//! Allocate that needs the cluster quota is parked in the core and waits
-//! at most `cluster.allocate_budget`, see `turnpike_proto::core::cluster`),
-//! and it answers them through their control queues.
+//! questions through a second task on its connection). Nothing on the
+//! packet path waits for it: the shards talk to it through bounded queues
+//! (an Allocate that needs the cluster quota is parked in the core and
+//! waits at most `cluster.allocate_budget`, see
+//! `turnpike_proto::core::cluster`), and it answers them through their
+//! control queues.
+//!
+//! The lease of an allocation is named after it (`NODE:ID`: the core's
+//! ticket for the parked Allocate is the id the allocation gets), so the
+//! refresh, an allocation's end and a crash all speak of the same member.
 //!
 //! What Redis holds (every key under `cluster.key_prefix`, `P` below):
 //!
