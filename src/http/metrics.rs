@@ -109,6 +109,10 @@ fn publish(s: &[Arc<Counters>], start_unix: u64, draining: bool) {
     use metrics::{counter, gauge};
     gauge!("process_start_time_seconds").set(start_unix as f64);
     gauge!("turnpike_draining").set(if draining { 1.0 } else { 0.0 });
+    if let Some(h) = turnpike_sys::alloc::heap_stats() {
+        gauge!("turnpike_heap_in_use_bytes").set(h.in_use as f64);
+        gauge!("turnpike_heap_free_bytes").set(h.free as f64);
+    }
     for &t in &TRANSPORTS {
         for f in Family::ALL {
             gauge!("turnpike_allocations_active", "transport" => t.as_str(), "family" => f.name())

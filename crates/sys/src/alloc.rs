@@ -77,3 +77,47 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// What the allocator holds, summed over every arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes in blocks the program holds.
+    pub in_use: u64,
+    /// Bytes in free blocks the allocator keeps (what fragmentation or a
+    /// burst leaves behind; `release_free_memory` returns the whole free
+    /// pages among them).
+    pub free: u64,
+}
+
+/// The allocator's totals (`mallinfo2`), or `None` with other C libraries.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a struct by
+        // value; it walks the arenas under their locks.
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapStats {
+            in_use: (m.uordblks + m.hblkhd) as u64,
+            free: m.fordblks as u64,
+        })
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_stats_see_a_live_block() {
+        let before = heap_stats().expect("glibc");
+        let block = vec![7u8; 4 << 20];
+        let during = heap_stats().expect("glibc");
+        assert!(
+            during.in_use >= before.in_use + (4 << 20),
+            "{before:?} -> {during:?}"
+        );
+        drop(block);
+    }
+}
