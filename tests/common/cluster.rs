@@ -239,7 +239,8 @@ fn resp_complete(b: &[u8]) -> bool {
 /// the HTTP API on `listen_ip` port 0 with the fleet's keys, peers on
 /// `listen_ip`'s /8 (IPv4) allowed, `[policy]` lines `policy` and
 /// `[cluster]` lines `cluster` added to the fleet's (Redis at `redis_url`,
-/// refreshed every 200 ms, leases of 2 s, a 500 ms admission budget).
+/// refreshed every 200 ms, leases of 2 s, a 2 s admission budget so that a
+/// loaded test machine does not fall back to local quotas).
 pub fn node_config(
     node_id: &str,
     redis_url: &str,
@@ -282,7 +283,7 @@ redis_url = "{redis_url}"
 node_id = "{node_id}"
 refresh_interval = "200ms"
 lease_ttl = "2s"
-allocate_budget = "500ms"
+allocate_budget = "2s"
 {cluster}
 "#,
         listen = SocketAddr::new(listen_ip, 0),
