@@ -22,6 +22,8 @@ packages=(coturn iproute2 nftables chromium systemd procps psmisc ca-certificate
   # issue 15, the XDP fast path: clang + libbpf-dev build the program (so CI
   # always builds and tests it), bpftool and ethtool set up its lab
   clang libbpf-dev bpftool ethtool)
+# Issue 14 (fleet): redis-server, the real Redis of tests/cluster.rs.
+packages+=(redis-server)
 
 missing=()
 for p in "${packages[@]}"; do

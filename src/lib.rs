@@ -23,6 +23,8 @@
 //! * [`credentials`], [`sd_notify`], [`tls`], [`clock`]: small services
 //!   of the shell; `conn_table`, the connection caps of the HTTP and the
 //!   TCP/TLS listeners.
+//! * [`cluster`]: the fleet on Redis (issue 14): shared quotas,
+//!   revocations, the session registry, load and redirects.
 //! * [`http_client`]: the one HTTP client (ureq with the project's rustls
 //!   settings), for `ice-check --credentials-url` and the tests.
 //! * [`ice`]: the tokio driver of `turnpike ice-check` (the agent itself is
@@ -30,6 +32,7 @@
 //!   protocol and sys crates, never the server shell.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod conn_table;
 pub mod credentials;

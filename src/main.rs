@@ -261,6 +261,11 @@ fn serve(mut cfg: Config, path: Option<PathBuf>) -> Result<u8> {
         Signals::install()?
     };
     let handle = Arc::new(turnpike::io::start(&cfg).with_context(|| name.clone())?);
+    // Issue 14: the fleet on Redis, with `[cluster] redis_url`.
+    if let Err(e) = rt.block_on(async { turnpike::cluster::start(&cfg, &handle) }) {
+        handle.shutdown();
+        return Err(e.context(name));
+    }
     let start_unix = turnpike::clock::now().unix;
     let (ops_tx, ops_rx) = mpsc::unbounded_channel();
     let state = Arc::new(AppState::new(

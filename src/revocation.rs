@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use turnpike_proto::core::Revocations;
 use turnpike_proto::core::auth::{MAX_USERNAME, parse_rest_username};
 
@@ -22,7 +22,7 @@ use turnpike_proto::core::auth::{MAX_USERNAME, parse_rest_username};
 pub const MAX_REVOCATIONS: usize = 100_000;
 
 /// One stored revocation, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub username: String,
     /// Unix seconds it lapses at; `None`: until lifted.
@@ -173,6 +173,21 @@ impl RevocationStore {
             .values()
             .filter(|r| r.until.is_none_or(|until| now < until))
             .count()
+    }
+
+    /// Replace the whole store with `list` (the cluster's set, issue 14),
+    /// at most [`MAX_REVOCATIONS`] of them; whether anything changed.
+    pub fn replace(&mut self, list: Vec<Revocation>) -> bool {
+        let new: BTreeMap<String, Revocation> = list
+            .into_iter()
+            .take(MAX_REVOCATIONS)
+            .map(|r| (r.username.clone(), r))
+            .collect();
+        if new == self.entries {
+            return false;
+        }
+        self.entries = new;
+        true
     }
 
     /// The set the cores enforce.

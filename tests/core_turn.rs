@@ -23,6 +23,8 @@ use turnpike_proto::wire::{
     ChannelData, Class, Message, MessageBuilder, MessageType, Method, TransactionId, attr,
 };
 
+#[path = "core_turn/cluster.rs"]
+mod cluster;
 #[path = "core_turn/fastpath.rs"]
 mod fastpath;
 #[path = "core_turn/lifecycle.rs"]

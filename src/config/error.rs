@@ -152,6 +152,17 @@ pub(super) const KEY_NAMES: &[&str] = &[
     "fastpath",
     "mode",
     "interfaces",
+    // [cluster] (issue 14: the fleet on Redis)
+    "cluster",
+    "redis_url",
+    "redis_password",
+    "redis_ca",
+    "node_id",
+    "advertise",
+    "allocate_budget",
+    "refresh_interval",
+    "lease_ttl",
+    "key_prefix",
 ];
 
 /// Whether a key path (or a line) may carry a secret value.

@@ -66,6 +66,10 @@ pub struct Config {
     /// Issue 15: the XDP fast path.
     #[serde(default)]
     pub fastpath: Fastpath,
+    /// Issue 14: the fleet's shared state (Redis); without `redis_url`,
+    /// one node on its own, as before.
+    #[serde(default)]
+    pub cluster: Cluster,
 }
 
 /// `[fastpath]` (issue 15): relay ChannelData of UDP clients in the kernel
@@ -94,6 +98,88 @@ pub enum FastpathMode {
     Auto,
     /// Attach or refuse to start.
     Xdp,
+}
+
+/// `[cluster]` (issue 14): nodes of a fleet share per-user allocation
+/// counts, revocations, a registry of live allocations and their load
+/// through Redis (`src/cluster`). Without `redis_url` nothing is shared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS.
+    /// Printed with its password masked.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked_url")]
+    pub redis_url: Option<String>,
+    /// Redis password (AUTH), instead of one in the URL.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked")]
+    pub redis_password: Option<String>,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://`);
+    /// without it, the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<PathBuf>,
+    /// This node's name in the fleet; "" (the default): the host name.
+    pub node_id: String,
+    /// host:port other nodes send clients to (ALTERNATE-SERVER) when this
+    /// one is full or draining; "" (the default): `relay.public_ip` (else
+    /// the first UDP listener's address) and the first UDP listener's port.
+    /// TLS clients are sent to its IP and the first TLS listener's port.
+    pub advertise: String,
+    /// How long an Allocate may wait for the cluster-wide quota decision;
+    /// past it the local quota decides.
+    pub allocate_budget: Span,
+    /// How often leases, the registry and the load are written.
+    pub refresh_interval: Span,
+    /// How long a node's leases, registry entries and load outlive its
+    /// last refresh (so a crashed node's counts age out within this).
+    pub lease_ttl: Span,
+    /// Prefix of every Redis key and channel (fleets sharing one Redis
+    /// need their own).
+    pub key_prefix: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis_url: None,
+            redis_password: None,
+            redis_ca: None,
+            node_id: String::new(),
+            advertise: String::new(),
+            allocate_budget: Span(std::time::Duration::from_millis(50)),
+            refresh_interval: Span::secs(2),
+            lease_ttl: Span::secs(10),
+            key_prefix: "turnpike".to_string(),
+        }
+    }
+}
+
+fn masked<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A Redis URL with its password (if any) masked.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn masked_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_str(&mask_url_password(u)),
+        None => s.serialize_none(),
+    }
 }
 
 /// `[limits]`: what one stranger may cost the server (hardening against
@@ -591,6 +677,43 @@ pub fn parse_hex_key(s: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_keys_parse_check_and_print_without_the_password() {
+        let base = "[[listen]]\ntransport = \"udp\"\naddr = \"127.0.0.1:3478\"\n";
+        let c = Config::parse(
+            &format!(
+                "{base}[cluster]\nredis_url = \"redis://:hunter2@10.0.0.5:6379/0\"\nnode_id = \"turn-1\"\nallocate_budget = \"20ms\"\nlease_ttl = \"5s\"\nrefresh_interval = \"1s\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.allocate_budget.0,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(c.cluster.node_id, "turn-1");
+        let printed = c.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("allocate_budget = \"20ms\""), "{printed}");
+        assert_eq!(
+            Config::embedded().cluster.redis_url,
+            None,
+            "one node by default"
+        );
+        for (extra, key) in [
+            ("redis_url = \"http://x\"", "cluster.redis_url"),
+            ("lease_ttl = \"3s\"", "cluster.lease_ttl"),
+            ("allocate_budget = \"3s\"", "cluster.allocate_budget"),
+            ("node_id = \"a:b\"", "cluster.node_id"),
+            ("advertise = \"nowhere\"", "cluster.advertise"),
+        ] {
+            let e = Config::parse(&format!("{base}[cluster]\n{extra}\n"), "t.toml")
+                .expect_err(extra)
+                .to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn embedded_default_is_valid() {

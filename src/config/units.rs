@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use turnpike_proto::core::PortRange;
 
-/// A duration written "30s", "5m", "1h", "2d" or as plain seconds.
+/// A duration written "50ms", "30s", "5m", "1h", "2d" or as plain seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span(pub Duration);
 
@@ -19,6 +19,9 @@ impl Span {
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_nanos() != 0 {
+            return write!(f, "{}ms", self.0.as_millis());
+        }
         let s = self.0.as_secs();
         match s {
             0 => write!(f, "0s"),
@@ -40,13 +43,14 @@ impl std::str::FromStr for Span {
             format!("invalid duration `{s}`, expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"")
         })?;
         let mult = match unit.trim() {
+            "ms" => return Ok(Span(Duration::from_millis(n))),
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
             "d" => 86400,
             u => {
                 return Err(format!(
-                    "invalid duration unit `{u}` in `{s}`, use s, m, h or d"
+                    "invalid duration unit `{u}` in `{s}`, use ms, s, m, h or d"
                 ));
             }
         };

@@ -46,6 +46,7 @@ impl Config {
         self.validate_http(file)?;
         self.validate_rate_limit(file)?;
         self.validate_fastpath(file)?;
+        self.validate_cluster(file)?;
         for (i, l) in self.listen.iter().enumerate() {
             let key = |k: &str| format!("listen[{i}].{k}");
             for (j, other) in self.listen[..i].iter().enumerate() {
@@ -377,6 +378,106 @@ impl Config {
                 "limits.rate_limit_slots",
                 format!("{} is out of range", l.rate_limit_slots),
                 "use between 1 and 1048576 (the default is 4096 buckets, 32 KiB)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[cluster]` (issue 14).
+    pub(super) fn validate_cluster(&self, file: &str) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_url",
+                    "must start with redis:// or rediss:// (TLS)",
+                    "e.g. redis_url = \"redis://10.0.0.5:6379/0\"",
+                ));
+            }
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_url",
+                    "not a Redis URL",
+                    "write redis://[:PASSWORD@]HOST[:PORT][/DB]",
+                ));
+            }
+        }
+        if let Some(ca) = &c.redis_ca {
+            if !c
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_ca",
+                    "only for a TLS connection",
+                    "use a rediss:// redis_url, or remove redis_ca",
+                ));
+            }
+            if let Err(e) = std::fs::read(ca) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "cluster.redis_ca",
+                    format!("cannot read {}: {e}", ca.display()),
+                    "point it at a readable PEM file",
+                ));
+            }
+        }
+        if c.node_id.len() > 128 || c.node_id.chars().any(|ch| ch.is_control() || ch == ':') {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.node_id",
+                "at most 128 characters, without ':' or control characters",
+                "use the host name, e.g. node_id = \"turn-1\"",
+            ));
+        }
+        if !c.advertise.is_empty() && c.advertise.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.advertise",
+                "not an IP:port",
+                "e.g. advertise = \"203.0.113.10:3478\"",
+            ));
+        }
+        let ms = |s: &super::Span| s.0.as_millis();
+        if ms(&c.allocate_budget) == 0 || ms(&c.allocate_budget) > 2000 {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.allocate_budget",
+                "must be 1ms to 2s (a client retransmits its Allocate after 500 ms)",
+                "e.g. allocate_budget = \"50ms\"",
+            ));
+        }
+        if ms(&c.refresh_interval) < 100 {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.refresh_interval",
+                "must be at least 100ms",
+                "e.g. refresh_interval = \"2s\"",
+            ));
+        }
+        if ms(&c.lease_ttl) < 2 * ms(&c.refresh_interval) {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.lease_ttl",
+                "must be at least twice refresh_interval (a lease must outlive one missed refresh)",
+                "e.g. lease_ttl = \"10s\" with refresh_interval = \"2s\"",
+            ));
+        }
+        if c.key_prefix.is_empty()
+            || c.key_prefix.len() > 64
+            || c.key_prefix
+                .chars()
+                .any(|ch| ch.is_control() || ch.is_whitespace())
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "cluster.key_prefix",
+                "1 to 64 characters, without spaces or control characters",
+                "e.g. key_prefix = \"turnpike\"",
             ));
         }
         Ok(())

@@ -174,6 +174,9 @@ pub(super) async fn credentials(
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(c) = state.handle.cluster() {
+        state.metrics.cluster(c);
+    }
     let body = state.metrics.render(
         state.handle.counters(),
         &state.http_stats,
@@ -214,44 +217,107 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub(super) async fn sessions(State(state): State<Arc<AppState>>, _: Admin) -> Response {
+/// One allocation as `/api/v1/sessions` shows it (and the cluster's
+/// registry stores it): `node` is the node that owns it, `created` and
+/// `expires` are Unix seconds at `unix_now`.
+pub(crate) fn session_json(
+    node: &str,
+    unix_now: u64,
+    s: &turnpike_proto::core::SessionInfo,
+) -> serde_json::Value {
+    json!({
+        "id": s.id.to_string(),
+        "node": node,
+        "transport": s.ft.transport.as_str(),
+        "client": s.ft.client.to_string(),
+        "server": s.ft.server.to_string(),
+        "user": s.username,
+        "relay": s.relay.to_string(),
+        "relayed_address": s.advertised.to_string(),
+        "age_s": s.age.as_secs(),
+        "expires_in_s": s.expires_in.as_secs(),
+        "created": unix_now.saturating_sub(s.age.as_secs()),
+        "expires": unix_now + s.expires_in.as_secs(),
+        "permissions": s.permissions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "channels": s.channels.iter().map(|(n, p)| json!({"number": n.0, "peer": p.to_string()})).collect::<Vec<_>>(),
+        "bytes_to_peer": s.traffic.bytes_out,
+        "bytes_from_peer": s.traffic.bytes_in,
+        "packets_to_peer": s.traffic.packets_out,
+        "packets_from_peer": s.traffic.packets_in,
+    })
+}
+
+fn cluster_unavailable(why: String) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", why)
+}
+
+/// `GET /api/v1/sessions`: this node's allocations; with `?scope=cluster`
+/// every node's, from the cluster's registry (refreshed every
+/// `cluster.refresh_interval`; 503 while Redis is unreachable, 400
+/// without a cluster).
+pub(super) async fn sessions(
+    State(state): State<Arc<AppState>>,
+    _: Admin,
+    Query(p): Params,
+) -> Response {
+    match p.get("scope").map(String::as_str) {
+        None | Some("node") => {}
+        Some("cluster") => {
+            let Some(c) = state.handle.cluster() else {
+                return bad_param("scope", "no [cluster] redis_url is configured");
+            };
+            let node = state.handle.node_id();
+            return match c.sessions().await {
+                Ok(mut list) => {
+                    // This node's own entries as they are now, not as of
+                    // its last registry refresh.
+                    list.retain(|s| s["node"] != node);
+                    let now = crate::clock::now().unix;
+                    let own = state.handle.sessions().await;
+                    list.extend(own.iter().map(|s| session_json(node, now, s)));
+                    Json(json!({"sessions": list})).into_response()
+                }
+                Err(why) => cluster_unavailable(why),
+            };
+        }
+        Some(_) => return bad_param("scope", "node (the default) or cluster"),
+    }
+    let node = state.handle.node_id();
+    let now = crate::clock::now().unix;
     let list: Vec<_> = state
         .handle
         .sessions()
         .await
-        .into_iter()
-        .map(|s| {
-            json!({
-                "id": s.id.to_string(),
-                "transport": s.ft.transport.as_str(),
-                "client": s.ft.client.to_string(),
-                "server": s.ft.server.to_string(),
-                "user": s.username,
-                "relay": s.relay.to_string(),
-                "relayed_address": s.advertised.to_string(),
-                "age_s": s.age.as_secs(),
-                "expires_in_s": s.expires_in.as_secs(),
-                "permissions": s.permissions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                "channels": s.channels.iter().map(|(n, p)| json!({"number": n.0, "peer": p.to_string()})).collect::<Vec<_>>(),
-                "bytes_to_peer": s.traffic.bytes_out,
-                "bytes_from_peer": s.traffic.bytes_in,
-                "packets_to_peer": s.traffic.packets_out,
-                "packets_from_peer": s.traffic.packets_in,
-            })
-        })
+        .iter()
+        .map(|s| session_json(node, now, s))
         .collect();
     Json(json!({"sessions": list})).into_response()
 }
 
+/// `DELETE /api/v1/sessions/{id}`: end one of this node's allocations; with
+/// `?node=NODE` (a cluster), one of that node's, which its owner ends.
 pub(super) async fn delete_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     _: Admin,
+    Query(p): Params,
 ) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return bad_param("id", "not a session id");
     };
-    if state.handle.delete_session(id).await {
+    let found = match p.get("node") {
+        Some(node) if node != state.handle.node_id() => {
+            let Some(c) = state.handle.cluster() else {
+                return bad_param("node", "no [cluster] redis_url is configured");
+            };
+            match c.delete(node, id).await {
+                Ok(found) => found,
+                Err(why) => return cluster_unavailable(why),
+            }
+        }
+        _ => state.handle.delete_session(id).await,
+    };
+    if found {
         Json(json!({"deleted": id.to_string()})).into_response()
     } else {
         error(StatusCode::NOT_FOUND, "not_found", "no such session")

@@ -38,6 +38,20 @@ fn gauge_sum(shards: &[Arc<Counters>], f: impl Fn(&Counters) -> i64) -> f64 {
 
 impl Metrics {
     /// Publish the current totals and render the exposition text.
+    /// `turnpike_cluster_up`: whether Redis is reachable (issue 14; only
+    /// with a `[cluster]`).
+    /// and `turnpike_cluster_admissions_total{result}`: the cluster's
+    /// answers to Allocates that asked for the cluster quota.
+    pub fn cluster(&self, c: &crate::cluster::Link) {
+        metrics::with_local_recorder(&self.recorder, || {
+            metrics::gauge!("turnpike_cluster_up").set(if c.is_up() { 1.0 } else { 0.0 });
+            for (result, n) in c.admissions().counts() {
+                metrics::counter!("turnpike_cluster_admissions_total", "result" => result)
+                    .absolute(n);
+            }
+        });
+    }
+
     #[allow(
         clippy::too_many_arguments,
         reason = "one argument per source of metrics; a struct would only rename them"

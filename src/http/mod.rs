@@ -24,6 +24,7 @@ mod api;
 pub mod metrics;
 mod serve;
 
+pub(crate) use api::session_json;
 pub use serve::HttpStats;
 
 use std::net::SocketAddr;

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ServerHandle, setup};
 use crate::config::Config;
 use crate::revocation::{self, Revocation, RevokeError};
 use crate::tls;
-use turnpike_proto::core::{CoreConfig, Credentials, Revocations, SessionInfo};
+use turnpike_proto::core::{Admission, CoreConfig, Credentials, Fleet, Revocations, SessionInfo};
 
 /// A request to one shard.
 pub(crate) enum Control {
@@ -24,6 +24,10 @@ pub(crate) enum Control {
     Delete(u64, oneshot::Sender<bool>),
     /// The XDP fast path was attached (true) or detached (issue 15).
     Fastpath(bool),
+    /// Issue 14: what the cluster task knows of the fleet, and its answer
+    /// to an admission question.
+    Fleet(Arc<Fleet>),
+    Admitted(u64, Admission),
 }
 
 /// Why a reload was refused (the old configuration stays in force).
@@ -100,6 +104,9 @@ impl ServerHandle {
             (stored, self.push_revocations(&store))
         };
         let ended = Self::applied(waits).await;
+        if let Some(c) = self.cluster.get() {
+            c.revoked(&stored.0);
+        }
         tracing::info!(
             user = %super::log_safe(username),
             until = ?until,
@@ -119,6 +126,9 @@ impl ServerHandle {
             self.push_revocations(&store)
         };
         Self::applied(waits).await;
+        if let Some(c) = self.cluster.get() {
+            c.lifted(username);
+        }
         tracing::info!(user = %super::log_safe(username), "revocation lifted");
         true
     }
@@ -171,6 +181,73 @@ impl ServerHandle {
                 0
             }
         }
+    }
+
+    /// This node's name in the fleet (`cluster.node_id`, else the host
+    /// name).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The cluster, when `[cluster] redis_url` is set.
+    pub fn cluster(&self) -> Option<&crate::cluster::Link> {
+        self.cluster.get()
+    }
+
+    pub(crate) fn set_cluster(&self, link: crate::cluster::Link) {
+        let _ = self.cluster.set(link);
+    }
+
+    /// The shards' admission questions (once: the cluster task owns them).
+    pub(crate) fn take_admissions(&self) -> Option<mpsc::Receiver<crate::cluster::FromShard>> {
+        self.admissions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Answer shard `shard`'s admission question `ticket`.
+    pub(crate) fn admitted(&self, shard: usize, ticket: u64, verdict: Admission) {
+        if let Some(c) = self.control.get(shard) {
+            let _ = c.send(Control::Admitted(ticket, verdict));
+        }
+    }
+
+    /// Push what the cluster knows of the fleet into every shard.
+    pub(crate) fn set_fleet(&self, f: Arc<Fleet>) {
+        self.broadcast(|| Control::Fleet(f.clone()));
+    }
+
+    /// Make the cluster's revocation set this node's (issue 14): pushed
+    /// into every shard when it changed, which ends what it revokes.
+    pub(crate) async fn replace_revocations(&self, list: Vec<Revocation>, now: u64) {
+        let waits = {
+            let mut store = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+            store.prune(now);
+            if !store.replace(list) {
+                return;
+            }
+            self.push_revocations(&store)
+        };
+        let ended = Self::applied(waits).await;
+        tracing::info!(ended, "revocations synced from the cluster");
+    }
+
+    /// `policy.max_allocations_per_user` in force (the cluster-wide quota
+    /// with a cluster; 0: none).
+    pub fn max_allocations_per_user(&self) -> usize {
+        self.core_cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_allocations_per_user
+    }
+
+    /// `policy.max_allocations` in force (0: none).
+    pub fn max_allocations(&self) -> usize {
+        self.core_cfg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_allocations
     }
 
     pub fn is_draining(&self) -> bool {
@@ -251,6 +328,9 @@ impl ServerHandle {
         }
         if started.relay.ports != new.relay.ports {
             notes.push("relay.ports: a new port range takes effect after a restart".to_string());
+        }
+        if started.cluster != new.cluster {
+            notes.push("cluster: takes effect after a restart".to_string());
         }
         if started.server.threads != new.server.threads {
             notes.push("server.threads: takes effect after a restart".to_string());

@@ -58,12 +58,17 @@ pub(super) fn deliver<'d>(
     batch: Option<&mut Batch<'d, '_>>,
 ) {
     match output {
-        ClientOutput::None => out.truncate(start),
+        ClientOutput::None => {
+            out.truncate(start);
+            // An Allocate parked for the cluster's admission (issue 14)
+            // has a question to send now.
+            super::fleet::forward_admissions(shard, core);
+        }
         ClientOutput::Reply => {
             // A request may have created or ended an allocation: log it
             // before the client hears.
             let fast = super::fastpath::apply(core, &shard.fastpath);
-            log_events(core, &fast);
+            log_events(shard, core, &fast);
             to_client(shard, from, start..out.len(), out, start, batch);
         }
         ClientOutput::ToClient { ft, range } => to_client(shard, &ft, range, out, start, batch),

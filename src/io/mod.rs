@@ -10,6 +10,7 @@
 mod control;
 mod deliver;
 mod fastpath;
+mod fleet;
 mod gate;
 mod poller;
 mod relay;
@@ -123,6 +124,12 @@ pub struct ServerHandle {
     /// in force.
     fastpath: Arc<fastpath::Slot>,
     fastpath_cfg: Mutex<crate::config::Fastpath>,
+    /// Issue 14: this node's name in the fleet, the link to the cluster
+    /// task (set once it starts, with `[cluster] redis_url`), and the
+    /// shards' admission questions until the cluster task takes them.
+    node_id: String,
+    cluster: std::sync::OnceLock<crate::cluster::Link>,
+    admissions: Mutex<Option<mpsc::Receiver<crate::cluster::FromShard>>>,
 }
 
 impl ServerHandle {
@@ -340,8 +347,12 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
     if fastpath::attach(&cfg.fastpath, &fastpath)? {
         fastpath::warn_if_wildcards(cfg);
     }
+    // Issue 14: the shards' admission questions for the cluster task.
+    let (admit_tx, admit_rx) = mpsc::channel(crate::cluster::ADMIT_QUEUE);
+    let clustered = cfg.cluster.redis_url.is_some();
     for (id, mut sockets) in per_shard.into_iter().enumerate() {
         sockets.fastpath = fastpath.clone();
+        sockets.admit = clustered.then(|| admit_tx.clone());
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         let rx = rx.clone();
@@ -390,6 +401,9 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         revocations: Mutex::default(),
         fastpath,
         fastpath_cfg: Mutex::new(cfg.fastpath.clone()),
+        node_id: crate::cluster::node_id(cfg),
+        cluster: std::sync::OnceLock::new(),
+        admissions: Mutex::new(Some(admit_rx)),
     })
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct Sockets {
         SocketAddr,
         Option<Arc<rustls::ServerConfig>>,
     )>,
+    /// Where the core's admission questions go (issue 14; with a cluster).
+    pub(super) admit: Option<mpsc::Sender<crate::cluster::FromShard>>,
 }
 
 impl Sockets {
@@ -73,6 +75,13 @@ pub(crate) struct Shard {
     pub gate: Arc<super::gate::Gate>,
     /// The XDP fast path (issue 15), shared by every shard.
     pub fastpath: Arc<super::fastpath::Slot>,
+    /// This shard's index, and where its core's admission questions go
+    /// (issue 14).
+    pub id: usize,
+    pub admit: Option<mpsc::Sender<crate::cluster::FromShard>>,
+    /// Wakes the timer task to look at the core's next deadline again (a
+    /// parked Allocate's budget, issue 14).
+    pub timer_wake: tokio::sync::Notify,
 }
 
 impl Shard {
@@ -111,7 +120,8 @@ impl Shard {
     pub(super) fn drain_events(&self) {
         let mut core = self.core.borrow_mut();
         let fast = super::fastpath::apply(&mut core, &self.fastpath);
-        log_events(&mut core, &fast);
+        log_events(self, &mut core, &fast);
+        super::fleet::forward_admissions(self, &mut core);
     }
 }
 
@@ -122,7 +132,7 @@ impl Shard {
 ///
 /// An ended allocation's traffic adds what the XDP fast path relayed for
 /// it (`fast`: by allocation id, from [`super::fastpath::apply`]).
-pub(crate) fn log_events(core: &mut Server, fast: &[(u64, Traffic)]) {
+pub(crate) fn log_events(shard: &Shard, core: &mut Server, fast: &[(u64, Traffic)]) {
     let redact = core.config().redact_client_ips;
     let client = |a: SocketAddr| {
         if redact {
@@ -164,6 +174,7 @@ pub(crate) fn log_events(core: &mut Server, fast: &[(u64, Traffic)]) {
                     traffic.packets_in += f.packets_in;
                     traffic.bytes_in += f.bytes_in;
                 }
+                super::fleet::ended(shard, id, &username);
                 tracing::info!(
                 id,
                 user = %super::log_safe(&username),
@@ -176,7 +187,7 @@ pub(crate) fn log_events(core: &mut Server, fast: &[(u64, Traffic)]) {
                 bytes_to_peer = traffic.bytes_out,
                 bytes_from_peer = traffic.bytes_in,
                 "allocation ended"
-                )
+                );
             }
         }
     }
@@ -226,6 +237,9 @@ pub(crate) fn run(
             gso: sockets.gso,
             gate,
             fastpath: sockets.fastpath,
+            id,
+            admit: sockets.admit,
+            timer_wake: tokio::sync::Notify::new(),
         });
         if shard.fastpath.attached() {
             shard
@@ -305,6 +319,7 @@ async fn timer_loop(
                 shard.drain_events();
                 continue;
             }
+            () = shard.timer_wake.notified() => continue,
             r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
         }
         let now = crate::clock::now();
@@ -312,6 +327,7 @@ async fn timer_loop(
             .core
             .borrow_mut()
             .handle_timeout(now, &mut ShellIo { shard });
+        super::fleet::expire_admissions(shard, now);
         shard.drain_events();
     }
 }
@@ -338,6 +354,11 @@ fn serve_control(shard: &Rc<Shard>, c: super::control::Control) {
         Control::Delete(id, tx) => {
             let found = core.delete_session(id, now, &mut ShellIo { shard });
             let _ = tx.send(found);
+        }
+        Control::Fleet(f) => core.set_fleet(f),
+        Control::Admitted(ticket, verdict) => {
+            drop(core);
+            super::fleet::admitted(shard, now, ticket, verdict);
         }
     }
 }

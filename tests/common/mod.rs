@@ -901,3 +901,7 @@ pub fn free_udp_port() -> u16 {
 }
 
 pub mod ops;
+
+/// The fleet on Redis (issue 14): a real `redis-server` per test and node
+/// configs (tests/cluster.rs, the namespace fleet lab).
+pub mod cluster;

@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::allocation::{Allocation, KeyBytes, TokenBucket, Traffic};
-use super::auth::Authed;
+use super::auth::{AuthFailure, Authed};
 use super::binding::canonical;
+use super::cluster::{Admission, Gate};
 use super::requests::{ALLOCATION_MISMATCH, Reject, Signer};
 use super::shared::{PortChoice, Reservation};
 use super::timers::Due;
@@ -23,6 +24,9 @@ use crate::wire::{Class, Message, MessageBuilder, Method, attr};
 /// How many ports to try binding before answering 508 (another process
 /// may hold ports inside the range).
 const BIND_ATTEMPTS: usize = 64;
+
+/// 300: ALTERNATE-SERVER names where to allocate instead.
+const TRY_ALTERNATE: Reject = Reject::new(300, "Try Alternate");
 
 /// An Allocate request as read, every check of its attributes passed.
 struct AllocateRequest {
@@ -66,7 +70,10 @@ impl Server {
             .is_ok()
     }
 
-    /// Allocate, RFC 8656 §7.2, checks in the RFC's order.
+    /// Allocate, RFC 8656 §7.2, checks in the RFC's order. Whether it
+    /// was answered (in `out`): not when it waits for the cluster's
+    /// admission ([`super::cluster`]), or is a retransmission of one that
+    /// waits.
     pub(super) fn allocate<I: RelayIo>(
         &mut self,
         now: Now,
@@ -75,14 +82,119 @@ impl Server {
         authed: &Authed<'_>,
         out: &mut Vec<u8>,
         io: &mut I,
-    ) {
-        let reserved = self
-            .parse_allocate(ft, msg)
-            .and_then(|req| self.reserve(now.mono, &req, authed, io));
-        match reserved {
-            Ok(r) => self.install(now, ft, msg, authed, r, out),
+    ) -> bool {
+        self.allocate_with(now, ft, msg, authed, None, out, io)
+    }
+
+    /// A parked Allocate resumed with the cluster's `verdict`: the same
+    /// checks again (the server may have started draining, the credential
+    /// may have been revoked meanwhile), then the verdict, then the rest.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request, its admission and the outputs"
+    )]
+    pub(super) fn allocate_admitted<I: RelayIo>(
+        &mut self,
+        now: Now,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed<'_>,
+        ticket: u64,
+        verdict: Admission,
+        out: &mut Vec<u8>,
+        io: &mut I,
+    ) -> bool {
+        if self.revoked(&authed.username, now.unix) {
+            return self.auth_error(now, msg, ft, AuthFailure::Revoked, out);
+        }
+        self.allocate_with(now, ft, msg, authed, Some((ticket, verdict)), out, io)
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request, its admission and the outputs"
+    )]
+    fn allocate_with<I: RelayIo>(
+        &mut self,
+        now: Now,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        authed: &Authed<'_>,
+        admitted: Option<(u64, Admission)>,
+        out: &mut Vec<u8>,
+        io: &mut I,
+    ) -> bool {
+        let req = match self.parse_allocate(ft, msg) {
+            Ok(req) => req,
+            Err(r) => {
+                self.reject_allocate(ft, msg, out, r, authed);
+                return true;
+            }
+        };
+        if self.full_with_fleet() {
+            // A full node of a fleet sends the client to one with room.
+            if let Some(alt) = self.pick_alternate(ft) {
+                self.reject_with(msg, out, TRY_ALTERNATE, Some(Signer::of(authed)), |b| {
+                    b.address(attr::ALTERNATE_SERVER, alt);
+                });
+                return true;
+            }
+        }
+        let (id, verdict) = match admitted {
+            Some((ticket, v)) => (ticket, Some(v)),
+            None => match self.admission_gate(now, ft, msg, authed) {
+                Gate::Proceed(v) => (self.take_id(), v),
+                Gate::Parked | Gate::Retransmission => return false,
+            },
+        };
+        if verdict == Some(Admission::Refused) {
+            self.counters.quota_refusals.inc();
+            let r = Reject::new(486, "Allocation Quota Reached (cluster)");
+            self.reject(msg, out, r, Some(Signer::of(authed)));
+            return true;
+        }
+        match self.reserve(now.mono, &req, authed, io) {
+            Ok(r) => self.install(now, ft, msg, authed, r, id, out),
             Err(r) => self.reject(msg, out, r, Some(Signer::of(authed))),
         }
+        true
+    }
+
+    /// Answer a refused Allocate; a 300 names an alternate server (the
+    /// fleet's, else a static one), or becomes 486 without one.
+    fn reject_allocate(
+        &mut self,
+        ft: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut Vec<u8>,
+        r: Reject,
+        authed: &Authed<'_>,
+    ) {
+        let sign = Some(Signer::of(authed));
+        if r.code != 300 {
+            return self.reject(msg, out, r, sign);
+        }
+        match self.pick_alternate(ft) {
+            Some(alt) => self.reject_with(msg, out, r, sign, |b| {
+                b.address(attr::ALTERNATE_SERVER, alt);
+            }),
+            None => {
+                self.counters.quota_refusals.inc();
+                self.reject(
+                    msg,
+                    out,
+                    Reject::new(486, "Allocation Quota Reached (draining)"),
+                    sign,
+                );
+            }
+        }
+    }
+
+    /// The next allocation id (also the ticket of a parked Allocate).
+    pub(super) fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     /// May `ft` allocate now (437 if it has an allocation; while draining,
@@ -94,11 +206,11 @@ impl Server {
         }
         if self.cfg.draining {
             // Operations: while draining, send new allocations elsewhere.
-            if self.cfg.alternate_servers.is_empty() {
+            if self.cfg.alternate_servers.is_empty() && self.fleet.fleet.alternates.is_empty() {
                 self.counters.quota_refusals.inc();
                 return Err(Reject::new(486, "Allocation Quota Reached (draining)"));
             }
-            return Err(Reject::new(300, "Try Alternate"));
+            return Err(TRY_ALTERNATE);
         }
         match msg.requested_transport() {
             Ok(Some(attr::TRANSPORT_UDP)) => {}
@@ -306,6 +418,10 @@ impl Server {
     /// Answer with the relayed address and lifetime (and a
     /// RESERVATION-TOKEN for a held next port), and put the allocation in
     /// the table, the timer heap and the counters.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request, what was reserved for it, its id and the output"
+    )]
     fn install(
         &mut self,
         now: Now,
@@ -313,6 +429,7 @@ impl Server {
         msg: &Message<'_>,
         authed: &Authed<'_>,
         r: Reserved,
+        id: u64,
         out: &mut Vec<u8>,
     ) {
         let Reserved {
@@ -342,8 +459,6 @@ impl Server {
         let life = self.granted_lifetime(lifetime, authed.rest_expiry, now.unix);
         let relay = SocketAddr::new(fam.bind, port);
         let advertised = SocketAddr::new(fam.advertised_for(ft.server), port);
-        let id = self.next_id;
-        self.next_id += 1;
         let expires = now.mono + life;
         // Build the response first: it is also what a retransmission gets.
         let start = out.len();

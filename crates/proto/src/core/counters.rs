@@ -81,6 +81,7 @@ labelled!(
         TooLarge => "too_large",
         Amplification => "amplification",
         UnknownMethod => "unknown_method",
+        AdmissionPending => "admission_pending",
     }
 );
 

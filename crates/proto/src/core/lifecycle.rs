@@ -49,6 +49,8 @@ impl Server {
 
     /// A TCP/TLS connection closed: its allocation goes (RFC 8656 §3.1).
     pub fn connection_closed<I: RelayIo>(&mut self, now: Now, ft: &FiveTuple, io: &mut I) {
+        // An Allocate of it waiting for the cluster goes too (issue 14).
+        self.fleet.forget(ft);
         if let Some(slot) = self.table.slot_of(ft) {
             self.delete(slot, now.mono, EndReason::ConnectionClosed, io);
         }

@@ -21,6 +21,10 @@
 //! 4. [`Server::poll_event`] for allocation start/end (logs, admin);
 //! 5. [`Counters`] are read by the shell whenever it publishes metrics.
 //!
+//! With a fleet (issue 14, [`cluster`]): [`Server::poll_admit`] after a
+//! request, [`Server::admitted`] with the shell's answer, and
+//! [`Server::expire_admissions`] when [`Server::poll_timeout`] passes.
+//!
 //! Tests drive exactly these calls with a manual clock.
 //!
 //! Files by job: `types` (what the interface is written in: [`Now`],
@@ -42,6 +46,7 @@ mod allocate;
 pub mod allocation;
 pub mod auth;
 mod binding;
+pub mod cluster;
 mod config;
 pub mod counters;
 mod data;
@@ -68,6 +73,7 @@ use rand::rngs::StdRng;
 pub use allocation::{Allocation, Traffic};
 pub use auth::{Authenticator, Credentials, Integrity, StaticCredential};
 pub use binding::canonical;
+pub use cluster::{Admission, AdmitRequest, Alternate, Fleet};
 pub use config::{CoreConfig, RelayFamily, Setup};
 pub use counters::{
     AuthFailureReason, Counter, Counters, DropReason, EndReason, Gauge, RateLimitReason,
@@ -108,6 +114,8 @@ pub struct Server {
     fastpath_on: bool,
     /// Operations for it, drained by [`Server::poll_fastpath`].
     fastpath_ops: VecDeque<fastpath::FastpathOp>,
+    /// The fleet (issue 14): alternates, parked Allocates.
+    fleet: cluster::FleetState,
 }
 
 impl Server {
@@ -126,6 +134,7 @@ impl Server {
             next_id: u64::from(s.shard) << 48,
             fastpath_on: false,
             fastpath_ops: VecDeque::new(),
+            fleet: cluster::FleetState::default(),
         }
     }
 
@@ -233,7 +242,10 @@ impl Server {
 
     /// The earliest instant [`Server::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        match (self.timers.next(), self.fleet.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Next allocation start/end event.

@@ -154,8 +154,11 @@ impl Server {
             return ClientOutput::Reply;
         }
         if method == Method::ALLOCATE {
-            self.allocate(now, ft, msg, &authed, out, io);
-            return ClientOutput::Reply;
+            return if self.allocate(now, ft, msg, &authed, out, io) {
+                ClientOutput::Reply
+            } else {
+                ClientOutput::None
+            };
         }
         let Some(slot) = slot else {
             self.reject(msg, out, ALLOCATION_MISMATCH, sign);
@@ -191,7 +194,7 @@ impl Server {
     /// PASSWORD-ALGORITHMS); they are not signed. 400 is plain. Whether
     /// anything is sent: the rate limit and the budget decide
     /// ([`Server::reject_unsigned`]).
-    fn auth_error(
+    pub(super) fn auth_error(
         &mut self,
         now: Now,
         msg: &Message<'_>,
