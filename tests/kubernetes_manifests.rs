@@ -428,10 +428,29 @@ fn configmap_toml_passes_config_check() {
             "{key} in the ConfigMap"
         );
     }
-    // The [cluster] section stays commented until the server has it.
-    assert!(toml.contains("# [cluster]"));
-    assert!(toml.contains("requires the cluster backend (issue 14, not yet released)"));
+    // The fleet on Redis (issue 14) is optional: [cluster] ships commented,
+    // and uncommented as the guide says it passes the same check.
     assert!(!toml.lines().any(|l| l.trim() == "[cluster]"));
+    let uncommented: String = toml
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("# ") {
+            Some(rest) if rest == "[cluster]" || rest.starts_with("redis_url = ") => {
+                rest.to_string()
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.lines().any(|l| l == "[cluster]"));
+    assert!(
+        uncommented
+            .lines()
+            .any(|l| l.starts_with("redis_url = \"redis://turnpike-redis."))
+    );
+    let with_cluster = w.path("with-cluster.toml");
+    std::fs::write(&with_cluster, uncommented).unwrap();
+    let out = config_check(&with_cluster);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
