@@ -162,14 +162,14 @@ impl Fleet {
         let nodes = (0..3)
             .map(|k| {
                 let ip = IpAddr::V4(lab_ip(t, node_host(k)));
-                Some(node_ns[k].start_turnpike(&node_config(
-                    &node_name(k),
-                    &url,
-                    ip,
-                    "49152-49251",
-                    policy[k],
-                    cluster,
-                )))
+                // Peers: the lab's /24 only (node_config allows the /8).
+                let toml = node_config(&node_name(k), &url, ip, "49152-49251", policy[k], cluster)
+                    .replace(
+                        "allow_peers = [\"10.0.0.0/8\"]",
+                        &format!("allow_peers = [\"10.77.{t}.0/24\"]"),
+                    );
+                assert!(toml.contains(&format!("10.77.{t}.0/24")), "{toml}");
+                Some(node_ns[k].start_turnpike(&toml))
             })
             .collect();
         let fleet = Fleet {
@@ -559,6 +559,14 @@ fn a_revocation_on_node_1_ends_the_users_allocations_on_nodes_2_and_3_within_a_s
     assert_eq!(v3.refresh(Some(600)), 401, "node-3 refuses the victim");
     for k in 0..3 {
         assert_eq!(f.allocate(k, "victim").err(), Some(401), "{}", node_name(k));
+        let http = f.http(k);
+        let r = f.on_lan(|| get_auth(http, "/api/v1/revocations", FLEET_ADMIN_KEY));
+        assert_eq!(
+            r.json()["revocations"][0]["username"],
+            "victim",
+            "{}",
+            r.text()
+        );
     }
     // The bystander on node 3 relayed the whole time without a loss.
     Steady::wait(Duration::from_millis(300));
@@ -842,10 +850,6 @@ fn a_slow_redis_never_slows_relaying_and_allocates_go_on_within_their_budget() {
             .collect()
     };
     let granted = admissions("granted");
-    assert!(
-        granted.iter().all(|g| *g >= 1.0),
-        "Redis admitted them: {granted:?}"
-    );
     let flows: Vec<Steady> = paths.into_iter().map(Path::steady).collect();
     // Slow from now on.
     match how {
@@ -918,22 +922,25 @@ fn a_slow_redis_never_slows_relaying_and_allocates_go_on_within_their_budget() {
     // quota: then erin just gets one more allocation on node 3, and the
     // next try is asked again. Once Redis answers in time, node 3 refuses
     // her on the fleet's count (node 3 alone holds at most one of hers).
-    let mut extra = Vec::new();
+    let refused = admissions("refused")[2];
     let code = wait_until(
         "node-3 to refuse erin on the cluster quota",
         POLL_LIMIT,
         || match f.allocate(2, "erin") {
             Err(code) => Some(code),
-            Ok(c) => {
-                extra.push(c);
+            Ok(mut c) => {
+                // Answered late: gone at once, so node 3's own count of
+                // erin stays 0 and cannot be what refuses her.
+                assert_eq!(c.refresh(Some(0)), 200);
                 None
             }
         },
     );
     assert_eq!(code, 486, "the cluster quota");
-    assert!(
-        extra.len() <= 1,
-        "node-3's local quota would refuse a third"
+    assert_eq!(
+        admissions("refused")[2],
+        refused + 1.0,
+        "refused by the cluster, not by node-3's own count"
     );
     for c in &mut clients {
         assert_eq!(c.refresh(Some(600)), 200);
