@@ -29,9 +29,11 @@
 //!   others lose nothing, its leases age out of Redis;
 //! - Redis gone for 10 s: nothing dropped, local quotas, then registry and
 //!   counts rebuilt;
-//! - a slow Redis (200 ms added to everything it sends): relaying never
-//!   loses a datagram, Allocates still succeed within their budget on the
-//!   local quota, and the cluster quota is back once the delay is gone.
+//! - a slow Redis (200 ms added to everything it sends: `tc netem` on its
+//!   veth, or, on kernels without sch_netem, a delaying TCP proxy in its
+//!   namespace, announced on stderr): relaying never loses a datagram,
+//!   Allocates still succeed at their budget on the local quota, and the
+//!   cluster quota is back once the delay is gone.
 //!
 //! Root only, like the other namespace labs: without root each test prints
 //! a loud SKIPPED banner, and fails instead when TURNPIKE_NETNS_REQUIRED=1
