@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use common::cluster::*;
 use common::ops::*;
 use common::*;
-use turnpike_proto::client::{AllocateOptions, Credentials};
+use turnpike_proto::client::AllocateOptions;
 use turnpike_proto::wire::Message;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -59,10 +59,6 @@ fn wait_cluster_up(s: &TestServer, up: bool) {
     });
 }
 
-fn rest(user: &str) -> Credentials {
-    Credentials::rest(FLEET_SECRET, user, unix_now() + 3600)
-}
-
 fn udp(s: &TestServer) -> SocketAddr {
     s.addr(Transport::Udp, false)
 }
@@ -91,29 +87,6 @@ fn sessions(s: &TestServer, query: &str) -> Vec<serde_json::Value> {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["sessions"].as_array().unwrap().clone()
-}
-
-/// The users of sessions (sorted), with their nodes.
-fn owners(list: &[serde_json::Value]) -> Vec<(String, String)> {
-    let mut v: Vec<_> = list
-        .iter()
-        .map(|s| {
-            let user = s["user"].as_str().unwrap();
-            let user = user.split_once(':').map_or(user, |(_, u)| u);
-            (user.to_string(), s["node"].as_str().unwrap().to_string())
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v: Vec<_> = p
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

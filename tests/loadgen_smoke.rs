@@ -300,6 +300,10 @@ fn allocations_agree_with_server_metrics() {
     assert_eq!((r.deletes_ok, r.deletes_failed), (20, 0));
     assert_eq!(r.setup_latency_us.samples, 20);
     assert_ordered(&r.setup_latency_us, "set-up latency");
+    // The signed Allocate alone: one per set-up, within its set-up.
+    assert_eq!(r.allocate_latency_us.samples, 20);
+    assert_ordered(&r.allocate_latency_us, "Allocate latency");
+    assert!(r.allocate_latency_us.max_us <= r.setup_latency_us.max_us);
     assert!(r.setups_per_s > 0.0);
     assert_eq!(delta(&before, &after, CREATED), 20.0);
     assert_eq!(delta(&before, &after, DELETED), 20.0);

@@ -38,6 +38,11 @@ pub struct AllocationsReport {
     pub setups_per_s: f64,
     /// Per set-up: first request to ChannelBind success.
     pub setup_latency_us: Percentiles,
+    /// Per set-up: the signed Allocate, first transmission to success (the
+    /// 401 round trip before it left out): what a cluster admission in
+    /// Redis adds to an Allocate shows here (issue 14).
+    #[serde(default)]
+    pub allocate_latency_us: Percentiles,
     pub deletes_ok: usize,
     pub deletes_failed: usize,
     pub delete_elapsed_s: f64,
@@ -101,13 +106,15 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
     let which: Vec<usize> = (0..allocs.len()).collect();
     let srv0 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
     let t0 = crate::clock::instant();
-    let outs = setup::drive(
+    let mut allocate_ns = Vec::with_capacity(o.count);
+    let outs = setup::drive_timed(
         &mut allocs,
         &which,
         Some(&o.target),
         |_, _| setup_steps(peer),
         o.concurrency,
         t0 + Duration::from_secs(60) + Duration::from_millis(10 * o.count as u64),
+        Some(&mut allocate_ns),
     )?;
     let elapsed = t0.elapsed().as_secs_f64();
     let srv1 = o.server_pid.map(turnpike_sys::procfs::sample).transpose()?;
@@ -115,6 +122,10 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
     let mut h = Histogram::new();
     for d in outs.iter().flatten() {
         h.record(d.as_nanos() as u64);
+    }
+    let mut ha = Histogram::new();
+    for ns in allocate_ns {
+        ha.record(ns);
     }
     let (dok, dfail, delapsed) = teardown(&mut allocs, o.concurrency);
     let server = match (srv0, srv1) {
@@ -139,6 +150,7 @@ pub fn allocations(o: AllocationsOpts) -> Result<AllocationsReport> {
         setup_elapsed_s: elapsed,
         setups_per_s: ok as f64 / elapsed.max(1e-9),
         setup_latency_us: Percentiles::of_ns(&h),
+        allocate_latency_us: Percentiles::of_ns(&ha),
         deletes_ok: dok,
         deletes_failed: dfail,
         delete_elapsed_s: delapsed,

@@ -234,6 +234,11 @@ pub fn allocations(r: &AllocationsReport) -> String {
         format!("{:.0}   ({:.3} s)", r.setups_per_s, r.setup_elapsed_s),
     );
     pct_rows(&mut o, "set-up latency", &r.setup_latency_us);
+    pct_rows(
+        &mut o,
+        "Allocate latency (signed request)",
+        &r.allocate_latency_us,
+    );
     row(
         &mut o,
         "deletes ok / failed, per second",

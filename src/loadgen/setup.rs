@@ -121,6 +121,8 @@ struct Active {
     stale: u32,
     reconnects: u32,
     started: Instant,
+    /// When the current step's request was first sent.
+    step_started: Instant,
 }
 
 /// The outcome of one allocation's steps: the time from its first request
@@ -140,6 +142,23 @@ pub(super) fn drive(
     steps: impl Fn(usize, &Alloc) -> Vec<Step>,
     concurrency: usize,
     deadline: Instant,
+) -> Result<Vec<Outcome>> {
+    drive_timed(allocs, which, reconnect, steps, concurrency, deadline, None)
+}
+
+/// [`drive`], also recording in `allocate_ns` how long each successful
+/// Allocate took: its signed request's first transmission to its success
+/// (the 401 round trip before it left out; retransmissions included). That
+/// is where a server that asks something else before answering (a cluster
+/// admission in Redis) spends its time.
+pub(super) fn drive_timed(
+    allocs: &mut [Alloc],
+    which: &[usize],
+    reconnect: Option<&Target>,
+    steps: impl Fn(usize, &Alloc) -> Vec<Step>,
+    concurrency: usize,
+    deadline: Instant,
+    mut allocate_ns: Option<&mut Vec<u64>>,
 ) -> Result<Vec<Outcome>> {
     let concurrency = concurrency.clamp(1, 4096);
     let mut out: Vec<Option<Outcome>> = vec![None; which.len()];
@@ -173,6 +192,7 @@ pub(super) fn drive(
                 stale: 0,
                 reconnects: 0,
                 started: now,
+                step_started: now,
             };
             ep.add(a.conn.fd(), s as u64, Interest::Read)?;
             slots[s] = Some((next, act));
@@ -247,6 +267,11 @@ pub(super) fn drive(
                 match on_response(act, a, m, &mut rng) {
                     Progress::Ignore | Progress::Resend => {}
                     Progress::Next => {
+                        if act.steps[act.k] == Step::Allocate {
+                            if let Some(v) = allocate_ns.as_deref_mut() {
+                                v.push(act.step_started.elapsed().as_nanos() as u64);
+                            }
+                        }
                         act.k += 1;
                         if act.k == act.steps.len() {
                             verdict = Some(Ok(act.started.elapsed()));
@@ -349,7 +374,9 @@ fn request(step: Step, a: &Alloc, rng: &mut SmallRng, now: Instant) -> Transacti
 
 /// A new request for the current step (a new transaction, due now).
 fn rebuild(act: &mut Active, a: &Alloc, rng: &mut SmallRng) {
-    act.txn = request(act.steps[act.k], a, rng, crate::clock::instant());
+    let now = crate::clock::instant();
+    act.txn = request(act.steps[act.k], a, rng, now);
+    act.step_started = now;
 }
 
 fn on_response(act: &mut Active, a: &mut Alloc, m: &[u8], rng: &mut SmallRng) -> Progress {

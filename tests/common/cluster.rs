@@ -11,7 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use turnpike_proto::client::Credentials;
+
 use super::KillOnDrop;
+use super::ops::unix_now;
 
 /// The REST secret, API key and admin key of every node of a test fleet.
 pub const FLEET_SECRET: &str = "fleet-test-secret";
@@ -240,7 +243,8 @@ fn resp_complete(b: &[u8]) -> bool {
 /// `listen_ip`'s /8 (IPv4) allowed, `[policy]` lines `policy` and
 /// `[cluster]` lines `cluster` added to the fleet's (Redis at `redis_url`,
 /// refreshed every 200 ms, leases of 2 s, a 2 s admission budget so that a
-/// loaded test machine does not fall back to local quotas).
+/// loaded test machine does not fall back to local quotas, unless
+/// `cluster` sets `allocate_budget` itself).
 pub fn node_config(
     node_id: &str,
     redis_url: &str,
@@ -252,6 +256,11 @@ pub fn node_config(
     let allow = match listen_ip {
         IpAddr::V4(v4) => format!("{}.0.0.0/8", v4.octets()[0]),
         IpAddr::V6(_) => format!("{listen_ip}/128"),
+    };
+    let budget = if cluster.contains("allocate_budget") {
+        ""
+    } else {
+        "allocate_budget = \"2s\""
     };
     format!(
         r#"
@@ -283,10 +292,42 @@ redis_url = "{redis_url}"
 node_id = "{node_id}"
 refresh_interval = "200ms"
 lease_ttl = "2s"
-allocate_budget = "2s"
+{budget}
 {cluster}
 "#,
         listen = SocketAddr::new(listen_ip, 0),
         http = SocketAddr::new(listen_ip, 0),
     )
+}
+
+/// A REST credential of the fleet for `user`, valid for an hour.
+pub fn rest(user: &str) -> Credentials {
+    Credentials::rest(FLEET_SECRET, user, unix_now() + 3600)
+}
+
+/// The (user part, node) of `/api/v1/sessions` entries, sorted.
+pub fn owners(list: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = list
+        .iter()
+        .map(|s| {
+            let user = s["user"].as_str().unwrap_or_default();
+            let user = user.split_once(':').map_or(user, |(_, u)| u);
+            (
+                user.to_string(),
+                s["node"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Owned, sorted (user, node) pairs, to compare with [`owners`].
+pub fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = p
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    v.sort();
+    v
 }

@@ -489,6 +489,12 @@ impl TurnClient {
         })
     }
 
+    /// A UDP client on a socket the caller made (e.g. one bound inside a
+    /// network namespace by `Ns::udp_bind`).
+    pub fn udp_on(sock: UdpSocket, server: SocketAddr) -> TurnClient {
+        Self::with(Conn::Udp { sock, server })
+    }
+
     pub fn tcp(server: SocketAddr) -> TurnClient {
         Self::with(Conn::Tcp(StreamConn {
             s: tcp_connect(server),
