@@ -36,6 +36,13 @@ const MAX_PENDING: usize = 256 * 1024;
 /// What the read buffer holds between frames, and reads at least.
 const READ_CHUNK: usize = 4096;
 
+/// What the read buffer starts with. A connection that sends nothing (a
+/// connection flood holds thousands) costs this rather than a whole
+/// [`READ_CHUNK`], and so do its other buffers (empty until used): less
+/// heap for an attack to spread, and less for the allocator to keep
+/// after it. The first frame grows it.
+const FIRST_READ: usize = 256;
+
 /// The output side of a connection, reachable from relay tasks.
 pub(crate) struct ConnOut {
     buf: RefCell<Vec<u8>>,
@@ -82,7 +89,7 @@ pub(crate) async fn serve<S>(
 {
     let ft = conn.ft;
     let out = Rc::new(ConnOut {
-        buf: RefCell::new(Vec::with_capacity(1500)),
+        buf: RefCell::new(Vec::new()),
         notify: Notify::new(),
     });
     shard.conns.borrow_mut().insert(ft, out.clone());
@@ -181,9 +188,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let ft = &conn.ft;
-    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut reply = Vec::with_capacity(1500);
-    let mut writing: Vec<u8> = Vec::with_capacity(1500);
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut reply = Vec::new();
+    let mut writing: Vec<u8> = Vec::new();
     let mut deadlines = Deadlines::new(conn.limits, conn.opened);
     let write_timeout = conn.limits.write;
     // One timer for the connection's life, re-armed only when the next
@@ -259,11 +266,16 @@ where
     }
 }
 
-/// Make room for the next read: at least [`READ_CHUNK`] bytes, or the rest
-/// of the frame being received, whichever is more, and no more. So the
-/// buffer never holds more than one frame plus one chunk, and a large
-/// frame's room is given back once it is done.
+/// Make room for the next read: [`FIRST_READ`] bytes for a connection's
+/// first read; then at least [`READ_CHUNK`] bytes, or the rest of the
+/// frame being received, whichever is more, and no more. So the buffer
+/// never holds more than one frame plus one chunk, and a large frame's
+/// room is given back once it is done.
 fn make_room(inbuf: &mut Vec<u8>) {
+    if inbuf.capacity() == 0 {
+        inbuf.reserve_exact(FIRST_READ);
+        return;
+    }
     let want = needed(inbuf).map_or(READ_CHUNK, |n| n.max(READ_CHUNK));
     let room = want.saturating_sub(inbuf.len()).max(READ_CHUNK / 2);
     if inbuf.capacity() > 2 * READ_CHUNK && inbuf.len() + room < inbuf.capacity() / 2 {
@@ -393,8 +405,14 @@ mod tests {
     #[test]
     fn the_read_buffer_holds_one_frame_at_most_and_shrinks_after_it() {
         let mut buf = Vec::new();
+        // A connection that has sent nothing holds a small buffer only.
+        make_room(&mut buf);
+        assert!(buf.capacity() >= FIRST_READ && buf.capacity() < READ_CHUNK);
+        // After its first bytes, whole chunks.
+        buf.push(0);
         make_room(&mut buf);
         assert!(buf.capacity() >= READ_CHUNK && buf.capacity() < 2 * READ_CHUNK);
+        buf.clear();
         // The header of a 65,535-byte ChannelData frame: room for it all.
         buf.extend_from_slice(&[0x40, 0x00, 0xff, 0xff]);
         make_room(&mut buf);

@@ -219,7 +219,19 @@ pub struct Authenticator {
     /// Derived keys by username, as bytes (the HMAC states are rebuilt per
     /// use: a few compression rounds, against a key derivation — HMAC of
     /// the secret plus MD5/SHA-256 — saved; and a tenth of the memory).
-    cache: HashMap<(String, PasswordAlgorithm), KeyBytes>,
+    /// Keyed by the username's SHA-256, not the name: an entry is a fixed
+    /// size inside the table, with no allocation of its own. Entries made
+    /// while an attack grows the heap would otherwise stay scattered over
+    /// it after the attack is freed, and keep its pages resident.
+    cache: HashMap<CacheKey, KeyBytes>,
+}
+
+/// The key cache's key: SHA-256 of the username, and the algorithm.
+type CacheKey = ([u8; 32], PasswordAlgorithm);
+
+fn cache_key(username: &str, alg: PasswordAlgorithm) -> CacheKey {
+    use sha2::Digest;
+    (Sha256::digest(username.as_bytes()).into(), alg)
 }
 
 impl Authenticator {
@@ -227,7 +239,11 @@ impl Authenticator {
         Authenticator {
             creds,
             nonce_key: <Hmac<Sha256> as Mac>::new_from_slice(nonce_key).expect("any key length"),
-            cache: HashMap::new(),
+            // Its full size at once (it is cleared, never grown, at
+            // KEY_CACHE_MAX): memory that does not step up as names
+            // arrive, and that the allocator maps on its own (untouched
+            // buckets are never resident).
+            cache: HashMap::with_capacity(KEY_CACHE_MAX),
         }
     }
 
@@ -355,7 +371,7 @@ impl Authenticator {
                 });
             }
         }
-        let cache_key = (username.to_string(), alg);
+        let cache_key = cache_key(&username, alg);
         if let Some(key) = self.cache.get(&cache_key).map(KeyBytes::key) {
             if verify(&key) {
                 // REST usernames expire even when their key is cached.
