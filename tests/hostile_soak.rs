@@ -9,6 +9,7 @@
 //! (`TURNPIKE_SOAK_SECS` sets the length, 120 s by default;
 //! `TURNPIKE_SOAK_ALLOCATIONS` the steady allocations, 5,000;
 //! `TURNPIKE_SOAK_FLOOD_PPS` the UDP flood, 20,000 datagrams/s;
+//! `TURNPIKE_SOAK_ROUNDS` the attack rounds, 2;
 //! `TURNPIKE_SOAK_ATTACKS` which attacks run, all by default:
 //! `udp,tcp,loris,nonreader`.)
 //!
@@ -24,14 +25,16 @@
 //! - slow-loris: a STUN header, then a byte now and then;
 //! - clients that send requests over TCP and never read the answers.
 //!
-//! It runs in three phases of the same length on one server: the
-//! well-behaved load alone twice (a warm-up, then the baseline), then the
-//! well-behaved load with every attack. It asserts that the well-behaved flows lose nothing in
-//! either, that the flood's answers stay within 3x its bytes and within the
-//! per-source limit, and that the server's open file descriptors come
-//! back to the level the baseline phase left when the attacks stop, its
-//! live heap within 1.5x of it and its RSS within 2x;
-//! and it prints the numbers `benches/RESULTS.md` records.
+//! It runs in phases of the same length on one server: the well-behaved
+//! load alone twice (a warm-up, then the baseline), then the well-behaved
+//! load with every attack, twice (`TURNPIKE_SOAK_ROUNDS`). It asserts that
+//! the well-behaved flows lose nothing in any, that the flood's answers
+//! stay within 3x its bytes and within the per-source limit, that after
+//! each attack round the server's open file descriptors come back to the
+//! level the baseline phase left, its live heap and its RSS within 1.5x of
+//! it, and that the second round leaves RSS within 15 % of where the first
+//! left it (a plateau, not a ramp); and it prints the numbers
+//! `benches/RESULTS.md` records.
 
 #![allow(
     clippy::unwrap_used,
@@ -241,270 +244,305 @@ fn hostile_soak() {
         heap0.1
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut threads = Vec::new();
+    // The attack phase, `TURNPIKE_SOAK_ROUNDS` times (2 by default): each
+    // round must leave the server where the baseline left it (fds exactly,
+    // live heap and RSS within 1.5x), and the last must leave RSS where the
+    // first did (what the allocator keeps after an attack is a plateau,
+    // not a ramp).
+    let rounds = env_or("TURNPIKE_SOAK_ROUNDS", 2);
+    let mut ends: Vec<(u64, f64)> = Vec::new();
+    for round in 1..=rounds {
+        println!("--- attack round {round} of {rounds} ---");
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let mut threads = Vec::new();
 
-    // The steady allocations and their ChannelData.
-    let relay = steady()
-        .args(["--server-pid", &pid.to_string()])
-        .spawn()
-        .unwrap();
+        // The steady allocations and their ChannelData.
+        let relay = steady()
+            .args(["--server-pid", &pid.to_string()])
+            .spawn()
+            .unwrap();
 
-    // Churn.
-    let (churn_ok, churn_failed, churn_thread) = churn(&stop, &loadgen);
-    threads.push(churn_thread);
+        // Churn.
+        let (churn_ok, churn_failed, churn_thread) = churn(&stop, &loadgen);
+        threads.push(churn_thread);
 
-    // The unauthenticated UDP flood: 4 sources, paced to
-    // TURNPIKE_SOAK_FLOOD_PPS in total (each source far above the
-    // per-source limit; the total within what 2 cores carry next to
-    // everything else here).
-    let attacks =
-        std::env::var("TURNPIKE_SOAK_ATTACKS").unwrap_or_else(|_| "udp,tcp,loris,nonreader".into());
-    let on = |a: &str| attacks.split(',').any(|x| x == a);
-    let flood_started = Instant::now();
-    let per_tick = (env_or("TURNPIKE_SOAK_FLOOD_PPS", 20_000) / 4 / 100).max(1);
-    for n in (2..6).filter(|_| on("udp")) {
-        let t = tally.clone();
-        threads.push(spawn(&stop, move |stop| {
-            let start = Instant::now();
-            let mut ticks = 0u32;
-            let s = UdpSocket::bind((src(n), 0)).unwrap();
-            s.set_nonblocking(true).unwrap();
-            let mut tid = 0u64;
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..per_tick {
-                    tid += 1;
-                    let m = if tid.is_multiple_of(2) {
-                        unauth_allocate(tid)
-                    } else {
-                        stun_header(0x0001, 0, tid).to_vec()
-                    };
-                    if s.send_to(&m, udp).is_ok() {
-                        t.udp_sent_bytes
-                            .fetch_add(m.len() as u64, Ordering::Relaxed);
+        // The unauthenticated UDP flood: 4 sources, paced to
+        // TURNPIKE_SOAK_FLOOD_PPS in total (each source far above the
+        // per-source limit; the total within what 2 cores carry next to
+        // everything else here).
+        let attacks = std::env::var("TURNPIKE_SOAK_ATTACKS")
+            .unwrap_or_else(|_| "udp,tcp,loris,nonreader".into());
+        let on = |a: &str| attacks.split(',').any(|x| x == a);
+        let flood_started = Instant::now();
+        let per_tick = (env_or("TURNPIKE_SOAK_FLOOD_PPS", 20_000) / 4 / 100).max(1);
+        for n in (2..6).filter(|_| on("udp")) {
+            let t = tally.clone();
+            threads.push(spawn(&stop, move |stop| {
+                let start = Instant::now();
+                let mut ticks = 0u32;
+                let s = UdpSocket::bind((src(n), 0)).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut tid = 0u64;
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..per_tick {
+                        tid += 1;
+                        let m = if tid.is_multiple_of(2) {
+                            unauth_allocate(tid)
+                        } else {
+                            stun_header(0x0001, 0, tid).to_vec()
+                        };
+                        if s.send_to(&m, udp).is_ok() {
+                            t.udp_sent_bytes
+                                .fetch_add(m.len() as u64, Ordering::Relaxed);
+                        }
                     }
+                    while let Ok((k, _)) = s.recv_from(&mut buf) {
+                        t.udp_answer_bytes.fetch_add(k as u64, Ordering::Relaxed);
+                        t.udp_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // 100 ticks a second.
+                    ticks += 1;
+                    let next = start + Duration::from_millis(10) * ticks;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
+                std::thread::sleep(Duration::from_millis(200));
                 while let Ok((k, _)) = s.recv_from(&mut buf) {
                     t.udp_answer_bytes.fetch_add(k as u64, Ordering::Relaxed);
                     t.udp_answers.fetch_add(1, Ordering::Relaxed);
                 }
-                // 100 ticks a second.
-                ticks += 1;
-                let next = start + Duration::from_millis(10) * ticks;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            while let Ok((k, _)) = s.recv_from(&mut buf) {
-                t.udp_answer_bytes.fetch_add(k as u64, Ordering::Relaxed);
-                t.udp_answers.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+            }));
+        }
 
-    // The TCP connection flood: connect from 4 sources, hold everything.
-    for n in (10..14).filter(|_| on("tcp")) {
-        let t = tally.clone();
-        threads.push(spawn(&stop, move |stop| {
-            let mut held: Vec<TcpStream> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                if held.len() < 4000 {
-                    let sock = socket2_connect(src(n), tcp);
-                    match sock {
-                        Some(s) => {
-                            t.tcp_opened.fetch_add(1, Ordering::Relaxed);
-                            held.push(s);
+        // The TCP connection flood: connect from 4 sources, hold everything.
+        for n in (10..14).filter(|_| on("tcp")) {
+            let t = tally.clone();
+            threads.push(spawn(&stop, move |stop| {
+                let mut held: Vec<TcpStream> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if held.len() < 4000 {
+                        let sock = socket2_connect(src(n), tcp);
+                        match sock {
+                            Some(s) => {
+                                t.tcp_opened.fetch_add(1, Ordering::Relaxed);
+                                held.push(s);
+                            }
+                            None => {
+                                t.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                        None => {
-                            t.tcp_refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
                     }
-                } else {
-                    std::thread::sleep(Duration::from_millis(50));
+                    if held.len().is_multiple_of(256) {
+                        let before = held.len();
+                        held.retain_mut(|s| !closed_by_peer(s));
+                        t.tcp_closed_by_server
+                            .fetch_add((before - held.len()) as u64, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
-                if held.len().is_multiple_of(256) {
-                    let before = held.len();
-                    held.retain_mut(|s| !closed_by_peer(s));
-                    t.tcp_closed_by_server
-                        .fetch_add((before - held.len()) as u64, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }));
-    }
+            }));
+        }
 
-    // Slow-loris: 200 connections, a header promising 500 bytes, then a
-    // byte every half second.
-    if on("loris") {
-        let t = tally.clone();
-        threads.push(spawn(&stop, move |stop| {
-            let mut conns: Vec<TcpStream> = (0..200)
-                .filter_map(|_| socket2_connect(src(20), tcp))
-                .collect();
-            for (i, c) in conns.iter_mut().enumerate() {
-                let _ = c.write_all(&stun_header(0x0001, 500, i as u64));
-            }
-            while !stop.load(Ordering::Relaxed) && !conns.is_empty() {
-                std::thread::sleep(Duration::from_millis(500));
-                let before = conns.len();
-                conns.retain_mut(|c| c.write_all(&[0]).is_ok() && !closed_by_peer(c));
-                t.loris_cut
-                    .fetch_add((before - conns.len()) as u64, Ordering::Relaxed);
-            }
-        }));
-    }
-
-    // Never-reading clients: Binding requests over TCP, answers never read.
-    for k in (0..20u64).filter(|_| on("nonreader")) {
-        let t = tally.clone();
-        threads.push(spawn(&stop, move |stop| {
-            let Some(mut c) = socket2_connect(src(30), tcp) else {
-                return;
-            };
-            let mut tid = k << 32;
-            let mut burst = Vec::with_capacity(20 * 512);
-            'outer: while !stop.load(Ordering::Relaxed) {
-                burst.clear();
-                for _ in 0..512 {
-                    tid += 1;
-                    burst.extend_from_slice(&stun_header(0x0001, 0, tid));
+        // Slow-loris: 200 connections, a header promising 500 bytes, then a
+        // byte every half second.
+        if on("loris") {
+            let t = tally.clone();
+            threads.push(spawn(&stop, move |stop| {
+                let mut conns: Vec<TcpStream> = (0..200)
+                    .filter_map(|_| socket2_connect(src(20), tcp))
+                    .collect();
+                for (i, c) in conns.iter_mut().enumerate() {
+                    let _ = c.write_all(&stun_header(0x0001, 500, i as u64));
                 }
-                let mut off = 0;
-                while off < burst.len() {
-                    match c.write(&burst[off..]) {
-                        Ok(0) => break 'outer,
-                        Ok(n) => off += n,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            if stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && !conns.is_empty() {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let before = conns.len();
+                    conns.retain_mut(|c| c.write_all(&[0]).is_ok() && !closed_by_peer(c));
+                    t.loris_cut
+                        .fetch_add((before - conns.len()) as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+
+        // Never-reading clients: Binding requests over TCP, answers never read.
+        for k in (0..20u64).filter(|_| on("nonreader")) {
+            let t = tally.clone();
+            threads.push(spawn(&stop, move |stop| {
+                let Some(mut c) = socket2_connect(src(30), tcp) else {
+                    return;
+                };
+                let mut tid = k << 32;
+                let mut burst = Vec::with_capacity(20 * 512);
+                'outer: while !stop.load(Ordering::Relaxed) {
+                    burst.clear();
+                    for _ in 0..512 {
+                        tid += 1;
+                        burst.extend_from_slice(&stun_header(0x0001, 0, tid));
+                    }
+                    let mut off = 0;
+                    while off < burst.len() {
+                        match c.write(&burst[off..]) {
+                            Ok(0) => break 'outer,
+                            Ok(n) => off += n,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                if stop.load(Ordering::Relaxed) {
+                                    break 'outer;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            Err(_) => {
+                                t.nonreader_cut.fetch_add(1, Ordering::Relaxed);
                                 break 'outer;
                             }
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        Err(_) => {
-                            t.nonreader_cut.fetch_add(1, Ordering::Relaxed);
-                            break 'outer;
                         }
                     }
                 }
-            }
-        }));
-    }
+            }));
+        }
 
-    // The steady run ends the soak.
-    let out = relay.wait_with_output().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let flood_secs = flood_started.elapsed().as_secs_f64() + 0.2;
-    for t in threads {
-        t.join().unwrap();
-    }
-    let report = json(out);
+        // The steady run ends the soak.
+        let out = relay.wait_with_output().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let flood_secs = flood_started.elapsed().as_secs_f64() + 0.2;
+        for t in threads {
+            t.join().unwrap();
+        }
+        let report = json(out);
 
-    // Everything the attackers held is closed; wait (bounded) for the
-    // server to let go of it too.
-    if let Ok(hold) = std::env::var("TURNPIKE_SOAK_HOLD_SECS") {
-        // A window to look at the server before the end is measured.
-        println!("holding {hold} s (server pid {pid})");
-        std::thread::sleep(Duration::from_secs(hold.parse().unwrap()));
-    }
-    // The server hands freed memory back every 10 s: wait (bounded) for
-    // both to come back. Descriptors come back exactly. Live memory (the
-    // heap in use, mallinfo2) comes back to what the well-behaved load
-    // alone reaches: it grows phase to phase only by bounded caches the
-    // churn's fresh usernames fill (the auth key cache, 16,384 entries a
-    // shard), by the same 5 MiB with or without attacks (2026-12-04:
-    // 22.5 -> 27.9 MiB with every attack, 22.4 -> 27.6 MiB with none), so
-    // the bound is 1.5x the baseline's, which a leak of even 4 bytes per
-    // attacking connection (millions here) would break. RSS does not come
-    // all the way back: glibc keeps pages that hold a few live chunks
-    // among freed ones (about 10 MiB after the attacks, which malloc_trim
-    // cannot return; jemalloc did no better, see benches/RESULTS.md): its
-    // bound is twice the baseline.
-    let rss_limit = 2 * rss0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut fds1, mut rss1) = usage(pid);
-    while (fds1 > fds0 || rss1 > rss_limit) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
+        // Everything the attackers held is closed; wait (bounded) for the
+        // server to let go of it too.
+        if let Ok(hold) = std::env::var("TURNPIKE_SOAK_HOLD_SECS") {
+            // A window to look at the server before the end is measured.
+            println!("holding {hold} s (server pid {pid})");
+            std::thread::sleep(Duration::from_secs(hold.parse().unwrap()));
+        }
+        // The server hands freed memory back every 10 s: wait (bounded) for
+        // both to come back. Descriptors come back exactly. Live memory (the
+        // heap in use, mallinfo2) comes back to what the well-behaved load
+        // alone reaches: it grows phase to phase by a few MiB with or
+        // without attacks (2026-12-04, 40 s phases: 22.5 -> 27.9 MiB with
+        // every attack, 22.4 -> 27.6 MiB with none), so the bound is 1.5x
+        // the baseline's, which a leak of even 4 bytes per attacking
+        // connection (millions here) would break. RSS: a connection that
+        // sends nothing holds a few hundred bytes of buffers, and the key
+        // cache's entries allocate nothing of their own, so the flood no
+        // longer leaves glibc's heap strewn with pages it cannot hand back
+        // (it left 12 MiB before; see benches/RESULTS.md): within 1.5x the
+        // baseline.
+        let rss_limit = rss0 + rss0 / 2;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut fds1, mut rss1) = usage(pid);
+        while (fds1 > fds0 || rss1 > rss_limit) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            (fds1, rss1) = usage(pid);
+        }
+        // Then one more of the server's 10 s hand-backs, so every round's
+        // RSS is read at the same point (after a trim).
+        std::thread::sleep(Duration::from_secs(11));
         (fds1, rss1) = usage(pid);
-    }
 
-    let sent = tally.udp_sent_bytes.load(Ordering::Relaxed);
-    let answered = tally.udp_answer_bytes.load(Ordering::Relaxed);
-    println!("--- hostile soak, {secs} s ---");
-    println!(
-        "steady: {} allocations, offered {} msgs, relayed {}, loss {:.4} %, round trips {}",
-        report["allocations"],
-        report["offered_msgs"],
-        report["relayed_msgs"],
-        report["loss_pct"],
-        report["round_trips"]
-    );
-    println!("server: {}", report["server"]);
-    println!(
-        "churn: {} set-ups ok, {} failed",
-        churn_ok.load(Ordering::Relaxed),
-        churn_failed.load(Ordering::Relaxed)
-    );
-    println!(
-        "udp flood: {sent} bytes sent, {answered} bytes answered ({} answers), factor {:.3}",
-        tally.udp_answers.load(Ordering::Relaxed),
-        answered as f64 / sent.max(1) as f64
-    );
-    println!(
-        "tcp flood: {} opened, {} refused at connect, {} closed by the server",
-        tally.tcp_opened.load(Ordering::Relaxed),
-        tally.tcp_refused.load(Ordering::Relaxed),
-        tally.tcp_closed_by_server.load(Ordering::Relaxed)
-    );
-    println!(
-        "slow-loris: {} of 200 cut; never-reading: {} of 20 cut",
-        tally.loris_cut.load(Ordering::Relaxed),
-        tally.nonreader_cut.load(Ordering::Relaxed)
-    );
-    let heap1 = heap(server.http_addr());
-    println!(
-        "end: {fds1} fds (start {fds0}), RSS {:.1} MiB (start {:.1} MiB), heap in use {:.1} MiB, free {:.1} MiB",
-        rss1 as f64 / 1048576.0,
-        rss0 as f64 / 1048576.0,
-        heap1.0,
-        heap1.1
-    );
-
-    assert_eq!(
-        report["round_trips"]["lost"], 0,
-        "the steady flows lost round trips: {report}"
-    );
-    assert_eq!(
-        churn_failed.load(Ordering::Relaxed),
-        0,
-        "churn set-ups failed"
-    );
-    assert!(churn_ok.load(Ordering::Relaxed) > 0);
-    assert!(
-        answered <= 3 * sent,
-        "the flood was amplified: {answered} bytes for {sent}"
-    );
-    // Four flooding sources, each held to the limit: the burst, then the
-    // rate (5 % for the bucket's refill rounding and the last tick).
-    let answers = tally.udp_answers.load(Ordering::Relaxed);
-    if on("udp") {
-        let cap = (4.0 * (BURST as f64 + RATE as f64 * flood_secs) * 1.05) as u64;
-        println!("udp flood: {answers} answers over {flood_secs:.1} s; the limit allows {cap}");
-        assert!(
-            answers <= cap,
-            "the per-source limit let {answers} answers through, over {cap}"
+        let sent = tally.udp_sent_bytes.load(Ordering::Relaxed);
+        let answered = tally.udp_answer_bytes.load(Ordering::Relaxed);
+        println!("--- hostile soak, {secs} s ---");
+        println!(
+            "steady: {} allocations, offered {} msgs, relayed {}, loss {:.4} %, round trips {}",
+            report["allocations"],
+            report["offered_msgs"],
+            report["relayed_msgs"],
+            report["loss_pct"],
+            report["round_trips"]
         );
+        println!("server: {}", report["server"]);
+        println!(
+            "churn: {} set-ups ok, {} failed",
+            churn_ok.load(Ordering::Relaxed),
+            churn_failed.load(Ordering::Relaxed)
+        );
+        println!(
+            "udp flood: {sent} bytes sent, {answered} bytes answered ({} answers), factor {:.3}",
+            tally.udp_answers.load(Ordering::Relaxed),
+            answered as f64 / sent.max(1) as f64
+        );
+        println!(
+            "tcp flood: {} opened, {} refused at connect, {} closed by the server",
+            tally.tcp_opened.load(Ordering::Relaxed),
+            tally.tcp_refused.load(Ordering::Relaxed),
+            tally.tcp_closed_by_server.load(Ordering::Relaxed)
+        );
+        println!(
+            "slow-loris: {} of 200 cut; never-reading: {} of 20 cut",
+            tally.loris_cut.load(Ordering::Relaxed),
+            tally.nonreader_cut.load(Ordering::Relaxed)
+        );
+        let heap1 = heap(server.http_addr());
+        println!(
+            "end: {fds1} fds (start {fds0}), RSS {:.1} MiB (start {:.1} MiB), heap in use {:.1} MiB, free {:.1} MiB",
+            rss1 as f64 / 1048576.0,
+            rss0 as f64 / 1048576.0,
+            heap1.0,
+            heap1.1
+        );
+
+        assert_eq!(
+            report["round_trips"]["lost"], 0,
+            "the steady flows lost round trips: {report}"
+        );
+        assert_eq!(
+            churn_failed.load(Ordering::Relaxed),
+            0,
+            "churn set-ups failed"
+        );
+        assert!(churn_ok.load(Ordering::Relaxed) > 0);
+        assert!(
+            answered <= 3 * sent,
+            "the flood was amplified: {answered} bytes for {sent}"
+        );
+        // Four flooding sources, each held to the limit: the burst, then the
+        // rate (5 % for the bucket's refill rounding and the last tick).
+        let answers = tally.udp_answers.load(Ordering::Relaxed);
+        if on("udp") {
+            let cap = (4.0 * (BURST as f64 + RATE as f64 * flood_secs) * 1.05) as u64;
+            println!("udp flood: {answers} answers over {flood_secs:.1} s; the limit allows {cap}");
+            assert!(
+                answers <= cap,
+                "the per-source limit let {answers} answers through, over {cap}"
+            );
+        }
+        assert!(fds1 <= fds0, "fds did not come back: {fds1} > {fds0}");
+        // Live memory: within 1.5x what the well-behaved load alone left.
+        assert!(
+            heap1.0 <= 1.5 * heap0.0,
+            "live heap did not come back: {:.1} MiB vs {:.1} MiB after the baseline",
+            heap1.0,
+            heap0.0
+        );
+        // RSS: within 1.5x the level the well-behaved load alone left.
+        assert!(rss1 <= rss_limit, "RSS did not come back: {rss1} vs {rss0}");
+        ends.push((rss1, heap1.0));
+        if round < rounds {
+            // As between the well-behaved phases: the source's bucket refills.
+            std::thread::sleep(Duration::from_secs(BURST / RATE + 2));
+        }
     }
-    assert!(fds1 <= fds0, "fds did not come back: {fds1} > {fds0}");
-    // Live memory: within 1.5x what the well-behaved load alone left.
-    assert!(
-        heap1.0 <= 1.5 * heap0.0,
-        "live heap did not come back: {:.1} MiB vs {:.1} MiB after the baseline",
-        heap1.0,
-        heap0.0
+    // The plateau: the last round leaves RSS within 15 % of where the first
+    // left it. A leak of 2 bytes per attacking connection (millions a
+    // round) would add more. (The live heap is held to the baseline's 1.5x
+    // in every round above; it steps up a few MiB from phase to phase with
+    // the well-behaved load alone, so it is printed here, not compared.)
+    let (rss_first, heap_first) = ends[0];
+    let (rss_last, heap_last) = ends[ends.len() - 1];
+    println!(
+        "plateau: RSS after round 1 {:.1} MiB, after round {rounds} {:.1} MiB; heap in use {heap_first:.1} -> {heap_last:.1} MiB",
+        rss_first as f64 / 1048576.0,
+        rss_last as f64 / 1048576.0
     );
-    // RSS: within twice the level the well-behaved load alone left.
-    assert!(rss1 <= rss_limit, "RSS did not come back: {rss1} vs {rss0}");
+    assert!(
+        rss_last as f64 <= 1.15 * rss_first as f64,
+        "RSS grew from round to round: {rss_first} -> {rss_last}"
+    );
 }
 
 /// The churn: `turnpike loadgen allocations` (200 set-ups and deletes)
