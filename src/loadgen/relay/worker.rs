@@ -21,6 +21,9 @@ use turnpike_sys::epoll::{Epoll, Interest};
 /// The epoll token of echo peer socket `k` is `PEER_TOKEN + k` (flows use
 /// their index, far below).
 const PEER_TOKEN: u64 = 1 << 62;
+/// Batches an echo peer reads per wake-up at most (then the loop serves the
+/// client sockets and the sending schedule again).
+const PEER_DRAIN_BATCHES: usize = 64;
 
 /// What a worker knows about one allocation.
 pub(super) struct Flow {
@@ -389,12 +392,18 @@ impl Worker {
         st.totals.send_drops += dropped;
     }
 
+    /// Echo what peer socket `k` holds: up to [`PEER_DRAIN_BATCHES`]
+    /// batches, or until it is empty. One peer socket may serve every
+    /// allocation of the run (`--peers 1`, the SFU case), so it needs as
+    /// many reads per wake-up as all the client sockets together: a cap of
+    /// a client socket's share (it was 4 batches) let its receive buffer
+    /// overflow in the generator while the server kept up.
     fn peer_echo(&mut self, k: usize, rb: &mut RecvBatch, st: &mut Stats) {
         let Some((p, gso)) = self.peers.get(k) else {
             return;
         };
         let fd = p.as_raw_fd();
-        for _ in 0..4 {
+        for _ in 0..PEER_DRAIN_BATCHES {
             let got = match rb.recv(fd) {
                 Ok(n) => n,
                 Err(_) => return,
