@@ -1029,3 +1029,147 @@ fn a_datagram_forging_a_relay_source_is_never_relayed() {
     expect_marker_at_client(&mut b, b"a2");
     assert_eq!(fast_counts(&lab, &fast), (before.0 + 1, before.1 + 1));
 }
+
+/// A ChannelData datagram: the channel, the length, the data (no padding).
+fn channel_data(ch: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(4 + data.len());
+    m.extend_from_slice(&ch.to_be_bytes());
+    m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    m.extend_from_slice(data);
+    m
+}
+
+/// The program's own expiry check (issue 15, item 2: "an entry that user
+/// space has not yet removed can never outlive its permission or
+/// channel"), without a server: the test loads the program on the lab's
+/// server veths itself and writes the routes, with plain sockets in the
+/// server namespace standing in for user space (whatever the program
+/// passes up lands on them). Route A never expires within the test;
+/// route B is written already expired and left in the map. B's traffic,
+/// both ways, goes to user space unchanged and reaches neither side,
+/// while A's is relayed; the same B refreshed with a future expiry is
+/// relayed, so the expiry alone refused it. IPv4 and IPv6.
+#[test]
+fn the_program_refuses_an_expired_route_that_user_space_has_not_removed() {
+    use turnpike_sys::xdp::{Fastpath, Route, monotonic_ns};
+    let Some(lab) = build_lab("xdpexp") else {
+        return;
+    };
+    const A: u16 = 0x4000;
+    const B: u16 = 0x4001;
+    let families: [(&str, &str, &str, &str); 2] = [
+        (
+            "10.10.1.2:0",
+            "10.10.1.1:3478",
+            "10.10.2.1:0",
+            "10.10.2.2:7000",
+        ),
+        (
+            "[fd00:1::2]:0",
+            "[fd00:1::1]:3478",
+            "[fd00:2::1]:0",
+            "[fd00:2::2]:7000",
+        ),
+    ];
+    let mut fp = lab
+        .srv
+        .in_ns(|| Fastpath::attach(&["s-c".to_string(), "s-p".to_string()]))
+        .unwrap();
+    let mut alloc_id = 0u64;
+    for (client_at, listener_at, relay_at, peer_at) in families {
+        let client = lab.cli.udp_bind(client_at.parse().unwrap());
+        let peer = lab.peer.udp_bind(peer_at.parse().unwrap());
+        // User space: the listener and the two relays, as the server
+        // would have them.
+        let listener = lab.srv.udp_bind(listener_at.parse().unwrap());
+        let relay_a = lab.srv.udp_bind(relay_at.parse().unwrap());
+        let relay_b = lab.srv.udp_bind(relay_at.parse().unwrap());
+        let route = |relay: &UdpSocket, channel: u16, expires_ns: u64, id: u64| Route {
+            client: client.local_addr().unwrap(),
+            listener: listener.local_addr().unwrap(),
+            relay: relay.local_addr().unwrap(),
+            peer: peer.local_addr().unwrap(),
+            channel,
+            peer_is_relay: false,
+            expires_ns,
+            alloc_id: id,
+        };
+        let far = monotonic_ns() + 3_600_000_000_000;
+        alloc_id += 2;
+        let (id_a, id_b) = (alloc_id - 1, alloc_id);
+        fp.install(&route(&relay_a, A, far, id_a)).unwrap();
+        // Expired the moment it is written; user space never removes it.
+        fp.install(&route(&relay_b, B, monotonic_ns() - 1, id_b))
+            .unwrap();
+        let routes = fp.route_count();
+
+        // Warm up on A: the program learns the client's MAC from its first
+        // datagram (which goes to user space: the peer's MAC is not known
+        // yet), then the peer's from its answer, which it relays.
+        let warm = channel_data(A, b"warm");
+        client
+            .send_to(&warm, listener.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&listener, &warm);
+        peer.send_to(b"a-back", relay_a.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&client, &channel_data(A, b"a-back"));
+        client
+            .send_to(&channel_data(A, b"a-out"), listener.local_addr().unwrap())
+            .unwrap();
+        let (got, from) = recv(&peer);
+        assert_eq!(
+            (got.as_slice(), from),
+            (&b"a-out"[..], relay_a.local_addr().unwrap())
+        );
+        let before = fp.totals();
+
+        // B, both ways: passed up unchanged, relayed to neither side.
+        let stale = channel_data(B, b"b-out-expired");
+        client
+            .send_to(&stale, listener.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&listener, &stale);
+        peer.send_to(b"b-back-expired", relay_b.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&relay_b, b"b-back-expired");
+        // A's next datagrams are the first the peer and the client see.
+        client
+            .send_to(
+                &channel_data(A, b"a-marker"),
+                listener.local_addr().unwrap(),
+            )
+            .unwrap();
+        expect_marker(&peer, b"a-marker");
+        peer.send_to(b"a-marker-back", relay_a.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&client, &channel_data(A, b"a-marker-back"));
+        // B is still in the map, and the program counted only A.
+        assert_eq!(fp.route_count(), routes, "user space removed nothing");
+        let after = fp.totals();
+        assert_eq!(
+            (after.0.packets, after.1.packets),
+            (before.0.packets + 1, before.1.packets + 1)
+        );
+        let b_stats = fp.allocation_stats(id_b);
+        assert_eq!((b_stats.out.packets, b_stats.in_.packets), (0, 0));
+
+        // The same B with a future expiry is relayed: only the expiry
+        // refused it.
+        fp.install(&route(&relay_b, B, far, id_b)).unwrap();
+        client
+            .send_to(&channel_data(B, b"b-out"), listener.local_addr().unwrap())
+            .unwrap();
+        let (got, from) = recv(&peer);
+        assert_eq!(
+            (got.as_slice(), from),
+            (&b"b-out"[..], relay_b.local_addr().unwrap())
+        );
+        peer.send_to(b"b-back", relay_b.local_addr().unwrap())
+            .unwrap();
+        expect_marker(&client, &channel_data(B, b"b-back"));
+        let b_stats = fp.allocation_stats(id_b);
+        assert_eq!((b_stats.out.packets, b_stats.in_.packets), (1, 1));
+    }
+    drop(fp);
+}
