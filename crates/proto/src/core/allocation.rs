@@ -204,7 +204,7 @@ pub struct Allocation {
     /// see [`super::directory`]).
     pub published: bool,
     /// Its routes in the shell's fast path (see [`super::fastpath`]).
-    pub mirrored: SmallVec<[super::FastRoute; INLINE]>,
+    pub mirrored: super::fastpath::Mirrored,
 }
 
 impl Allocation {
