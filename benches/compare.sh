@@ -214,8 +214,9 @@ sed "s/^threads = THREADS/threads = 1/" "$WORK/turnpike.toml" >"$WORK/turnpike.1
 # The build under test rate-limits unauthenticated answers per source
 # ([limits] unauth_rate, issue 12); every load comes from 127.0.0.1, so the
 # rate is set far above any load here (4e9/s, the largest burst): every
-# answer still pays for the limiter's lookup, none is held back (the
-# baseline build does not know the keys).
+# answer still pays for the limiter's lookup, none is held back (a
+# --baseline from before issue 12 does not know the keys and gets the
+# config without them).
 for t in "$CORES" 1; do
   { cat "$WORK/turnpike.$t.toml"; printf '[limits]\nunauth_rate = 4000000000\nunauth_burst = 16000\n'; } >"$WORK/turnpike-new.$t.toml"
 done
@@ -231,6 +232,13 @@ SERVERS=(turnpike coturn)
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || { echo "error: --baseline $BASELINE is not an executable" >&2; exit 2; }
   SERVERS+=(turnpike-base)
+  # A baseline from after issue 12 knows [limits] and would hold every
+  # load from 127.0.0.1 to its default per-source rate: give it the same
+  # config as the build under test when it accepts it.
+  BASE_CFG="turnpike"
+  if "$BASELINE" config check "$WORK/turnpike-new.$CORES.toml" >/dev/null 2>&1; then
+    BASE_CFG="turnpike-new"
+  fi
 fi
 if [ -n "$COTURN_PREFIX" ]; then
   [ -x "$COTURN_PREFIX/bin/turnserver" ] || { echo "error: no $COTURN_PREFIX/bin/turnserver (build it with ../shared/anchors/build-coturn.sh $COTURN_PREFIX)" >&2; exit 2; }
@@ -244,7 +252,7 @@ start_server() { # $1 = a server of SERVERS, $2 = threads, $3 = CPU list to pin 
   case "$1" in
     turnpike) ${pin[@]+"${pin[@]}"} "${TP_CMD[@]}" "$WORK/turnpike-new.$2.toml" >>"$WORK/turnpike.out" 2>>"$WORK/turnpike.err" & ;;
     coturn) ${pin[@]+"${pin[@]}"} "${CT_CMD[@]}" "--relay-threads=$2" >>"$WORK/coturn.out" 2>&1 & ;;
-    turnpike-base) ${pin[@]+"${pin[@]}"} "$BASELINE" "${TP_CMD[@]:1}" "$WORK/turnpike.$2.toml" >>"$WORK/turnpike-base.out" 2>>"$WORK/turnpike-base.err" & ;;
+    turnpike-base) ${pin[@]+"${pin[@]}"} "$BASELINE" "${TP_CMD[@]:1}" "$WORK/$BASE_CFG.$2.toml" >>"$WORK/turnpike-base.out" 2>>"$WORK/turnpike-base.err" & ;;
     coturn-new) ${pin[@]+"${pin[@]}"} "$COTURN_PREFIX/bin/turnserver" "${CT_CMD[@]:1}" "--relay-threads=$2" >>"$WORK/coturn-new.out" 2>&1 & ;;
   esac
   SERVER_PID=$!
