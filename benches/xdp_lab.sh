@@ -39,6 +39,8 @@
 #                         turnpike-xdp (and turnpike, for contrast) under
 #                         `strace -c -f -p PID`: system calls the server
 #                         made per datagram that entered it
+#     --napi-threads      server-side receive work on the server's CPU (see
+#                         the lab below)
 #     --bpf-stats         turn kernel.bpf_stats_enabled on for the run (back
 #                         to what it was at exit) and report the XDP
 #                         programs on s0 and s1 (turnpike-xdp's fast path,
@@ -75,6 +77,14 @@
 #   offload off (`ethtool -K IFACE tx off`: otherwise the server's XDP
 #   program sees partial UDP checksums and the receiver drops what it
 #   rewrites). The lab is the same for every server.
+#   A veth hands a frame to its peer on the sending CPU: without
+#   --napi-threads the server's XDP work (and the receiving ends' stacks)
+#   runs on the generator's CPU, inside its send calls. --napi-threads
+#   turns GRO on for s0 and s1 (so every server's receive path goes through
+#   NAPI, as the fast path's does), makes the NAPI of all four veth ends
+#   threaded (`/sys/class/net/DEV/threaded`), and pins the threads of s0
+#   and s1 to --server-cpu and those of c0 and p0 to --gen-cpu: like two
+#   hosts whose NICs interrupt their own CPUs.
 #
 # The servers, one fresh start per run:
 #   turnpike-xdp  turnpike, [fastpath] mode = "xdp" on s0 and s1 (--fastpath)
@@ -145,6 +155,7 @@ TP="$ROOT/target/release/turnpike"
 SMOKE=0
 FAMILY=4
 BPF_STATS=0
+NAPI_THREADS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; SECS=2; STEP_SECS=2; ROUNDS=1; LADDER_FACTOR=2; LADDER_MAX=200000 ;;
@@ -166,6 +177,7 @@ while [ $# -gt 0 ]; do
     --server-cpu) SRV_CPU="$2"; shift ;;
     --strace) STRACE=1 ;;
     --bpf-stats) BPF_STATS=1 ;;
+    --napi-threads) NAPI_THREADS=1 ;;
     --out) OUT="$2"; shift ;;
     --keep) KEEP="$2"; shift ;;
     --turnpike) TP="$2"; shift ;;
@@ -330,6 +342,30 @@ ip netns exec "$NS_CLI" ethtool -K c0 tx off >/dev/null
 ip netns exec "$NS_PEER" ethtool -K p0 tx off >/dev/null
 ip -n "$NS_CLI" link set dev c0 xdpdrv obj "$WORK/xdp_pass.o" sec xdp
 ip -n "$NS_PEER" link set dev p0 xdpdrv obj "$WORK/xdp_pass.o" sec xdp
+if [ "$NAPI_THREADS" = 1 ]; then
+  ip netns exec "$NS_SRV" ethtool -K s0 gro on >/dev/null
+  ip netns exec "$NS_SRV" ethtool -K s1 gro on >/dev/null
+  for nd in "$NS_CLI:c0" "$NS_SRV:s0" "$NS_SRV:s1" "$NS_PEER:p0"; do
+    ip netns exec "${nd%%:*}" sh -c "echo 1 > /sys/class/net/${nd#*:}/threaded" ||
+      die "cannot make ${nd#*:}'s NAPI threaded"
+  done
+fi
+
+# With --napi-threads: pin the veths' NAPI threads (named napi/DEV-ID) to
+# their side's CPU; again after every server start (an XDP program
+# attached may bring new NAPI instances).
+pin_napi() {
+  [ "$NAPI_THREADS" = 1 ] || return 0
+  local pid comm n=0
+  while read -r pid comm; do
+    case "$comm" in
+      napi/s0-*|napi/s1-*) taskset -pc "$SRV_CPU" "$pid" >/dev/null; n=$((n + 1)) ;;
+      napi/c0-*|napi/p0-*) taskset -pc "$GEN_CPU" "$pid" >/dev/null; n=$((n + 1)) ;;
+    esac
+  done < <(ps -eo pid=,comm=)
+  [ "$n" -ge 4 ] || die "--napi-threads: found $n veth NAPI threads, expected at least 4"
+}
+pin_napi
 
 # --- servers ---------------------------------------------------------------
 
@@ -401,6 +437,7 @@ start_server() { # $1 = server; sets SERVER_PID
     ip -n "$NS_SRV" link set dev s0 xdpdrv obj "$WORK/xdp_bounce.o" sec xdp
     BOUNCE_ON=1
   fi
+  pin_napi
 }
 
 stop_server() {
@@ -651,10 +688,11 @@ GITREV=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 SECTION="$WORK/section.md"
 python3 - "$WORK" "$ROUNDS" "$SMOKE" "$ELAPSED" "$CORES" "$MODEL" "$KERNEL" "$TPV" "$CTV" "$GITREV" \
   "$SECS" "$STEP_SECS" "$RATE" "$LADDER_START" "$LADDER_FACTOR" "$LADDER_MAX" "$ALLOCS" "$GEN_CPU" "$SRV_CPU" \
-  "${SERVERS[*]}" "${LOADS[*]}" "$STRACE" "$ARGS_TEXT" "$FAMILY" >"$SECTION" <<'PY'
+  "${SERVERS[*]}" "${LOADS[*]}" "$STRACE" "$ARGS_TEXT" "$FAMILY" "$NAPI_THREADS" >"$SECTION" <<'PY'
 import datetime, json, os, re, statistics, sys
 (work, rounds, smoke, elapsed, cores, model, kernel, tpv, ctv, gitrev, secs, step_secs, rate,
- l_start, l_factor, l_max, allocs, gen_cpu, srv_cpu, servers, loads, strace, args_text, family) = sys.argv[1:]
+ l_start, l_factor, l_max, allocs, gen_cpu, srv_cpu, servers, loads, strace, args_text, family,
+ napi_threads) = sys.argv[1:]
 servers = servers.split(); loads = loads.split(); rounds = int(rounds); rate = int(rate)
 
 def runs(load, srv):
@@ -804,7 +842,9 @@ if smoke == "1":
             "show that the tooling works, not how the servers compare.**", ""]
 sec += [f"Median of {rounds} round(s), the servers' order rotating per round; a fresh server per run; "
         f"generator + echo peers pinned to CPU {gen_cpu}, the server (one thread) to CPU {srv_cpu}; "
-        f"{allocs} allocations, 100-byte payloads, ChannelData; "
+        + (f"veth NAPI threaded (--napi-threads): s0 and s1's on CPU {srv_cpu}, c0 and p0's on CPU {gen_cpu}, "
+           "GRO on s0 and s1; " if napi_threads == "1" else "")
+        + f"{allocs} allocations, 100-byte payloads, ChannelData; "
         + {"4": "IPv4", "6": "IPv6", "46": "IPv4 clients, IPv6 relays and peers (4↔6)"}[family] + f"; fixed-rate runs {secs} s measured, ladder steps "
         f"{step_secs} s (from {l_start} msg/s, x{l_factor}, up to {l_max}). Machine CPU = user + nice + system + irq + "
         "softirq of all CPUs (/proc/stat) over the generator's measured window, divided by the relayed messages "
