@@ -1103,46 +1103,41 @@ fn the_program_refuses_an_expired_route_that_user_space_has_not_removed() {
             .unwrap();
         let routes = fp.route_count();
 
+        // The client sends ChannelData to the listener; the peer sends to
+        // a relay; the peer must get `data` next, from `relay`.
+        let out = |ch: u16, data: &[u8]| {
+            client
+                .send_to(&channel_data(ch, data), listener.local_addr().unwrap())
+                .unwrap();
+        };
+        let back = |relay: &UdpSocket, data: &[u8]| {
+            peer.send_to(data, relay.local_addr().unwrap()).unwrap();
+        };
+        let at_peer = |data: &[u8], relay: &UdpSocket| {
+            let (got, from) = recv(&peer);
+            assert_eq!((got.as_slice(), from), (data, relay.local_addr().unwrap()));
+        };
+
         // Warm up on A: the program learns the client's MAC from its first
         // datagram (which goes to user space: the peer's MAC is not known
         // yet), then the peer's from its answer, which it relays.
-        let warm = channel_data(A, b"warm");
-        client
-            .send_to(&warm, listener.local_addr().unwrap())
-            .unwrap();
-        expect_marker(&listener, &warm);
-        peer.send_to(b"a-back", relay_a.local_addr().unwrap())
-            .unwrap();
+        out(A, b"warm");
+        expect_marker(&listener, &channel_data(A, b"warm"));
+        back(&relay_a, b"a-back");
         expect_marker(&client, &channel_data(A, b"a-back"));
-        client
-            .send_to(&channel_data(A, b"a-out"), listener.local_addr().unwrap())
-            .unwrap();
-        let (got, from) = recv(&peer);
-        assert_eq!(
-            (got.as_slice(), from),
-            (&b"a-out"[..], relay_a.local_addr().unwrap())
-        );
+        out(A, b"a-out");
+        at_peer(b"a-out", &relay_a);
         let before = fp.totals();
 
         // B, both ways: passed up unchanged, relayed to neither side.
-        let stale = channel_data(B, b"b-out-expired");
-        client
-            .send_to(&stale, listener.local_addr().unwrap())
-            .unwrap();
-        expect_marker(&listener, &stale);
-        peer.send_to(b"b-back-expired", relay_b.local_addr().unwrap())
-            .unwrap();
+        out(B, b"b-out-expired");
+        expect_marker(&listener, &channel_data(B, b"b-out-expired"));
+        back(&relay_b, b"b-back-expired");
         expect_marker(&relay_b, b"b-back-expired");
         // A's next datagrams are the first the peer and the client see.
-        client
-            .send_to(
-                &channel_data(A, b"a-marker"),
-                listener.local_addr().unwrap(),
-            )
-            .unwrap();
-        expect_marker(&peer, b"a-marker");
-        peer.send_to(b"a-marker-back", relay_a.local_addr().unwrap())
-            .unwrap();
+        out(A, b"a-marker");
+        at_peer(b"a-marker", &relay_a);
+        back(&relay_a, b"a-marker-back");
         expect_marker(&client, &channel_data(A, b"a-marker-back"));
         // B is still in the map, and the program counted only A.
         assert_eq!(fp.route_count(), routes, "user space removed nothing");
@@ -1157,16 +1152,9 @@ fn the_program_refuses_an_expired_route_that_user_space_has_not_removed() {
         // The same B with a future expiry is relayed: only the expiry
         // refused it.
         fp.install(&route(&relay_b, B, far, id_b)).unwrap();
-        client
-            .send_to(&channel_data(B, b"b-out"), listener.local_addr().unwrap())
-            .unwrap();
-        let (got, from) = recv(&peer);
-        assert_eq!(
-            (got.as_slice(), from),
-            (&b"b-out"[..], relay_b.local_addr().unwrap())
-        );
-        peer.send_to(b"b-back", relay_b.local_addr().unwrap())
-            .unwrap();
+        out(B, b"b-out");
+        at_peer(b"b-out", &relay_b);
+        back(&relay_b, b"b-back");
         expect_marker(&client, &channel_data(B, b"b-back"));
         let b_stats = fp.allocation_stats(id_b);
         assert_eq!((b_stats.out.packets, b_stats.in_.packets), (1, 1));
