@@ -151,13 +151,27 @@ fn check_relay(r: &RelayReport, allocations: usize) {
         (m.busy_s - (m.user_s + m.nice_s + m.system_s + m.irq_s + m.softirq_s)).abs() < 1e-9,
         "{m:?}"
     );
-    assert!(m.busy_s + tick >= s.cpu_s, "machine {m:?} vs server {s:?}");
-    assert!(
-        m.busy_s + tick >= r.generator_cpu_s,
-        "machine {m:?} vs generator {}",
-        r.generator_cpu_s
-    );
     assert!(m.busy_s <= m.cpus as f64 * m.window_s + tick, "{m:?}");
+    assert!(m.accounted_pct > 0.0, "{m:?}");
+    assert_eq!(m.complete, (90.0..=110.0).contains(&m.accounted_pct));
+    if m.complete {
+        assert!(m.busy_s + tick >= s.cpu_s, "machine {m:?} vs server {s:?}");
+        assert!(
+            m.busy_s + tick >= r.generator_cpu_s,
+            "machine {m:?} vs generator {}",
+            r.generator_cpu_s
+        );
+    } else {
+        // A virtual machine whose kernel lost ticks (CI's has): processes'
+        // times are exact, /proc/stat's are not, so the two cannot be
+        // compared. The report must say so (checked here), and the
+        // window's consistency above still holds.
+        eprintln!("/proc/stat accounted {:.1}% of the window", m.accounted_pct);
+        assert!(
+            turnpike::loadgen::report::relay(r).contains("/proc/stat accounted only"),
+            "an incomplete window is not flagged in the report"
+        );
+    }
     // Each CPU's part adds up to the whole (each a tick or so apart).
     assert!(!m.per_cpu.is_empty(), "{m:?}");
     let sum: f64 = m.per_cpu.iter().map(|c| c.busy_s).sum();

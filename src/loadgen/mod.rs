@@ -125,6 +125,17 @@ pub struct MachineUsage {
     /// included, which runs on the CPU that sent or received the packet).
     #[serde(default)]
     pub per_cpu: Vec<CpuUsage>,
+    /// Every kind of time `/proc/stat` counted over the window (idle,
+    /// iowait and steal included), as a share of the CPUs' wall time. A
+    /// kernel that accounts by tick loses ticks when its virtual CPUs are
+    /// not scheduled and the hypervisor reports no steal: then this falls
+    /// well short of 100 and the busy figures above are too low.
+    #[serde(default)]
+    pub accounted_pct: f64,
+    /// `accounted_pct` within 90–110: the busy figures can be compared with
+    /// processes' CPU time (which the kernel counts exactly).
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// One CPU's busy time over the window.
@@ -155,6 +166,15 @@ impl MachineUsage {
         };
         let d = b.0.since(&a.0);
         let busy_s = busy(&d);
+        // The CPUs /proc/stat lists (this process may be pinned to fewer).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let listed = if a.1.is_empty() { cpus } else { a.1.len() };
+        let accounted_s = d.busy() + d.idle + d.iowait;
+        let accounted_pct = if window_s > 0.0 {
+            100.0 * accounted_s / (listed as f64 * window_s)
+        } else {
+            0.0
+        };
         let per_cpu =
             a.1.iter()
                 .zip(&b.1)
@@ -170,7 +190,7 @@ impl MachineUsage {
                 .collect();
         MachineUsage {
             window_s,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus,
             user_s: d.user,
             nice_s: d.nice,
             system_s: d.system,
@@ -187,6 +207,52 @@ impl MachineUsage {
             units,
             busy_us_per_unit: (units > 0).then(|| busy_s * 1e6 / units as f64),
             per_cpu,
+            accounted_pct,
+            complete: (90.0..=110.0).contains(&accounted_pct),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineUsage;
+    use turnpike_sys::procfs::MachineCpu;
+
+    fn cpu(busy: f64, idle: f64) -> MachineCpu {
+        MachineCpu {
+            user: busy,
+            idle,
+            ..MachineCpu::default()
+        }
+    }
+
+    /// Two CPUs over a 1 s window: (all, [cpu0, cpu1]) at each edge.
+    fn usage(busy: [f64; 2], idle: [f64; 2]) -> MachineUsage {
+        let a = (cpu(0.0, 0.0), vec![cpu(0.0, 0.0), cpu(0.0, 0.0)]);
+        let b = (
+            cpu(busy[0] + busy[1], idle[0] + idle[1]),
+            vec![cpu(busy[0], idle[0]), cpu(busy[1], idle[1])],
+        );
+        MachineUsage::new(&a, &b, 1.0, 1000)
+    }
+
+    #[test]
+    fn a_window_the_kernel_fully_accounted_is_complete() {
+        let m = usage([0.4, 0.3], [0.6, 0.7]);
+        assert!((m.accounted_pct - 100.0).abs() < 1e-9, "{m:?}");
+        assert!(m.complete);
+        assert!((m.busy_s - 0.7).abs() < 1e-9);
+        assert_eq!(m.per_cpu.len(), 2);
+        assert_eq!(m.busy_us_per_unit, Some(0.7 * 1e6 / 1000.0));
+    }
+
+    #[test]
+    fn lost_ticks_mark_the_window_incomplete() {
+        // What a CI virtual machine printed: 1.54 of 2 CPU-seconds
+        // accounted, almost none of it busy, while the server alone used
+        // 0.12 s.
+        let m = usage([0.01, 0.0], [0.75, 0.78]);
+        assert!((m.accounted_pct - 77.0).abs() < 1e-9, "{m:?}");
+        assert!(!m.complete);
     }
 }

@@ -130,6 +130,18 @@ pub fn relay(r: &RelayReport) -> String {
             })
             .collect();
         row(&mut o, "machine CPU by CPU", per.join(", "));
+        if !m.complete {
+            row(
+                &mut o,
+                "WARNING",
+                format!(
+                    "/proc/stat accounted only {:.1}% of the CPUs' time in the window \
+                     (lost ticks on a virtual machine): the machine CPU figures are too \
+                     low; compare server CPU instead",
+                    m.accounted_pct
+                ),
+            );
+        }
         row(
             &mut o,
             "machine CPU per relayed msg",
