@@ -577,7 +577,8 @@ s.append({"rate": r["target_rate"], "relayed_per_s": 2 * t["completed"] / d, "of
           "machine_busy_pct": m.get("busy_pct"), "machine_us_per_msg": m.get("busy_us_per_unit"),
           "server_cpu_pct": v.get("cpu_pct"),
           "generator_cpu_pct": 100 * r["generator_cpu_s"] / r["duration_s"],
-          "kernel_udp_rcvbuf_errors": r.get("kernel_udp_rcvbuf_errors")})
+          "kernel_udp_rcvbuf_errors": r.get("kernel_udp_rcvbuf_errors"),
+          "steal_pct": 100 * m.get("steal_s", 0) / m["window_s"] if m.get("window_s") else None})
 print(json.dumps(s))' "$steps" "$out")
     ok=$(python3 -c 'import sys; print(1 if float(sys.argv[1]) < 1.0 else 0)' "$loss")
     if [ "$ok" = 1 ]; then
@@ -865,6 +866,20 @@ sec += lines + [""]
 if notes:
     sec += ["- Ladders stopped by: " + "; ".join(notes) + " (\"loss\": the next step lost >= 1 %; \"generator\": "
             "the generator offered < 90 % of the step, so the figure is a lower bound for that server)."]
+# Hypervisor steal: another guest had the CPU during a measured window,
+# so that run's rates and latencies are the host's, not the server's.
+def steal_pct(r):
+    if r.get("steps"):
+        v = [x.get("steal_pct") for x in r["steps"] if x.get("steal_pct") is not None]
+        return max(v) if v else None
+    m = r.get("machine") or {}
+    return 100 * m["steal_s"] / m["window_s"] if m.get("window_s") else None
+stolen = [f"{l} {v} round {i}: {st:.0f} %" for l in loads for v in servers
+          for i, r in enumerate(runs(l, v), 1)
+          if not r.get("failed") and (st := steal_pct(r)) is not None and st >= 5]
+if stolen:
+    sec += ["- Hypervisor steal >= 5 % of a measured window (another guest had the CPU; rerun these): "
+            + "; ".join(stolen) + "."]
 if stl:
     sec += ["", "System calls the server made (`strace -c -f -p PID` over one echo run at "
             f"{rate} msg/s, set-up included) per datagram that entered it (client data + peer echoes):", "",
